@@ -1,0 +1,74 @@
+"""enrollment.events.v1 — upstream enrollment and account events (C1), keyed by person.
+
+`version` is the upstream enrollment record's version for that person: consumers keep the highest version
+they have seen and ignore older ones, so out-of-order delivery converges to the same state.
+Account credits are not versioned: each is applied exactly once, by `message_id`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from contracts.envelope import Message
+from contracts.types import Fen, PsnNo, RegionCode, ResidentId
+
+
+class _PersonEvent(Message):
+    psn_no: PsnNo
+    admdvs: RegionCode = Field(description="insured region at the time of the event")
+    version: int = Field(ge=1, description="upstream enrollment record version, per person")
+
+
+class PersonEnrolled(_PersonEvent):
+    type: Literal["PersonEnrolled"] = "PersonEnrolled"
+    insutype: Literal["310", "390"] = Field(description="310 employee, 390 resident")
+    has_personal_account: bool
+    id_no: ResidentId = Field(description="sensitive: stored only as a keyed hash by consumers")
+    card_no: str | None = Field(default=None, max_length=40)
+
+
+class PersonSuspended(_PersonEvent):
+    type: Literal["PersonSuspended"] = "PersonSuspended"
+
+
+class PersonTerminated(_PersonEvent):
+    type: Literal["PersonTerminated"] = "PersonTerminated"
+
+
+class PersonDied(_PersonEvent):
+    type: Literal["PersonDied"] = "PersonDied"
+
+
+class PersonTransferred(_PersonEvent):
+    """Enrollment moved; `admdvs` is the new region, `from_admdvs` the old one."""
+
+    type: Literal["PersonTransferred"] = "PersonTransferred"
+    from_admdvs: RegionCode
+
+
+class AccountCredited(Message):
+    """Monthly credit (个账划入) into the current-year balance (C1)."""
+
+    type: Literal["AccountCredited"] = "AccountCredited"
+    psn_no: PsnNo
+    admdvs: RegionCode
+    amount_fen: Fen
+    period: str = Field(pattern=r"^\d{4}-\d{2}$")
+
+
+class YearRolledOver(Message):
+    """Year-end rollover (当年 → 历年) for one person's account (C1)."""
+
+    type: Literal["YearRolledOver"] = "YearRolledOver"
+    psn_no: PsnNo
+    admdvs: RegionCode
+    year: int = Field(ge=2000, le=2100)
+
+
+EnrollmentEvent = Annotated[
+    PersonEnrolled | PersonSuspended | PersonTerminated | PersonDied | PersonTransferred
+    | AccountCredited | YearRolledOver,
+    Field(discriminator="type"),
+]

@@ -1,0 +1,50 @@
+"""The envelope every message carries (ARCHITECTURE.md "Messages")."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+# Namespace for ids derived from other ids, so a replayed input yields the same output id.
+_ID_NAMESPACE = uuid.UUID("6f1c2b0e-3a0d-4d6e-9a43-6d757475616c")
+
+
+def derive_id(*parts: str) -> str:
+    """Deterministic id from the ids that caused a message (replay → same id)."""
+    return str(uuid.uuid5(_ID_NAMESPACE, "|".join(parts)))
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Message(BaseModel):
+    """Base of every command and event on Kafka.
+
+    Unknown fields are ignored so producers may add optional fields without breaking consumers
+    (see contracts/README.md for the evolution rules).
+    """
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    message_id: str = Field(default_factory=new_id, min_length=1, max_length=64)
+    occurred_at: AwareDatetime = Field(default_factory=utcnow)
+    schema_version: int = Field(default=1, ge=1)
+    correlation_id: str = Field(default="", max_length=64, description="the originating request")
+    causation_id: str = Field(default="", max_length=64, description="the message that caused this one")
+
+    def caused(self, kind: str, **fields: object) -> dict[str, object]:
+        """Envelope fields for a message derived from this one, with a deterministic id."""
+        return {
+            "message_id": derive_id(kind, self.message_id),
+            "occurred_at": self.occurred_at,
+            "correlation_id": self.correlation_id or self.message_id,
+            "causation_id": self.message_id,
+            **fields,
+        }

@@ -1,0 +1,328 @@
+"""Native local stack for machines without Docker: the real Apache Kafka broker (KRaft) and Redis 7.
+
+Kafka comes from Maven Central jars (infra/kafka/pom.xml), Redis from Debian's package. Both bind to
+127.0.0.1 on free ports, keep logs and data under one state folder, are checked for readiness by a real
+protocol round trip (Kafka metadata request, Redis PING) and are stopped by the pid we recorded —
+never by process name, so a developer's other Kafka or Redis is never touched.
+
+Used by `make up`/`make down` (state in `.local/stack`) and by the test fixtures (a fresh folder per session).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+KAFKA_LIB = ROOT / "infra" / ".cache" / "kafka-lib"
+KAFKA_POM = ROOT / "infra" / "kafka" / "pom.xml"
+LOG4J_CONFIG = ROOT / "infra" / "log4j2.properties"
+DEFAULT_STATE = ROOT / ".local" / "stack"
+
+READY_TIMEOUT_S = 90.0
+STOP_TIMEOUT_S = 20.0
+
+
+class StackError(RuntimeError):
+    """The native stack could not be prepared or started; the message says what to do."""
+
+
+@dataclass
+class StackInfo:
+    kafka_bootstrap: str
+    redis_url: str
+    kafka_pid: int
+    redis_pid: int
+    state_dir: str
+
+    def env(self) -> dict[str, str]:
+        return {"KAFKA_BOOTSTRAP_SERVERS": self.kafka_bootstrap, "REDIS_URL": self.redis_url}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child still answers kill(0); reap it if it is ours.
+    with contextlib.suppress(ChildProcessError):
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            return False
+    return True
+
+
+# ---------------------------------------------------------------- preparation
+
+
+def ensure_kafka_jars() -> None:
+    """Download the broker jars once (Maven's ~/.m2 caches them across checkouts too)."""
+    if KAFKA_LIB.is_dir() and any(KAFKA_LIB.glob("kafka_2.13-*.jar")):
+        return
+    if shutil.which("mvn") is None:
+        raise StackError("Maven (mvn) is needed once to fetch the Kafka broker jars from Maven Central")
+    tmp = KAFKA_LIB.with_name("kafka-lib.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    cmd = ["mvn", "-B", "-q", "-f", str(KAFKA_POM), "dependency:copy-dependencies",
+           "-DincludeScope=runtime", f"-DoutputDirectory={tmp}"]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise StackError(f"fetching Kafka jars failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+    tmp.rename(KAFKA_LIB)
+
+
+def redis_server_binary() -> str:
+    """Debian's redis-server; installed with apt when we are root and it is missing."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    local = ROOT / "infra" / ".cache" / "redis" / "usr" / "bin" / "redis-server"
+    if local.exists():
+        return str(local)
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        subprocess.run(["apt-get", "update", "-qq"], check=False, capture_output=True)
+        done = subprocess.run(["apt-get", "install", "-y", "-qq", "redis-server"],
+                              capture_output=True, text=True, check=False)
+        if done.returncode == 0 and shutil.which("redis-server"):
+            return str(shutil.which("redis-server"))
+        raise StackError(f"apt-get install redis-server failed: {done.stderr[-1000:]}")
+    raise StackError("redis-server not found: install Debian's redis-server package (apt-get install redis-server)")
+
+
+def prepare() -> None:
+    ensure_kafka_jars()
+    redis_server_binary()
+
+
+# ---------------------------------------------------------------- readiness
+
+
+async def _kafka_metadata_ok(bootstrap: str) -> bool:
+    import logging
+
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    # "connection refused" while the broker boots is expected; keep it out of the console.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000)
+    try:
+        await admin.start()
+        await admin.list_topics()
+        return True
+    except Exception:
+        return False
+    finally:
+        with contextlib.suppress(Exception):
+            await admin.close()
+
+
+def _redis_ping_ok(url: str) -> bool:
+    import redis
+
+    try:
+        return bool(redis.Redis.from_url(url, socket_timeout=1).ping())
+    except Exception:
+        return False
+
+
+def _wait(check: object, what: str, pid: int, log: Path) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            raise StackError(f"{what} exited during start-up; last log lines:\n{_tail(log)}")
+        if check():  # type: ignore[operator]
+            return
+        time.sleep(0.3)
+    raise StackError(f"{what} not ready after {READY_TIMEOUT_S:.0f}s; last log lines:\n{_tail(log)}")
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+# ---------------------------------------------------------------- start / stop
+
+
+def _start_redis(state: Path) -> tuple[str, int]:
+    port = free_port()
+    data = state / "redis"
+    data.mkdir(parents=True, exist_ok=True)
+    log = state / "redis.log"
+    # AOF with fsync on every write: ledgers must survive a crash (ARCHITECTURE "Money safety").
+    cmd = [redis_server_binary(), "--bind", "127.0.0.1", "--port", str(port), "--dir", str(data),
+           "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--daemonize", "no",
+           "--protected-mode", "yes", "--logfile", str(log)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    url = f"redis://127.0.0.1:{port}/0"
+    _wait(lambda: _redis_ping_ok(url), "redis", proc.pid, log)
+    return url, proc.pid
+
+
+def _start_kafka(state: Path) -> tuple[str, int]:
+    broker_port, controller_port = free_port(), free_port()
+    data = state / "kafka-data"
+    data.mkdir(parents=True, exist_ok=True)
+    props = state / "server.properties"
+    props.write_text("\n".join([
+        "process.roles=broker,controller",
+        "node.id=1",
+        f"controller.quorum.bootstrap.servers=127.0.0.1:{controller_port}",
+        f"listeners=PLAINTEXT://127.0.0.1:{broker_port},CONTROLLER://127.0.0.1:{controller_port}",
+        f"advertised.listeners=PLAINTEXT://127.0.0.1:{broker_port}",
+        "controller.listener.names=CONTROLLER",
+        "inter.broker.listener.name=PLAINTEXT",
+        "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        f"log.dirs={data}",
+        "num.partitions=4",
+        "offsets.topic.replication.factor=1",
+        "offsets.topic.num.partitions=4",
+        "transaction.state.log.replication.factor=1",
+        "transaction.state.log.min.isr=1",
+        "share.coordinator.state.topic.replication.factor=1",
+        "share.coordinator.state.topic.min.isr=1",
+        "min.insync.replicas=1",
+        "default.replication.factor=1",
+        "group.initial.rebalance.delay.ms=0",
+        "auto.create.topics.enable=true",
+        "log.flush.interval.messages=1",
+        "",
+    ]))
+    classpath = f"{KAFKA_LIB}/*"
+    java = shutil.which("java") or "java"
+    fmt = subprocess.run([java, "-cp", classpath, f"-Dlog4j2.configurationFile={LOG4J_CONFIG}",
+                          "kafka.tools.StorageTool", "format", "-t", str(uuid.uuid4()).replace("-", "")[:22],
+                          "-c", str(props), "--standalone"],
+                         capture_output=True, text=True, check=False)
+    if fmt.returncode != 0:
+        raise StackError(f"kafka storage format failed: {fmt.stdout[-1500:]} {fmt.stderr[-1500:]}")
+    log = state / "kafka.log"
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [java, "-Xmx512m", "-Xms256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
+             f"-Dlog4j2.configurationFile={LOG4J_CONFIG}", "-cp", classpath, "kafka.Kafka", str(props)],
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    bootstrap = f"127.0.0.1:{broker_port}"
+    _wait(lambda: asyncio.run(_kafka_metadata_ok(bootstrap)), "kafka", proc.pid, log)
+    return bootstrap, proc.pid
+
+
+def start(state_dir: Path = DEFAULT_STATE, fresh: bool = False) -> StackInfo:
+    """Start Kafka and Redis unless a live stack is already recorded in `state_dir` (idempotent)."""
+    info_file = state_dir / "stack.json"
+    if not fresh and info_file.exists():
+        info = StackInfo(**json.loads(info_file.read_text()))
+        if (_alive(info.kafka_pid) and _alive(info.redis_pid) and _redis_ping_ok(info.redis_url)
+                and asyncio.run(_kafka_metadata_ok(info.kafka_bootstrap))):
+            return info
+        stop(state_dir)
+    shutil.rmtree(state_dir, ignore_errors=True)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    prepare()
+    redis_url, redis_pid = _start_redis(state_dir)
+    try:
+        bootstrap, kafka_pid = _start_kafka(state_dir)
+    except BaseException:
+        _stop_pid(redis_pid)
+        raise
+    info = StackInfo(bootstrap, redis_url, kafka_pid, redis_pid, str(state_dir))
+    info_file.write_text(json.dumps(asdict(info)))
+    (state_dir / "env").write_text("".join(f"export {k}={v}\n" for k, v in info.env().items()))
+    return info
+
+
+def _stop_pid(pid: int) -> None:
+    if not _alive(pid):
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.2)
+    if _alive(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+
+
+def stop(state_dir: Path = DEFAULT_STATE) -> None:
+    """Stop what `start` recorded, by pid; also any services recorded in `state_dir/pids`."""
+    pids_dir = state_dir / "pids"
+    if pids_dir.is_dir():
+        for pid_file in pids_dir.glob("*.pid"):
+            with contextlib.suppress(ValueError):
+                _stop_pid(int(pid_file.read_text().strip()))
+            pid_file.unlink(missing_ok=True)
+    info_file = state_dir / "stack.json"
+    if info_file.exists():
+        info = StackInfo(**json.loads(info_file.read_text()))
+        _stop_pid(info.kafka_pid)
+        _stop_pid(info.redis_pid)
+        info_file.unlink()
+
+
+def restart_kafka(info: StackInfo) -> StackInfo:
+    """Chaos helper: stop the broker and start it again on the same data and ports."""
+    state = Path(info.state_dir)
+    _stop_pid(info.kafka_pid)
+    props = state / "server.properties"
+    log = state / "kafka.log"
+    java = shutil.which("java") or "java"
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [java, "-Xmx512m", "-Xms256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
+             f"-Dlog4j2.configurationFile={LOG4J_CONFIG}", "-cp", f"{KAFKA_LIB}/*", "kafka.Kafka", str(props)],
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    _wait(lambda: asyncio.run(_kafka_metadata_ok(info.kafka_bootstrap)), "kafka", proc.pid, log)
+    info.kafka_pid = proc.pid
+    (state / "stack.json").write_text(json.dumps(asdict(info)))
+    return info
+
+
+def main(argv: list[str]) -> int:
+    verb = argv[1] if len(argv) > 1 else "status"
+    state = Path(os.environ.get("MUTUALAID_STATE_DIR", DEFAULT_STATE))
+    try:
+        if verb == "prepare":
+            prepare()
+        elif verb == "up":
+            info = start(state)
+            print(f"kafka  {info.kafka_bootstrap}  (log {state / 'kafka.log'})")
+            print(f"redis  {info.redis_url}  (log {state / 'redis.log'})")
+        elif verb == "down":
+            stop(state)
+            print("native stack stopped")
+        elif verb == "env":
+            sys.stdout.write((state / "env").read_text())
+        else:
+            print((state / "stack.json").read_text() if (state / "stack.json").exists() else "not running")
+    except StackError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

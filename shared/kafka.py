@@ -1,0 +1,208 @@
+"""Kafka wiring every service uses: safe producer, batch consumers that acknowledge only after effects
+and outgoing messages are durable, bounded retry for transient errors, and a DLQ for poison messages.
+
+A handler is `async (message, record) -> list[Outgoing]`: it performs its effect (idempotently) and returns
+what to publish. The consumer publishes all outgoing messages of a batch without waiting one by one,
+awaits every confirmation, and only then commits the batch's offsets (at-least-once, no per-message
+`send_and_wait`). A replayed message must yield the same outgoing messages (same ids), which the
+idempotent stores guarantee by returning stored results.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+import redis.exceptions
+import structlog
+from aiokafka.errors import KafkaError
+from faststream import AckPolicy
+from faststream.kafka import KafkaBroker, KafkaMessage
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from contracts.topics import dlq
+from shared.metrics import BATCH_SECONDS, DLQ, MESSAGES, RETRIES
+from shared.pii import mask_bytes, mask_text
+
+log = structlog.get_logger()
+
+T = TypeVar("T")
+
+# Limits (TIGER_STYLE: everything bounded).
+TRANSIENT_ATTEMPTS = 5
+BACKOFF_BASE_MS = 50
+BACKOFF_MAX_MS = 2000
+DETAIL_MAX_CHARS = 500
+SUPPORTED_SCHEMA_VERSION = 1
+
+# Errors worth retrying: the infrastructure, not the message, is at fault.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, redis.exceptions.BusyLoadingError,
+    KafkaError, ConnectionError, TimeoutError,
+)
+
+
+class PoisonMessage(Exception):
+    """The message itself is unusable; it goes to the DLQ with `reason` (a machine-readable code)."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    topic: str
+    key: bytes
+    body: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, topic: str, key: bytes, message: BaseModel) -> Outgoing:
+        return cls(topic, key, message.model_dump_json().encode(),
+                   {"content-type": "application/json", "message-type": type(message).__name__})
+
+
+def model_parser(adapter: TypeAdapter[T]) -> Callable[[bytes], T]:
+    """Parse bytes into a contract union; refuse versions we do not know instead of guessing."""
+
+    def parse(raw: bytes) -> T:
+        try:
+            value = adapter.validate_json(raw)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in err["loc"])
+            raise PoisonMessage("SCHEMA_INVALID", f"{where}: {err['msg']}") from None
+        version = getattr(value, "schema_version", 1)
+        if version > SUPPORTED_SCHEMA_VERSION:
+            raise PoisonMessage("UNKNOWN_VERSION", f"schema_version {version} > {SUPPORTED_SCHEMA_VERSION}")
+        return value
+
+    return parse
+
+
+def make_broker(bootstrap: str, service: str, middlewares: Sequence[Any] = ()) -> KafkaBroker:
+    # acks=all + idempotence: a confirmed send is on every in-sync replica, and producer retries never
+    # duplicate or reorder within a partition.
+    return KafkaBroker(
+        bootstrap, acks="all", enable_idempotence=True, client_id=service, middlewares=middlewares,
+        request_timeout_ms=30_000, linger_ms=2,
+    )
+
+
+def dlq_message(record: Any, service: str, reason: str, detail: str) -> Outgoing:
+    """DLQ entry: masked payload plus where the original lives, so a replay can fetch it unmasked."""
+    return Outgoing(
+        dlq(record.topic), record.key or b"", mask_bytes(record.value or b""),
+        {
+            "x-dlq-reason": reason,
+            "x-dlq-detail": mask_text(detail)[:DETAIL_MAX_CHARS],
+            "x-dlq-service": service,
+            "x-dlq-topic": record.topic,
+            "x-dlq-partition": str(record.partition),
+            "x-dlq-offset": str(record.offset),
+        },
+    )
+
+
+async def publish_all(broker: KafkaBroker, outgoing: Sequence[Outgoing]) -> None:
+    """Send everything, then await every confirmation; raises if any send failed."""
+    if not outgoing:
+        return
+    futures = [
+        await broker.publish(o.body, o.topic, key=o.key, headers=o.headers, no_confirm=True) for o in outgoing
+    ]
+    await asyncio.gather(*futures)
+
+
+Handler = Callable[[T, Any], Awaitable[list[Outgoing]]]
+
+
+class Consumer(Generic[T]):
+    """One topic, one consumer group, one handler."""
+
+    def __init__(self, service: str, topic: str, parse: Callable[[bytes], T], handle: Handler[T]) -> None:
+        self.service = service
+        self.topic = topic
+        self.parse = parse
+        self.handle = handle
+
+    async def process(self, broker: KafkaBroker, records: Sequence[Any]) -> None:
+        started = time.perf_counter()
+        outgoing: list[Outgoing] = []
+        for record in records:
+            outgoing += await self._one(record)
+        await publish_all(broker, outgoing)
+        BATCH_SECONDS.labels(self.service, self.topic).observe(time.perf_counter() - started)
+
+    async def _one(self, record: Any) -> list[Outgoing]:
+        try:
+            message = self.parse(record.value or b"")
+        except PoisonMessage as exc:
+            return [self._to_dlq(record, exc.reason, exc.detail)]
+        for attempt in range(TRANSIENT_ATTEMPTS):
+            try:
+                out = await self.handle(message, record)
+                MESSAGES.labels(self.service, self.topic, "ok").inc()
+                return out
+            except PoisonMessage as exc:
+                return [self._to_dlq(record, exc.reason, exc.detail)]
+            except TRANSIENT_ERRORS as exc:
+                RETRIES.labels(self.service, self.topic).inc()
+                if attempt == TRANSIENT_ATTEMPTS - 1:
+                    # Give up on this batch, not on the message: the batch is rewound and redelivered.
+                    log.warning("transient error persists; batch will be redelivered", topic=self.topic,
+                                error=repr(exc))
+                    raise
+                await asyncio.sleep(min(BACKOFF_MAX_MS, BACKOFF_BASE_MS * 2**attempt) / 1000)
+            except Exception as exc:  # a bug or an input we did not foresee: park it, keep the partition moving
+                log.exception("handler failed; message parked in DLQ", topic=self.topic, offset=record.offset)
+                return [self._to_dlq(record, "HANDLER_ERROR", f"{type(exc).__name__}: {exc}")]
+        raise AssertionError("unreachable: the loop returns or raises")
+
+    def _to_dlq(self, record: Any, reason: str, detail: str) -> Outgoing:
+        MESSAGES.labels(self.service, self.topic, "dlq").inc()
+        DLQ.labels(self.service, self.topic, reason).inc()
+        log.warning("message parked in DLQ", topic=record.topic, partition=record.partition,
+                    offset=record.offset, reason=reason, detail=mask_text(detail)[:DETAIL_MAX_CHARS])
+        return dlq_message(record, self.service, reason, detail)
+
+    def register(self, broker: KafkaBroker, group_id: str, max_records: int = 500) -> None:
+        consumer = self
+
+        @broker.subscriber(
+            self.topic, group_id=group_id, batch=True, max_records=max_records, batch_timeout_ms=50,
+            auto_offset_reset="earliest", ack_policy=AckPolicy.NACK_ON_ERROR,
+            title=f"{self.service}:{self.topic}", decoder=_skip_decoding,
+        )
+        async def _batch(msg: KafkaMessage) -> None:
+            records = msg.raw_message if isinstance(msg.raw_message, tuple) else (msg.raw_message,)
+            await consumer.process(broker, records)
+
+
+async def _skip_decoding(msg: Any) -> None:
+    """Records are parsed one by one in `Consumer._one`, so a bad one is parked instead of failing the batch."""
+    return None
+
+
+async def ensure_topics(bootstrap: str, topics: Sequence[str], partitions: int) -> None:
+    """Create topics we own if missing (idempotent); auto-creation would give them the wrong shape."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.errors import TopicAlreadyExistsError
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [NewTopic(t, partitions, 1) for t in topics if t not in existing]
+        if missing:
+            try:
+                await admin.create_topics(missing)
+            except TopicAlreadyExistsError:
+                pass
+    finally:
+        await admin.close()

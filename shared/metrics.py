@@ -1,0 +1,15 @@
+"""Prometheus metrics shared by every service (served on each service's /metrics)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+MESSAGES = Counter(
+    "mutualaid_messages_total", "Messages consumed, by outcome", ["service", "topic", "outcome"]
+)
+DLQ = Counter("mutualaid_dlq_total", "Messages parked in a DLQ, by reason", ["service", "topic", "reason"])
+BATCH_SECONDS = Histogram(
+    "mutualaid_batch_seconds", "Time to process one consumed batch, effects and publishes included",
+    ["service", "topic"], buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+RETRIES = Counter("mutualaid_transient_retries_total", "Transient errors retried", ["service", "topic"])
