@@ -39,10 +39,10 @@ class Message(BaseModel):
     correlation_id: str = Field(default="", max_length=64, description="the originating request")
     causation_id: str = Field(default="", max_length=64, description="the message that caused this one")
 
-    def caused(self, kind: str, **fields: object) -> dict[str, object]:
+    def caused(self, label: str, /, **fields: object) -> dict[str, object]:
         """Envelope fields for a message derived from this one, with a deterministic id."""
         return {
-            "message_id": derive_id(kind, self.message_id),
+            "message_id": derive_id(label, self.message_id),
             "occurred_at": self.occurred_at,
             "correlation_id": self.correlation_id or self.message_id,
             "causation_id": self.message_id,

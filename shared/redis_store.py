@@ -11,9 +11,14 @@ from redis.commands.core import AsyncScript
 PRELUDE = (Path(__file__).parent / "lua" / "prelude.lua").read_text()
 
 
-def connect(url: str) -> aioredis.Redis:
-    return aioredis.Redis.from_url(url, decode_responses=True, health_check_interval=10,
-                                   socket_timeout=10, socket_connect_timeout=5)
+MAX_CONNECTIONS = 64  # per process; callers beyond it wait (bounded) instead of failing
+
+
+def connect(url: str, max_connections: int = MAX_CONNECTIONS) -> aioredis.Redis:
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, decode_responses=True, max_connections=max_connections, timeout=10, health_check_interval=10,
+        socket_timeout=10, socket_connect_timeout=5)
+    return aioredis.Redis(connection_pool=pool)
 
 
 def load_script(client: aioredis.Redis, path: Path) -> AsyncScript:

@@ -12,10 +12,14 @@ local function idem_put(key, result_json)
   redis.call('SET', key, result_json)
 end
 
--- One immutable ledger entry per balance change. `delta` is signed integer fen.
-local function ledger(stream, psn, bucket, delta, reason, ref, extra)
-  redis.call('XADD', stream, '*', 'psn', psn, 'bucket', bucket, 'delta', tostring(delta),
-             'reason', reason, 'ref', ref, 'extra', extra or '')
+-- One immutable ledger entry per balance change. `balance` names the balance that moved
+-- (acct:<psn>:cur, acct:<psn>:hist, bind:<id>:earmark, lot:<id>, xfer:<id>:hold); `delta` is signed
+-- integer fen; `reason` says why and `ref` which request caused it (C2).
+local function ledger(stream, balance, delta, reason, ref)
+  if delta ~= 0 then
+    redis.call('XADD', stream, '*', 'balance', balance, 'delta', string.format('%d', delta),
+               'reason', reason, 'ref', ref)
+  end
 end
 
 local function fail(code, detail)
@@ -26,4 +30,11 @@ local function int(value)
   local n = tonumber(value or 0) or 0
   if n ~= math.floor(n) then error('non-integer amount ' .. tostring(value)) end
   return n
+end
+
+-- HINCRBY with integer formatting: Lua numbers are doubles, and Redis refuses "-0" and "1e+15".
+local function hincr(key, field, delta)
+  if delta ~= 0 then
+    redis.call('HINCRBY', key, field, string.format('%d', delta))
+  end
 end

@@ -1,0 +1,5 @@
+import asyncio
+
+from services.binding.app import main
+
+asyncio.run(main())

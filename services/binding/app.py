@@ -1,0 +1,221 @@
+"""Binding service: FastStream handlers. I/O only; every rule lives in domain.py."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from faststream.asgi import AsgiResponse, Query, get
+from faststream.asgi.response import JSONResponse
+from pydantic import BaseModel, TypeAdapter
+from redis.exceptions import WatchError
+
+from contracts.binding import (
+    BindingCommand,
+    BindingKind,
+    ChangeQuota,
+    CreateBinding,
+    DissolveBinding,
+    ReorderGrantors,
+)
+from contracts.enrollment import EnrollmentEvent
+from contracts.topics import BINDING_COMMANDS, BINDING_EVENTS, ENROLLMENT_EVENTS
+from shared.clock import Clock, SystemClock
+from shared.consent import check_consent, public_key_from_setting
+from shared.kafka import Consumer, Outgoing, model_parser
+from shared.logs import configure_logging
+from shared.pii import kafka_key
+from shared.policy import Policies
+from shared.redis_store import connect
+from shared.service import build_app, build_broker
+from shared.settings import Settings
+from services.binding import domain
+from services.binding.store import BindingStore, Reader, k_binding, k_of_grantor, k_order, k_person
+
+SERVICE = "binding"
+MAX_CAS_ATTEMPTS = 20  # optimistic transaction retries before the message is retried as transient
+
+
+class BindingService:
+    def __init__(self, settings: Settings, store: BindingStore, policies: Policies, clock: Clock) -> None:
+        self.settings = settings
+        self.store = store
+        self.policies = policies
+        self.clock = clock
+        self.consent_key = public_key_from_setting(settings.consent_public_key)
+
+    @staticmethod
+    def publish(events: list[BaseModel]) -> list[Outgoing]:
+        out = []
+        for e in events:
+            recipient = getattr(e, "recipient_psn_no", None) or getattr(e, "grantor_psn_no", None) or "unknown"
+            out.append(Outgoing.of(BINDING_EVENTS, kafka_key(recipient), e))
+        return out
+
+    # ------------------------------------------------------------ commands
+
+    async def on_command(self, cmd: Any, _record: Any) -> list[Outgoing]:
+        stored = await self.store.done(cmd.message_id)
+        if stored is not None:  # at-least-once: a redelivered command republishes the same events
+            return self.publish(stored)
+        for _ in range(MAX_CAS_ATTEMPTS):
+            try:
+                events = await self._decide_and_commit(cmd)
+                return self.publish(events)
+            except WatchError:
+                continue
+        raise TimeoutError("binding state kept changing under this command")
+
+    async def _decide_and_commit(self, cmd: Any) -> list[BaseModel]:
+        now = self.clock.now()
+        async with self.store.pipeline() as pipe:
+            read = Reader(pipe)
+            if isinstance(cmd, CreateBinding):
+                await pipe.watch(k_of_grantor(cmd.grantor_psn_no), k_order(cmd.recipient_psn_no),
+                                 k_person(cmd.grantor_psn_no), k_person(cmd.recipient_psn_no))
+                grantor, recipient = await read.person(cmd.grantor_psn_no), await read.person(cmd.recipient_psn_no)
+                active = [b for b in await read.of_grantor(cmd.grantor_psn_no) if b.active]
+                order = await read.order(cmd.recipient_psn_no)
+                problem = await self._consent_problem(read, cmd, "bind", cmd.quota_fen, now)
+                decision = domain.decide_create(cmd, grantor, recipient, self.policies, active, order, problem, now)
+                orders = {}
+                if decision.upsert and decision.upsert[0].kind == BindingKind.MUTUAL_AID:
+                    orders[cmd.recipient_psn_no] = decision.events[0].grantor_order  # type: ignore[attr-defined]
+                pipe.multi()
+                nonce = self._nonce(cmd, decision, now)
+                self.store.stage(pipe, cmd.message_id, decision.events, decision.upsert, orders=orders, nonce=nonce)
+            elif isinstance(cmd, DissolveBinding):
+                await pipe.watch(k_binding(cmd.binding_id))
+                binding = await read.binding(cmd.binding_id)
+                if binding is not None:
+                    await pipe.watch(k_order(binding.recipient_psn_no))
+                order = await read.order(binding.recipient_psn_no) if binding else []
+                decision = domain.decide_dissolve(cmd, binding, self.policies, order, now)
+                pipe.multi()
+                self.store.stage(pipe, cmd.message_id, decision.events, decision.upsert,
+                                 orders=self._orders_of(decision))
+            elif isinstance(cmd, ReorderGrantors):
+                await pipe.watch(k_order(cmd.recipient_psn_no))
+                recipient = await read.person(cmd.recipient_psn_no)
+                decision = domain.decide_reorder(cmd, recipient, await read.order(cmd.recipient_psn_no))
+                pipe.multi()
+                orders = {cmd.recipient_psn_no: list(cmd.binding_ids)} if not _rejected(decision) else {}
+                self.store.stage(pipe, cmd.message_id, decision.events, orders=orders)
+            elif isinstance(cmd, ChangeQuota):
+                await pipe.watch(k_binding(cmd.binding_id))
+                binding = await read.binding(cmd.binding_id)
+                recipient_psn = binding.recipient_psn_no if binding else ""
+                problem = await self._consent_problem(read, cmd, "quota", cmd.quota_fen, now, recipient_psn)
+                decision = domain.decide_change_quota(cmd, binding, problem)
+                pipe.multi()
+                self.store.stage(pipe, cmd.message_id, decision.events, decision.upsert,
+                                 nonce=self._nonce(cmd, decision, now))
+            else:  # pragma: no cover - the union is exhaustive
+                raise TypeError(type(cmd))
+            await pipe.execute()
+        return decision.events
+
+    async def _consent_problem(self, read: Reader, cmd: Any, action: str, quota: int | None, now: Any,
+                               recipient: str | None = None) -> str | None:
+        proof = cmd.consent
+        problem = check_consent(proof, self.consent_key, grantor=cmd.grantor_psn_no,
+                                recipient=recipient if recipient is not None else cmd.recipient_psn_no,
+                                action=action, quota_fen=quota, now=now)
+        if problem is None and proof is not None:
+            owner = await read.nonce_owner(proof.nonce)
+            if owner is not None and owner != cmd.message_id:
+                return "consent proof already used"
+        return problem
+
+    @staticmethod
+    def _nonce(cmd: Any, decision: domain.Decision, now: Any) -> tuple[str, int] | None:
+        if _rejected(decision) or cmd.consent is None:
+            return None
+        return cmd.consent.nonce, int((cmd.consent.expires_at - now).total_seconds()) + 1
+
+    @staticmethod
+    def _orders_of(decision: domain.Decision) -> dict[str, list[str]]:
+        return {e.recipient_psn_no: e.grantor_order for e in decision.events  # type: ignore[attr-defined]
+                if getattr(e, "kind", None) == BindingKind.MUTUAL_AID and hasattr(e, "grantor_order")}
+
+    # ------------------------------------------------------------ enrollment
+
+    async def on_enrollment(self, event: Any, _record: Any) -> list[Outgoing]:
+        if event.type in ("AccountCredited", "YearRolledOver"):
+            return []  # account money is the wallet's business
+        stored = await self.store.done(event.message_id)
+        if stored is not None:
+            return self.publish(stored)
+        for _ in range(MAX_CAS_ATTEMPTS):
+            try:
+                return self.publish(await self._apply_enrollment(event))
+            except WatchError:
+                continue
+        raise TimeoutError("enrollment state kept changing under this event")
+
+    async def _apply_enrollment(self, event: Any) -> list[BaseModel]:
+        now = self.clock.now()
+        async with self.store.pipeline() as pipe:
+            read = Reader(pipe)
+            await pipe.watch(k_person(event.psn_no), f"b:grantor:{event.psn_no}", f"b:recipient:{event.psn_no}")
+            updated = domain.apply_enrollment(await read.person(event.psn_no), event)
+            events: list[BaseModel] = []
+            upserts: list[domain.Binding] = []
+            orders: dict[str, list[str]] = {}
+            if updated is not None:
+                mine = await read.of_grantor(event.psn_no) + await read.of_recipient(event.psn_no)
+                for binding, reason in domain.dissolutions_for(event, mine):
+                    order = orders.get(binding.recipient_psn_no) or await read.order(binding.recipient_psn_no)
+                    decision = domain.dissolve(binding, reason, order, now,
+                                               event.caused(f"BindingDissolved:{binding.binding_id}"))
+                    events += decision.events
+                    upserts += decision.upsert
+                    if binding.kind == BindingKind.MUTUAL_AID:
+                        orders[binding.recipient_psn_no] = decision.events[0].grantor_order  # type: ignore[attr-defined]
+            for recipient in orders:
+                await pipe.watch(k_order(recipient))
+            pipe.multi()
+            self.store.stage(pipe, event.message_id, events, upserts, person=updated, orders=orders)
+            await pipe.execute()
+        return events
+
+
+def _rejected(decision: domain.Decision) -> bool:
+    return bool(decision.events) and decision.events[0].__class__.__name__ == "BindingRejected"
+
+
+def create_app(settings: Settings | None = None, clock: Clock | None = None) -> Any:
+    settings = settings or Settings()
+    configure_logging(SERVICE, settings.log_level)
+    policies = Policies.load(settings.policies_path)  # fails start-up with a clear message
+    redis = connect(settings.redis_url)
+    service = BindingService(settings, BindingStore(redis), policies, clock or SystemClock(settings.clock_offset_ms))
+    broker = build_broker(settings, SERVICE)
+    consumers = [
+        (Consumer(SERVICE, BINDING_COMMANDS, model_parser(TypeAdapter(BindingCommand)), service.on_command),
+         "binding"),
+        (Consumer(SERVICE, ENROLLMENT_EVENTS, model_parser(TypeAdapter(EnrollmentEvent)), service.on_enrollment),
+         "binding"),
+    ]
+
+    @get
+    async def bindings(psn_no: str = Query()) -> AsgiResponse:
+        return JSONResponse(await service.store.view(psn_no))
+
+    async def close() -> None:
+        await redis.aclose()
+
+    app = build_app(settings, SERVICE, broker, consumers, routes=[("/bindings", bindings)], on_shutdown=[close])
+    app.context.set_global("binding_service", service)
+    return app
+
+
+async def main() -> None:
+    settings = Settings()
+    from shared.service import run
+
+    await run(create_app(settings), settings)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

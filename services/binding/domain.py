@@ -1,0 +1,311 @@
+"""Binding rules B1–B9 as pure functions: state and a command in, events out. No I/O here.
+
+Decisions taken where DOMAIN.md is silent (each also noted at the rule):
+- The grantor's region policy governs eligibility, relations, caps, minimum period and funding mode
+  (it is the grantor's account); the recipient's region governs settlement (multi-grantor mode, dual code).
+- Caps (B4) count active in-province mutual-aid bindings only; wallet relationships and proxy accounts
+  are not capped by the regional mutual-aid limits.
+- Proxy accounts (B9) need both parties enrolled and close relatives, nothing about accounts or regions.
+- Suspension does not dissolve (it is temporary); termination, death, and for mutual aid a move to
+  another province, do (B5).
+- Enrollment events apply only if their `version` is newer than the one held (out-of-order and
+  duplicate deliveries converge); a re-enrollment never revives dissolved bindings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from contracts.binding import (
+    BindingCreated,
+    BindingDissolved,
+    BindingKind,
+    BindingRejected,
+    ChangeQuota,
+    CreateBinding,
+    DissolveBinding,
+    DissolveReason,
+    FundingMode,
+    GrantorsReordered,
+    MultiGrantorMode,
+    QuotaChanged,
+    RejectReason,
+    Relation,
+    ReorderGrantors,
+)
+from contracts.envelope import derive_id
+from contracts.enrollment import (
+    PersonDied,
+    PersonEnrolled,
+    PersonSuspended,
+    PersonTerminated,
+    PersonTransferred,
+)
+from shared.policy import CLOSE_RELATIVES, Policies
+
+PersonStatus = Literal["normal", "suspended", "terminated", "died"]
+
+
+class Person(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    psn_no: str
+    admdvs: str
+    insutype: str
+    has_personal_account: bool
+    status: PersonStatus
+    version: int
+
+
+class Binding(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    binding_id: str
+    grantor_psn_no: str
+    grantor_admdvs: str
+    recipient_psn_no: str
+    recipient_admdvs: str
+    relation: Relation
+    kind: BindingKind
+    quota_fen: int | None
+    funding_mode: FundingMode
+    multi_grantor_mode: MultiGrantorMode
+    dual_code_required: bool
+    created_at: datetime
+    active: bool = True
+    dissolved_at: datetime | None = None
+    dissolve_reason: DissolveReason | None = None
+
+
+class BindingRuleError(Exception):
+    """A command breaks a rule; `reason` is the machine-readable code sent back in BindingRejected."""
+
+    def __init__(self, reason: RejectReason, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What a command did: events to publish plus state to store (None fields: nothing to store)."""
+
+    events: list[BaseModel]
+    upsert: list[Binding]
+
+
+# ---------------------------------------------------------------- checks (each raises a named reason)
+
+
+def check_enrolled(person: Person | None, role: str) -> Person:
+    # B1: both parties enrolled with status normal.
+    if person is None or person.status != "normal":
+        raise BindingRuleError(RejectReason.NOT_ENROLLED, f"{role} is not enrolled with status normal")
+    return person
+
+
+def check_grantor_account(grantor: Person) -> None:
+    # B1: grantor in employee insurance (310) with a personal account.
+    if grantor.insutype != "310" or not grantor.has_personal_account:
+        raise BindingRuleError(RejectReason.GRANTOR_NO_PERSONAL_ACCOUNT,
+                               "grantor must be in employee insurance (310) with a personal account")
+
+
+def check_relation(relation: Relation, allowed: frozenset[Relation]) -> None:
+    # B2: close relatives only; in-laws and others everywhere; a region may narrow to the 2021 set.
+    if relation not in CLOSE_RELATIVES:
+        raise BindingRuleError(RejectReason.RELATION_NOT_ALLOWED, f"{relation.value} is not a close relative")
+    if relation not in allowed:
+        raise BindingRuleError(RejectReason.RELATION_NOT_ALLOWED,
+                               f"{relation.value} is not allowed by the grantor's region")
+
+
+def check_same_province(grantor: Person, recipient: Person) -> None:
+    # B3: in-province mutual aid needs both insured in one province (any 统筹区 inside it).
+    if grantor.admdvs[:2] != recipient.admdvs[:2]:
+        raise BindingRuleError(RejectReason.CROSS_PROVINCE,
+                               "in-province mutual aid needs both parties in one province; use a wallet transfer")
+
+
+def check_caps(cmd: CreateBinding, active: list[Binding], max_members: int | None,
+               per_relation: dict[Relation, int]) -> None:
+    # B4: duplicate, then per-grantor and per-relation caps (mutual aid only, see module docstring).
+    for b in active:
+        if b.recipient_psn_no == cmd.recipient_psn_no and b.kind == cmd.kind:
+            raise BindingRuleError(RejectReason.DUPLICATE, "an active binding of this kind already exists")
+    if cmd.kind != BindingKind.MUTUAL_AID:
+        return
+    aid = [b for b in active if b.kind == BindingKind.MUTUAL_AID]
+    if max_members is not None and len(aid) >= max_members:
+        raise BindingRuleError(RejectReason.LIMIT_REACHED, f"grantor already has {len(aid)} of {max_members} members")
+    cap = per_relation.get(cmd.relation)
+    if cap is not None and sum(1 for b in aid if b.relation == cmd.relation) >= cap:
+        raise BindingRuleError(RejectReason.LIMIT_REACHED, f"at most {cap} {cmd.relation.value} binding(s)")
+
+
+def check_min_period(binding: Binding, min_days: int, now: datetime) -> None:
+    # B5: a region may require a minimum period before *voluntary* dissolution.
+    if now < binding.created_at + timedelta(days=min_days):
+        raise BindingRuleError(RejectReason.MIN_PERIOD_NOT_MET,
+                               f"bindings here can be dissolved after {min_days} days")
+
+
+# ---------------------------------------------------------------- commands
+
+
+def order_after(order: list[str], add: str | None = None, remove: str | None = None) -> list[str]:
+    out = [b for b in order if b != remove]
+    if add is not None and add not in out:
+        out.append(add)
+    return out
+
+
+def decide_create(
+    cmd: CreateBinding, grantor: Person | None, recipient: Person | None, policies: Policies,
+    active_of_grantor: list[Binding], recipient_order: list[str], consent_problem: str | None, now: datetime,
+) -> Decision:
+    try:
+        if cmd.grantor_psn_no == cmd.recipient_psn_no:
+            raise BindingRuleError(RejectReason.SELF_BINDING, "grantor and recipient are the same person")
+        g = check_enrolled(grantor, "grantor")
+        r = check_enrolled(recipient, "recipient")
+        g_policy, r_policy = policies.find(g.admdvs), policies.find(r.admdvs)
+        if g_policy is None or r_policy is None:
+            raise BindingRuleError(RejectReason.REGION_NOT_SUPPORTED, "no region policy for a party's region")
+        check_relation(cmd.relation, g_policy.allowed_relations)
+        if cmd.kind != BindingKind.PROXY:  # B9: proxy moves no money
+            check_grantor_account(g)
+        if cmd.kind == BindingKind.MUTUAL_AID:
+            check_same_province(g, r)
+        check_caps(cmd, active_of_grantor, g_policy.max_members_per_grantor, g_policy.per_relation_caps)
+        quota: int | None = None
+        if cmd.kind == BindingKind.MUTUAL_AID and g_policy.funding_mode == FundingMode.QUOTA:
+            if cmd.quota_fen is None or cmd.quota_fen <= 0:
+                raise BindingRuleError(RejectReason.QUOTA_REQUIRED, "the grantor's region funds mutual aid by quota")
+            quota = cmd.quota_fen
+        if consent_problem is not None:  # B8
+            raise BindingRuleError(RejectReason.CONSENT_INVALID, consent_problem)
+    except BindingRuleError as err:
+        return Decision([reject(cmd, "CreateBinding", err, cmd.grantor_psn_no, cmd.recipient_psn_no)], [])
+    binding = Binding(
+        binding_id=binding_id_for(cmd), grantor_psn_no=g.psn_no, grantor_admdvs=g.admdvs,
+        recipient_psn_no=r.psn_no, recipient_admdvs=r.admdvs, relation=cmd.relation, kind=cmd.kind,
+        quota_fen=quota, funding_mode=g_policy.funding_mode, multi_grantor_mode=r_policy.multi_grantor_mode,
+        dual_code_required=r_policy.dual_code_required, created_at=now,
+    )
+    order = recipient_order
+    if binding.kind == BindingKind.MUTUAL_AID:  # B7: filing order
+        order = order_after(recipient_order, add=binding.binding_id)
+    event = BindingCreated(**cmd.caused("BindingCreated", **_parties(binding)), relation=binding.relation,
+                           quota_fen=quota, funding_mode=binding.funding_mode,
+                           multi_grantor_mode=binding.multi_grantor_mode,
+                           dual_code_required=binding.dual_code_required, grantor_order=order)
+    return Decision([event], [binding])
+
+
+def decide_dissolve(
+    cmd: DissolveBinding, binding: Binding | None, policies: Policies, recipient_order: list[str], now: datetime,
+) -> Decision:
+    try:
+        if binding is None or not binding.active or binding.grantor_psn_no != cmd.grantor_psn_no:
+            raise BindingRuleError(RejectReason.NOT_FOUND, "no active binding with this id for this grantor")
+        if cmd.requested_by not in (binding.grantor_psn_no, binding.recipient_psn_no):
+            raise BindingRuleError(RejectReason.NOT_A_PARTY, "only the grantor or the recipient may dissolve")
+        policy = policies.find(binding.grantor_admdvs)
+        check_min_period(binding, policy.min_binding_days if policy else 0, now)
+    except BindingRuleError as err:
+        return Decision([reject(cmd, "DissolveBinding", err, cmd.grantor_psn_no, None, cmd.binding_id)], [])
+    return dissolve(binding, DissolveReason.REQUESTED, recipient_order, now, cmd.caused("BindingDissolved"))
+
+
+def dissolve(binding: Binding, reason: DissolveReason, recipient_order: list[str], now: datetime,
+             envelope: dict[str, object]) -> Decision:
+    done = binding.model_copy(update={"active": False, "dissolved_at": now, "dissolve_reason": reason})
+    order = order_after(recipient_order, remove=binding.binding_id)
+    event = BindingDissolved(**envelope, **_parties(binding), reason=reason, grantor_order=order)
+    return Decision([event], [done])
+
+
+def decide_reorder(cmd: ReorderGrantors, recipient: Person | None, current_order: list[str]) -> Decision:
+    # B7: the recipient may reorder their grantors; the new order must be a permutation of the current one.
+    if recipient is None or sorted(cmd.binding_ids) != sorted(current_order) or len(set(cmd.binding_ids)) != len(
+            cmd.binding_ids):
+        err = BindingRuleError(RejectReason.ORDER_MISMATCH, "new order must list exactly the active mutual-aid bindings")
+        return Decision([reject(cmd, "ReorderGrantors", err, None, cmd.recipient_psn_no)], [])
+    event = GrantorsReordered(**cmd.caused("GrantorsReordered"), recipient_psn_no=recipient.psn_no,
+                              recipient_admdvs=recipient.admdvs, grantor_order=list(cmd.binding_ids))
+    return Decision([event], [])
+
+
+def decide_change_quota(cmd: ChangeQuota, binding: Binding | None, consent_problem: str | None) -> Decision:
+    try:
+        if binding is None or not binding.active or binding.grantor_psn_no != cmd.grantor_psn_no:
+            raise BindingRuleError(RejectReason.NOT_FOUND, "no active binding with this id for this grantor")
+        if binding.funding_mode != FundingMode.QUOTA or binding.kind != BindingKind.MUTUAL_AID:
+            raise BindingRuleError(RejectReason.QUOTA_REQUIRED, "this binding is not funded by quota")
+        if consent_problem is not None:
+            raise BindingRuleError(RejectReason.CONSENT_INVALID, consent_problem)
+    except BindingRuleError as err:
+        return Decision([reject(cmd, "ChangeQuota", err, cmd.grantor_psn_no, None, cmd.binding_id)], [])
+    previous = binding.quota_fen or 0
+    updated = binding.model_copy(update={"quota_fen": cmd.quota_fen})
+    event = QuotaChanged(**cmd.caused("QuotaChanged"), **_parties(binding), quota_fen=cmd.quota_fen,
+                         previous_quota_fen=previous)
+    return Decision([event], [updated])
+
+
+# ---------------------------------------------------------------- enrollment
+
+
+EnrollmentStatusEvent = PersonEnrolled | PersonSuspended | PersonTerminated | PersonDied | PersonTransferred
+
+
+def apply_enrollment(current: Person | None, event: EnrollmentStatusEvent) -> Person | None:
+    """New view of the person, or None when the event is stale or a duplicate (version not newer)."""
+    if current is not None and event.version <= current.version:
+        return None
+    base = current or Person(psn_no=event.psn_no, admdvs=event.admdvs, insutype="390",
+                             has_personal_account=False, status="normal", version=0)
+    if isinstance(event, PersonEnrolled):
+        return Person(psn_no=event.psn_no, admdvs=event.admdvs, insutype=event.insutype,
+                      has_personal_account=event.has_personal_account, status="normal", version=event.version)
+    status: PersonStatus = {
+        "PersonSuspended": "suspended", "PersonTerminated": "terminated", "PersonDied": "died",
+        "PersonTransferred": base.status,
+    }[event.type]  # type: ignore[assignment]
+    return base.model_copy(update={"admdvs": event.admdvs, "status": status, "version": event.version})
+
+
+def dissolutions_for(event: EnrollmentStatusEvent, bindings: list[Binding]) -> list[tuple[Binding, DissolveReason]]:
+    """B5 automatic dissolution: which of the person's active bindings end because of this event."""
+    if isinstance(event, PersonTerminated):
+        return [(b, DissolveReason.ENROLLMENT_TERMINATED) for b in bindings if b.active]
+    if isinstance(event, PersonDied):
+        return [(b, DissolveReason.DIED) for b in bindings if b.active]
+    if isinstance(event, PersonTransferred) and event.admdvs[:2] != event.from_admdvs[:2]:
+        # Only in-province mutual aid depends on the province (B3); wallet and proxy relations survive.
+        return [(b, DissolveReason.TRANSFERRED) for b in bindings if b.active and b.kind == BindingKind.MUTUAL_AID]
+    return []
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def binding_id_for(cmd: CreateBinding) -> str:
+    return derive_id("binding", cmd.message_id)
+
+
+def reject(cmd: BaseModel, command_type: str, err: BindingRuleError, grantor: str | None, recipient: str | None,
+           binding_id: str | None = None) -> BindingRejected:
+    return BindingRejected(**cmd.caused("BindingRejected"), command_type=command_type,  # type: ignore[attr-defined]
+                           grantor_psn_no=grantor, recipient_psn_no=recipient, binding_id=binding_id,
+                           reason=err.reason, detail=err.detail)
+
+
+def _parties(b: Binding) -> dict[str, object]:
+    return {"binding_id": b.binding_id, "grantor_psn_no": b.grantor_psn_no, "grantor_admdvs": b.grantor_admdvs,
+            "recipient_psn_no": b.recipient_psn_no, "recipient_admdvs": b.recipient_admdvs, "kind": b.kind}

@@ -1,0 +1,138 @@
+"""Redis store of the binding service (key prefix `b:`). Nobody else reads these keys.
+
+Every command is applied as one optimistic transaction (WATCH the keys its decision read, then MULTI/EXEC):
+a concurrent change to the same grantor's bindings or the same recipient's order makes EXEC fail and the
+command is decided again on fresh state, so caps (B4) and order (B7) hold across partitions.
+The idempotency record (the events a message produced) is written in the same transaction.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import redis.asyncio as aioredis
+from pydantic import BaseModel, TypeAdapter
+from redis.asyncio.client import Pipeline
+
+from contracts.binding import BindingEvent
+from services.binding.domain import Binding, Person
+
+_EVENTS = TypeAdapter(list[BindingEvent])
+
+
+def k_person(psn: str) -> str:
+    return f"b:person:{psn}"
+
+
+def k_binding(binding_id: str) -> str:
+    return f"b:binding:{binding_id}"
+
+
+def k_of_grantor(psn: str) -> str:
+    return f"b:grantor:{psn}"
+
+
+def k_of_recipient(psn: str) -> str:
+    return f"b:recipient:{psn}"
+
+
+def k_order(psn: str) -> str:
+    return f"b:order:{psn}"
+
+
+def k_done(message_id: str) -> str:
+    return f"b:done:{message_id}"
+
+
+def k_nonce(nonce: str) -> str:
+    return f"b:nonce:{nonce}"
+
+
+class Reader:
+    """Reads through a watching pipeline (immediate mode) so the transaction sees what it decided on."""
+
+    def __init__(self, pipe: Pipeline | aioredis.Redis) -> None:
+        self.pipe = pipe
+
+    async def person(self, psn: str) -> Person | None:
+        raw = await self.pipe.get(k_person(psn))
+        return Person.model_validate_json(raw) if raw else None
+
+    async def binding(self, binding_id: str) -> Binding | None:
+        raw = await self.pipe.get(k_binding(binding_id))
+        return Binding.model_validate_json(raw) if raw else None
+
+    async def bindings(self, ids: list[str]) -> list[Binding]:
+        if not ids:
+            return []
+        raws = await self.pipe.mget([k_binding(i) for i in ids])
+        return [Binding.model_validate_json(r) for r in raws if r]
+
+    async def of_grantor(self, psn: str) -> list[Binding]:
+        return await self.bindings(sorted(await self.pipe.smembers(k_of_grantor(psn))))
+
+    async def of_recipient(self, psn: str) -> list[Binding]:
+        return await self.bindings(sorted(await self.pipe.smembers(k_of_recipient(psn))))
+
+    async def order(self, recipient: str) -> list[str]:
+        raw = await self.pipe.get(k_order(recipient))
+        return list(json.loads(raw)) if raw else []
+
+    async def nonce_owner(self, nonce: str) -> str | None:
+        owner: str | None = await self.pipe.get(k_nonce(nonce))
+        return owner
+
+
+class BindingStore:
+    def __init__(self, client: aioredis.Redis) -> None:
+        self.client = client
+        self.read = Reader(client)
+
+    async def done(self, message_id: str) -> list[BaseModel] | None:
+        raw = await self.client.get(k_done(message_id))
+        return list(_EVENTS.validate_json(raw)) if raw else None
+
+    def pipeline(self) -> Pipeline:
+        return self.client.pipeline(transaction=True)
+
+    @staticmethod
+    def stage(
+        pipe: Pipeline, message_id: str, events: list[BaseModel], bindings: list[Binding] = (),  # type: ignore[assignment]
+        person: Person | None = None, orders: dict[str, list[str]] | None = None,
+        nonce: tuple[str, int] | None = None,
+    ) -> None:
+        """Queue every write of one decision after `pipe.multi()`."""
+        for b in bindings:
+            pipe.set(k_binding(b.binding_id), b.model_dump_json())
+            pipe.sadd(k_of_grantor(b.grantor_psn_no), b.binding_id)
+            pipe.sadd(k_of_recipient(b.recipient_psn_no), b.binding_id)
+        if person is not None:
+            pipe.set(k_person(person.psn_no), person.model_dump_json())
+        for recipient, order in (orders or {}).items():
+            pipe.set(k_order(recipient), json.dumps(order))
+        if nonce is not None:
+            # Single use (B8): the nonce belongs to this command; kept until the proof expires.
+            pipe.set(k_nonce(nonce[0]), message_id, ex=max(1, nonce[1]))
+        pipe.set(k_done(message_id), json.dumps([json.loads(e.model_dump_json()) for e in events]))
+
+    async def view(self, psn: str) -> dict[str, Any]:
+        """Read model for people and operators: bindings as grantor and as recipient, with order."""
+        person = await self.read.person(psn)
+        order = await self.read.order(psn)
+        as_grantor = await self.read.of_grantor(psn)
+        as_recipient = await self.read.of_recipient(psn)
+
+        def row(b: Binding) -> dict[str, Any]:
+            d = json.loads(b.model_dump_json())
+            d["order"] = order.index(b.binding_id) + 1 if b.binding_id in order else None
+            return d
+
+        return {
+            "psn_no": psn,
+            "enrollment": json.loads(person.model_dump_json()) if person else None,
+            "as_grantor": [json.loads(b.model_dump_json()) for b in as_grantor],
+            "as_recipient": sorted((row(b) for b in as_recipient),
+                                   key=lambda d: (d["order"] is None, d["order"] or 0, d["created_at"])),
+            "grantor_order": order,
+        }

@@ -1,0 +1,5 @@
+import asyncio
+
+from services.wallet.app import main
+
+asyncio.run(main())

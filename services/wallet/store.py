@@ -1,0 +1,100 @@
+"""Redis store of one province's wallet deployment (key prefix `w<province>:`).
+
+Every balance change is one Lua script (lua/*.lua) that validates before writing, stores its result
+under an idempotency key and appends ledger entries to the `ledger` stream. This module only calls them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from contracts.wallet import FundingPlan
+from shared.redis_store import load_script
+
+LUA = Path(__file__).parent / "lua"
+
+
+def key_prefix(province: str) -> str:
+    return f"w{province}:"
+
+
+class WalletStore:
+    def __init__(self, client: aioredis.Redis, province: str, prefix: str | None = None) -> None:
+        self.client = client
+        self.province = province
+        self.prefix = prefix or key_prefix(province)
+        self._accounts = load_script(client, LUA / "accounts.lua")
+        self._bindings = load_script(client, LUA / "bindings.lua")
+        self._pay = load_script(client, LUA / "pay.lua")
+
+    async def _call(self, script: Any, *args: object) -> dict[str, Any]:
+        raw = await script(keys=[self.prefix], args=[str(a) for a in args])
+        result: dict[str, Any] = json.loads(raw)
+        if isinstance(result.get("parts"), dict):  # Lua's cjson encodes an empty list as {}
+            result["parts"] = []
+        return result
+
+    # accounts (C1)
+    async def enroll(self, psn: str, version: int, status: str, admdvs: str) -> dict[str, Any]:
+        return await self._call(self._accounts, "enroll", psn, version, status, admdvs)
+
+    async def set_status(self, psn: str, version: int, status: str, admdvs: str) -> dict[str, Any]:
+        return await self._call(self._accounts, "status", psn, version, status, admdvs)
+
+    async def credit(self, psn: str, amount_fen: int, message_id: str) -> dict[str, Any]:
+        return await self._call(self._accounts, "credit", psn, amount_fen, message_id)
+
+    async def rollover(self, psn: str, year: int, message_id: str) -> dict[str, Any]:
+        return await self._call(self._accounts, "rollover", psn, year, message_id)
+
+    # bindings and quotas (B6, C3)
+    async def bind(self, message_id: str, binding_id: str, grantor: str, recipient: str, kind: str, mode: str,
+                   quota_fen: int | None) -> dict[str, Any]:
+        return await self._call(self._bindings, "bind", message_id, binding_id, grantor, recipient, kind, mode,
+                                "" if quota_fen is None else quota_fen)
+
+    async def change_quota(self, message_id: str, binding_id: str, quota_fen: int) -> dict[str, Any]:
+        return await self._call(self._bindings, "quota", message_id, binding_id, quota_fen)
+
+    async def dissolve(self, message_id: str, binding_id: str) -> dict[str, Any]:
+        return await self._call(self._bindings, "dissolve", message_id, binding_id)
+
+    # payments (S1, S2, S6, S8)
+    async def pay(self, payment_id: str, psn: str, amount_fen: int, plan: FundingPlan, dry_run: bool,
+                  message_id: str) -> dict[str, Any]:
+        return await self._call(self._pay, "pay", payment_id, psn, amount_fen, "1" if dry_run else "0",
+                                plan.model_dump_json(), message_id)
+
+    async def reverse(self, payment_id: str, psn: str, message_id: str) -> dict[str, Any]:
+        return await self._call(self._pay, "reverse", payment_id, psn, message_id)
+
+    # reads (C3)
+    async def balance(self, psn: str, ledger_entries: int = 10) -> dict[str, Any]:
+        p = self.prefix
+        acct = await self.client.hgetall(f"{p}acct:{psn}")
+        earmarks = []
+        for b_id in sorted(await self.client.smembers(f"{p}binds")):
+            b = await self.client.hgetall(f"{p}bind:{b_id}")
+            if b.get("grantor") == psn and b.get("status") == "active":
+                earmarks.append({"binding_id": b_id, "recipient": b["recipient"], "quota_fen": int(b["quota"]),
+                                 "earmarked_fen": int(b["earmark"])})
+        lots = []
+        for lot_id in await self.client.lrange(f"{p}lots:{psn}", 0, -1):
+            lot = await self.client.hgetall(f"{p}lot:{lot_id}")
+            lots.append({"lot_id": lot_id, **lot})
+        keys = [f"acct:{psn}:cur", f"acct:{psn}:hist"]
+        recent = []
+        for entry_id, fields in await self.client.xrevrange(f"{p}ledger", count=2000):
+            if fields.get("balance") in keys:
+                recent.append({"id": entry_id, **fields})
+                if len(recent) >= ledger_entries:
+                    break
+        return {
+            "psn_no": psn, "province": self.province, "account": acct or None,
+            "spendable_current_fen": int(acct.get("cur", 0)), "spendable_prior_fen": int(acct.get("hist", 0)),
+            "earmarked": earmarks, "holds_fen": int(acct.get("hold", 0)), "wallet_lots": lots, "ledger": recent,
+        }

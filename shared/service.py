@@ -1,0 +1,58 @@
+"""Assembles a runnable service: broker with metrics and tracing middlewares, consumers, HTTP endpoints
+(/health, /metrics, plus the service's own read endpoints) and topic creation at start-up."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from faststream.asgi import AsgiFastStream, make_ping_asgi
+from faststream.kafka import KafkaBroker
+from faststream.kafka.opentelemetry import KafkaTelemetryMiddleware
+from faststream.kafka.prometheus import KafkaPrometheusMiddleware
+from opentelemetry.sdk.trace import TracerProvider
+from prometheus_client import REGISTRY, make_asgi_app
+
+from contracts.topics import PARTITIONS, all_topics
+from shared.kafka import Consumer, ensure_topics, make_broker
+from shared.settings import Settings
+
+_TRACER_PROVIDER = TracerProvider()
+
+
+def build_broker(settings: Settings, service: str) -> KafkaBroker:
+    return make_broker(
+        settings.kafka_bootstrap_servers, service,
+        middlewares=[
+            KafkaPrometheusMiddleware(registry=REGISTRY, app_name=service),
+            KafkaTelemetryMiddleware(tracer_provider=_TRACER_PROVIDER),
+        ],
+    )
+
+
+def build_app(
+    settings: Settings, service: str, broker: KafkaBroker, consumers: Sequence[tuple[Consumer[Any], str]],
+    routes: Sequence[tuple[str, Any]] = (), on_startup: Sequence[Callable[[], Awaitable[None]]] = (),
+    after_startup: Sequence[Callable[[], Awaitable[None]]] = (),
+    on_shutdown: Sequence[Callable[[], Awaitable[None]]] = (),
+) -> AsgiFastStream:
+    for consumer, group in consumers:
+        consumer.register(broker, group, max_records=settings.consumer_max_records)
+
+    async def create_topics() -> None:
+        await ensure_topics(settings.kafka_bootstrap_servers, all_topics(), PARTITIONS)
+
+    return AsgiFastStream(
+        broker,
+        asgi_routes=[("/health", make_ping_asgi(broker, timeout=5.0)), ("/metrics", make_asgi_app()), *routes],
+        on_startup=[create_topics, *on_startup],
+        after_startup=list(after_startup),
+        on_shutdown=list(on_shutdown),
+    )
+
+
+async def run(app: AsgiFastStream, settings: Settings) -> None:
+    if settings.http_port:
+        await app.run(run_extra_options={"host": settings.http_host, "port": settings.http_port})
+    else:
+        await app.run(run_extra_options={"host": settings.http_host, "port": 0})

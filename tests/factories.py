@@ -1,0 +1,37 @@
+"""Builders for messages used across unit, contract and integration tests."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import UTC, datetime, timedelta
+
+from contracts.binding import BindingKind, CreateBinding, Relation
+from contracts.enrollment import AccountCredited, PersonEnrolled
+from contracts.types import resident_id_check_char
+from shared.consent import sign
+
+_seq = itertools.count(1)
+
+
+def resident_id(region: str = "320505", birth: str = "19800101") -> str:
+    first17 = f"{region}{birth}{next(_seq) % 1000:03d}"
+    return first17 + resident_id_check_char(first17)
+
+
+def enrolled(psn: str, admdvs: str = "320500", insutype: str = "310", has_pa: bool = True, version: int = 1,
+             id_no: str | None = None, card_no: str | None = None) -> PersonEnrolled:
+    return PersonEnrolled(psn_no=psn, admdvs=admdvs, insutype=insutype, has_personal_account=has_pa,  # type: ignore[arg-type]
+                          version=version, id_no=id_no or resident_id(admdvs), card_no=card_no)
+
+
+def credited(psn: str, amount_fen: int, admdvs: str = "320500", period: str = "2026-10") -> AccountCredited:
+    return AccountCredited(psn_no=psn, admdvs=admdvs, amount_fen=amount_fen, period=period)
+
+
+def create_binding(grantor: str, recipient: str, relation: Relation = Relation.SPOUSE,
+                   kind: BindingKind = BindingKind.MUTUAL_AID, quota_fen: int | None = 50_000,
+                   now: datetime | None = None, nonce: str | None = None) -> CreateBinding:
+    now = now or datetime.now(UTC)
+    proof = sign(grantor, recipient, "bind", quota_fen, nonce or f"n{next(_seq):08d}x", now + timedelta(minutes=10))
+    return CreateBinding(grantor_psn_no=grantor, recipient_psn_no=recipient, relation=relation, kind=kind,
+                         quota_fen=quota_fen, consent=proof, occurred_at=now)
