@@ -20,6 +20,12 @@ from shared.settings import Settings
 _TRACER_PROVIDER = TracerProvider()
 
 
+def query_one(request: Any, name: str) -> str:
+    """First value of a query parameter ('' when absent)."""
+    values = request.query_params.get(name) or [""]
+    return str(values[0])
+
+
 def build_broker(settings: Settings, service: str) -> KafkaBroker:
     return make_broker(
         settings.kafka_bootstrap_servers, service,
@@ -37,7 +43,8 @@ def build_app(
     on_shutdown: Sequence[Callable[[], Awaitable[None]]] = (),
 ) -> AsgiFastStream:
     for consumer, group in consumers:
-        consumer.register(broker, group, max_records=settings.consumer_max_records)
+        # One consumer group per (service, topic): joining one subscriber never rebalances the others.
+        consumer.register(broker, f"{group}.{consumer.topic}", max_records=settings.consumer_max_records)
 
     async def create_topics() -> None:
         await ensure_topics(settings.kafka_bootstrap_servers, all_topics(), PARTITIONS)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from faststream.asgi import AsgiResponse, Query, get
+from faststream.asgi import AsgiResponse, Request, get
 from faststream.asgi.response import JSONResponse
 from pydantic import BaseModel, TypeAdapter
 from redis.exceptions import WatchError
@@ -27,7 +27,7 @@ from shared.logs import configure_logging
 from shared.pii import kafka_key
 from shared.policy import Policies
 from shared.redis_store import connect
-from shared.service import build_app, build_broker
+from shared.service import build_app, build_broker, query_one
 from shared.settings import Settings
 from services.binding import domain
 from services.binding.store import BindingStore, Reader, k_binding, k_of_grantor, k_order, k_person
@@ -199,7 +199,8 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
     ]
 
     @get
-    async def bindings(psn_no: str = Query()) -> AsgiResponse:
+    async def bindings(request: Request) -> AsgiResponse:
+        psn_no = query_one(request, "psn_no")
         return JSONResponse(await service.store.view(psn_no))
 
     async def close() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from faststream.asgi import AsgiResponse, Query, get
+from faststream.asgi import AsgiResponse, Request, get
 from faststream.asgi.response import JSONResponse
 from pydantic import BaseModel, TypeAdapter
 
@@ -33,7 +33,7 @@ from shared.kafka import Consumer, Outgoing, PoisonMessage, model_parser
 from shared.logs import configure_logging
 from shared.pii import kafka_key
 from shared.redis_store import connect
-from shared.service import build_app, build_broker, run
+from shared.service import build_app, build_broker, query_one, run
 from shared.settings import Settings
 from services.wallet.audit import audit
 from services.wallet.store import WalletStore
@@ -150,7 +150,8 @@ def create_app(settings: Settings | None = None) -> Any:
     ]
 
     @get
-    async def balance(psn_no: str = Query()) -> AsgiResponse:
+    async def balance(request: Request) -> AsgiResponse:
+        psn_no = query_one(request, "psn_no")
         return JSONResponse(await service.store.balance(psn_no))
 
     @get

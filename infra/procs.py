@@ -1,0 +1,100 @@
+"""Start the services as real processes against a running stack, wait until /health answers, stop by pid.
+
+Used by `make up`, the demo and the end-to-end tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from infra.native import ROOT, free_port
+
+READY_TIMEOUT_S = 60.0
+
+
+@dataclass
+class ServiceProc:
+    name: str
+    module: str
+    port: int
+    env: dict[str, str]
+    log: Path
+    proc: subprocess.Popen[bytes] | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, **self.env, "HTTP_PORT": str(self.port), "PYTHONPATH": str(ROOT)}
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen([sys.executable, "-m", self.module], env=env, stdout=out,
+                                         stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
+
+    def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}; see {self.log}:\n"
+                                   + "\n".join(self.log.read_text(errors="replace").splitlines()[-20:]))
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 204:
+                    return
+            time.sleep(0.2)
+        raise RuntimeError(f"{self.name} not healthy after {timeout_s:.0f}s; see {self.log}")
+
+    def kill9(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.kill9()
+
+
+def service_set(stack_env: dict[str, str], log_dir: Path, provinces: tuple[str, ...] = ("32", "51", "33", "45"),
+                extra_env: dict[str, str] | None = None) -> list[ServiceProc]:
+    env = {**stack_env, **(extra_env or {})}
+    procs = [
+        ServiceProc("binding", "services.binding", free_port(), env, log_dir / "binding.log"),
+        ServiceProc("settlement", "services.settlement", free_port(), env, log_dir / "settlement.log"),
+    ]
+    for p in provinces:
+        procs.append(ServiceProc(f"wallet-{p}", "services.wallet", free_port(), {**env, "PROVINCE": p},
+                                 log_dir / f"wallet-{p}.log"))
+    return procs
+
+
+def start_all(procs: list[ServiceProc]) -> None:
+    for p in procs:
+        p.start()
+    try:
+        for p in procs:
+            p.wait_ready()
+    except BaseException:
+        for p in procs:
+            p.stop()
+        raise
+
+
+def stop_all(procs: list[ServiceProc]) -> None:
+    for p in procs:
+        p.stop()

@@ -1,0 +1,5 @@
+import asyncio
+
+from services.settlement.app import main
+
+asyncio.run(main())

@@ -1,0 +1,521 @@
+"""Settlement service: hospital requests (2206/2207/2208/2601/3201/3202), wallet answers, read models.
+
+State machine of a 2207 record (key `s:req:<msgid>`):
+
+    AWAITING_WALLET ──PaymentCompleted──▶ PAID ──2208──▶ CANCELLING ──PaymentReversed──▶ CANCELLED
+          │  │                              └────2601──▶ REVERSING  ──PaymentReversed──▶ REVERSED
+          │  ├──PaymentRejected──▶ REFUSED
+          │  ├──deadline─────────▶ TIMED_OUT (answered -1, ReversePayment sent) ──PaymentReversed──▶ TIMED_OUT
+          │  └──2601─────────────▶ REVERSING (original answered -1)
+    (no account money needed) ────▶ PAID (cash only)
+    (validation failed) ──────────▶ REJECTED
+    (2601 before the request) ────▶ VOIDED (the request, if it ever arrives, is answered -1)
+
+Every request gets exactly one reply content; redelivered or repeated requests republish the stored reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from typing import Any
+
+import structlog
+from faststream.asgi import AsgiResponse, Request, get
+from faststream.asgi.response import JSONResponse
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from contracts.binding import BindingCreated, BindingDissolved, BindingEvent, BindingKind, GrantorsReordered
+from contracts.enrollment import AccountCredited, EnrollmentEvent, PersonEnrolled, PersonTransferred, YearRolledOver
+from contracts.envelope import derive_id
+from contracts.his import (
+    CancelData,
+    DetailData,
+    HisEnvelope,
+    HisRequestError,
+    HisResult,
+    ReversalData,
+    SettleData,
+    TotalsData,
+    first_error,
+    parse_data,
+    parse_his_json,
+    setlinfo,
+)
+from contracts.topics import BINDING_EVENTS, ENROLLMENT_EVENTS, HIS_REQUESTS, HIS_RESULTS, WALLET_EVENTS, wallet_commands
+from contracts.types import fen_to_yuan
+from contracts.wallet import (
+    PaymentCompleted,
+    PaymentRejected,
+    PaymentReversed,
+    PaySettlement,
+    ReversePayment,
+    WalletEvent,
+)
+from shared.clock import Clock, SystemClock, epoch_ms
+from shared.kafka import Consumer, Outgoing, PoisonMessage, model_parser, publish_all
+from shared.logs import configure_logging
+from shared.pii import kafka_key, keyed_hash
+from shared.redis_store import connect
+from shared.service import build_app, build_broker, query_one, run
+from shared.settings import Settings
+from services.settlement import domain
+from services.settlement.store import Record, SettlementStore, Tx, k_day
+
+SERVICE = "settlement"
+SCAN_INTERVAL_MS = 200
+log = structlog.get_logger()
+
+
+def parse_request(raw: bytes) -> dict[str, Any]:
+    """Only bytes we cannot answer at all go to the DLQ: not JSON, or no usable msgid to reply to."""
+    try:
+        obj = parse_his_json(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise PoisonMessage("UNPARSEABLE", f"not JSON: {exc}") from None
+    if not isinstance(obj, dict) or not isinstance(obj.get("msgid"), str) or not 0 < len(obj["msgid"]) <= 64:
+        raise PoisonMessage("NO_MSGID", "request has no msgid to answer to")
+    return obj
+
+
+def reply_out(rec: Record) -> Outgoing:
+    return Outgoing(HIS_RESULTS, kafka_key(rec["msgid"]), rec["reply"].encode(),
+                    {"content-type": "application/json", "message-type": "HisResult"})
+
+
+def answer(rec: Record, err: str | None = None, output: dict[str, Any] | None = None) -> Outgoing:
+    result = HisResult(infcode=-1 if err else 0, err_msg=err, msgid=rec["msgid"], infno=rec["infno"],
+                       output=output or {})
+    rec["reply"] = result.model_dump_json()
+    return reply_out(rec)
+
+
+class SettlementService:
+    def __init__(self, settings: Settings, store: SettlementStore, clock: Clock) -> None:
+        self.settings = settings
+        self.store = store
+        self.clock = clock
+
+    # ================================================================ hospital requests
+
+    async def on_request(self, obj: dict[str, Any], _record: Any) -> list[Outgoing]:
+        msgid = obj["msgid"]
+        infno = str(obj.get("infno", ""))
+        try:
+            env = HisEnvelope.model_validate(obj)
+            data = parse_data(env)
+        except ValidationError as exc:
+            return await self._reject(msgid, infno, first_error(exc))
+        except HisRequestError as exc:
+            return await self._reject(msgid, infno, str(exc))
+        if isinstance(data, SettleData):
+            return await self._settle(env, data)
+        if isinstance(data, CancelData):
+            return await self._cancel(env, data)
+        if isinstance(data, ReversalData):
+            return await self._reverse(env, data)
+        if isinstance(data, TotalsData | DetailData):
+            return await self._reconcile(env, data)
+        raise TypeError(type(data))  # pragma: no cover
+
+    async def _reject(self, msgid: str, infno: str, err: str) -> list[Outgoing]:
+        async def decide(tx: Tx) -> list[Outgoing]:
+            rec = await tx.get(msgid)
+            if rec is not None and rec.get("reply"):
+                return [reply_out(rec)]
+            if rec is not None and rec.get("state") != "VOIDED":
+                return []  # a valid request with this msgid is in flight; its answer stands
+            new = {"msgid": msgid, "infno": infno, "state": "REJECTED"}
+            out = answer(new, err)
+            tx.put(new)
+            return [out]
+
+        return await self.store.transact(None, decide)
+
+    def _base(self, env: HisEnvelope, **fields: Any) -> Record:
+        return {"msgid": env.msgid, "infno": env.infno, "fixmedins": env.fixmedins_code,
+                "day": env.inf_time[:10], "insuplc": env.insuplc_admdvs, "province": env.insuplc_admdvs[:2],
+                "waiting": [], **fields}
+
+    async def _settle(self, env: HisEnvelope, d: SettleData) -> list[Outgoing]:
+        # Validation reads only read models; the record itself is written in one transaction below.
+        problem: str | None = None
+        try:
+            domain.check_amounts(d)
+            domain.check_scope(d)
+            person = await self.store.person(d.psn_no)
+            owner = None
+            if d.mdtrt_cert_type == "02":
+                owner = await self.store.owner_of_id(keyed_hash(self.settings.pii_hash_key, d.mdtrt_cert_no))
+            elif d.mdtrt_cert_type == "03":
+                owner = await self.store.owner_of_card(d.mdtrt_cert_no)
+            domain.check_own_card(d, env.insuplc_admdvs, person, owner)
+        except domain.CardMisuse as exc:
+            problem = str(exc)
+            await self.store.flag({"msgid": env.msgid, "psn_no": d.psn_no, "fixmedins": env.fixmedins_code,
+                                   "cert_type": d.mdtrt_cert_type, "rule": "S4"})
+            log.warning("card misuse flagged", msgid=env.msgid, psn_no=d.psn_no, fixmedins=env.fixmedins_code)
+        except HisRequestError as exc:
+            problem = str(exc)
+        if problem is not None:
+            return await self._reject(env.msgid, env.infno, problem)
+        order, views = await self.store.binding_views(d.psn_no)
+        plan = domain.build_plan(d, order, views)
+        setl_id = domain.setl_id_for(env.msgid)
+        payment_id = setl_id if env.infno == "2207" else domain.quote_payment_id(env.msgid)
+        needs_wallet = d.psn_part_amt > 0 and (plan.use_own or plan.grantors or plan.use_wallet)
+        deadline_ms = epoch_ms(self.clock.now()) + self.settings.wallet_timeout_ms
+
+        async def decide(tx: Tx) -> list[Outgoing]:
+            rec = await tx.get(env.msgid)
+            if rec is not None:
+                if rec.get("reply"):
+                    return [reply_out(rec)]
+                if rec["state"] != "VOIDED":
+                    return []  # in flight: the answer is on its way
+                rec.update(self._base(env, state="VOIDED"))
+                out = answer(rec, f"request was reversed by 2601 {rec.get('reversed_by', '')} before it arrived")
+                tx.put(rec)
+                return [out]
+            rec = self._base(env, state="AWAITING_WALLET", psn_no=d.psn_no, mdtrt_id=d.mdtrt_id, setl_id=setl_id,
+                             payment_id=payment_id, medfee=d.medfee_sumamt, fund=d.fund_pay_sumamt,
+                             part=d.psn_part_amt, wallet_used=bool(needs_wallet))
+            if env.infno == "2207":
+                tx.op(lambda p: p.set(f"s:setl:{setl_id}", env.msgid))
+            if not needs_wallet:  # S5 or nothing to pay: all cash, no wallet round trip
+                return [self._paid(tx, rec, domain.cash_only(d.psn_part_amt))]
+            tx.op(lambda p: p.set(f"s:pay:{payment_id}", env.msgid))
+            tx.op(lambda p: p.zadd("s:deadlines", {env.msgid: deadline_ms}))
+            tx.put(rec)
+            cmd = PaySettlement(message_id=derive_id("PaySettlement", env.msgid), correlation_id=env.msgid,
+                                causation_id=env.msgid, payment_id=payment_id, psn_no=d.psn_no,
+                                amount_fen=d.psn_part_amt, plan=plan, dry_run=env.infno == "2206")
+            return [Outgoing.of(wallet_commands(rec["province"]), kafka_key(payment_id), cmd)]
+
+        return await self.store.transact(None, decide)
+
+    def _paid(self, tx: Tx, rec: Record, split: domain.Split) -> Outgoing:
+        rec["state"] = "PAID" if rec["infno"] == "2207" else "QUOTED"
+        rec["split"] = split.__dict__
+        info = setlinfo(setl_id=rec["setl_id"], psn_no=rec["psn_no"], mdtrt_id=rec["mdtrt_id"],
+                        medfee_fen=rec["medfee"], fund_fen=rec["fund"], part_fen=rec["part"], acct_fen=split.acct_fen,
+                        mulaid_fen=split.mulaid_fen, wallet_fen=split.wallet_fen, cash_fen=split.cash_fen,
+                        balc_fen=split.balc_fen)
+        out = answer(rec, output={"setlinfo": info.model_dump()})
+        tx.put(rec)
+        tx.op(lambda p: p.zrem("s:deadlines", rec["msgid"]))
+        if rec["infno"] == "2207":
+            row = {"setl_id": rec["setl_id"], "msgid": rec["msgid"], "medfee_fen": rec["medfee"],
+                   "acct_fen": split.acct_fen}
+            tx.op(lambda p: p.hset(k_day(rec["fixmedins"], rec["day"]), rec["setl_id"], json.dumps(row)))
+        return out
+
+    def _reverse_cmd(self, rec: Record, why: str) -> Outgoing:
+        cmd = ReversePayment(message_id=derive_id("ReversePayment", rec["payment_id"]), correlation_id=rec["msgid"],
+                             causation_id=why, payment_id=rec["payment_id"], psn_no=rec["psn_no"])
+        return Outgoing.of(wallet_commands(rec["province"]), kafka_key(rec["payment_id"]), cmd)
+
+    async def _cancel(self, env: HisEnvelope, d: CancelData) -> list[Outgoing]:
+        # S6: 2208 by setl_id returns every fen to where it came from.
+        orig_msgid = await self.store.client.get(f"s:setl:{d.setl_id}")
+
+        async def decide(tx: Tx) -> list[Outgoing]:
+            me = await tx.get(env.msgid)
+            if me is not None:
+                return [reply_out(me)] if me.get("reply") else []
+            me = self._base(env, state="REJECTED")
+            orig = await tx.get(orig_msgid) if orig_msgid else None
+            if orig is None or orig.get("psn_no") != d.psn_no or orig.get("mdtrt_id") != d.mdtrt_id:
+                out = answer(me, "input.data.setl_id: no settlement with this setl_id for this psn_no and mdtrt_id")
+            elif orig["state"] in ("CANCELLING", "REVERSING"):
+                me["state"] = "AWAITING_REVERSAL"
+                orig["waiting"].append(env.msgid)
+                tx.put(orig)
+                tx.put(me)
+                return []
+            elif orig["state"] != "PAID":
+                out = answer(me, f"setl_id: settlement is {orig['state'].lower()}, nothing to cancel")
+            elif not orig["wallet_used"]:
+                orig["state"] = "CANCELLED"
+                tx.put(orig)
+                tx.op(lambda p: p.hdel(k_day(orig["fixmedins"], orig["day"]), orig["setl_id"]))
+                me["state"] = "DONE"
+                out = answer(me, output={"setl_id": d.setl_id, "refunded": "0.00"})
+            else:
+                orig["state"] = "CANCELLING"
+                orig["waiting"].append(env.msgid)
+                me["state"] = "AWAITING_REVERSAL"
+                tx.put(orig)
+                tx.put(me)
+                return [self._reverse_cmd(orig, env.msgid)]
+            tx.put(me)
+            return [out]
+
+        return await self.store.transact(None, decide)
+
+    async def _reverse(self, env: HisEnvelope, d: ReversalData) -> list[Outgoing]:
+        # S6: 2601 by original msgid, whatever state it reached, including "never arrived".
+        async def decide(tx: Tx) -> list[Outgoing]:
+            me = await tx.get(env.msgid)
+            if me is not None:
+                return [reply_out(me)] if me.get("reply") else []
+            me = self._base(env, state="DONE")
+            if d.oinfno == "2208":
+                me["state"] = "REJECTED"
+                out = answer(me, "input.data.oinfno: reversing a cancel is not supported; settle again with 2207")
+                tx.put(me)
+                return [out]
+            orig = await tx.get(d.omsgid)
+            outs: list[Outgoing] = []
+            if orig is None:  # never arrived: void it so a late arrival is refused
+                tx.put({"msgid": d.omsgid, "infno": d.oinfno, "state": "VOIDED", "reversed_by": env.msgid,
+                        "waiting": []})
+                outs.append(answer(me, output={"omsgid": d.omsgid, "result": "voided_before_arrival"}))
+            elif orig["state"] in ("AWAITING_WALLET", "PAID") and orig.get("wallet_used"):
+                if orig["state"] == "AWAITING_WALLET":  # the original is answered now, definitely
+                    outs.append(answer(orig, f"reversed by 2601 {env.msgid}"))
+                    tx.op(lambda p: p.zrem("s:deadlines", orig["msgid"]))
+                orig["state"] = "REVERSING"
+                orig["waiting"].append(env.msgid)
+                tx.put(orig)
+                me["state"] = "AWAITING_REVERSAL"
+                outs.append(self._reverse_cmd(orig, env.msgid))
+            elif orig["state"] in ("CANCELLING", "REVERSING"):
+                orig["waiting"].append(env.msgid)
+                tx.put(orig)
+                me["state"] = "AWAITING_REVERSAL"
+            else:
+                if orig["state"] == "PAID":  # cash only: nothing moved in accounts
+                    orig["state"] = "REVERSED"
+                    tx.put(orig)
+                    tx.op(lambda p: p.hdel(k_day(orig["fixmedins"], orig["day"]), orig["setl_id"]))
+                outs.append(answer(me, output={"omsgid": d.omsgid, "result": orig["state"].lower()}))
+            tx.put(me)
+            return outs
+
+        return await self.store.transact(None, decide)
+
+    async def _reconcile(self, env: HisEnvelope, d: TotalsData | DetailData) -> list[Outgoing]:
+        # S7: compare the hospital's day with ours; every one-sided entry is listed.
+        ours = await self.store.day_rows(env.fixmedins_code, d.stmt_date)
+        if isinstance(d, TotalsData):
+            output = domain.reconcile_totals(ours, d.setl_cnt, d.medfee_sumamt, d.acct_pay)
+        else:
+            theirs = [{"setl_id": r.setl_id, "msgid": r.msgid, "medfee_fen": r.medfee_sumamt, "acct_fen": r.acct_pay}
+                      for r in d.details]
+            output = domain.reconcile_details(ours, theirs)
+
+        async def decide(tx: Tx) -> list[Outgoing]:
+            me = await tx.get(env.msgid)
+            if me is not None and me.get("reply"):
+                return [reply_out(me)]
+            me = self._base(env, state="DONE")
+            out = answer(me, output=output)
+            tx.put(me)
+            return [out]
+
+        return await self.store.transact(None, decide)
+
+    # ================================================================ wallet answers
+
+    async def on_wallet(self, e: Any, _record: Any) -> list[Outgoing]:
+        if not isinstance(e, PaymentCompleted | PaymentRejected | PaymentReversed):
+            return []
+        stored = await self.store.done(e.message_id)
+        if stored is not None:
+            return stored
+        msgid = await self.store.client.get(f"s:pay:{e.payment_id}")
+        if msgid is None:
+            return []  # not ours (another settlement instance's test data) or already purged
+
+        async def decide(tx: Tx) -> list[Outgoing]:
+            rec = await tx.get(msgid)
+            if rec is None:
+                return []
+            if isinstance(e, PaymentCompleted):
+                if rec["state"] != "AWAITING_WALLET":
+                    return []  # timed out or reversed meanwhile; the ReversePayment settles the money
+                split = domain.Split(e.acct_pay_fen, e.mulaid_pay_fen, e.wallet_pay_fen, e.cash_fen,
+                                     e.own_balance_after_fen)
+                if e.amount_fen != rec["part"]:
+                    raise PoisonMessage("AMOUNT_MISMATCH", "wallet paid a different amount than requested")
+                return [self._paid(tx, rec, split)]
+            if isinstance(e, PaymentRejected):
+                if rec["state"] != "AWAITING_WALLET":
+                    return []
+                rec["state"] = "REFUSED"
+                out = answer(rec, f"wallet refused the payment: {e.reason} {e.detail}".strip())
+                tx.put(rec)
+                tx.op(lambda p: p.zrem("s:deadlines", rec["msgid"]))
+                return [out]
+            # PaymentReversed: finish whatever asked for it and answer everyone waiting
+            final = {"CANCELLING": "CANCELLED", "REVERSING": "REVERSED"}.get(rec["state"], rec["state"])
+            rec["state"] = final
+            rec["refunded_fen"] = e.refunded_fen
+            outs: list[Outgoing] = []
+            for waiting in rec["waiting"]:
+                w = await tx.get(waiting)
+                if w is None or w.get("reply"):
+                    continue
+                w["state"] = "DONE"
+                outs.append(answer(w, output={"setl_id": rec.get("setl_id"), "omsgid": rec["msgid"],
+                                              "refunded": fen_to_yuan(e.refunded_fen)}))
+                tx.put(w)
+            rec["waiting"] = []
+            tx.put(rec)
+            if rec.get("setl_id"):
+                tx.op(lambda p: p.hdel(k_day(rec["fixmedins"], rec["day"]), rec["setl_id"]))
+            return outs
+
+        return await self.store.transact(e.message_id, decide)
+
+    # ================================================================ deadlines (wallet timeout)
+
+    async def scan_deadlines(self) -> int:
+        """Answer requests whose wallet did not answer in time; returns how many were timed out."""
+        timed_out = 0
+        for msgid in await self.store.due(epoch_ms(self.clock.now())):
+            async def decide(tx: Tx, msgid: str = msgid) -> list[Outgoing]:
+                rec = await tx.get(msgid)
+                tx.op(lambda p: p.zrem("s:deadlines", msgid))
+                if rec is None or rec["state"] != "AWAITING_WALLET":
+                    return []
+                rec["state"] = "TIMED_OUT"
+                ms = self.settings.wallet_timeout_ms
+                out = [answer(rec, f"wallet of province {rec['province']} did not answer within {ms} ms; "
+                                   "nothing was charged, settle again or pay cash")]
+                tx.put(rec)
+                if rec["infno"] == "2207":
+                    out.append(self._reverse_cmd(rec, "timeout"))
+                return out
+
+            if await self.store.transact(None, decide, outbox=True):
+                timed_out += 1
+        return timed_out
+
+    async def flush_outbox(self, broker: Any) -> None:
+        while (head := await self.store.outbox_head()) is not None:
+            from services.settlement.store import decode_out
+
+            await publish_all(broker, decode_out(head))
+            await self.store.outbox_pop(head)
+
+    # ================================================================ read models
+
+    async def on_binding(self, e: Any, _record: Any) -> list[Outgoing]:
+        c = self.store.client
+        if isinstance(e, BindingCreated):
+            view = domain.BindingView(binding_id=e.binding_id, grantor_psn_no=e.grantor_psn_no,
+                                      recipient_psn_no=e.recipient_psn_no, kind=e.kind, funding_mode=e.funding_mode,
+                                      multi_grantor_mode=e.multi_grantor_mode,
+                                      dual_code_required=e.dual_code_required)
+            async with c.pipeline(transaction=True) as p:
+                p.set(f"s:rm:b:{e.binding_id}", view.model_dump_json())
+                p.sadd(f"s:rm:of:{e.recipient_psn_no}", e.binding_id)
+                if e.kind == BindingKind.MUTUAL_AID:
+                    p.set(f"s:rm:order:{e.recipient_psn_no}", json.dumps(e.grantor_order))
+                await p.execute()
+        elif isinstance(e, BindingDissolved):
+            raw = await c.get(f"s:rm:b:{e.binding_id}")
+            async with c.pipeline(transaction=True) as p:
+                if raw:
+                    view = domain.BindingView.model_validate_json(raw).model_copy(update={"active": False})
+                    p.set(f"s:rm:b:{e.binding_id}", view.model_dump_json())
+                if e.kind == BindingKind.MUTUAL_AID:
+                    p.set(f"s:rm:order:{e.recipient_psn_no}", json.dumps(e.grantor_order))
+                await p.execute()
+        elif isinstance(e, GrantorsReordered):
+            await c.set(f"s:rm:order:{e.recipient_psn_no}", json.dumps(e.grantor_order))
+        return []
+
+    async def on_enrollment(self, e: Any, _record: Any) -> list[Outgoing]:
+        if isinstance(e, AccountCredited | YearRolledOver):
+            return []
+        current = await self.store.person(e.psn_no)
+        if current is not None and e.version <= current.version:
+            return []  # stale or duplicate (same rule as the binding service)
+        c = self.store.client
+        async with c.pipeline(transaction=True) as p:
+            if isinstance(e, PersonEnrolled):
+                view = domain.PersonView(psn_no=e.psn_no, admdvs=e.admdvs, version=e.version,
+                                         id_hash=keyed_hash(self.settings.pii_hash_key, e.id_no), card_no=e.card_no)
+                p.set(f"s:idn:{view.id_hash}", e.psn_no)
+                if e.card_no:
+                    p.set(f"s:card:{e.card_no}", e.psn_no)
+            elif current is None:
+                return []
+            else:
+                status = {"PersonSuspended": "suspended", "PersonTerminated": "terminated",
+                          "PersonDied": "died"}.get(e.type, current.status)
+                view = current.model_copy(update={"admdvs": e.admdvs if isinstance(e, PersonTransferred)
+                                                  else current.admdvs, "status": status, "version": e.version})
+            p.set(f"s:psn:{e.psn_no}", view.model_dump_json())
+            await p.execute()
+        return []
+
+
+def create_app(settings: Settings | None = None, clock: Clock | None = None) -> Any:
+    settings = settings or Settings()
+    configure_logging(SERVICE, settings.log_level)
+    redis = connect(settings.redis_url)
+    service = SettlementService(settings, SettlementStore(redis), clock or SystemClock(settings.clock_offset_ms))
+    broker = build_broker(settings, SERVICE)
+    consumers = [
+        (Consumer(SERVICE, HIS_REQUESTS, parse_request, service.on_request), SERVICE),
+        (Consumer(SERVICE, WALLET_EVENTS, model_parser(TypeAdapter(WalletEvent)), service.on_wallet), SERVICE),
+        (Consumer(SERVICE, BINDING_EVENTS, model_parser(TypeAdapter(BindingEvent)), service.on_binding), SERVICE),
+        (Consumer(SERVICE, ENROLLMENT_EVENTS, model_parser(TypeAdapter(EnrollmentEvent)), service.on_enrollment),
+         SERVICE),
+    ]
+    tasks: list[asyncio.Task[None]] = []
+
+    async def scanner() -> None:
+        # Bounded work per tick (100 deadlines); transient errors are logged and retried next tick.
+        while True:
+            try:
+                await service.scan_deadlines()
+                await service.flush_outbox(broker)
+            except Exception:
+                log.exception("deadline scan failed; retrying")
+            await asyncio.sleep(SCAN_INTERVAL_MS / 1000)
+
+    async def start_scanner() -> None:
+        tasks.append(asyncio.create_task(scanner()))
+
+    async def stop() -> None:
+        for t in tasks:
+            t.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        await redis.aclose()
+
+    @get
+    async def settlement(request: Request) -> AsgiResponse:
+        msgid = query_one(request, "msgid")
+        raw = await redis.get(f"s:req:{msgid}")
+        return JSONResponse(json.loads(raw) if raw else {"error": "unknown msgid"}, status_code=200 if raw else 404)
+
+    @get
+    async def person(request: Request) -> AsgiResponse:
+        psn_no = query_one(request, "psn_no")
+        view = await service.store.person(psn_no)
+        if view is None:
+            return JSONResponse({"error": "unknown psn_no"}, status_code=404)
+        return JSONResponse({"psn_no": view.psn_no, "admdvs": view.admdvs, "status": view.status,
+                             "version": view.version})
+
+    return build_app(settings, SERVICE, broker, consumers, routes=[("/settlement", settlement), ("/person", person)],
+                     after_startup=[start_scanner], on_shutdown=[stop])
+
+
+async def main() -> None:
+    settings = Settings()
+    await run(create_app(settings), settings)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
+
+
+__all__ = ["BaseModel", "SettlementService", "create_app"]

@@ -1,0 +1,160 @@
+"""Settlement rules S1–S8 as pure functions. No I/O: handlers in app.py load state, call these, store results.
+
+Decisions where DOMAIN.md is silent (each also noted at the rule):
+- e-voucher (01) tokens are resolved upstream to the person number, so `mdtrt_cert_no` must equal `psn_no`.
+- Dual code (S4, regions 45/51): mutual aid is drawn only from the grantor whose code was scanned
+  (`mulaid_psn_no`); without it the bill is settled without relatives' money. Own account, wallet and cash
+  still apply.
+- The request's amounts must add up: `fund_pay_sumamt + psn_part_amt == medfee_sumamt`.
+- Wallet timeout: the hospital gets `infcode -1` ("nothing was charged") and a ReversePayment follows on the
+  same partition as the payment, so a payment that lands late is refunded and one that has not landed yet
+  is voided before it can move money.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from contracts.binding import BindingKind, FundingMode, MultiGrantorMode
+from contracts.envelope import derive_id
+from contracts.his import (
+    MED_TYPES_ALLOWED,
+    USAGE_SCOPES_ALLOWED,
+    USAGE_SCOPES_REFUSED,
+    HisRequestError,
+    SettleData,
+)
+from contracts.wallet import FundingPlan, GrantorSource
+
+
+class BindingView(BaseModel):
+    """Settlement's read model of one binding, built only from binding.events.v1."""
+
+    model_config = ConfigDict(frozen=True)
+
+    binding_id: str
+    grantor_psn_no: str
+    recipient_psn_no: str
+    kind: BindingKind
+    funding_mode: FundingMode
+    multi_grantor_mode: MultiGrantorMode
+    dual_code_required: bool
+    active: bool = True
+
+
+class PersonView(BaseModel):
+    """Identity view from enrollment.events.v1: the resident ID only as a keyed hash."""
+
+    model_config = ConfigDict(frozen=True)
+
+    psn_no: str
+    admdvs: str
+    version: int
+    id_hash: str
+    card_no: str | None = None
+    status: str = "normal"
+
+
+class CardMisuse(HisRequestError):
+    """S4: someone else's card or ID number (冒名就医). Rejected and flagged."""
+
+
+def check_amounts(d: SettleData) -> None:
+    if d.fund_pay_sumamt + d.psn_part_amt != d.medfee_sumamt:
+        raise HisRequestError("input.data: fund_pay_sumamt + psn_part_amt must equal medfee_sumamt")
+
+
+def check_scope(d: SettleData) -> None:
+    # S3: own share of care at designated institutions and premiums; never public health, fitness, cash-out.
+    if d.usage_scope in USAGE_SCOPES_REFUSED:
+        raise HisRequestError(f"input.data.usage_scope: {d.usage_scope} is not payable from personal accounts (S3)")
+    if d.usage_scope not in USAGE_SCOPES_ALLOWED:
+        raise HisRequestError(f"input.data.usage_scope: unknown scope {d.usage_scope!r}")
+    if d.med_type not in MED_TYPES_ALLOWED:
+        raise HisRequestError(f"input.data.med_type: {d.med_type!r} is not a care type payable from accounts (S3)")
+
+
+def check_own_card(d: SettleData, insuplc_admdvs: str, person: PersonView | None, cert_owner: str | None) -> None:
+    """S4: the patient must be the cardholder. `cert_owner` is whom the presented certificate belongs to."""
+    if person is None:
+        raise HisRequestError("input.data.psn_no: person is not enrolled in basic medical insurance")
+    if person.status != "normal":
+        raise HisRequestError(f"input.data.psn_no: enrollment status is {person.status}, not normal")
+    if person.admdvs != insuplc_admdvs:
+        raise HisRequestError(f"insuplc_admdvs: {insuplc_admdvs} is not the insured region of this person")
+    if d.mdtrt_cert_type == "01":
+        owner = d.mdtrt_cert_no  # e-voucher tokens are resolved to psn_no upstream
+    else:
+        owner = cert_owner
+    if owner != d.psn_no:
+        raise CardMisuse("mdtrt_cert_no: certificate does not belong to psn_no (冒名就医, S4); flagged")
+
+
+def build_plan(d: SettleData, order: list[str], bindings: dict[str, BindingView]) -> FundingPlan:
+    """S1 order: own account, then grantors in the recipient's order (B7), then wallet; S5 flag honoured."""
+    if d.acct_used_flag == "0":  # S5
+        return FundingPlan(use_own=False, grantors=[], use_wallet=False)
+    aid = [bindings[b] for b in order if b in bindings and bindings[b].active
+           and bindings[b].kind == BindingKind.MUTUAL_AID and bindings[b].recipient_psn_no == d.psn_no]
+    mode = aid[0].multi_grantor_mode if aid else MultiGrantorMode.SEQUENTIAL
+    if aid and aid[0].dual_code_required:  # S4 dual code: only the grantor whose code was presented
+        aid = [b for b in aid if b.grantor_psn_no == d.mulaid_psn_no]
+    return FundingPlan(
+        use_own=True, use_wallet=True, multi_grantor_mode=mode,
+        grantors=[GrantorSource(binding_id=b.binding_id, grantor_psn_no=b.grantor_psn_no,
+                                funding_mode=b.funding_mode) for b in aid],
+    )
+
+
+def setl_id_for(msgid: str) -> str:
+    return "S" + derive_id("setl", msgid).replace("-", "")[:24].upper()
+
+
+def quote_payment_id(msgid: str) -> str:
+    return "Q" + derive_id("quote", msgid).replace("-", "")[:24].upper()
+
+
+@dataclass(frozen=True)
+class Split:
+    acct_fen: int
+    mulaid_fen: int
+    wallet_fen: int
+    cash_fen: int
+    balc_fen: int
+
+
+def cash_only(part_fen: int, balc_fen: int = 0) -> Split:
+    return Split(0, 0, 0, part_fen, balc_fen)
+
+
+# ---------------------------------------------------------------- reconciliation (S7)
+
+
+def reconcile_totals(ours: list[dict[str, Any]], count: int, medfee_fen: int, acct_fen: int) -> dict[str, Any]:
+    mine = {"setl_cnt": len(ours), "medfee_sumamt_fen": sum(r["medfee_fen"] for r in ours),
+            "acct_pay_fen": sum(r["acct_fen"] for r in ours)}
+    theirs = {"setl_cnt": count, "medfee_sumamt_fen": medfee_fen, "acct_pay_fen": acct_fen}
+    return {"stmt_rslt": "0" if mine == theirs else "1", "center": mine, "hospital": theirs}
+
+
+def reconcile_details(ours: list[dict[str, Any]], theirs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Every one-sided entry: hospital_only (医院有中心无, 长款) and center_only (中心有医院无, 短款), plus
+    entries present on both sides whose amounts differ."""
+    by_ours = {r["setl_id"]: r for r in ours}
+    by_theirs = {r["setl_id"]: r for r in theirs}
+    hospital_only = sorted(set(by_theirs) - set(by_ours))
+    center_only = sorted(set(by_ours) - set(by_theirs))
+    mismatched = sorted(
+        s for s in set(by_ours) & set(by_theirs)
+        if (by_ours[s]["medfee_fen"], by_ours[s]["acct_fen"]) != (by_theirs[s]["medfee_fen"], by_theirs[s]["acct_fen"])
+    )
+    balanced = not (hospital_only or center_only or mismatched)
+    return {
+        "stmt_rslt": "0" if balanced else "1",
+        "hospital_only": [{"setl_id": s, "msgid": by_theirs[s]["msgid"], "kind": "长款"} for s in hospital_only],
+        "center_only": [{"setl_id": s, "msgid": by_ours[s]["msgid"], "kind": "短款"} for s in center_only],
+        "mismatched": mismatched,
+    }

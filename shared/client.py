@@ -1,0 +1,182 @@
+"""A client of the running system over Kafka, as hospitals and the app would use it.
+
+Publishes commands and HIS requests to the real topics and waits for the matching answer on the answer
+topics (HIS results by `msgid`, binding events by `causation_id`, wallet events by `payment_id`/binding).
+Used by the operator CLI, the demo and the end-to-end tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import time
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from pydantic import BaseModel
+
+from contracts.binding import BindingKind, ChangeQuota, CreateBinding, DissolveBinding, Relation, ReorderGrantors
+from contracts.envelope import new_id
+from contracts.topics import BINDING_COMMANDS, BINDING_EVENTS, ENROLLMENT_EVENTS, HIS_REQUESTS, HIS_RESULTS, WALLET_EVENTS
+from shared.consent import sign
+from shared.pii import kafka_key
+
+DEFAULT_TIMEOUT_S = 30.0
+_seq = itertools.count(1)
+
+
+def msgid_for(fixmedins: str, at: datetime | None = None) -> str:
+    at = at or datetime.now(UTC) + timedelta(hours=8)
+    return f"{fixmedins}{at:%Y%m%d%H%M%S}{next(_seq) % 10000:04d}"
+
+
+def yuan(fen: int) -> Decimal:
+    return Decimal(fen) / 100
+
+
+def his_request(infno: str, fixmedins: str, insuplc: str, mdtrtarea: str, data: dict[str, Any],
+                msgid: str | None = None) -> dict[str, Any]:
+    now = datetime.now(UTC) + timedelta(hours=8)
+    return {"infno": infno, "msgid": msgid or msgid_for(fixmedins), "mdtrtarea_admvs": mdtrtarea,
+            "insuplc_admdvs": insuplc, "fixmedins_code": fixmedins, "inf_time": f"{now:%Y-%m-%d %H:%M:%S}",
+            "input": {"data": data}}
+
+
+def _exact_number(value: Any) -> Any:
+    """Hospitals send amounts as JSON numbers. Python's json can only write numbers from int/float, so a
+    Decimal goes out as the float whose shortest text is the same decimal - checked, never assumed."""
+    if isinstance(value, Decimal):
+        as_float = float(value)
+        if Decimal(repr(as_float)) != value:
+            raise ValueError(f"{value} cannot be written exactly as a JSON number")
+        return as_float
+    raise TypeError(type(value))
+
+
+def dumps_his(obj: dict[str, Any]) -> bytes:
+    """Serialize a hospital request with amounts as JSON numbers, e.g. 128.5 for Decimal('128.50')."""
+    return json.dumps(obj, default=_exact_number, ensure_ascii=False).encode()
+
+
+class Bus:
+    """Producer plus a background reader of the answer topics."""
+
+    def __init__(self, bootstrap: str) -> None:
+        self.bootstrap = bootstrap
+        self.producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+        self.consumer = AIOKafkaConsumer(HIS_RESULTS, BINDING_EVENTS, WALLET_EVENTS, bootstrap_servers=bootstrap,
+                                         auto_offset_reset="latest", enable_auto_commit=False, group_id=None)
+        self.results: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        self.binding_events: list[dict[str, Any]] = []
+        self.wallet_events: list[dict[str, Any]] = []
+        self._task: asyncio.Task[None] | None = None
+        self._changed = asyncio.Event()
+
+    async def start(self) -> None:
+        await self.producer.start()
+        await self.consumer.start()
+        # Make sure we are positioned before anything is published (latest = from now on).
+        await self.consumer.seek_to_end()
+        self._task = asyncio.create_task(self._read())
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.consumer.stop()
+        await self.producer.stop()
+
+    async def __aenter__(self) -> Bus:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.stop()
+
+    async def _read(self) -> None:
+        while True:
+            batch = await self.consumer.getmany(timeout_ms=100)
+            for tp, records in batch.items():
+                for r in records:
+                    try:
+                        body = json.loads(r.value)
+                    except ValueError:
+                        continue
+                    if tp.topic == HIS_RESULTS:
+                        self.results[body.get("msgid", "")].append(body)
+                    elif tp.topic == BINDING_EVENTS:
+                        self.binding_events.append(body)
+                    else:
+                        self.wallet_events.append(body)
+            if batch:
+                self._changed.set()
+
+    async def wait_for(self, check: Any, timeout_s: float = DEFAULT_TIMEOUT_S, what: str = "") -> Any:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            found = check()
+            if found:
+                return found
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"no answer within {timeout_s}s: {what}")
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), timeout=min(remaining, 0.5))
+
+    async def send(self, topic: str, key: str, message: BaseModel | bytes) -> None:
+        value = message if isinstance(message, bytes) else message.model_dump_json().encode()
+        await self.producer.send_and_wait(topic, value, key=kafka_key(key))
+
+    # ------------------------------------------------------------ hospital side
+
+    async def his(self, request: dict[str, Any], timeout_s: float = DEFAULT_TIMEOUT_S) -> dict[str, Any]:
+        msgid = request["msgid"]
+        before = len(self.results[msgid])
+        await self.producer.send_and_wait(HIS_REQUESTS, dumps_his(request),
+                                          key=kafka_key(str(request["input"]["data"].get("mdtrt_id", msgid))))
+        return await self.wait_for(lambda: len(self.results[msgid]) > before and self.results[msgid][before],
+                                   timeout_s, f"HIS result for {msgid}")  # type: ignore[no-any-return]
+
+    # ------------------------------------------------------------ app side
+
+    async def enrollment(self, event: BaseModel) -> None:
+        await self.send(ENROLLMENT_EVENTS, event.psn_no, event)  # type: ignore[attr-defined]
+
+    async def binding_command(self, cmd: BaseModel, key: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> dict[str, Any]:
+        await self.send(BINDING_COMMANDS, key, cmd)
+        message_id = cmd.message_id  # type: ignore[attr-defined]
+        return await self.wait_for(  # type: ignore[no-any-return]
+            lambda: next((e for e in self.binding_events if e.get("causation_id") == message_id), None),
+            timeout_s, f"binding event for {cmd.__class__.__name__}")
+
+    async def bind(self, grantor: str, recipient: str, relation: Relation, kind: BindingKind = BindingKind.MUTUAL_AID,
+                   quota_fen: int | None = None) -> dict[str, Any]:
+        now = datetime.now(UTC)
+        proof = sign(grantor, recipient, "bind", quota_fen, new_id(), now + timedelta(minutes=5))
+        cmd = CreateBinding(grantor_psn_no=grantor, recipient_psn_no=recipient, relation=relation, kind=kind,
+                            quota_fen=quota_fen, consent=proof)
+        return await self.binding_command(cmd, grantor)
+
+    async def dissolve(self, binding_id: str, grantor: str, requested_by: str) -> dict[str, Any]:
+        cmd = DissolveBinding(binding_id=binding_id, grantor_psn_no=grantor, requested_by=requested_by)
+        return await self.binding_command(cmd, grantor)
+
+    async def reorder(self, recipient: str, binding_ids: list[str]) -> dict[str, Any]:
+        return await self.binding_command(ReorderGrantors(recipient_psn_no=recipient, binding_ids=binding_ids),
+                                          recipient)
+
+    async def change_quota(self, binding_id: str, grantor: str, recipient: str, quota_fen: int) -> dict[str, Any]:
+        proof = sign(grantor, recipient, "quota", quota_fen, new_id(), datetime.now(UTC) + timedelta(minutes=5))
+        cmd = ChangeQuota(binding_id=binding_id, grantor_psn_no=grantor, quota_fen=quota_fen, consent=proof)
+        return await self.binding_command(cmd, grantor)
+
+    async def wallet_event(self, check: Any, timeout_s: float = DEFAULT_TIMEOUT_S, what: str = "") -> dict[str, Any]:
+        return await self.wait_for(  # type: ignore[no-any-return]
+            lambda: next((e for e in self.wallet_events if check(e)), None), timeout_s, what)

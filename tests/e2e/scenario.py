@@ -1,0 +1,86 @@
+"""Steps shared by the end-to-end tests and the demo: people, bindings and bills over the real topics."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Any
+
+import httpx
+
+from contracts.enrollment import AccountCredited, PersonEnrolled
+from contracts.types import resident_id_check_char
+from shared.client import Bus, his_request, yuan
+
+HOSPITAL = {"32": "H32050500002", "51": "H51010000001", "33": "H33010000003", "45": "H45010000004"}
+REGION = {"32": "320500", "51": "510100", "33": "330100", "45": "450100"}
+
+
+def psn(province: str) -> str:
+    return f"{province}{uuid.uuid4().hex[:16].upper()}"
+
+
+def id_for(region: str, n: int) -> str:
+    first17 = f"{region[:4]}05198{n % 10}0101{n % 1000:03d}"
+    return first17 + resident_id_check_char(first17)
+
+
+_ids = iter(range(1, 10_000_000))
+
+
+async def person(bus: Bus, services: dict[str, Any], province: str, *, employee: bool = True,
+                 balance_fen: int = 0, region: str | None = None) -> dict[str, Any]:
+    """Enroll someone and credit their account; returns what a hospital needs to bill them."""
+    p = psn(province)
+    region = region or REGION[province]
+    id_no = id_for(region, next(_ids))
+    card = f"C{uuid.uuid4().hex[:12].upper()}"
+    await bus.enrollment(PersonEnrolled(psn_no=p, admdvs=region, insutype="310" if employee else "390",
+                                        has_personal_account=employee, version=1, id_no=id_no, card_no=card))
+    if balance_fen:
+        await bus.enrollment(AccountCredited(psn_no=p, admdvs=region, amount_fen=balance_fen, period="2026-11"))
+    await until_known(services, province, p, balance_fen if employee else None)
+    return {"psn_no": p, "region": region, "province": province, "id_no": id_no, "card_no": card}
+
+
+async def until_known(services: dict[str, Any], province: str, psn_no: str, balance_fen: int | None,
+                      timeout_s: float = 30.0) -> None:
+    """Wait until binding, settlement and the wallet have each applied the person's enrollment."""
+    deadline = time.monotonic() + timeout_s
+    async with httpx.AsyncClient(timeout=5) as http:
+        while time.monotonic() < deadline:
+            b = (await http.get(f"{services['binding'].url}/bindings", params={"psn_no": psn_no})).json()
+            s = await http.get(f"{services['settlement'].url}/person", params={"psn_no": psn_no})
+            w = (await http.get(f"{services[f'wallet-{province}'].url}/balance", params={"psn_no": psn_no})).json()
+            wallet_ok = balance_fen is None or (w["account"] is not None
+                                                and w["spendable_current_fen"] + w["spendable_prior_fen"] == balance_fen)
+            if b["enrollment"] is not None and s.status_code == 200 and wallet_ok:
+                return
+            await asyncio.sleep(0.1)
+    raise TimeoutError(f"enrollment of {psn_no} not applied by every service within {timeout_s}s")
+
+
+def bill(who: dict[str, Any], part_fen: int, *, treated_in: str | None = None, infno: str = "2207",
+         cert: str = "03", cert_no: str | None = None, fund_fen: int = 10_000, **extra: Any) -> dict[str, Any]:
+    treated = treated_in or who["province"]
+    data = {"psn_no": who["psn_no"], "mdtrt_cert_type": cert,
+            "mdtrt_cert_no": cert_no or (who["card_no"] if cert == "03" else who["id_no"]),
+            "mdtrt_id": f"M{uuid.uuid4().hex[:20].upper()}", "medfee_sumamt": yuan(part_fen + fund_fen),
+            "fund_pay_sumamt": yuan(fund_fen), "psn_part_amt": yuan(part_fen), "acct_used_flag": "1",
+            "med_type": "11", "insutype": "310", **extra}
+    return his_request(infno, HOSPITAL[treated], who["region"], REGION[treated], data)
+
+
+def setl(result: dict[str, Any]) -> dict[str, str]:
+    assert result["infcode"] == 0, result
+    return result["output"]["setlinfo"]  # type: ignore[no-any-return]
+
+
+def balance(services: dict[str, Any], province: str, psn_no: str) -> dict[str, Any]:
+    return httpx.get(f"{services[f'wallet-{province}'].url}/balance", params={"psn_no": psn_no},
+                     timeout=10).json()  # type: ignore[no-any-return]
+
+
+def audit(services: dict[str, Any], province: str) -> dict[str, Any]:
+    return httpx.get(f"{services[f'wallet-{province}'].url}/audit", timeout=30).json()  # type: ignore[no-any-return]
