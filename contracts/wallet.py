@@ -10,9 +10,9 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from contracts.binding import FundingMode, MultiGrantorMode
+from contracts.binding import ConsentProof, FundingMode, MultiGrantorMode
 from contracts.envelope import Message
 from contracts.types import Fen, PsnNo
 
@@ -55,7 +55,6 @@ class ReversePayment(Message):
     psn_no: PsnNo
 
 
-WalletCommand = Annotated[PaySettlement | ReversePayment, Field(discriminator="type")]
 
 
 # ---------------------------------------------------------------- events
@@ -137,7 +136,190 @@ class QuotaReleased(Message):
     released_fen: Fen
 
 
+
+
+# ---------------------------------------------------------------- wallets and transfers (W1–W7)
+# The transfer saga between two regional deployments (source = sender's province, destination = the
+# recipient's). The source holds the money and alone decides post-or-void, so each transfer ends exactly
+# once as accepted or returned, whatever crashes and races (accept at 05:59:59 vs expiry at 06:00).
+
+
+class TransferReason(StrEnum):
+    AMOUNT_OVER_LIMIT = "AMOUNT_OVER_LIMIT"
+    OUTSIDE_HOURS = "OUTSIDE_HOURS"
+    DAILY_LIMIT_REACHED = "DAILY_LIMIT_REACHED"
+    PENDING_TO_RECIPIENT = "PENDING_TO_RECIPIENT"
+    NO_RELATIONSHIP = "NO_RELATIONSHIP"
+    INSUFFICIENT_BALANCE = "INSUFFICIENT_BALANCE"
+    NO_ACCOUNT = "NO_ACCOUNT"
+    CONSENT_INVALID = "CONSENT_INVALID"
+    DESTINATION_WALLET_INACTIVE = "DESTINATION_WALLET_INACTIVE"
+    EXPIRED = "EXPIRED"
+    NOT_RECIPIENT = "NOT_RECIPIENT"
+
+
+class OpenWallet(Message):
+    """W1: open a wallet in the holder's insured region; `opened_by` may be a relative (no smartphone)."""
+
+    type: Literal["OpenWallet"] = "OpenWallet"
+    psn_no: PsnNo
+    admdvs: str = Field(pattern=r"^\d{6}$")
+    opened_by: PsnNo
+
+
+class RequestTransfer(Message):
+    """W2, to the source province: move money from the grantor's personal account to a relative's wallet."""
+
+    type: Literal["RequestTransfer"] = "RequestTransfer"
+    transfer_id: str = Field(min_length=1, max_length=64)
+    from_psn_no: PsnNo
+    to_psn_no: PsnNo
+    to_admdvs: str = Field(pattern=r"^\d{6}$")
+    amount_fen: Fen
+    consent: ConsentProof | None = None
+
+
+class OfferTransfer(Message):
+    """Source → destination: the money is held; offer it to the recipient until `expires_at`."""
+
+    type: Literal["OfferTransfer"] = "OfferTransfer"
+    transfer_id: str
+    from_psn_no: PsnNo
+    from_province: str
+    to_psn_no: PsnNo
+    amount_fen: Fen
+    expires_at: AwareDatetime
+
+
+class AcceptTransfer(Message):
+    """W4, to the destination province, from the recipient."""
+
+    type: Literal["AcceptTransfer"] = "AcceptTransfer"
+    transfer_id: str
+    to_psn_no: PsnNo
+
+
+class ResolveTransfer(Message):
+    """Destination → source: post (the recipient accepted) or void (the destination refused)."""
+
+    type: Literal["ResolveTransfer"] = "ResolveTransfer"
+    transfer_id: str
+    outcome: Literal["post", "void"]
+    reason: str = ""
+
+
+class CompleteTransfer(Message):
+    """Source → destination: what the source decided; the destination credits a lot or marks it returned."""
+
+    type: Literal["CompleteTransfer"] = "CompleteTransfer"
+    transfer_id: str
+    outcome: Literal["posted", "voided"]
+    reason: str = ""
+
+
+class ReturnFunds(Message):
+    """W6, holder's province → sender's province: unspent wallet money going back to its sender."""
+
+    type: Literal["ReturnFunds"] = "ReturnFunds"
+    return_id: str
+    sender_psn_no: PsnNo
+    holder_psn_no: PsnNo
+    holder_province: str
+    amount_fen: Fen
+    reason: str
+
+
+class WalletEventBase(Message):
+    province: str
+
+
+class WalletOpened(WalletEventBase):
+    type: Literal["WalletOpened"] = "WalletOpened"
+    psn_no: PsnNo
+    opened_by: PsnNo
+
+
+class WalletOpenRejected(WalletEventBase):
+    type: Literal["WalletOpenRejected"] = "WalletOpenRejected"
+    psn_no: PsnNo
+    reason: Literal["REGION_NOT_ENABLED", "NOT_ENROLLED", "WRONG_PROVINCE"]
+
+
+class TransferHeld(WalletEventBase):
+    type: Literal["TransferHeld"] = "TransferHeld"
+    transfer_id: str
+    from_psn_no: PsnNo
+    to_psn_no: PsnNo
+    to_province: str
+    amount_fen: Fen
+    expires_at: AwareDatetime
+
+
+class TransferRejected(WalletEventBase):
+    type: Literal["TransferRejected"] = "TransferRejected"
+    transfer_id: str
+    from_psn_no: PsnNo
+    to_psn_no: PsnNo
+    reason: TransferReason
+    detail: str = ""
+
+
+class TransferOffered(WalletEventBase):
+    type: Literal["TransferOffered"] = "TransferOffered"
+    transfer_id: str
+    to_psn_no: PsnNo
+    amount_fen: Fen
+    expires_at: AwareDatetime
+
+
+class TransferAccepted(WalletEventBase):
+    """Final: the recipient's wallet holds a new lot. `province` is the destination."""
+
+    type: Literal["TransferAccepted"] = "TransferAccepted"
+    transfer_id: str
+    from_psn_no: PsnNo
+    from_province: str
+    to_psn_no: PsnNo
+    amount_fen: Fen
+
+
+class TransferReturned(WalletEventBase):
+    """Final: the held money is back in the sender's account. `province` is the source."""
+
+    type: Literal["TransferReturned"] = "TransferReturned"
+    transfer_id: str
+    from_psn_no: PsnNo
+    to_psn_no: PsnNo
+    amount_fen: Fen
+    reason: str
+
+
+class LotsReturned(WalletEventBase):
+    """W6: unspent lots of `holder_psn_no` left this province towards their senders."""
+
+    type: Literal["LotsReturned"] = "LotsReturned"
+    holder_psn_no: PsnNo
+    reason: str
+    returns: list[dict[str, str | int]]
+
+
+class FundsReturned(WalletEventBase):
+    type: Literal["FundsReturned"] = "FundsReturned"
+    return_id: str
+    sender_psn_no: PsnNo
+    holder_province: str
+    amount_fen: Fen
+
+
+WalletCommand = Annotated[
+    PaySettlement | ReversePayment | OpenWallet | RequestTransfer | OfferTransfer | AcceptTransfer
+    | ResolveTransfer | CompleteTransfer | ReturnFunds,
+    Field(discriminator="type"),
+]
+
 WalletEvent = Annotated[
-    PaymentCompleted | PaymentRejected | PaymentReversed | QuotaEarmarked | QuotaEarmarkRejected | QuotaReleased,
+    PaymentCompleted | PaymentRejected | PaymentReversed | QuotaEarmarked | QuotaEarmarkRejected | QuotaReleased
+    | WalletOpened | WalletOpenRejected | TransferHeld | TransferRejected | TransferOffered | TransferAccepted
+    | TransferReturned | LotsReturned | FundsReturned,
     Field(discriminator="type"),
 ]

@@ -22,7 +22,17 @@ from pydantic import BaseModel
 
 from contracts.binding import BindingKind, ChangeQuota, CreateBinding, DissolveBinding, Relation, ReorderGrantors
 from contracts.envelope import new_id
-from contracts.topics import BINDING_COMMANDS, BINDING_EVENTS, ENROLLMENT_EVENTS, HIS_REQUESTS, HIS_RESULTS, WALLET_EVENTS
+from contracts.topics import (
+    BINDING_COMMANDS,
+    BINDING_EVENTS,
+    ENROLLMENT_EVENTS,
+    HIS_REQUESTS,
+    HIS_RESULTS,
+    WALLET_EVENTS,
+    wallet_commands,
+)
+from contracts.wallet import AcceptTransfer, OpenWallet, RequestTransfer
+from shared.clock import Clock, SystemClock
 from shared.consent import sign
 from shared.pii import kafka_key
 
@@ -66,8 +76,10 @@ def dumps_his(obj: dict[str, Any]) -> bytes:
 class Bus:
     """Producer plus a background reader of the answer topics."""
 
-    def __init__(self, bootstrap: str) -> None:
+    def __init__(self, bootstrap: str, clock: Clock | None = None) -> None:
         self.bootstrap = bootstrap
+        # Consent proofs are signed against the services' business clock (tests and demos may shift it).
+        self.clock: Clock = clock or SystemClock()
         self.producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
         self.consumer = AIOKafkaConsumer(HIS_RESULTS, BINDING_EVENTS, WALLET_EVENTS, bootstrap_servers=bootstrap,
                                          auto_offset_reset="latest", enable_auto_commit=False, group_id=None)
@@ -158,8 +170,7 @@ class Bus:
 
     async def bind(self, grantor: str, recipient: str, relation: Relation, kind: BindingKind = BindingKind.MUTUAL_AID,
                    quota_fen: int | None = None) -> dict[str, Any]:
-        now = datetime.now(UTC)
-        proof = sign(grantor, recipient, "bind", quota_fen, new_id(), now + timedelta(minutes=5))
+        proof = sign(grantor, recipient, "bind", quota_fen, new_id(), self.clock.now() + timedelta(minutes=5))
         cmd = CreateBinding(grantor_psn_no=grantor, recipient_psn_no=recipient, relation=relation, kind=kind,
                             quota_fen=quota_fen, consent=proof)
         return await self.binding_command(cmd, grantor)
@@ -173,9 +184,40 @@ class Bus:
                                           recipient)
 
     async def change_quota(self, binding_id: str, grantor: str, recipient: str, quota_fen: int) -> dict[str, Any]:
-        proof = sign(grantor, recipient, "quota", quota_fen, new_id(), datetime.now(UTC) + timedelta(minutes=5))
+        proof = sign(grantor, recipient, "quota", quota_fen, new_id(), self.clock.now() + timedelta(minutes=5))
         cmd = ChangeQuota(binding_id=binding_id, grantor_psn_no=grantor, quota_fen=quota_fen, consent=proof)
         return await self.binding_command(cmd, grantor)
+
+    async def wallet_command(self, province: str, cmd: BaseModel, key: str) -> None:
+        await self.send(wallet_commands(province), key, cmd)
+
+    async def open_wallet(self, psn_no: str, admdvs: str, opened_by: str | None = None) -> dict[str, Any]:
+        cmd = OpenWallet(psn_no=psn_no, admdvs=admdvs, opened_by=opened_by or psn_no)
+        await self.wallet_command(admdvs[:2], cmd, psn_no)
+        return await self.wallet_event(lambda e: e.get("causation_id") == cmd.message_id, what="wallet opening")
+
+    async def transfer(self, from_psn: str, from_province: str, to_psn: str, to_admdvs: str, amount_fen: int,
+                       transfer_id: str | None = None) -> dict[str, Any]:
+        """W2: returns TransferHeld or TransferRejected from the source province."""
+        transfer_id = transfer_id or f"T{new_id().replace('-', '')[:20].upper()}"
+        proof = sign(from_psn, to_psn, f"transfer:{transfer_id}", amount_fen, new_id(),
+                     self.clock.now() + timedelta(minutes=5))
+        cmd = RequestTransfer(transfer_id=transfer_id, from_psn_no=from_psn, to_psn_no=to_psn, to_admdvs=to_admdvs,
+                              amount_fen=amount_fen, consent=proof)
+        await self.wallet_command(from_province, cmd, transfer_id)
+        return await self.wallet_event(lambda e: e.get("causation_id") == cmd.message_id
+                                       and e["type"] in ("TransferHeld", "TransferRejected"), what="transfer request")
+
+    async def accept(self, transfer_id: str, to_psn: str, to_province: str) -> dict[str, Any]:
+        """W4: returns TransferAccepted, or TransferRejected (e.g. expired) / TransferReturned."""
+        await self.wallet_command(to_province, AcceptTransfer(transfer_id=transfer_id, to_psn_no=to_psn), transfer_id)
+        return await self.final_transfer_event(transfer_id)
+
+    async def final_transfer_event(self, transfer_id: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> dict[str, Any]:
+        return await self.wallet_event(
+            lambda e: e.get("transfer_id") == transfer_id
+            and e["type"] in ("TransferAccepted", "TransferReturned", "TransferRejected"), timeout_s,
+            f"final state of transfer {transfer_id}")
 
     async def wallet_event(self, check: Any, timeout_s: float = DEFAULT_TIMEOUT_S, what: str = "") -> dict[str, Any]:
         return await self.wait_for(  # type: ignore[no-any-return]

@@ -44,3 +44,33 @@ def china_time(moment: datetime) -> datetime:
 
 def epoch_ms(moment: datetime) -> int:
     return int(moment.timestamp() * 1000)
+
+
+class FileOffsetClock:
+    """Wall clock shifted by the milliseconds written in a file, re-read at most every 100 ms.
+
+    Lets an end-to-end test or the demo move running processes through the night (e.g. to 06:00 China
+    time for W4 expiry) without touching the machine's clock. Never configured in production.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.offset = timedelta(0)
+        self.read_at = 0.0
+
+    def now(self) -> datetime:
+        import time as _time
+
+        tick = _time.monotonic()
+        if tick - self.read_at > 0.1:
+            self.read_at = tick
+            try:
+                with open(self.path) as f:
+                    self.offset = timedelta(milliseconds=int(f.read().strip() or 0))
+            except (OSError, ValueError):
+                pass
+        return datetime.now(UTC) + self.offset
+
+
+def clock_from(offset_ms: int, clock_file: str) -> Clock:
+    return FileOffsetClock(clock_file) if clock_file else SystemClock(offset_ms)

@@ -30,6 +30,8 @@ class Settings(BaseSettings):
     wallet_timeout_ms: int = Field(default=8000, ge=100, le=120_000)
     # Tests and demos may shift the business clock (ms); production leaves it 0.
     clock_offset_ms: int = 0
+    # Tests and demos only: a file holding a clock offset in ms, re-read while running (shared/clock.py).
+    clock_file: str = ""
     log_level: str = "INFO"
     consumer_max_records: int = Field(default=500, ge=1, le=5000)
 

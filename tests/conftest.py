@@ -1,12 +1,20 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, time, timedelta
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
 
+from infra.procs import ServiceProc, service_set, start_all, stop_all
+from shared.client import Bus
+from shared.clock import CHINA_TZ, FileOffsetClock
 from tests.infra import Infra, provide
+
+WALLET_TIMEOUT_MS = "4000"
 
 os.environ.setdefault("PYTHONHASHSEED", "0")
 
@@ -26,3 +34,52 @@ async def redis_client(infra: Infra) -> AsyncIterator[aioredis.Redis]:
     client = aioredis.Redis.from_url(infra.redis_url, decode_responses=True)
     yield client
     await client.aclose()
+
+
+class ServiceClock:
+    """The business clock of every service process (a file they re-read), moved by tests (W3/W4)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.set_offset_ms(0)
+
+    def set_offset_ms(self, offset_ms: int) -> None:
+        self.path.write_text(str(offset_ms))
+
+    def set_china_time(self, at: time, days_ahead: int = 0) -> datetime:
+        now = datetime.now(UTC)
+        day = now.astimezone(CHINA_TZ).date() + timedelta(days=days_ahead)
+        target = datetime.combine(day, at, tzinfo=CHINA_TZ)
+        self.set_offset_ms(int((target - now).total_seconds() * 1000))
+        return target
+
+    def reader(self) -> FileOffsetClock:
+        return FileOffsetClock(str(self.path))
+
+
+@pytest.fixture(scope="session")
+def service_clock() -> ServiceClock:
+    clock = ServiceClock(Path(tempfile.mkdtemp(prefix="clock-")) / "offset_ms")
+    clock.set_china_time(time(10, 0))  # business hours, whenever CI runs
+    return clock
+
+
+@pytest.fixture(scope="session")
+def services(infra: Infra, service_clock: ServiceClock) -> Iterator[dict[str, ServiceProc]]:
+    """binding, settlement and wallets 32/51/33/45 as real processes over the real broker and Redis."""
+    logs = Path(tempfile.mkdtemp(prefix="e2e-logs-"))
+    procs = service_set({"KAFKA_BOOTSTRAP_SERVERS": infra.kafka_bootstrap, "REDIS_URL": infra.redis_url}, logs,
+                        extra_env={"WALLET_TIMEOUT_MS": WALLET_TIMEOUT_MS, "LOG_LEVEL": "WARNING",
+                                   "CLOCK_FILE": str(service_clock.path)})
+    start_all(procs)
+    try:
+        yield {p.name: p for p in procs}
+    finally:
+        stop_all(procs)
+
+
+@pytest.fixture
+async def bus(infra: Infra, services: dict[str, ServiceProc], service_clock: ServiceClock) -> AsyncIterator[Bus]:
+    service_clock.set_china_time(time(10, 0))
+    async with Bus(infra.kafka_bootstrap, clock=service_clock.reader()) as b:
+        yield b

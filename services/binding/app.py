@@ -20,7 +20,9 @@ from contracts.binding import (
 )
 from contracts.enrollment import EnrollmentEvent
 from contracts.topics import BINDING_COMMANDS, BINDING_EVENTS, ENROLLMENT_EVENTS
-from shared.clock import Clock, SystemClock
+from services.binding import domain
+from services.binding.store import BindingStore, Reader, k_binding, k_of_grantor, k_order, k_person
+from shared.clock import Clock, clock_from
 from shared.consent import check_consent, public_key_from_setting
 from shared.kafka import Consumer, Outgoing, model_parser
 from shared.logs import configure_logging
@@ -29,8 +31,6 @@ from shared.policy import Policies
 from shared.redis_store import connect
 from shared.service import build_app, build_broker, query_one
 from shared.settings import Settings
-from services.binding import domain
-from services.binding.store import BindingStore, Reader, k_binding, k_of_grantor, k_order, k_person
 
 SERVICE = "binding"
 MAX_CAS_ATTEMPTS = 20  # optimistic transaction retries before the message is retried as transient
@@ -189,7 +189,7 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
     configure_logging(SERVICE, settings.log_level)
     policies = Policies.load(settings.policies_path)  # fails start-up with a clear message
     redis = connect(settings.redis_url)
-    service = BindingService(settings, BindingStore(redis), policies, clock or SystemClock(settings.clock_offset_ms))
+    service = BindingService(settings, BindingStore(redis), policies, clock or clock_from(settings.clock_offset_ms, settings.clock_file))
     broker = build_broker(settings, SERVICE)
     consumers = [
         (Consumer(SERVICE, BINDING_COMMANDS, model_parser(TypeAdapter(BindingCommand)), service.on_command),

@@ -37,7 +37,6 @@ from contracts.binding import (
     Relation,
     ReorderGrantors,
 )
-from contracts.envelope import derive_id
 from contracts.enrollment import (
     PersonDied,
     PersonEnrolled,
@@ -45,6 +44,7 @@ from contracts.enrollment import (
     PersonTerminated,
     PersonTransferred,
 )
+from contracts.envelope import derive_id
 from shared.policy import CLOSE_RELATIVES, Policies
 
 PersonStatus = Literal["normal", "suspended", "terminated", "died"]

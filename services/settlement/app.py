@@ -43,25 +43,34 @@ from contracts.his import (
     parse_his_json,
     setlinfo,
 )
-from contracts.topics import BINDING_EVENTS, ENROLLMENT_EVENTS, HIS_REQUESTS, HIS_RESULTS, WALLET_EVENTS, wallet_commands
+from contracts.topics import (
+    BINDING_EVENTS,
+    ENROLLMENT_EVENTS,
+    HIS_REQUESTS,
+    HIS_RESULTS,
+    WALLET_EVENTS,
+    wallet_commands,
+)
 from contracts.types import fen_to_yuan
 from contracts.wallet import (
+    LotsReturned,
     PaymentCompleted,
     PaymentRejected,
     PaymentReversed,
     PaySettlement,
     ReversePayment,
+    TransferAccepted,
     WalletEvent,
 )
-from shared.clock import Clock, SystemClock, epoch_ms
+from services.settlement import domain
+from services.settlement.store import Record, SettlementStore, Tx, k_day
+from shared.clock import Clock, china_time, clock_from, epoch_ms
 from shared.kafka import Consumer, Outgoing, PoisonMessage, model_parser, publish_all
 from shared.logs import configure_logging
 from shared.pii import kafka_key, keyed_hash
 from shared.redis_store import connect
 from shared.service import build_app, build_broker, query_one, run
 from shared.settings import Settings
-from services.settlement import domain
-from services.settlement.store import Record, SettlementStore, Tx, k_day
 
 SERVICE = "settlement"
 SCAN_INTERVAL_MS = 200
@@ -136,6 +145,7 @@ class SettlementService:
     def _base(self, env: HisEnvelope, **fields: Any) -> Record:
         return {"msgid": env.msgid, "infno": env.infno, "fixmedins": env.fixmedins_code,
                 "day": env.inf_time[:10], "insuplc": env.insuplc_admdvs, "province": env.insuplc_admdvs[:2],
+                "care": env.mdtrtarea_admvs[:2],
                 "waiting": [], **fields}
 
     async def _settle(self, env: HisEnvelope, d: SettleData) -> list[Outgoing]:
@@ -205,6 +215,8 @@ class SettlementService:
         out = answer(rec, output={"setlinfo": info.model_dump()})
         tx.put(rec)
         tx.op(lambda p: p.zrem("s:deadlines", rec["msgid"]))
+        if rec["infno"] == "2207" and rec["care"] != rec["province"]:
+            self._clear(tx, rec["day"], rec["province"], rec["care"], "care", split.acct_fen + split.wallet_fen)
         if rec["infno"] == "2207":
             row = {"setl_id": rec["setl_id"], "msgid": rec["msgid"], "medfee_fen": rec["medfee"],
                    "acct_fen": split.acct_fen}
@@ -319,7 +331,16 @@ class SettlementService:
 
     # ================================================================ wallet answers
 
+    @staticmethod
+    def _clear(tx: Tx, day: str, payer: str, payee: str, kind: str, fen: int) -> None:
+        """W7: money that crossed provinces, booked per day and province pair."""
+        if fen and payer != payee:
+            tx.op(lambda p: p.hincrby(f"s:clr:{day}", f"{payer}>{payee}:{kind}", fen))
+            tx.op(lambda p: p.sadd("s:clr:days", day))
+
     async def on_wallet(self, e: Any, _record: Any) -> list[Outgoing]:
+        if isinstance(e, TransferAccepted | LotsReturned):
+            return await self._clear_transfer(e)
         if not isinstance(e, PaymentCompleted | PaymentRejected | PaymentReversed):
             return []
         stored = await self.store.done(e.message_id)
@@ -363,12 +384,33 @@ class SettlementService:
                                               "refunded": fen_to_yuan(e.refunded_fen)}))
                 tx.put(w)
             rec["waiting"] = []
+            if rec.get("care") and rec["care"] != rec["province"] and e.refunded_fen:
+                self._clear(tx, rec["day"], rec["province"], rec["care"], "care", -e.refunded_fen)
             tx.put(rec)
             if rec.get("setl_id"):
                 tx.op(lambda p: p.hdel(k_day(rec["fixmedins"], rec["day"]), rec["setl_id"]))
             return outs
 
         return await self.store.transact(e.message_id, decide)
+
+    async def _clear_transfer(self, e: TransferAccepted | LotsReturned) -> list[Outgoing]:
+        day = china_time(e.occurred_at).date().isoformat()
+
+        async def decide(tx: Tx) -> list[Outgoing]:
+            if isinstance(e, TransferAccepted):
+                self._clear(tx, day, e.from_province, e.province, "transfer", e.amount_fen)
+            else:
+                for r in e.returns:
+                    self._clear(tx, day, e.province, str(r["sender_prov"]), "lot_return", int(r["amount_fen"]))
+            return []
+
+        if await self.store.done(e.message_id) is not None:
+            return []
+        return await self.store.transact(e.message_id, decide)
+
+    async def clearing(self, day: str) -> dict[str, Any]:
+        raw = await self.store.client.hgetall(f"s:clr:{day}")
+        return domain.clearing_statement(day, {k: int(v) for k, v in raw.items()})
 
     # ================================================================ deadlines (wallet timeout)
 
@@ -459,7 +501,7 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
     settings = settings or Settings()
     configure_logging(SERVICE, settings.log_level)
     redis = connect(settings.redis_url)
-    service = SettlementService(settings, SettlementStore(redis), clock or SystemClock(settings.clock_offset_ms))
+    service = SettlementService(settings, SettlementStore(redis), clock or clock_from(settings.clock_offset_ms, settings.clock_file))
     broker = build_broker(settings, SERVICE)
     consumers = [
         (Consumer(SERVICE, HIS_REQUESTS, parse_request, service.on_request), SERVICE),
@@ -497,6 +539,11 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
         return JSONResponse(json.loads(raw) if raw else {"error": "unknown msgid"}, status_code=200 if raw else 404)
 
     @get
+    async def clearing(request: Request) -> AsgiResponse:
+        day = query_one(request, "day") or china_time(service.clock.now()).date().isoformat()
+        return JSONResponse(await service.clearing(day))
+
+    @get
     async def person(request: Request) -> AsgiResponse:
         psn_no = query_one(request, "psn_no")
         view = await service.store.person(psn_no)
@@ -505,7 +552,8 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
         return JSONResponse({"psn_no": view.psn_no, "admdvs": view.admdvs, "status": view.status,
                              "version": view.version})
 
-    return build_app(settings, SERVICE, broker, consumers, routes=[("/settlement", settlement), ("/person", person)],
+    return build_app(settings, SERVICE, broker, consumers, routes=[("/settlement", settlement), ("/person", person),
+                                                                 ("/clearing", clearing)],
                      after_startup=[start_scanner], on_shutdown=[stop])
 
 

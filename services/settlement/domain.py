@@ -158,3 +158,27 @@ def reconcile_details(ours: list[dict[str, Any]], theirs: list[dict[str, Any]]) 
         "center_only": [{"setl_id": s, "msgid": by_ours[s]["msgid"], "kind": "短款"} for s in center_only],
         "mismatched": mismatched,
     }
+
+
+# ---------------------------------------------------------------- clearing between provincial funds (W7)
+
+
+def clearing_statement(day: str, entries: dict[str, int]) -> dict[str, Any]:
+    """Statement for one day from `payer>payee:kind` → fen. Net position per province: what it receives
+    minus what it pays. Every fen paid by one province is received by another, so nets sum to zero."""
+    pairs: dict[tuple[str, str], dict[str, int]] = {}
+    net: dict[str, int] = {}
+    for field, fen in sorted(entries.items()):
+        route, kind = field.split(":", 1)
+        payer, payee = route.split(">", 1)
+        pairs.setdefault((payer, payee), {})[kind] = fen
+        net[payer] = net.get(payer, 0) - fen
+        net[payee] = net.get(payee, 0) + fen
+    if sum(net.values()) != 0:
+        raise ValueError("clearing nets do not sum to zero")  # impossible by construction; checked anyway
+    return {
+        "day": day,
+        "pairs": [{"payer": a, "payee": b, **kinds, "total_fen": sum(kinds.values())} for (a, b), kinds in pairs.items()],
+        "net_fen": dict(sorted(net.items())),
+        "sum_of_nets_fen": sum(net.values()),
+    }

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
+import structlog
 from faststream.asgi import AsgiResponse, Request, get
 from faststream.asgi.response import JSONResponse
 from pydantic import BaseModel, TypeAdapter
@@ -17,8 +19,15 @@ from contracts.enrollment import (
     PersonTransferred,
     YearRolledOver,
 )
+from contracts.envelope import derive_id
 from contracts.topics import BINDING_EVENTS, ENROLLMENT_EVENTS, WALLET_EVENTS, wallet_commands
 from contracts.wallet import (
+    AcceptTransfer,
+    CompleteTransfer,
+    FundsReturned,
+    LotsReturned,
+    OfferTransfer,
+    OpenWallet,
     PaymentCompleted,
     PaymentRejected,
     PaymentReversed,
@@ -26,25 +35,46 @@ from contracts.wallet import (
     QuotaEarmarked,
     QuotaEarmarkRejected,
     QuotaReleased,
+    RequestTransfer,
+    ResolveTransfer,
+    ReturnFunds,
     ReversePayment,
+    TransferAccepted,
+    TransferHeld,
+    TransferOffered,
+    TransferReason,
+    TransferRejected,
+    TransferReturned,
     WalletCommand,
+    WalletOpened,
+    WalletOpenRejected,
 )
-from shared.kafka import Consumer, Outgoing, PoisonMessage, model_parser
+from services.wallet import domain as transfer_rules
+from services.wallet.audit import audit
+from services.wallet.domain import TransferRuleError
+from services.wallet.store import WalletStore
+from shared.clock import Clock, clock_from, epoch_ms
+from shared.consent import check_consent, public_key_from_setting
+from shared.kafka import Consumer, Outgoing, PoisonMessage, model_parser, publish_all
 from shared.logs import configure_logging
 from shared.pii import kafka_key
+from shared.policy import Policies
 from shared.redis_store import connect
 from shared.service import build_app, build_broker, query_one, run
 from shared.settings import Settings
-from services.wallet.audit import audit
-from services.wallet.store import WalletStore
 
 SERVICE = "wallet"
+EXPIRY_SCAN_MS = 250
+log = structlog.get_logger()
 
 
 class WalletService:
-    def __init__(self, store: WalletStore) -> None:
+    def __init__(self, store: WalletStore, policies: Policies, clock: Clock, consent_key: Any) -> None:
         self.store = store
         self.province = store.province
+        self.policies = policies
+        self.clock = clock
+        self.consent_key = consent_key
 
     def mine(self, region: str) -> bool:
         return region[:2] == self.province
@@ -59,9 +89,17 @@ class WalletService:
         if isinstance(e, PersonTransferred):
             if self.mine(e.from_admdvs) and not self.mine(e.admdvs):
                 await self.store.set_status(e.psn_no, e.version, "frozen", e.admdvs)
+                await self.store.set_person(e.psn_no, e.admdvs, "moved", e.version)
             return []
         if not self.mine(e.admdvs):
             return []
+        if not isinstance(e, AccountCredited | YearRolledOver):
+            status = {"PersonEnrolled": "normal", "PersonSuspended": "suspended", "PersonTerminated": "terminated",
+                      "PersonDied": "died"}[e.type]
+            await self.store.set_person(e.psn_no, e.admdvs, status, e.version)
+            if status in ("terminated", "died"):  # W6: the holder's unspent wallet money returns to each sender
+                await self.store.set_status(e.psn_no, e.version, "frozen", e.admdvs)
+                return await self.return_lots(e.psn_no, "", f"{e.type}:{e.message_id}", status)
         if isinstance(e, PersonEnrolled):
             if e.insutype == "310" and e.has_personal_account:
                 await self.store.enroll(e.psn_no, e.version, "active", e.admdvs)
@@ -84,6 +122,8 @@ class WalletService:
             return []
         if not (self.mine(e.grantor_admdvs) or self.mine(e.recipient_admdvs)) or e.kind == BindingKind.PROXY:
             return []
+        if e.kind == BindingKind.WALLET:
+            return await self._wallet_relationship(e)
         env = e.caused(f"wallet{self.province}")
         if isinstance(e, BindingCreated):
             r = await self.store.bind(e.message_id, e.binding_id, e.grantor_psn_no, e.recipient_psn_no, e.kind.value,
@@ -99,6 +139,30 @@ class WalletService:
             return []
         return [self.out(e.grantor_psn_no, QuotaReleased(**env, binding_id=e.binding_id,
                                                          grantor_psn_no=e.grantor_psn_no, released_fen=r["released"]))]
+
+    async def _wallet_relationship(self, e: Any) -> list[Outgoing]:
+        """The sender's province records who may receive transfers; on dissolution the recipient's province
+        sends that sender's unspent lots back (W6)."""
+        active = isinstance(e, BindingCreated | QuotaChanged)
+        if self.mine(e.grantor_admdvs):
+            await self.store.transfer_op("relate", e.grantor_psn_no, e.recipient_psn_no, "1" if active else "0")
+        if isinstance(e, BindingDissolved) and self.mine(e.recipient_admdvs):
+            return await self.return_lots(e.recipient_psn_no, e.grantor_psn_no, f"dissolved:{e.binding_id}",
+                                          "relationship_dissolved")
+        return []
+
+    async def return_lots(self, holder: str, sender: str, batch_id: str, reason: str) -> list[Outgoing]:
+        r = await self.store.transfer_op("return_lots", holder, sender, batch_id)
+        if not r["returns"] or isinstance(r["returns"], dict):
+            return []
+        out = [self.out(holder, LotsReturned(message_id=derive_id("LotsReturned", batch_id), province=self.province,
+                                             holder_psn_no=holder, reason=reason, returns=r["returns"]))]
+        for ret in r["returns"]:
+            cmd = ReturnFunds(message_id=derive_id("ReturnFunds", batch_id, ret["lot_id"]), return_id=ret["lot_id"],
+                              sender_psn_no=ret["sender"], holder_psn_no=holder, holder_province=self.province,
+                              amount_fen=ret["amount_fen"], reason=reason)
+            out.append(Outgoing.of(wallet_commands(ret["sender_prov"]), kafka_key(ret["lot_id"]), cmd))
+        return out
 
     def _quota_event(self, env: dict[str, Any], binding_id: str, grantor: str, quota: int,
                      r: dict[str, Any]) -> Outgoing:
@@ -131,14 +195,132 @@ class WalletService:
                                     payment_id=cmd.payment_id, psn_no=cmd.psn_no, outcome=r["outcome"],
                                     refunded_fen=r["refunded_fen"], parts=r["parts"])
             return [self.out(cmd.payment_id, event)]
+        return await self.on_wallet_command(cmd)
+
+    # ------------------------------------------------------------ wallets and the transfer saga (W1–W6)
+
+    async def on_wallet_command(self, cmd: Any) -> list[Outgoing]:
+        prov = self.province
+        if isinstance(cmd, OpenWallet):
+            policy = self.policies.find(cmd.admdvs)
+            reason = None
+            if not self.mine(cmd.admdvs):
+                reason = "WRONG_PROVINCE"
+            elif policy is None or not policy.wallet_enabled:
+                reason = "REGION_NOT_ENABLED"  # W1: rollout is per 统筹区
+            elif await self.store.person_status(cmd.psn_no) != "normal":
+                reason = "NOT_ENROLLED"
+            env = cmd.caused("WalletOpen", province=prov)
+            if reason:
+                return [self.out(cmd.psn_no, WalletOpenRejected(**env, psn_no=cmd.psn_no, reason=reason))]
+            await self.store.transfer_op("open", cmd.psn_no, cmd.admdvs)
+            return [self.out(cmd.psn_no, WalletOpened(**env, psn_no=cmd.psn_no, opened_by=cmd.opened_by))]
+        if isinstance(cmd, RequestTransfer):
+            return await self._request_transfer(cmd)
+        if isinstance(cmd, OfferTransfer):
+            r = await self.store.transfer_op("offer", cmd.transfer_id, cmd.from_psn_no, cmd.from_province,
+                                             cmd.to_psn_no, cmd.amount_fen, epoch_ms(cmd.expires_at))
+            if not r["ok"]:  # W3: a transfer to an inactive wallet fails; the source returns the money
+                resolve = ResolveTransfer(**cmd.caused("ResolveTransfer"), transfer_id=cmd.transfer_id, outcome="void",
+                                          reason=TransferReason.DESTINATION_WALLET_INACTIVE.value)
+                return [Outgoing.of(wallet_commands(cmd.from_province), kafka_key(cmd.transfer_id), resolve)]
+            return [self.out(cmd.transfer_id, TransferOffered(**cmd.caused("TransferOffered", province=prov),
+                                                              transfer_id=cmd.transfer_id, to_psn_no=cmd.to_psn_no,
+                                                              amount_fen=cmd.amount_fen, expires_at=cmd.expires_at))]
+        if isinstance(cmd, AcceptTransfer):
+            r = await self.store.transfer_op("accept", cmd.transfer_id, cmd.to_psn_no)
+            if not r["ok"]:
+                reason = TransferReason.NOT_RECIPIENT if r.get("reason") == "NOT_RECIPIENT" else TransferReason.EXPIRED
+                event = TransferRejected(**cmd.caused("TransferRejected", province=prov), transfer_id=cmd.transfer_id,
+                                         from_psn_no=cmd.to_psn_no, to_psn_no=cmd.to_psn_no, reason=reason,
+                                         detail=r.get("detail") or f"transfer is {r.get('status')}")
+                return [self.out(cmd.transfer_id, event)]
+            resolve = ResolveTransfer(**cmd.caused("ResolveTransfer"), transfer_id=cmd.transfer_id, outcome="post")
+            return [Outgoing.of(wallet_commands(r["from_prov"]), kafka_key(cmd.transfer_id), resolve)]
+        if isinstance(cmd, ResolveTransfer):
+            r = await self.store.transfer_op(cmd.outcome, cmd.transfer_id, cmd.message_id, cmd.reason or "accepted")
+            if not r["ok"]:
+                raise PoisonMessage(r["reason"], r["detail"])
+            return self._resolved(cmd.transfer_id, r, cmd.caused("Resolved"))
+        if isinstance(cmd, CompleteTransfer):
+            r = await self.store.transfer_op("complete", cmd.transfer_id, cmd.outcome, cmd.message_id)
+            if not r["ok"] or r["status"] != "accepted":
+                return []
+            return [self.out(cmd.transfer_id, TransferAccepted(
+                **cmd.caused("TransferAccepted", province=prov), transfer_id=cmd.transfer_id, from_psn_no=r["from"],
+                from_province=r["from_prov"], to_psn_no=r["to"], amount_fen=r["amount"]))]
+        if isinstance(cmd, ReturnFunds):
+            r = await self.store.transfer_op("receive_return", cmd.return_id, cmd.sender_psn_no, cmd.amount_fen)
+            if not r["ok"]:
+                raise PoisonMessage(r["reason"], r["detail"])
+            return [self.out(cmd.sender_psn_no, FundsReturned(
+                **cmd.caused("FundsReturned", province=prov), return_id=cmd.return_id, sender_psn_no=cmd.sender_psn_no,
+                holder_province=cmd.holder_province, amount_fen=cmd.amount_fen))]
         raise TypeError(type(cmd))  # pragma: no cover
+
+    async def _request_transfer(self, cmd: RequestTransfer) -> list[Outgoing]:
+        now = self.clock.now()
+        env = cmd.caused("TransferRequest", province=self.province)
+        problem = check_consent(cmd.consent, self.consent_key, grantor=cmd.from_psn_no, recipient=cmd.to_psn_no,
+                                action=f"transfer:{cmd.transfer_id}", quota_fen=cmd.amount_fen, now=now)
+        try:
+            if problem is not None:
+                raise TransferRuleError(TransferReason.CONSENT_INVALID, problem)
+            transfer_rules.check_amount(cmd.amount_fen)
+            transfer_rules.check_hours(now)
+        except TransferRuleError as err:
+            return [self.out(cmd.transfer_id, TransferRejected(**env, transfer_id=cmd.transfer_id,
+                                                               from_psn_no=cmd.from_psn_no, to_psn_no=cmd.to_psn_no,
+                                                               reason=err.reason, detail=err.detail))]
+        expires = transfer_rules.expires_at(now)
+        r = await self.store.transfer_op("request", cmd.transfer_id, cmd.from_psn_no, cmd.to_psn_no,
+                                         cmd.to_admdvs[:2], cmd.amount_fen, transfer_rules.business_day(now),
+                                         epoch_ms(expires), transfer_rules.MAX_TRANSFERS_PER_DAY, cmd.message_id)
+        if not r["ok"]:
+            return [self.out(cmd.transfer_id, TransferRejected(**env, transfer_id=cmd.transfer_id,
+                                                               from_psn_no=cmd.from_psn_no, to_psn_no=cmd.to_psn_no,
+                                                               reason=r["reason"]))]
+        held = TransferHeld(**env, transfer_id=cmd.transfer_id, from_psn_no=cmd.from_psn_no, to_psn_no=cmd.to_psn_no,
+                            to_province=cmd.to_admdvs[:2], amount_fen=cmd.amount_fen, expires_at=expires)
+        offer = OfferTransfer(**cmd.caused("OfferTransfer"), transfer_id=cmd.transfer_id, from_psn_no=cmd.from_psn_no,
+                              from_province=self.province, to_psn_no=cmd.to_psn_no, amount_fen=cmd.amount_fen,
+                              expires_at=expires)
+        return [self.out(cmd.transfer_id, held),
+                Outgoing.of(wallet_commands(cmd.to_admdvs[:2]), kafka_key(cmd.transfer_id), offer)]
+
+    def _resolved(self, transfer_id: str, r: dict[str, Any], env: dict[str, Any]) -> list[Outgoing]:
+        """Source decided post or void: tell the destination, and announce a return."""
+        complete = CompleteTransfer(**{**env, "message_id": derive_id("CompleteTransfer", transfer_id)},
+                                    transfer_id=transfer_id, outcome=r["outcome"], reason=r.get("reason", ""))
+        out = [Outgoing.of(wallet_commands(r["to_prov"]), kafka_key(transfer_id), complete)]
+        if r["outcome"] == "voided":
+            out.append(self.out(transfer_id, TransferReturned(
+                message_id=derive_id("TransferReturned", transfer_id), correlation_id=env["correlation_id"],
+                causation_id=env["causation_id"], province=self.province, transfer_id=transfer_id,
+                from_psn_no=r["from"], to_psn_no=r["to"], amount_fen=r["amount"], reason=r.get("reason", ""))))
+        return out
+
+    async def expire_due(self, broker: Any) -> int:
+        """W4: unaccepted transfers return at 06:00 China time next day. Durable: the schedule is a Redis
+        sorted set, and an entry is removed only after its messages are confirmed by Kafka."""
+        due = await self.store.due_expiries(epoch_ms(self.clock.now()))
+        for transfer_id in due:
+            r = await self.store.transfer_op("void", transfer_id, f"expiry:{transfer_id}", TransferReason.EXPIRED.value)
+            if r["ok"]:
+                env = {"correlation_id": transfer_id, "causation_id": f"expiry:{transfer_id}",
+                       "occurred_at": self.clock.now()}
+                await publish_all(broker, self._resolved(transfer_id, r, env))
+            await self.store.unschedule(transfer_id)
+        return len(due)
 
 
 def create_app(settings: Settings | None = None) -> Any:
     settings = settings or Settings()
     configure_logging(f"{SERVICE}-{settings.province}", settings.log_level)
     redis = connect(settings.redis_url)
-    service = WalletService(WalletStore(redis, settings.province))
+    clock = clock_from(settings.clock_offset_ms, settings.clock_file)
+    service = WalletService(WalletStore(redis, settings.province), Policies.load(settings.policies_path), clock,
+                            public_key_from_setting(settings.consent_public_key))
     broker = build_broker(settings, f"{SERVICE}-{settings.province}")
     group = f"wallet-{settings.province}"
     name = f"{SERVICE}-{settings.province}"
@@ -159,11 +341,33 @@ def create_app(settings: Settings | None = None) -> Any:
         report = await audit(redis, settings.province)
         return JSONResponse({"ok": report.ok, **report.__dict__}, status_code=200 if report.ok else 409)
 
+    @get
+    async def transfer(request: Request) -> AsgiResponse:
+        return JSONResponse(await service.store.transfer(query_one(request, "transfer_id")))
+
+    tasks: list[asyncio.Task[None]] = []
+
+    async def expiry_loop() -> None:
+        while True:
+            try:
+                await service.expire_due(broker)
+            except Exception:
+                log.exception("transfer expiry scan failed; retrying")
+            await asyncio.sleep(EXPIRY_SCAN_MS / 1000)
+
+    async def start_expiry() -> None:
+        tasks.append(asyncio.create_task(expiry_loop()))
+
     async def close() -> None:
+        for t in tasks:
+            t.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
         await redis.aclose()
 
-    return build_app(settings, name, broker, consumers, routes=[("/balance", balance), ("/audit", audit_endpoint)],
-                     on_shutdown=[close])
+    return build_app(settings, name, broker, consumers,
+                     routes=[("/balance", balance), ("/audit", audit_endpoint), ("/transfer", transfer)],
+                     after_startup=[start_expiry], on_shutdown=[close])
 
 
 async def main() -> None:

@@ -30,6 +30,7 @@ class WalletStore:
         self._accounts = load_script(client, LUA / "accounts.lua")
         self._bindings = load_script(client, LUA / "bindings.lua")
         self._pay = load_script(client, LUA / "pay.lua")
+        self._transfers = load_script(client, LUA / "transfers.lua")
 
     async def _call(self, script: Any, *args: object) -> dict[str, Any]:
         raw = await script(keys=[self.prefix], args=[str(a) for a in args])
@@ -72,6 +73,36 @@ class WalletStore:
     async def reverse(self, payment_id: str, psn: str, message_id: str) -> dict[str, Any]:
         return await self._call(self._pay, "reverse", payment_id, psn, message_id)
 
+    # wallets and transfers (W1–W6)
+    async def transfer_op(self, op: str, *args: object) -> dict[str, Any]:
+        return await self._call(self._transfers, op, *args)
+
+    async def due_expiries(self, now_ms: int, limit: int = 100) -> list[str]:
+        due: list[str] = await self.client.zrangebyscore(f"{self.prefix}xexpiry", 0, now_ms, start=0, num=limit)
+        return due
+
+    async def unschedule(self, transfer_id: str) -> None:
+        await self.client.zrem(f"{self.prefix}xexpiry", transfer_id)
+
+    async def set_person(self, psn: str, admdvs: str, status: str, version: int) -> None:
+        """Non-money view of people enrolled here (any scheme), for wallet opening (W1)."""
+        key = f"{self.prefix}person:{psn}"
+        current = await self.client.hget(key, "version")
+        if current is None or int(current) < version:
+            await self.client.hset(key, mapping={"admdvs": admdvs, "status": status, "version": version})
+
+    async def person_status(self, psn: str) -> str | None:
+        status: str | None = await self.client.hget(f"{self.prefix}person:{psn}", "status")
+        return status
+
+    async def wallet_status(self, psn: str) -> str | None:
+        status: str | None = await self.client.hget(f"{self.prefix}wallet:{psn}", "status")
+        return status
+
+    async def transfer(self, transfer_id: str) -> dict[str, Any]:
+        return {"source": await self.client.hgetall(f"{self.prefix}xfer:{transfer_id}") or None,
+                "destination": await self.client.hgetall(f"{self.prefix}dxfer:{transfer_id}") or None}
+
     # reads (C3)
     async def balance(self, psn: str, ledger_entries: int = 10) -> dict[str, Any]:
         p = self.prefix
@@ -96,5 +127,7 @@ class WalletStore:
         return {
             "psn_no": psn, "province": self.province, "account": acct or None,
             "spendable_current_fen": int(acct.get("cur", 0)), "spendable_prior_fen": int(acct.get("hist", 0)),
-            "earmarked": earmarks, "holds_fen": int(acct.get("hold", 0)), "wallet_lots": lots, "ledger": recent,
+            "earmarked": earmarks, "wallet": await self.wallet_status(psn), "wallet_lots": lots,
+            "wallet_balance_fen": sum(int(lot.get("amount", 0)) for lot in lots if lot.get("status") == "active"),
+            "ledger": recent,
         }

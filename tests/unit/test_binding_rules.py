@@ -19,11 +19,11 @@ from contracts.binding import (
     ReorderGrantors,
 )
 from contracts.enrollment import PersonDied, PersonSuspended, PersonTerminated, PersonTransferred
+from services.binding import domain
+from services.binding.domain import Binding, Person
 from shared.consent import check_consent, dev_private_key, sign
 from shared.policy import Policies, PolicyError, RegionPolicy
 from shared.settings import Settings
-from services.binding import domain
-from services.binding.domain import Binding, Person
 from tests.factories import create_binding, enrolled
 
 NOW = datetime(2026, 11, 23, 2, 0, tzinfo=UTC)

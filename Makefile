@@ -1,0 +1,50 @@
+# The verbs of the project. Everything works on a fresh machine without Docker: `make setup` installs what
+# is missing (uv + Python deps, Kafka jars from Maven Central, Redis from Debian) and is run by the others.
+SHELL := /bin/bash
+PY := .venv/bin/python
+UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
+STATE := .local/stack
+
+.PHONY: setup up down demo test test-fast lint bench chaos docs audit status
+
+setup: .venv/.synced
+	@$(PY) -m infra.native prepare
+
+.venv/.synced: pyproject.toml uv.lock
+	@command -v uv >/dev/null 2>&1 || python3 -m pip install -q --user uv || python3 -m pip install -q uv
+	@$(UV) sync --frozen -q
+	@touch $@
+
+up: setup ## native Kafka + Redis + every service in the background
+	@$(PY) -m ops.stack up
+
+down: ## stop everything `make up` or `make demo` started
+	@$(PY) -m ops.stack down
+
+status:
+	@$(PY) -m ops.stack status
+
+demo: setup ## the scripted day over the real local stack; exits non-zero if anything came out wrong
+	@$(PY) -m ops.demo
+
+test: setup ## every test; starts its own Kafka and Redis
+	@$(PY) -m pytest -q -p no:cacheprovider
+
+test-fast: setup ## unit and contract tests only (no servers)
+	@$(PY) -m pytest -q tests/unit tests/contract
+
+lint: setup
+	@.venv/bin/ruff check .
+	@.venv/bin/mypy contracts shared services infra ops
+
+bench: setup ## throughput and latency over the real local stack, with raw Kafka/Redis capacity for scale
+	@$(PY) -m bench.run
+
+chaos: setup
+	@$(PY) -m pytest -q tests/chaos
+
+docs: setup ## AsyncAPI documents and the human-readable topic page in docs/
+	@$(PY) -m contracts.docs write
+
+audit: ## conservation audit of every province of the running stack
+	@$(PY) -m ops.cli audit

@@ -1,0 +1,191 @@
+-- Wallets and the cross-province transfer saga (W1–W6). KEYS[1] = province prefix; ARGV[1] = op.
+-- Source-side state  xfer:<id>  : held → posted | voided   (the only place the decision is made)
+-- Destination state  dxfer:<id> : offered → accepting → accepted | returned ; or refused
+-- Every op is idempotent: a repeated call returns the stored outcome and moves nothing.
+local P = KEYS[1]
+local op = ARGV[1]
+local LEDGER = P .. 'ledger'
+
+local function h(k, f) return redis.call('HGET', k, f) end
+
+if op == 'open' then
+  -- ARGV: op, psn, admdvs
+  local wk = P .. 'wallet:' .. ARGV[2]
+  if h(wk, 'status') ~= 'active' then
+    redis.call('HSET', wk, 'status', 'active', 'admdvs', ARGV[3])
+  end
+  return cjson.encode({ok = true})
+end
+
+if op == 'request' then
+  -- ARGV: op, id, from, to, to_prov, amount, day, expires_ms, max_per_day, message_id
+  local id, from, to, to_prov, amount, day, exp_ms, max_day, ref =
+      ARGV[2], ARGV[3], ARGV[4], ARGV[5], int(ARGV[6]), ARGV[7], int(ARGV[8]), int(ARGV[9]), ARGV[10]
+  local xk = P .. 'xfer:' .. id
+  local stored = h(xk, 'result')
+  if stored then return stored end
+  local ak = P .. 'acct:' .. from
+  local reason
+  if h(ak, 'status') ~= 'active' then reason = 'NO_ACCOUNT'
+  elseif redis.call('SISMEMBER', P .. 'wrel:' .. from, to) == 0 then reason = 'NO_RELATIONSHIP'
+  elseif int(redis.call('GET', P .. 'xcount:' .. from .. ':' .. day)) >= max_day then reason = 'DAILY_LIMIT_REACHED'
+  elseif redis.call('EXISTS', P .. 'xpending:' .. from .. ':' .. to) == 1 then reason = 'PENDING_TO_RECIPIENT'
+  elseif int(h(ak, 'cur')) + int(h(ak, 'hist')) < amount then reason = 'INSUFFICIENT_BALANCE'
+  end
+  if reason then
+    local r = cjson.encode({ok = false, reason = reason})
+    redis.call('HSET', xk, 'status', 'rejected', 'result', r)
+    return r
+  end
+  -- validated; writes follow. Current-year money first, then prior-years (as for payments).
+  local cur = int(h(ak, 'cur'))
+  local from_cur = math.min(cur, amount)
+  local from_hist = amount - from_cur
+  hincr(ak, 'cur', -from_cur)
+  hincr(ak, 'hist', -from_hist)
+  ledger(LEDGER, 'acct:' .. from .. ':cur', -from_cur, 'transfer_hold', ref)
+  ledger(LEDGER, 'acct:' .. from .. ':hist', -from_hist, 'transfer_hold', ref)
+  ledger(LEDGER, 'xfer:' .. id .. ':hold', amount, 'transfer_hold', ref)
+  local r = cjson.encode({ok = true, status = 'held'})
+  redis.call('HSET', xk, 'status', 'held', 'hold', amount, 'amount', amount, 'from', from, 'to', to,
+             'to_prov', to_prov, 'from_cur', from_cur, 'from_hist', from_hist, 'expires_ms', exp_ms, 'result', r)
+  redis.call('SADD', P .. 'xfers', id)
+  redis.call('ZADD', P .. 'xexpiry', exp_ms, id)
+  redis.call('INCR', P .. 'xcount:' .. from .. ':' .. day)
+  redis.call('EXPIRE', P .. 'xcount:' .. from .. ':' .. day, 3 * 86400)
+  redis.call('SET', P .. 'xpending:' .. from .. ':' .. to, id)
+  return r
+end
+
+if op == 'post' or op == 'void' then
+  -- ARGV: op, id, message_id, reason. Resolves a held transfer once; afterwards returns the outcome.
+  local id, ref, why = ARGV[2], ARGV[3], ARGV[4]
+  local xk = P .. 'xfer:' .. id
+  local status = h(xk, 'status')
+  if status == 'posted' or status == 'voided' then
+    return cjson.encode({ok = true, outcome = status, reason = h(xk, 'reason') or '', amount = int(h(xk, 'amount')),
+                         from = h(xk, 'from'), to = h(xk, 'to'), to_prov = h(xk, 'to_prov')})
+  end
+  if status ~= 'held' then return fail('UNKNOWN_TRANSFER', 'no held transfer ' .. id) end
+  local amount, from, to = int(h(xk, 'hold')), h(xk, 'from'), h(xk, 'to')
+  redis.call('HSET', xk, 'hold', 0, 'reason', why)
+  ledger(LEDGER, 'xfer:' .. id .. ':hold', -amount, 'transfer_' .. op, ref)
+  if op == 'post' then
+    -- the money leaves this province's fund (W7 clears it between funds)
+    hincr(P .. 'totals', 'external_net', -amount)
+    redis.call('HSET', xk, 'status', 'posted')
+  else
+    local ak = P .. 'acct:' .. from
+    local from_cur, from_hist = int(h(xk, 'from_cur')), int(h(xk, 'from_hist'))
+    hincr(ak, 'cur', from_cur)
+    hincr(ak, 'hist', from_hist)
+    ledger(LEDGER, 'acct:' .. from .. ':cur', from_cur, 'transfer_void', ref)
+    ledger(LEDGER, 'acct:' .. from .. ':hist', from_hist, 'transfer_void', ref)
+    redis.call('HSET', xk, 'status', 'voided')
+  end
+  if op == 'post' then redis.call('ZREM', P .. 'xexpiry', id) end  -- a void is unscheduled after its messages are out
+  if redis.call('GET', P .. 'xpending:' .. from .. ':' .. to) == id then
+    redis.call('DEL', P .. 'xpending:' .. from .. ':' .. to)
+  end
+  return cjson.encode({ok = true, outcome = op == 'post' and 'posted' or 'voided', reason = why,
+                       amount = int(h(xk, 'amount')), from = from, to = to, to_prov = h(xk, 'to_prov')})
+end
+
+if op == 'offer' then
+  -- ARGV: op, id, from, from_prov, to, amount, expires_ms
+  local dk = P .. 'dxfer:' .. ARGV[2]
+  local status = h(dk, 'status')
+  if status then return cjson.encode({ok = status ~= 'refused', status = status}) end
+  local wallet_ok = h(P .. 'wallet:' .. ARGV[5], 'status') == 'active'
+  redis.call('HSET', dk, 'status', wallet_ok and 'offered' or 'refused', 'from', ARGV[3], 'from_prov', ARGV[4],
+             'to', ARGV[5], 'amount', ARGV[6], 'expires_ms', ARGV[7])
+  return cjson.encode({ok = wallet_ok, status = wallet_ok and 'offered' or 'refused'})
+end
+
+if op == 'accept' then
+  -- ARGV: op, id, to
+  local dk = P .. 'dxfer:' .. ARGV[2]
+  local status = h(dk, 'status')
+  if not status then return fail('UNKNOWN_TRANSFER', 'no transfer offered with this id') end
+  if h(dk, 'to') ~= ARGV[3] then return fail('NOT_RECIPIENT', 'only the recipient may accept') end
+  if status == 'offered' then redis.call('HSET', dk, 'status', 'accepting'); status = 'accepting' end
+  return cjson.encode({ok = status == 'accepting' or status == 'accepted', status = status,
+                       from_prov = h(dk, 'from_prov')})
+end
+
+if op == 'complete' then
+  -- ARGV: op, id, outcome ('posted'|'voided'), message_id. Credits a lot exactly once.
+  local id, outcome, ref = ARGV[2], ARGV[3], ARGV[4]
+  local dk = P .. 'dxfer:' .. id
+  local status = h(dk, 'status')
+  if status == 'accepted' or status == 'returned' then
+    return cjson.encode({ok = true, status = status, applied = false, from = h(dk, 'from'),
+                         from_prov = h(dk, 'from_prov'), to = h(dk, 'to'), amount = int(h(dk, 'amount'))})
+  end
+  if not status then return fail('UNKNOWN_TRANSFER', 'no transfer offered with this id') end
+  if outcome == 'posted' then
+    local to, amount = h(dk, 'to'), int(h(dk, 'amount'))
+    local lk = P .. 'lot:' .. id
+    redis.call('HSET', lk, 'holder', to, 'sender', h(dk, 'from'), 'sender_prov', h(dk, 'from_prov'),
+               'amount', amount, 'original', amount, 'status', 'active')
+    redis.call('RPUSH', P .. 'lots:' .. to, id)  -- creation order = spending order (oldest first, W6)
+    redis.call('SADD', P .. 'lotids', id)
+    hincr(P .. 'totals', 'external_net', amount)
+    ledger(LEDGER, 'lot:' .. id, amount, 'transfer_in', ref)
+    redis.call('HSET', dk, 'status', 'accepted')
+    return cjson.encode({ok = true, status = 'accepted', applied = true, from = h(dk, 'from'),
+                         from_prov = h(dk, 'from_prov'), to = to, amount = amount})
+  end
+  redis.call('HSET', dk, 'status', 'returned')
+  return cjson.encode({ok = true, status = 'returned', applied = true})
+end
+
+if op == 'return_lots' then
+  -- ARGV: op, holder, sender ('' = every sender), batch_id. W6: unspent money leaves for its senders.
+  local holder, sender, batch = ARGV[2], ARGV[3], ARGV[4]
+  local done = P .. 'done:' .. batch
+  local stored = idem_get(done)
+  if stored then return stored end
+  local returns = {}
+  for _, lot_id in ipairs(redis.call('LRANGE', P .. 'lots:' .. holder, 0, -1)) do
+    local lk = P .. 'lot:' .. lot_id
+    local amount = int(h(lk, 'amount'))
+    if h(lk, 'status') == 'active' and (sender == '' or h(lk, 'sender') == sender) then
+      redis.call('HSET', lk, 'status', 'returned', 'amount', 0)
+      if amount > 0 then
+        hincr(P .. 'totals', 'external_net', -amount)
+        ledger(LEDGER, 'lot:' .. lot_id, -amount, 'lot_returned', batch)
+        returns[#returns + 1] = {lot_id = lot_id, sender = h(lk, 'sender'), sender_prov = h(lk, 'sender_prov'),
+                                 amount_fen = amount}
+      end
+    end
+  end
+  local r = cjson.encode({ok = true, returns = returns})
+  idem_put(done, r)
+  return r
+end
+
+if op == 'receive_return' then
+  -- ARGV: op, return_id, sender, amount. The sender's account takes its money back (prior-years).
+  local done = P .. 'done:return:' .. ARGV[2]
+  local stored = idem_get(done)
+  if stored then return stored end
+  local ak = P .. 'acct:' .. ARGV[3]
+  if redis.call('EXISTS', ak) == 0 then return fail('NO_ACCOUNT', 'sender has no account here') end
+  local amount = int(ARGV[4])
+  hincr(ak, 'hist', amount)
+  hincr(P .. 'totals', 'external_net', amount)
+  ledger(LEDGER, 'acct:' .. ARGV[3] .. ':hist', amount, 'lot_return_received', ARGV[2])
+  local r = cjson.encode({ok = true})
+  idem_put(done, r)
+  return r
+end
+
+if op == 'relate' then
+  -- ARGV: op, from, to, on ('1'|'0'): the wallet relationship that allows transfers (B1/B2 via binding)
+  if ARGV[4] == '1' then redis.call('SADD', P .. 'wrel:' .. ARGV[2], ARGV[3])
+  else redis.call('SREM', P .. 'wrel:' .. ARGV[2], ARGV[3]) end
+  return cjson.encode({ok = true})
+end
+
+return fail('BAD_OP', op)
