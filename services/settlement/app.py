@@ -539,6 +539,12 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
         return JSONResponse(json.loads(raw) if raw else {"error": "unknown msgid"}, status_code=200 if raw else 404)
 
     @get
+    async def bindings(request: Request) -> AsgiResponse:
+        order, views = await service.store.binding_views(query_one(request, "psn_no"))
+        return JSONResponse({"grantor_order": order, "bindings": [json.loads(v.model_dump_json())
+                                                                  for v in views.values()]})
+
+    @get
     async def clearing(request: Request) -> AsgiResponse:
         day = query_one(request, "day") or china_time(service.clock.now()).date().isoformat()
         return JSONResponse(await service.clearing(day))
@@ -552,7 +558,7 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
         return JSONResponse({"psn_no": view.psn_no, "admdvs": view.admdvs, "status": view.status,
                              "version": view.version})
 
-    return build_app(settings, SERVICE, broker, consumers, routes=[("/settlement", settlement), ("/person", person),
+    return build_app(settings, SERVICE, broker, consumers, routes=[("/settlement", settlement), ("/person", person), ("/bindings", bindings),
                                                                  ("/clearing", clearing)],
                      after_startup=[start_scanner], on_shutdown=[stop])
 

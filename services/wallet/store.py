@@ -128,6 +128,7 @@ class WalletStore:
             "psn_no": psn, "province": self.province, "account": acct or None,
             "spendable_current_fen": int(acct.get("cur", 0)), "spendable_prior_fen": int(acct.get("hist", 0)),
             "earmarked": earmarks, "wallet": await self.wallet_status(psn), "wallet_lots": lots,
+            "may_send_to": sorted(await self.client.smembers(f"{p}wrel:{psn}")),
             "wallet_balance_fen": sum(int(lot.get("amount", 0)) for lot in lots if lot.get("status") == "active"),
             "ledger": recent,
         }

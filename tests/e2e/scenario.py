@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 
+from contracts.binding import BindingKind, Relation
 from contracts.enrollment import AccountCredited, PersonEnrolled
 from contracts.types import resident_id_check_char
 from shared.client import Bus, his_request, yuan
@@ -84,3 +85,31 @@ def balance(services: dict[str, Any], province: str, psn_no: str) -> dict[str, A
 
 def audit(services: dict[str, Any], province: str) -> dict[str, Any]:
     return httpx.get(f"{services[f'wallet-{province}'].url}/audit", timeout=30).json()  # type: ignore[no-any-return]
+
+
+async def bound(bus: Bus, services: dict[str, Any], grantor: dict[str, Any], recipient: dict[str, Any],
+                relation: Relation, quota_fen: int | None = None, kind: BindingKind = BindingKind.MUTUAL_AID,
+                timeout_s: float = 30.0) -> dict[str, Any]:
+    """Create a binding and wait until settlement's read model and the wallet have both applied it."""
+    created = await bus.bind(grantor["psn_no"], recipient["psn_no"], relation, kind=kind, quota_fen=quota_fen)
+    if created["type"] != "BindingCreated":
+        return created
+    b_id = created["binding_id"]
+    grantor_wallet = services[f"wallet-{grantor['province']}"].url
+    deadline = time.monotonic() + timeout_s
+    async with httpx.AsyncClient(timeout=5) as http:
+        while time.monotonic() < deadline:
+            if kind == BindingKind.WALLET:
+                w = (await http.get(f"{grantor_wallet}/balance",
+                                    params={"psn_no": grantor["psn_no"]})).json()
+                if recipient["psn_no"] in w["may_send_to"]:
+                    return created
+            else:
+                s = (await http.get(f"{services['settlement'].url}/bindings",
+                                    params={"psn_no": recipient["psn_no"]})).json()
+                w = (await http.get(f"{grantor_wallet}/balance",
+                                    params={"psn_no": grantor["psn_no"]})).json()
+                if b_id in s["grantor_order"] and any(e["binding_id"] == b_id for e in w["earmarked"]):
+                    return created
+            await asyncio.sleep(0.1)
+    raise TimeoutError(f"binding {b_id} not applied by settlement and wallet within {timeout_s}s")

@@ -10,7 +10,7 @@ import pytest
 from contracts.binding import Relation
 from contracts.his import HisResult
 from shared.client import Bus, his_request, yuan
-from tests.e2e.scenario import HOSPITAL, audit, balance, bill, person, setl
+from tests.e2e.scenario import HOSPITAL, audit, balance, bill, bound, person, setl
 
 pytestmark = pytest.mark.e2e
 
@@ -28,9 +28,8 @@ async def test_own_account_only(bus: Bus, services: Any) -> None:
 async def test_relative_in_same_province_pays_the_rest(bus: Bus, services: Any) -> None:
     child = await person(bus, services, "32", employee=False)
     mother = await person(bus, services, "32", balance_fen=100_000)
-    created = await bus.bind(mother["psn_no"], child["psn_no"], Relation.CHILD, quota_fen=30_000)
+    created = await bound(bus, services, mother, child, Relation.CHILD, quota_fen=30_000)
     assert created["type"] == "BindingCreated", created
-    await bus.wallet_event(lambda e: e.get("binding_id") == created["binding_id"] and e["type"] == "QuotaEarmarked")
     info = setl(await bus.his(bill(child, 20_000)))
     assert (info["acct_pay"], info["acct_mulaid_pay"], info["psn_cash_pay"]) == ("200.00", "200.00", "0.00")
     m = balance(services, "32", mother["psn_no"])
@@ -42,11 +41,9 @@ async def test_two_relatives_sequential(bus: Bus, services: Any) -> None:
     kid = await person(bus, services, "32", balance_fen=1_000)
     dad = await person(bus, services, "32", balance_fen=100_000)
     mum = await person(bus, services, "32", balance_fen=100_000)
-    b1 = await bus.bind(dad["psn_no"], kid["psn_no"], Relation.CHILD, quota_fen=5_000)
-    b2 = await bus.bind(mum["psn_no"], kid["psn_no"], Relation.CHILD, quota_fen=50_000)
+    b1 = await bound(bus, services, dad, kid, Relation.CHILD, quota_fen=5_000)
+    b2 = await bound(bus, services, mum, kid, Relation.CHILD, quota_fen=50_000)
     assert b2["grantor_order"] == [b1["binding_id"], b2["binding_id"]]
-    for b in (b1, b2):
-        await bus.wallet_event(lambda e, b=b: e.get("binding_id") == b["binding_id"] and e["type"] == "QuotaEarmarked")
     info = setl(await bus.his(bill(kid, 10_000)))
     # own 10.00, dad's whole quota 50.00, mum 40.00 (S1 sequential)
     assert (info["acct_pay"], info["acct_mulaid_pay"], info["psn_cash_pay"], info["balc"]) == (
@@ -60,13 +57,13 @@ async def test_single_mode_in_hangzhou(bus: Bus, services: Any) -> None:
     # Hangzhou funds from prior-years balances (historical_only): roll the year first
     from contracts.enrollment import YearRolledOver
 
-    for g in (dad, mum):
+    for g, fen in ((dad, 3_000), (mum, 90_000)):
         await bus.enrollment(YearRolledOver(psn_no=g["psn_no"], admdvs=g["region"], year=2026))
-    await asyncio.sleep(0.5)
-    b1 = await bus.bind(dad["psn_no"], kid["psn_no"], Relation.CHILD)
-    b2 = await bus.bind(mum["psn_no"], kid["psn_no"], Relation.CHILD)
+        await bus.wait_for(lambda g=g, fen=fen: balance(services, "33", g["psn_no"])["spendable_prior_fen"] == fen,
+                           what="year-end rollover applied")
+    b1 = await bound(bus, services, dad, kid, Relation.CHILD)
+    b2 = await bound(bus, services, mum, kid, Relation.CHILD)
     assert b1["funding_mode"] == "historical_only" and b2["multi_grantor_mode"] == "single"
-    await asyncio.sleep(0.5)  # let wallet-33 record both bindings
     info = setl(await bus.his(bill(kid, 10_000)))
     # single mode: only dad (first in order) pays, 30.00; the rest is cash even though mum could pay
     assert (info["acct_mulaid_pay"], info["psn_cash_pay"]) == ("30.00", "70.00")
@@ -84,8 +81,7 @@ async def test_cross_province_care_debits_the_insured_province(bus: Bus, service
 async def test_dual_code_region_needs_the_grantors_code(bus: Bus, services: Any) -> None:
     kid = await person(bus, services, "51")
     mum = await person(bus, services, "51", balance_fen=50_000)
-    b = await bus.bind(mum["psn_no"], kid["psn_no"], Relation.CHILD, quota_fen=20_000)
-    await bus.wallet_event(lambda e: e.get("binding_id") == b["binding_id"] and e["type"] == "QuotaEarmarked")
+    await bound(bus, services, mum, kid, Relation.CHILD, quota_fen=20_000)
     without = setl(await bus.his(bill(kid, 5_000)))
     assert (without["acct_mulaid_pay"], without["psn_cash_pay"]) == ("0.00", "50.00")
     with_code = setl(await bus.his(bill(kid, 5_000, mulaid_psn_no=mum["psn_no"])))
@@ -95,8 +91,7 @@ async def test_dual_code_region_needs_the_grantors_code(bus: Bus, services: Any)
 async def test_cancel_returns_every_fen(bus: Bus, services: Any) -> None:
     kid = await person(bus, services, "32", balance_fen=2_000)
     mum = await person(bus, services, "32", balance_fen=60_000)
-    b = await bus.bind(mum["psn_no"], kid["psn_no"], Relation.CHILD, quota_fen=10_000)
-    await bus.wallet_event(lambda e: e.get("binding_id") == b["binding_id"] and e["type"] == "QuotaEarmarked")
+    await bound(bus, services, mum, kid, Relation.CHILD, quota_fen=10_000)
     request = bill(kid, 9_000)
     info = setl(await bus.his(request))
     assert (info["acct_pay"], info["acct_mulaid_pay"]) == ("90.00", "70.00")
