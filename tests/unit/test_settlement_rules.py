@@ -1,0 +1,116 @@
+"""Settlement rules S1, S3, S4, S5, S7 and W7 as pure functions."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from contracts.binding import BindingKind, FundingMode, MultiGrantorMode
+from contracts.his import HisRequestError, SettleData, setlinfo
+from services.settlement import domain
+from services.settlement.domain import BindingView, PersonView
+
+
+def data(**kw: object) -> SettleData:
+    base = {"psn_no": "R1", "mdtrt_cert_type": "03", "mdtrt_cert_no": "C1", "mdtrt_id": "M1",
+            "medfee_sumamt": Decimal("300.00"), "fund_pay_sumamt": Decimal("100.00"),
+            "psn_part_amt": Decimal("200.00"), "acct_used_flag": "1", "med_type": "11", "insutype": "310"}
+    return SettleData.model_validate({**base, **kw})
+
+
+def view(b_id: str, grantor: str, *, dual: bool = False, mode: MultiGrantorMode = MultiGrantorMode.SEQUENTIAL,
+         active: bool = True, kind: BindingKind = BindingKind.MUTUAL_AID) -> BindingView:
+    return BindingView(binding_id=b_id, grantor_psn_no=grantor, recipient_psn_no="R1", kind=kind,
+                       funding_mode=FundingMode.QUOTA, multi_grantor_mode=mode, dual_code_required=dual, active=active)
+
+
+def test_s1_plan_follows_recipient_order_and_skips_inactive_and_other_kinds() -> None:
+    views = {"b1": view("b1", "G1"), "b2": view("b2", "G2", active=False), "b3": view("b3", "G3"),
+             "w": view("w", "G4", kind=BindingKind.WALLET)}
+    plan = domain.build_plan(data(), ["b3", "b2", "b1", "w"], views)
+    assert [g.binding_id for g in plan.grantors] == ["b3", "b1"]
+    assert plan.use_own and plan.use_wallet and plan.multi_grantor_mode == MultiGrantorMode.SEQUENTIAL
+
+
+def test_s1_single_mode_carried_from_region() -> None:
+    plan = domain.build_plan(data(), ["b1"], {"b1": view("b1", "G1", mode=MultiGrantorMode.SINGLE)})
+    assert plan.multi_grantor_mode == MultiGrantorMode.SINGLE
+
+
+def test_s4_dual_code_keeps_only_the_presented_grantor() -> None:
+    views = {"b1": view("b1", "G1", dual=True), "b2": view("b2", "G2", dual=True)}
+    assert domain.build_plan(data(), ["b1", "b2"], views).grantors == []
+    plan = domain.build_plan(data(mulaid_psn_no="G2"), ["b1", "b2"], views)
+    assert [g.grantor_psn_no for g in plan.grantors] == ["G2"]
+
+
+def test_s5_flag_zero_touches_no_account() -> None:
+    plan = domain.build_plan(data(acct_used_flag="0"), ["b1"], {"b1": view("b1", "G1")})
+    assert not plan.use_own and not plan.use_wallet and plan.grantors == []
+
+
+@pytest.mark.parametrize("scope", ["public_health", "fitness", "wellness", "cash_out"])
+def test_s3_refused_scopes(scope: str) -> None:
+    with pytest.raises(HisRequestError, match="S3"):
+        domain.check_scope(data(usage_scope=scope))
+
+
+def test_s3_premiums_and_drugs_allowed() -> None:
+    for scope in ("resident_premium", "ltc_premium", "drugs", "medical"):
+        domain.check_scope(data(usage_scope=scope))
+
+
+PERSON = PersonView(psn_no="R1", admdvs="320500", version=1, id_hash="h", card_no="C1")
+
+
+def test_s4_own_card_passes_and_other_card_is_misuse() -> None:
+    domain.check_own_card(data(), "320500", PERSON, cert_owner="R1")
+    with pytest.raises(domain.CardMisuse, match="冒名就医"):
+        domain.check_own_card(data(), "320500", PERSON, cert_owner="SOMEONE")
+    with pytest.raises(domain.CardMisuse):
+        domain.check_own_card(data(mdtrt_cert_type="01", mdtrt_cert_no="OTHER"), "320500", PERSON, None)
+
+
+def test_s4_insured_region_must_match() -> None:
+    with pytest.raises(HisRequestError, match="insuplc_admdvs"):
+        domain.check_own_card(data(), "510100", PERSON, cert_owner="R1")
+
+
+def test_amounts_must_add_up() -> None:
+    with pytest.raises(HisRequestError, match="must equal"):
+        domain.check_amounts(data(medfee_sumamt=Decimal("301.00")))
+
+
+def test_split_invariant_enforced() -> None:
+    with pytest.raises(ValueError, match="does not add up"):
+        setlinfo(setl_id="S", psn_no="R1", mdtrt_id="M", medfee_fen=300, fund_fen=100, part_fen=200, acct_fen=100,
+                 mulaid_fen=0, wallet_fen=0, cash_fen=50, balc_fen=0)
+
+
+def test_s7_detail_reconciliation_lists_one_sided_entries() -> None:
+    ours = [{"setl_id": "A", "msgid": "m1", "medfee_fen": 100, "acct_fen": 50},
+            {"setl_id": "B", "msgid": "m2", "medfee_fen": 100, "acct_fen": 50},
+            {"setl_id": "C", "msgid": "m3", "medfee_fen": 100, "acct_fen": 50}]
+    theirs = [{"setl_id": "A", "msgid": "m1", "medfee_fen": 100, "acct_fen": 50},
+              {"setl_id": "B", "msgid": "m2", "medfee_fen": 100, "acct_fen": 40},
+              {"setl_id": "X", "msgid": "m9", "medfee_fen": 10, "acct_fen": 10}]
+    out = domain.reconcile_details(ours, theirs)
+    assert out["stmt_rslt"] == "1"
+    assert [e["setl_id"] for e in out["hospital_only"]] == ["X"]
+    assert [e["setl_id"] for e in out["center_only"]] == ["C"]
+    assert out["mismatched"] == ["B"]
+    assert domain.reconcile_details(ours, ours)["stmt_rslt"] == "0"
+
+
+def test_s7_totals() -> None:
+    ours = [{"setl_id": "A", "msgid": "m", "medfee_fen": 100, "acct_fen": 60}]
+    assert domain.reconcile_totals(ours, 1, 100, 60)["stmt_rslt"] == "0"
+    assert domain.reconcile_totals(ours, 2, 100, 60)["stmt_rslt"] == "1"
+
+
+def test_w7_clearing_nets_sum_to_zero() -> None:
+    st = domain.clearing_statement("2026-11-23", {"32>51:transfer": 150_000, "51>32:care": 30_000,
+                                                  "51>32:lot_return": 70_000, "33>45:transfer": 10})
+    assert st["net_fen"] == {"32": -50_000, "33": -10, "45": 10, "51": 50_000}
+    assert st["sum_of_nets_fen"] == 0
