@@ -36,15 +36,19 @@ def build_broker(settings: Settings, service: str) -> KafkaBroker:
     )
 
 
+def register(broker: KafkaBroker, consumers: Sequence[Consumer[Any]], max_records: int = 500) -> None:
+    for consumer in consumers:
+        # One consumer group per (service, topic): joining one subscriber never rebalances the others.
+        consumer.register(broker, f"{consumer.service}.{consumer.topic}", max_records=max_records)
+
+
 def build_app(
-    settings: Settings, service: str, broker: KafkaBroker, consumers: Sequence[tuple[Consumer[Any], str]],
+    settings: Settings, service: str, broker: KafkaBroker, consumers: Sequence[Consumer[Any]],
     routes: Sequence[tuple[str, Any]] = (), on_startup: Sequence[Callable[[], Awaitable[None]]] = (),
     after_startup: Sequence[Callable[[], Awaitable[None]]] = (),
     on_shutdown: Sequence[Callable[[], Awaitable[None]]] = (),
 ) -> AsgiFastStream:
-    for consumer, group in consumers:
-        # One consumer group per (service, topic): joining one subscriber never rebalances the others.
-        consumer.register(broker, f"{group}.{consumer.topic}", max_records=settings.consumer_max_records)
+    register(broker, consumers, settings.consumer_max_records)
 
     async def create_topics() -> None:
         await ensure_topics(settings.kafka_bootstrap_servers, all_topics(), PARTITIONS)

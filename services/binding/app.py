@@ -184,19 +184,22 @@ def _rejected(decision: domain.Decision) -> bool:
     return bool(decision.events) and decision.events[0].__class__.__name__ == "BindingRejected"
 
 
-def create_app(settings: Settings | None = None, clock: Clock | None = None) -> Any:
+def wire(settings: Settings, redis: Any, clock: Clock) -> tuple[BindingService, list[Consumer[Any]]]:
+    """The service and what it consumes; shared by the process (create_app) and the contract tests."""
+    policies = Policies.load(settings.policies_path)  # fails start-up with a clear message
+    service = BindingService(settings, BindingStore(redis), policies, clock)
+    return service, [
+        Consumer(SERVICE, BINDING_COMMANDS, model_parser(TypeAdapter(BindingCommand)), service.on_command),
+        Consumer(SERVICE, ENROLLMENT_EVENTS, model_parser(TypeAdapter(EnrollmentEvent)), service.on_enrollment),
+    ]
+
+
+def create_app(settings: Settings | None = None) -> Any:
     settings = settings or Settings()
     configure_logging(SERVICE, settings.log_level)
-    policies = Policies.load(settings.policies_path)  # fails start-up with a clear message
     redis = connect(settings.redis_url)
-    service = BindingService(settings, BindingStore(redis), policies, clock or clock_from(settings.clock_offset_ms, settings.clock_file))
+    service, consumers = wire(settings, redis, clock_from(settings.clock_offset_ms, settings.clock_file))
     broker = build_broker(settings, SERVICE)
-    consumers = [
-        (Consumer(SERVICE, BINDING_COMMANDS, model_parser(TypeAdapter(BindingCommand)), service.on_command),
-         "binding"),
-        (Consumer(SERVICE, ENROLLMENT_EVENTS, model_parser(TypeAdapter(EnrollmentEvent)), service.on_enrollment),
-         "binding"),
-    ]
 
     @get
     async def bindings(request: Request) -> AsgiResponse:

@@ -497,19 +497,23 @@ class SettlementService:
         return []
 
 
-def create_app(settings: Settings | None = None, clock: Clock | None = None) -> Any:
+def wire(settings: Settings, redis: Any, clock: Clock) -> tuple[SettlementService, list[Consumer[Any]]]:
+    """The service and what it consumes; shared by the process (create_app) and the contract tests."""
+    service = SettlementService(settings, SettlementStore(redis), clock)
+    return service, [
+        Consumer(SERVICE, HIS_REQUESTS, parse_request, service.on_request),
+        Consumer(SERVICE, WALLET_EVENTS, model_parser(TypeAdapter(WalletEvent)), service.on_wallet),
+        Consumer(SERVICE, BINDING_EVENTS, model_parser(TypeAdapter(BindingEvent)), service.on_binding),
+        Consumer(SERVICE, ENROLLMENT_EVENTS, model_parser(TypeAdapter(EnrollmentEvent)), service.on_enrollment),
+    ]
+
+
+def create_app(settings: Settings | None = None) -> Any:
     settings = settings or Settings()
     configure_logging(SERVICE, settings.log_level)
     redis = connect(settings.redis_url)
-    service = SettlementService(settings, SettlementStore(redis), clock or clock_from(settings.clock_offset_ms, settings.clock_file))
+    service, consumers = wire(settings, redis, clock_from(settings.clock_offset_ms, settings.clock_file))
     broker = build_broker(settings, SERVICE)
-    consumers = [
-        (Consumer(SERVICE, HIS_REQUESTS, parse_request, service.on_request), SERVICE),
-        (Consumer(SERVICE, WALLET_EVENTS, model_parser(TypeAdapter(WalletEvent)), service.on_wallet), SERVICE),
-        (Consumer(SERVICE, BINDING_EVENTS, model_parser(TypeAdapter(BindingEvent)), service.on_binding), SERVICE),
-        (Consumer(SERVICE, ENROLLMENT_EVENTS, model_parser(TypeAdapter(EnrollmentEvent)), service.on_enrollment),
-         SERVICE),
-    ]
     tasks: list[asyncio.Task[None]] = []
 
     async def scanner() -> None:

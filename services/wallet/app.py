@@ -314,22 +314,26 @@ class WalletService:
         return len(due)
 
 
-def create_app(settings: Settings | None = None) -> Any:
-    settings = settings or Settings()
-    configure_logging(f"{SERVICE}-{settings.province}", settings.log_level)
-    redis = connect(settings.redis_url)
-    clock = clock_from(settings.clock_offset_ms, settings.clock_file)
+def wire(settings: Settings, redis: Any, clock: Clock) -> tuple[WalletService, list[Consumer[Any]]]:
+    """The service and what it consumes; shared by the process (create_app) and the contract tests."""
     service = WalletService(WalletStore(redis, settings.province), Policies.load(settings.policies_path), clock,
                             public_key_from_setting(settings.consent_public_key))
-    broker = build_broker(settings, f"{SERVICE}-{settings.province}")
-    group = f"wallet-{settings.province}"
     name = f"{SERVICE}-{settings.province}"
-    consumers = [
-        (Consumer(name, wallet_commands(settings.province), model_parser(TypeAdapter(WalletCommand)),
-                  service.on_command), group),
-        (Consumer(name, ENROLLMENT_EVENTS, model_parser(TypeAdapter(EnrollmentEvent)), service.on_enrollment), group),
-        (Consumer(name, BINDING_EVENTS, model_parser(TypeAdapter(BindingEvent)), service.on_binding), group),
+    return service, [
+        Consumer(name, wallet_commands(settings.province), model_parser(TypeAdapter(WalletCommand)),
+                 service.on_command),
+        Consumer(name, ENROLLMENT_EVENTS, model_parser(TypeAdapter(EnrollmentEvent)), service.on_enrollment),
+        Consumer(name, BINDING_EVENTS, model_parser(TypeAdapter(BindingEvent)), service.on_binding),
     ]
+
+
+def create_app(settings: Settings | None = None) -> Any:
+    settings = settings or Settings()
+    name = f"{SERVICE}-{settings.province}"
+    configure_logging(name, settings.log_level)
+    redis = connect(settings.redis_url)
+    service, consumers = wire(settings, redis, clock_from(settings.clock_offset_ms, settings.clock_file))
+    broker = build_broker(settings, name)
 
     @get
     async def balance(request: Request) -> AsgiResponse:
