@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 KAFKA_LIB = ROOT / "infra" / ".cache" / "kafka-lib"
 KAFKA_POM = ROOT / "infra" / "kafka" / "pom.xml"
 LOG4J_CONFIG = ROOT / "infra" / "log4j2.properties"
-DEFAULT_STATE = ROOT / ".local" / "stack"
+DEFAULT_STATE = Path(os.environ.get("MUTUALAID_STATE_DIR", ROOT / ".local" / "stack"))
 
 READY_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 20.0

@@ -7,6 +7,7 @@ HTTP address and pid), pids/ (what `down` stops, by pid), and one log file per p
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 from infra import native
 from infra.procs import ServiceProc, service_set, start_all
 
-STATE = native.DEFAULT_STATE
+STATE = Path(os.environ.get("MUTUALAID_STATE_DIR", native.DEFAULT_STATE))
 PROVINCES = ("32", "51", "33", "45")
 
 
@@ -34,7 +35,10 @@ def up(state: Path = STATE, extra_env: dict[str, str] | None = None) -> dict[str
         return current
     for s in current.values():
         native._stop_pid(s["pid"])
-    procs: list[ServiceProc] = service_set(info.env(), state, PROVINCES, extra_env)
+    clock_file = state / "clock_offset_ms"  # the demo moves the business clock through the night (W4)
+    clock_file.write_text("0")
+    env = {"CLOCK_FILE": str(clock_file), **(extra_env or {})}
+    procs: list[ServiceProc] = service_set(info.env(), state, PROVINCES, env)
     start_all(procs)
     pids = state / "pids"
     pids.mkdir(exist_ok=True)

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from shared.client import Bus
-from tests.e2e.scenario import audit, balance
+from ops.scenario import audit, balance
 from tests.e2e.test_wallet_e2e import family
 
 pytestmark = pytest.mark.e2e

@@ -10,7 +10,7 @@ import pytest
 from contracts.binding import Relation
 from contracts.his import HisResult
 from shared.client import Bus, his_request, yuan
-from tests.e2e.scenario import HOSPITAL, audit, balance, bill, bound, person, setl
+from ops.scenario import HOSPITAL, audit, balance, bill, bound, person, setl
 
 pytestmark = pytest.mark.e2e
 

@@ -10,7 +10,7 @@ import pytest
 
 from contracts.binding import BindingKind, Relation
 from shared.client import Bus
-from tests.e2e.scenario import audit, balance, bill, bound, person, setl
+from ops.scenario import audit, balance, bill, bound, person, setl
 
 pytestmark = pytest.mark.e2e
 

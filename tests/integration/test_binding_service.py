@@ -12,7 +12,7 @@ from contracts.enrollment import PersonTerminated
 from contracts.topics import BINDING_COMMANDS, dlq
 from shared.client import Bus
 from shared.pii import kafka_key
-from tests.e2e.scenario import person
+from ops.scenario import person
 from tests.factories import create_binding
 from tests.helpers import headers, read_topic
 

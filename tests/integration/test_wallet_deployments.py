@@ -8,7 +8,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from shared.client import Bus
-from tests.e2e.scenario import balance, bill, person, setl
+from ops.scenario import balance, bill, person, setl
 
 pytestmark = pytest.mark.integration
 

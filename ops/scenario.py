@@ -1,4 +1,8 @@
-"""Steps shared by the end-to-end tests and the demo: people, bindings and bills over the real topics."""
+"""Steps shared by the demo and the end-to-end tests: people, bindings and bills over the real topics.
+
+`services` maps a service name (binding, settlement, wallet-32, ...) to its HTTP address, given as a
+string, a dict with "url" or an object with `.url`.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,13 @@ from contracts.binding import BindingKind, Relation
 from contracts.enrollment import AccountCredited, PersonEnrolled
 from contracts.types import resident_id_check_char
 from shared.client import Bus, his_request, yuan
+
+def url(services: dict[str, Any], name: str) -> str:
+    found = services[name]
+    if isinstance(found, str):
+        return found
+    return str(found["url"] if isinstance(found, dict) else found.url)
+
 
 HOSPITAL = {"32": "H32050500002", "51": "H51010000001", "33": "H33010000003", "45": "H45010000004"}
 REGION = {"32": "320500", "51": "510100", "33": "330100", "45": "450100"}
@@ -51,9 +62,9 @@ async def until_known(services: dict[str, Any], province: str, psn_no: str, bala
     deadline = time.monotonic() + timeout_s
     async with httpx.AsyncClient(timeout=5) as http:
         while time.monotonic() < deadline:
-            b = (await http.get(f"{services['binding'].url}/bindings", params={"psn_no": psn_no})).json()
-            s = await http.get(f"{services['settlement'].url}/person", params={"psn_no": psn_no})
-            w = (await http.get(f"{services[f'wallet-{province}'].url}/balance", params={"psn_no": psn_no})).json()
+            b = (await http.get(f"{url(services, 'binding')}/bindings", params={"psn_no": psn_no})).json()
+            s = await http.get(f"{url(services, 'settlement')}/person", params={"psn_no": psn_no})
+            w = (await http.get(f"{url(services, f'wallet-{province}')}/balance", params={"psn_no": psn_no})).json()
             wallet_ok = balance_fen is None or (w["account"] is not None
                                                 and w["spendable_current_fen"] + w["spendable_prior_fen"] == balance_fen)
             if b["enrollment"] is not None and s.status_code == 200 and wallet_ok:
@@ -79,12 +90,12 @@ def setl(result: dict[str, Any]) -> dict[str, str]:
 
 
 def balance(services: dict[str, Any], province: str, psn_no: str) -> dict[str, Any]:
-    return httpx.get(f"{services[f'wallet-{province}'].url}/balance", params={"psn_no": psn_no},
+    return httpx.get(f"{url(services, f'wallet-{province}')}/balance", params={"psn_no": psn_no},
                      timeout=10).json()  # type: ignore[no-any-return]
 
 
 def audit(services: dict[str, Any], province: str) -> dict[str, Any]:
-    return httpx.get(f"{services[f'wallet-{province}'].url}/audit", timeout=30).json()  # type: ignore[no-any-return]
+    return httpx.get(f"{url(services, f'wallet-{province}')}/audit", timeout=30).json()  # type: ignore[no-any-return]
 
 
 async def bound(bus: Bus, services: dict[str, Any], grantor: dict[str, Any], recipient: dict[str, Any],
@@ -95,7 +106,7 @@ async def bound(bus: Bus, services: dict[str, Any], grantor: dict[str, Any], rec
     if created["type"] != "BindingCreated":
         return created
     b_id = created["binding_id"]
-    grantor_wallet = services[f"wallet-{grantor['province']}"].url
+    grantor_wallet = url(services, f"wallet-{grantor['province']}")
     deadline = time.monotonic() + timeout_s
     async with httpx.AsyncClient(timeout=5) as http:
         while time.monotonic() < deadline:
@@ -105,7 +116,7 @@ async def bound(bus: Bus, services: dict[str, Any], grantor: dict[str, Any], rec
                 if recipient["psn_no"] in w["may_send_to"]:
                     return created
             else:
-                s = (await http.get(f"{services['settlement'].url}/bindings",
+                s = (await http.get(f"{url(services, 'settlement')}/bindings",
                                     params={"psn_no": recipient["psn_no"]})).json()
                 w = (await http.get(f"{grantor_wallet}/balance",
                                     params={"psn_no": grantor["psn_no"]})).json()

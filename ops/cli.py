@@ -1,0 +1,331 @@
+"""`mutualaid`: the operator CLI over the running stack (`make up`), through the real topics and the
+services' HTTP read endpoints. Every command has `--json` for scripts; bad input gets a clear message
+and exit code 2."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+import httpx
+import typer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from pydantic import ValidationError
+from rich.console import Console
+from rich.progress import track
+from rich.table import Table
+
+from contracts.binding import BindingKind, Relation
+from contracts.enrollment import AccountCredited, PersonEnrolled
+from contracts.topics import DEPLOYED_PROVINCES, all_topics, dlq
+from contracts.types import yuan_to_fen
+from infra import native
+from ops.scenario import HOSPITAL, REGION
+from shared.client import Bus, his_request, yuan
+
+app = typer.Typer(help="Operate the family mutual-aid stack (家庭共济).", no_args_is_help=True)
+dlq_app = typer.Typer(help="Inspect and replay dead-letter queues.", no_args_is_help=True)
+app.add_typer(dlq_app, name="dlq")
+console = Console()
+JSON = typer.Option(False, "--json", help="machine-readable output")
+
+
+def fail(message: str) -> None:
+    console.print(f"[red]error:[/] {message}")
+    raise typer.Exit(2)
+
+
+def stack_env() -> dict[str, str]:
+    env = {k: os.environ[k] for k in ("KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL") if k in os.environ}
+    if "KAFKA_BOOTSTRAP_SERVERS" not in env:
+        info = native.DEFAULT_STATE / "stack.json"
+        if not info.exists():
+            fail("no stack found: run `make up` (or set KAFKA_BOOTSTRAP_SERVERS)")
+        data = json.loads(info.read_text())
+        env = {"KAFKA_BOOTSTRAP_SERVERS": data["kafka_bootstrap"], "REDIS_URL": data["redis_url"]}
+    return env
+
+
+def services() -> dict[str, str]:
+    f = Path(os.environ.get("MUTUALAID_SERVICES", native.DEFAULT_STATE / "services.json"))
+    if not f.exists():
+        fail("services are not running: run `make up`")
+    return {name: s["url"] for name, s in json.loads(f.read_text()).items()}
+
+
+def out(data: Any, as_json: bool, title: str = "") -> None:
+    if as_json:
+        typer.echo(json.dumps(data, ensure_ascii=False, default=str))
+        return
+    if isinstance(data, dict) and all(not isinstance(v, dict | list) for v in data.values()):
+        table = Table(title=title)
+        table.add_column("field")
+        table.add_column("value")
+        for k, v in data.items():
+            table.add_row(str(k), str(v))
+        console.print(table)
+    else:
+        console.print_json(json.dumps(data, ensure_ascii=False, default=str))
+
+
+def run(coro: Any) -> Any:
+    try:
+        return asyncio.run(coro)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        fail(f"{'.'.join(map(str, err['loc']))}: {err['msg']}")
+    except TimeoutError as exc:
+        fail(f"no answer: {exc}")
+
+
+async def with_bus(fn: Any) -> Any:
+    async with Bus(stack_env()["KAFKA_BOOTSTRAP_SERVERS"]) as bus:
+        return await fn(bus)
+
+
+def fen_of(yuan_text: str) -> int:
+    try:
+        return yuan_to_fen(Decimal(yuan_text))
+    except (InvalidOperation, ValueError) as exc:
+        fail(f"amount {yuan_text!r}: {exc}")
+        raise
+
+
+# ---------------------------------------------------------------- people and accounts (local testing)
+
+
+@app.command()
+def enroll(psn_no: str, region: str = typer.Option(..., help="6-digit 统筹区, e.g. 320500"),
+           id_no: str = typer.Option(..., help="resident ID (checked, never logged)"),
+           resident: bool = typer.Option(False, help="resident insurance (390), no personal account"),
+           card_no: str = typer.Option(None), version: int = 1, as_json: bool = JSON) -> None:
+    """Publish PersonEnrolled (as the enrollment platform would)."""
+    event = PersonEnrolled(psn_no=psn_no, admdvs=region, insutype="390" if resident else "310",
+                           has_personal_account=not resident, id_no=id_no, card_no=card_no, version=version)
+    run(with_bus(lambda bus: bus.enrollment(event)))
+    out({"published": "PersonEnrolled", "psn_no": psn_no, "message_id": event.message_id}, as_json)
+
+
+@app.command()
+def credit(psn_no: str, amount_yuan: str, region: str = typer.Option(...), period: str = "2026-11",
+           as_json: bool = JSON) -> None:
+    """Publish a monthly credit (个账划入) of AMOUNT_YUAN."""
+    event = AccountCredited(psn_no=psn_no, admdvs=region, amount_fen=fen_of(amount_yuan), period=period)
+    run(with_bus(lambda bus: bus.enrollment(event)))
+    out({"published": "AccountCredited", "psn_no": psn_no, "amount_fen": event.amount_fen}, as_json)
+
+
+# ---------------------------------------------------------------- bindings
+
+
+@app.command()
+def bind(grantor: str, recipient: str, relation: Relation = typer.Option(...),
+         kind: BindingKind = typer.Option(BindingKind.MUTUAL_AID), quota_yuan: str = typer.Option(None),
+         as_json: bool = JSON) -> None:
+    """Create a binding with a development consent proof; prints BindingCreated or the rejection reason."""
+    quota = fen_of(quota_yuan) if quota_yuan else None
+    out(run(with_bus(lambda bus: bus.bind(grantor, recipient, relation, kind, quota))), as_json)
+
+
+@app.command()
+def dissolve(binding_id: str, grantor: str = typer.Option(...), by: str = typer.Option(...),
+             as_json: bool = JSON) -> None:
+    out(run(with_bus(lambda bus: bus.dissolve(binding_id, grantor, by))), as_json)
+
+
+@app.command()
+def reorder(recipient: str, binding_ids: list[str], as_json: bool = JSON) -> None:
+    out(run(with_bus(lambda bus: bus.reorder(recipient, binding_ids))), as_json)
+
+
+@app.command()
+def bindings(psn_no: str, as_json: bool = JSON) -> None:
+    """A person's bindings as grantor and as recipient, with order, quota and status."""
+    out(httpx.get(f"{services()['binding']}/bindings", params={"psn_no": psn_no}, timeout=10).json(), as_json)
+
+
+# ---------------------------------------------------------------- hospital side
+
+
+def _his(request: dict[str, Any], as_json: bool) -> None:
+    result = run(with_bus(lambda bus: bus.his(request)))
+    out(result, as_json)
+    if result["infcode"] != 0:
+        raise typer.Exit(1)
+
+
+@app.command()
+def settle(psn_no: str, amount_yuan: str, insured: str = typer.Option(..., help="insuplc_admdvs"),
+           card_no: str = typer.Option(..., help="the patient's card (mdtrt_cert_type 03)"),
+           care_province: str = typer.Option(None, help="province of the hospital; default: insured"),
+           preview: bool = typer.Option(False, help="2206 pre-settlement: compute, commit nothing"),
+           as_json: bool = JSON) -> None:
+    """Send a 2207 (or 2206) for the person's share AMOUNT_YUAN."""
+    care = care_province or insured[:2]
+    if care not in HOSPITAL:
+        fail(f"no demo hospital in province {care}; use one of {sorted(HOSPITAL)}")
+    part = fen_of(amount_yuan)
+    data = {"psn_no": psn_no, "mdtrt_cert_type": "03", "mdtrt_cert_no": card_no,
+            "mdtrt_id": f"M{os.urandom(8).hex().upper()}", "medfee_sumamt": yuan(part), "fund_pay_sumamt": yuan(0),
+            "psn_part_amt": yuan(part), "acct_used_flag": "1", "med_type": "11", "insutype": "310"}
+    _his(his_request("2206" if preview else "2207", HOSPITAL[care], insured, REGION[care], data), as_json)
+
+
+@app.command()
+def cancel(setl_id: str, psn_no: str = typer.Option(...), mdtrt_id: str = typer.Option(...),
+           insured: str = typer.Option(...), as_json: bool = JSON) -> None:
+    """2208: cancel a settlement; every fen goes back where it came from."""
+    prov = insured[:2] if insured[:2] in HOSPITAL else "32"
+    _his(his_request("2208", HOSPITAL[prov], insured, REGION[prov],
+                     {"psn_no": psn_no, "mdtrt_id": mdtrt_id, "setl_id": setl_id}), as_json)
+
+
+@app.command()
+def reverse(omsgid: str, psn_no: str = typer.Option(...), insured: str = typer.Option(...),
+            as_json: bool = JSON) -> None:
+    """2601: reverse a request by its msgid, whatever state it reached."""
+    prov = omsgid[1:3] if omsgid[1:3] in HOSPITAL else "32"
+    _his(his_request("2601", HOSPITAL[prov], insured, REGION[prov],
+                     {"psn_no": psn_no, "omsgid": omsgid, "oinfno": "2207"}), as_json)
+
+
+@app.command()
+def reconcile(fixmedins: str, day: str, as_json: bool = JSON) -> None:
+    """3202 with an empty hospital list: shows every settlement we hold for the institution and day."""
+    prov = fixmedins[1:3]
+    _his(his_request("3202", fixmedins, REGION.get(prov, "320500"), REGION.get(prov, "320500"),
+                     {"stmt_date": day, "details": []}), as_json)
+
+
+# ---------------------------------------------------------------- wallets
+
+
+@app.command("open-wallet")
+def open_wallet(psn_no: str, region: str = typer.Option(...), by: str = typer.Option(None), as_json: bool = JSON) -> None:
+    out(run(with_bus(lambda bus: bus.open_wallet(psn_no, region, by))), as_json)
+
+
+@app.command()
+def transfer(sender: str, recipient: str, amount_yuan: str, sender_province: str = typer.Option(...),
+             recipient_region: str = typer.Option(...), as_json: bool = JSON) -> None:
+    """W2: personal account → a relative's wallet (possibly in another province)."""
+    out(run(with_bus(lambda bus: bus.transfer(sender, sender_province, recipient, recipient_region,
+                                              fen_of(amount_yuan)))), as_json)
+
+
+@app.command()
+def accept(transfer_id: str, recipient: str = typer.Option(...), province: str = typer.Option(...),
+           as_json: bool = JSON) -> None:
+    out(run(with_bus(lambda bus: bus.accept(transfer_id, recipient, province))), as_json)
+
+
+@app.command()
+def balance(psn_no: str, province: str = typer.Option(None), as_json: bool = JSON) -> None:
+    """Spendable 当年/历年, earmarked quota per binding, wallet lots, last ledger entries."""
+    prov = province or psn_no[:2]
+    svc = services().get(f"wallet-{prov}")
+    if svc is None:
+        fail(f"no wallet deployment for province {prov}")
+    out(httpx.get(f"{svc}/balance", params={"psn_no": psn_no}, timeout=10).json(), as_json)
+
+
+@app.command()
+def audit(province: list[str] = typer.Option(None), as_json: bool = JSON) -> None:
+    """Conservation audit per province; exit 1 on any discrepancy."""
+    urls = services()
+    reports = {}
+    for p in track(province or list(DEPLOYED_PROVINCES), description="auditing", disable=as_json):
+        reports[p] = httpx.get(f"{urls[f'wallet-{p}']}/audit", timeout=120).json()
+    if as_json:
+        out(reports, True)
+    else:
+        table = Table(title="conservation audit")
+        for col in ("province", "result", "accounts", "ledger entries", "balances (fen)", "external net (fen)"):
+            table.add_column(col)
+        for p, r in reports.items():
+            table.add_row(p, "[green]OK[/]" if r["ok"] else "[red]FAIL[/]", str(r["accounts"]),
+                          str(r["ledger_entries"]), str(r["balances_fen"]), str(r["external_net_fen"]))
+        console.print(table)
+        for p, r in reports.items():
+            for d in r["discrepancies"]:
+                console.print(f"[red]{p}:[/] {d}")
+    if not all(r["ok"] for r in reports.values()):
+        raise typer.Exit(1)
+
+
+@app.command()
+def clearing(day: str = typer.Option(None, help="YYYY-MM-DD, default today (China time)"), as_json: bool = JSON) -> None:
+    """W7: per province pair and day, with net positions that sum to zero."""
+    out(httpx.get(f"{services()['settlement']}/clearing", params={"day": day or ""}, timeout=10).json(), as_json)
+
+
+# ---------------------------------------------------------------- DLQ
+
+
+async def _read_dlq(bootstrap: str, topics: list[str], limit: int) -> list[dict[str, Any]]:
+    consumer = AIOKafkaConsumer(*topics, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                                enable_auto_commit=False, group_id=None)
+    await consumer.start()
+    found: list[dict[str, Any]] = []
+    try:
+        for _ in range(10):
+            batch = await consumer.getmany(timeout_ms=300, max_records=limit)
+            for records in batch.values():
+                for r in records:
+                    found.append({"dlq": r.topic, "offset": r.offset, **{k: v.decode() for k, v in r.headers}})
+            if not batch:
+                break
+    finally:
+        await consumer.stop()
+    return found[:limit]
+
+
+@dlq_app.command("list")
+def dlq_list(topic: str = typer.Option(None, help="original topic; default all"), limit: int = 100,
+             as_json: bool = JSON) -> None:
+    """Parked messages with their reason (payloads are masked; the original stays in its topic)."""
+    topics = [dlq(topic)] if topic else [t for t in all_topics() if t.endswith(".dlq")]
+    rows = run(_read_dlq(stack_env()["KAFKA_BOOTSTRAP_SERVERS"], topics, limit))
+    if as_json:
+        out(rows, True)
+        return
+    table = Table(title="dead letters")
+    for col in ("dlq", "offset", "x-dlq-reason", "x-dlq-detail", "x-dlq-topic", "x-dlq-partition", "x-dlq-offset"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(*(str(r.get(c, "")) for c in ("dlq", "offset", "x-dlq-reason", "x-dlq-detail", "x-dlq-topic",
+                                                      "x-dlq-partition", "x-dlq-offset")))
+    console.print(table)
+
+
+async def _replay(bootstrap: str, topic: str, partition: int, offset: int) -> None:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+    await consumer.start()
+    tp = TopicPartition(topic, partition)
+    consumer.assign([tp])
+    consumer.seek(tp, offset)
+    try:
+        record = await asyncio.wait_for(consumer.getone(), timeout=10)
+    finally:
+        await consumer.stop()
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, record.value, key=record.key, headers=record.headers)
+    finally:
+        await producer.stop()
+
+
+@dlq_app.command("replay")
+def dlq_replay(topic: str, partition: int, offset: int) -> None:
+    """Republish the unmasked original (TOPIC PARTITION OFFSET from `dlq list`) after fixing the consumer."""
+    run(_replay(stack_env()["KAFKA_BOOTSTRAP_SERVERS"], topic, partition, offset))
+    console.print(f"replayed {topic}[{partition}]@{offset}")
+
+
+if __name__ == "__main__":
+    app()
