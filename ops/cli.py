@@ -205,7 +205,8 @@ def reconcile(fixmedins: str, day: str, as_json: bool = JSON) -> None:
 
 
 @app.command("open-wallet")
-def open_wallet(psn_no: str, region: str = typer.Option(...), by: str = typer.Option(None), as_json: bool = JSON) -> None:
+def open_wallet(psn_no: str, region: str = typer.Option(...), by: str = typer.Option(None),
+                as_json: bool = JSON) -> None:
     out(run(with_bus(lambda bus: bus.open_wallet(psn_no, region, by))), as_json)
 
 
@@ -258,7 +259,8 @@ def audit(province: list[str] = typer.Option(None), as_json: bool = JSON) -> Non
 
 
 @app.command()
-def clearing(day: str = typer.Option(None, help="YYYY-MM-DD, default today (China time)"), as_json: bool = JSON) -> None:
+def clearing(day: str = typer.Option(None, help="YYYY-MM-DD, default today (China time)"),
+             as_json: bool = JSON) -> None:
     """W7: per province pair and day, with net positions that sum to zero."""
     out(httpx.get(f"{services()['settlement']}/clearing", params={"day": day or ""}, timeout=10).json(), as_json)
 

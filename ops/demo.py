@@ -65,15 +65,16 @@ class Demo:
         p["label"] = label or key
         self.people[key] = p
 
-    async def settle(self, label: str, key: str, part_fen: int, expect: tuple[str, str, str, str],
+    async def settle(self, label: str, key: str, part_fen: int, expect: tuple[str | None, ...],
                      treated_in: str | None = None, **extra: Any) -> dict[str, Any]:
         request = bill(self.people[key], part_fen, treated_in=treated_in, **extra)
         result = await self.bus.his(request)
         info = result.get("output", {}).get("setlinfo", {})
         got = (info.get("acct_pay"), info.get("acct_mulaid_pay"), info.get("wlt_pay"), info.get("psn_cash_pay"))
         self.check(label, expect, got)
+        insured = self.people[key]["province"]
         self.settlements.append({"bill": label, "patient": self.people[key]["label"],
-                                 "insured/care": f"{self.people[key]['province']}/{treated_in or self.people[key]['province']}",
+                                 "insured/care": f"{insured}/{treated_in or insured}",
                                  "share": f"{part_fen / 100:.2f}", "acct_pay": str(got[0]), "mutual aid": str(got[1]),
                                  "wallet": str(got[2]), "cash": str(got[3]),
                                  "result": "ok" if result["infcode"] == 0 else result["err_msg"]})
@@ -87,7 +88,7 @@ class Demo:
             out[key] = b["spendable_current_fen"] + b["spendable_prior_fen"] + earmarked + b["wallet_balance_fen"]
         return out
 
-    async def run(self, progress: Progress) -> None:  # noqa: PLR0915 - the day, step by step
+    async def run(self, progress: Progress) -> None:
         task = progress.add_task("business clock → 10:00 China time", total=9)
         self.set_china_time(time(10, 0))
         bus = self.bus
@@ -177,10 +178,11 @@ class Demo:
         self.before, self.after = before, after
         self.check("Wang: ¥5,000 - 1,500 transferred - 350 - 70 paid for family", 500_000 - 150_000 - 35_000 - 7_000,
                    after["wang"])
-        self.audits = {p: audit(self.urls, p) for p in ("32", "51", "33", "45")}
+        self.audits = {p: await asyncio.to_thread(audit, self.urls, p) for p in ("32", "51", "33", "45")}
         for p, a in self.audits.items():
             self.check(f"audit province {p}", True, a["ok"])
-        self.clearing = httpx.get(f"{url(self.urls, 'settlement')}/clearing", timeout=10).json()
+        async with httpx.AsyncClient(timeout=10) as http:
+            self.clearing = (await http.get(f"{url(self.urls, 'settlement')}/clearing")).json()
         self.check("clearing nets sum to zero", 0, self.clearing["sum_of_nets_fen"])
         progress.update(task, advance=2, description="done")
 
@@ -207,9 +209,9 @@ class Demo:
         t = Table(title="Conservation audit per province")
         for col in ("province", "result", "accounts", "ledger entries", "balances (fen)"):
             t.add_column(col)
-        for p, a in self.audits.items():
-            t.add_row(p, "[green]OK[/]" if a["ok"] else "[red]FAIL[/]", str(a["accounts"]), str(a["ledger_entries"]),
-                      str(a["balances_fen"]))
+        for prov, a in self.audits.items():
+            t.add_row(prov, "[green]OK[/]" if a["ok"] else "[red]FAIL[/]", str(a["accounts"]),
+                      str(a["ledger_entries"]), str(a["balances_fen"]))
         console.print(t)
         t = Table(title=f"Clearing statement {self.clearing['day']} (fen)")
         for col in ("payer", "payee", "kinds", "total"):

@@ -18,6 +18,7 @@ from contracts.enrollment import AccountCredited, PersonEnrolled
 from contracts.types import resident_id_check_char
 from shared.client import Bus, his_request, yuan
 
+
 def url(services: dict[str, Any], name: str) -> str:
     found = services[name]
     if isinstance(found, str):
@@ -65,8 +66,8 @@ async def until_known(services: dict[str, Any], province: str, psn_no: str, bala
             b = (await http.get(f"{url(services, 'binding')}/bindings", params={"psn_no": psn_no})).json()
             s = await http.get(f"{url(services, 'settlement')}/person", params={"psn_no": psn_no})
             w = (await http.get(f"{url(services, f'wallet-{province}')}/balance", params={"psn_no": psn_no})).json()
-            wallet_ok = balance_fen is None or (w["account"] is not None
-                                                and w["spendable_current_fen"] + w["spendable_prior_fen"] == balance_fen)
+            spendable = w["spendable_current_fen"] + w["spendable_prior_fen"]
+            wallet_ok = balance_fen is None or (w["account"] is not None and spendable == balance_fen)
             if b["enrollment"] is not None and s.status_code == 200 and wallet_ok:
                 return
             await asyncio.sleep(0.1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
@@ -11,8 +12,8 @@ import structlog
 from shared.pii import mask_obj
 
 
-def _mask(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
-    masked: dict[str, Any] = mask_obj(event_dict)
+def _mask(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    masked: dict[str, Any] = mask_obj(dict(event_dict))
     return masked
 
 

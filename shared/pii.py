@@ -9,7 +9,8 @@ import re
 from typing import Any
 
 # 18-character resident ID (GB 11643): region(6) + birth date(8) + sequence(3) + check char.
-_RESIDENT_ID = re.compile(r"(?<![0-9A-Za-z])(\d{6})(?:18|19|20)\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])\d{3}[\dXx](?![0-9A-Za-z])")
+_RESIDENT_ID = re.compile(
+    r"(?<![0-9A-Za-z])(\d{6})(?:18|19|20)\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])\d{3}[\dXx](?![0-9A-Za-z])")
 
 
 def mask_id(value: str) -> str:

@@ -234,7 +234,8 @@ def decide_reorder(cmd: ReorderGrantors, recipient: Person | None, current_order
     # B7: the recipient may reorder their grantors; the new order must be a permutation of the current one.
     if recipient is None or sorted(cmd.binding_ids) != sorted(current_order) or len(set(cmd.binding_ids)) != len(
             cmd.binding_ids):
-        err = BindingRuleError(RejectReason.ORDER_MISMATCH, "new order must list exactly the active mutual-aid bindings")
+        err = BindingRuleError(RejectReason.ORDER_MISMATCH,
+                               "new order must list exactly the active mutual-aid bindings")
         return Decision([reject(cmd, "ReorderGrantors", err, None, cmd.recipient_psn_no)], [])
     event = GrantorsReordered(**cmd.caused("GrantorsReordered"), recipient_psn_no=recipient.psn_no,
                               recipient_admdvs=recipient.admdvs, grantor_order=list(cmd.binding_ids))

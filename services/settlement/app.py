@@ -562,8 +562,8 @@ def create_app(settings: Settings | None = None) -> Any:
         return JSONResponse({"psn_no": view.psn_no, "admdvs": view.admdvs, "status": view.status,
                              "version": view.version})
 
-    return build_app(settings, SERVICE, broker, consumers, routes=[("/settlement", settlement), ("/person", person), ("/bindings", bindings),
-                                                                 ("/clearing", clearing)],
+    routes = [("/settlement", settlement), ("/person", person), ("/bindings", bindings), ("/clearing", clearing)]
+    return build_app(settings, SERVICE, broker, consumers, routes=routes,
                      after_startup=[start_scanner], on_shutdown=[stop])
 
 

@@ -85,10 +85,8 @@ def check_own_card(d: SettleData, insuplc_admdvs: str, person: PersonView | None
         raise HisRequestError(f"input.data.psn_no: enrollment status is {person.status}, not normal")
     if person.admdvs != insuplc_admdvs:
         raise HisRequestError(f"insuplc_admdvs: {insuplc_admdvs} is not the insured region of this person")
-    if d.mdtrt_cert_type == "01":
-        owner = d.mdtrt_cert_no  # e-voucher tokens are resolved to psn_no upstream
-    else:
-        owner = cert_owner
+    # e-voucher (01) tokens are resolved to psn_no upstream; ID (02) and card (03) are looked up by the caller
+    owner = d.mdtrt_cert_no if d.mdtrt_cert_type == "01" else cert_owner
     if owner != d.psn_no:
         raise CardMisuse("mdtrt_cert_no: certificate does not belong to psn_no (冒名就医, S4); flagged")
 
@@ -178,7 +176,8 @@ def clearing_statement(day: str, entries: dict[str, int]) -> dict[str, Any]:
         raise ValueError("clearing nets do not sum to zero")  # impossible by construction; checked anyway
     return {
         "day": day,
-        "pairs": [{"payer": a, "payee": b, **kinds, "total_fen": sum(kinds.values())} for (a, b), kinds in pairs.items()],
+        "pairs": [{"payer": a, "payee": b, **kinds, "total_fen": sum(kinds.values())}
+                  for (a, b), kinds in pairs.items()],
         "net_fen": dict(sorted(net.items())),
         "sum_of_nets_fen": sum(net.values()),
     }

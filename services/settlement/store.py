@@ -62,8 +62,10 @@ class Tx:
         return value
 
     def put(self, record: Record) -> None:
-        self.records[k_req(record["msgid"])] = record
-        self.ops.append(lambda p, r=record: p.set(k_req(r["msgid"]), json.dumps(r)))
+        key = k_req(record["msgid"])
+        self.records[key] = record
+        # serialised at commit time, so later changes in the same transaction are included
+        self.ops.append(lambda p: p.set(key, json.dumps(record)))
 
     def op(self, fn: Callable[[Pipeline], Any]) -> None:
         self.ops.append(fn)

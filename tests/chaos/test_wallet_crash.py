@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from shared.client import Bus
 from ops.scenario import audit, balance
+from shared.client import Bus
 from tests.e2e.test_wallet_e2e import family
 
 pytestmark = pytest.mark.e2e

@@ -19,7 +19,7 @@ from contracts.types import Fen
 def replaced(contract: object, model: type) -> object:
     """The topic's union with one member swapped for a changed version of it (same name)."""
     others = [m for m in compat.members(contract) if m.__name__ != model.__name__]
-    return Annotated[Union[(model, *others)], Field(discriminator="type")]  # noqa: UP007
+    return Annotated[Union[(model, *others)], Field(discriminator="type")]
 
 
 def gate_with(topic: str, contract: object) -> list[str]:
@@ -33,7 +33,7 @@ def test_committed_snapshot_matches_the_code() -> None:
 
 
 def test_removed_field_fails_naming_topic_message_and_field() -> None:
-    class PaymentCompleted(Message):  # noqa: D101 - the producer's model with `wallet_pay_fen` dropped
+    class PaymentCompleted(Message):
         type: Literal["PaymentCompleted"] = "PaymentCompleted"
         payment_id: str
         psn_no: str

@@ -15,8 +15,16 @@ from contracts.binding import BindingKind, ChangeQuota, DissolveBinding, Relatio
 from contracts.enrollment import PersonDied, PersonSuspended, PersonTerminated, PersonTransferred, YearRolledOver
 from contracts.his import HisResult, SetlInfo
 from contracts.registry import TOPICS
-from contracts.topics import BINDING_COMMANDS, BINDING_EVENTS, ENROLLMENT_EVENTS, HIS_REQUESTS, HIS_RESULTS, WALLET_EVENTS
-from contracts.topics import dlq, wallet_commands
+from contracts.topics import (
+    BINDING_COMMANDS,
+    BINDING_EVENTS,
+    ENROLLMENT_EVENTS,
+    HIS_REQUESTS,
+    HIS_RESULTS,
+    WALLET_EVENTS,
+    dlq,
+    wallet_commands,
+)
 from contracts.wallet import AcceptTransfer, OpenWallet, RequestTransfer
 from shared.client import dumps_his, his_request, yuan
 from shared.consent import sign
@@ -50,7 +58,7 @@ def bill(p: str, region: str, card: str, part_fen: int, infno: str = "2207", **e
     return his_request(infno, fix, region, "320500", data)
 
 
-async def test_every_pair_and_message_type() -> None:  # noqa: PLR0915 - one narrative on purpose
+async def test_every_pair_and_message_type() -> None:
     async with harness() as h:
         now = h.clock.now()
         # enrollment → binding / settlement / wallets
@@ -106,8 +114,9 @@ async def test_every_pair_and_message_type() -> None:  # noqa: PLR0915 - one nar
         await send(h, wallet_commands("51"), AcceptTransfer(transfer_id="T1", to_psn_no="S1"), "T1")
         assert last(h, WALLET_EVENTS, "TransferAccepted")["amount_fen"] == 50_000
         tproof = sign("G1", "S1", "transfer:T3", 1_000, "nonce-T3-0001", now + timedelta(minutes=5))
-        await send(h, wallet_commands("32"), RequestTransfer(transfer_id="T3", from_psn_no="G1", to_psn_no="S1",
-                                                             to_admdvs="510100", amount_fen=1_000, consent=tproof), "T3")
+        t3 = RequestTransfer(transfer_id="T3", from_psn_no="G1", to_psn_no="S1", to_admdvs="510100",
+                             amount_fen=1_000, consent=tproof)
+        await send(h, wallet_commands("32"), t3, "T3")
         h.clock.advance(timedelta(days=1))
         await h.services["wallet-32"].expire_due(h.broker)  # W4 at 06:00 next day
         assert last(h, WALLET_EVENTS, "TransferReturned")["transfer_id"] == "T3"

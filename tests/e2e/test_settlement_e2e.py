@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import pytest
 
 from contracts.binding import Relation
 from contracts.his import HisResult
-from shared.client import Bus, his_request, yuan
 from ops.scenario import HOSPITAL, audit, balance, bill, bound, person, setl
+from shared.client import Bus, his_request, yuan
 
 pytestmark = pytest.mark.e2e
 

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from contracts.binding import BindingKind, Relation
-from shared.client import Bus
 from ops.scenario import audit, balance, bill, bound, person, setl
+from shared.client import Bus
 
 pytestmark = pytest.mark.e2e
 

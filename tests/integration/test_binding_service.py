@@ -10,9 +10,9 @@ import pytest
 from contracts.binding import BindingKind, Relation
 from contracts.enrollment import PersonTerminated
 from contracts.topics import BINDING_COMMANDS, dlq
+from ops.scenario import person
 from shared.client import Bus
 from shared.pii import kafka_key
-from ops.scenario import person
 from tests.factories import create_binding
 from tests.helpers import headers, read_topic
 
@@ -57,7 +57,8 @@ async def test_enrollment_termination_dissolves_with_reason(bus: Bus, services: 
     dissolved = await bus.wait_for(both, what="automatic dissolution of both bindings")
     assert {e["binding_id"] for e in dissolved} == {created["binding_id"], proxy["binding_id"]}
     assert {e["reason"] for e in dissolved} == {"enrollment_terminated"}
-    released = await bus.wallet_event(lambda e: e["type"] == "QuotaReleased" and e["binding_id"] == created["binding_id"])
+    released = await bus.wallet_event(
+        lambda e: e["type"] == "QuotaReleased" and e["binding_id"] == created["binding_id"])
     assert released["released_fen"] == 2_000
 
 

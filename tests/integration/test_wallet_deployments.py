@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from shared.client import Bus
 from ops.scenario import balance, bill, person, setl
+from shared.client import Bus
 
 pytestmark = pytest.mark.integration
 
