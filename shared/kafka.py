@@ -38,6 +38,7 @@ BACKOFF_BASE_MS = 50
 BACKOFF_MAX_MS = 2000
 DETAIL_MAX_CHARS = 500
 SUPPORTED_SCHEMA_VERSION = 1
+MAX_CONCURRENT_KEYS = 64  # keys of one batch processed at once
 
 # Errors worth retrying: the infrastructure, not the message, is at fault.
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
@@ -132,11 +133,27 @@ class Consumer(Generic[T]):
         self.handle = handle
 
     async def process(self, broker: KafkaBroker, records: Sequence[Any]) -> None:
+        """Records with the same key run in order; different keys run concurrently (bounded), because the
+        work is mostly waiting on Redis round trips. Outgoing messages of the whole batch are confirmed
+        before the batch is acknowledged."""
         started = time.perf_counter()
-        outgoing: list[Outgoing] = []
+        by_key: dict[bytes, list[Any]] = {}
         for record in records:
-            outgoing += await self._one(record)
-        await publish_all(broker, outgoing)
+            by_key.setdefault(record.key or b"", []).append(record)
+        limit = asyncio.Semaphore(MAX_CONCURRENT_KEYS)
+
+        async def in_order(group: list[Any]) -> list[Outgoing]:
+            out: list[Outgoing] = []
+            async with limit:
+                for record in group:
+                    out += await self._one(record)
+            return out
+
+        results = await asyncio.gather(*(in_order(g) for g in by_key.values()), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result  # the batch is rewound and redelivered; handlers are idempotent
+        await publish_all(broker, [o for result in results for o in result])  # type: ignore[union-attr]
         BATCH_SECONDS.labels(self.service, self.topic).observe(time.perf_counter() - started)
 
     async def _one(self, record: Any) -> list[Outgoing]:
