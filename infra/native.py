@@ -166,8 +166,8 @@ def _tail(path: Path, lines: int = 30) -> str:
 # ---------------------------------------------------------------- start / stop
 
 
-def _start_redis(state: Path) -> tuple[str, int]:
-    port = free_port()
+def _start_redis(state: Path, port: int | None = None) -> tuple[str, int]:
+    port = port or free_port()
     data = state / "redis"
     data.mkdir(parents=True, exist_ok=True)
     log = state / "redis.log"
@@ -180,6 +180,24 @@ def _start_redis(state: Path) -> tuple[str, int]:
     url = f"redis://127.0.0.1:{port}/0"
     _wait(lambda: _redis_ping_ok(url), "redis", proc.pid, log)
     return url, proc.pid
+
+
+def kill_redis(info: StackInfo) -> None:
+    """Chaos helper: SIGKILL Redis (no shutdown save; AOF with fsync always is what survives)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(info.redis_pid, signal.SIGKILL)
+    while _alive(info.redis_pid):
+        time.sleep(0.05)
+
+
+def restart_redis(info: StackInfo) -> StackInfo:
+    """Chaos helper: start Redis again on the same port and data folder (it replays its AOF)."""
+    if _alive(info.redis_pid):
+        kill_redis(info)
+    port = int(info.redis_url.rsplit(":", 1)[1].split("/")[0])
+    _, info.redis_pid = _start_redis(Path(info.state_dir), port)
+    (Path(info.state_dir) / "stack.json").write_text(json.dumps(asdict(info)))
+    return info
 
 
 def _start_kafka(state: Path) -> tuple[str, int]:
