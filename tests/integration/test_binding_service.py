@@ -83,3 +83,24 @@ async def test_rejections_carry_reason_codes(bus: Bus, services: Any) -> None:
     assert cross["type"] == "BindingRejected" and cross["reason"] == "CROSS_PROVINCE"
     unknown = await bus.bind(g["psn_no"], "32NOBODY", Relation.SPOUSE, quota_fen=1_000)
     assert unknown["reason"] == "NOT_ENROLLED"
+
+
+async def test_consent_proof_is_single_use(bus: Bus, services: Any) -> None:
+    from datetime import timedelta
+
+    from contracts.binding import ChangeQuota
+    from shared.consent import sign
+
+    g = await person(bus, services, "32", balance_fen=50_000)
+    r = await person(bus, services, "32")
+    created = await bus.bind(g["psn_no"], r["psn_no"], Relation.SPOUSE, quota_fen=1_000)
+    proof = sign(g["psn_no"], r["psn_no"], "quota", 2_000, "single-use-nonce-1", bus.clock.now() + timedelta(minutes=5))
+    first = ChangeQuota(binding_id=created["binding_id"], grantor_psn_no=g["psn_no"], quota_fen=2_000, consent=proof)
+    assert (await bus.binding_command(first, g["psn_no"]))["type"] == "QuotaChanged"
+    replayed = ChangeQuota(binding_id=created["binding_id"], grantor_psn_no=g["psn_no"], quota_fen=2_000,
+                           consent=proof)  # a new command carrying a used proof
+    refused = await bus.binding_command(replayed, g["psn_no"])
+    assert (refused["reason"], refused["detail"]) == ("CONSENT_INVALID", "consent proof already used")
+    forged = proof.model_copy(update={"nonce": "single-use-nonce-2"})
+    other = ChangeQuota(binding_id=created["binding_id"], grantor_psn_no=g["psn_no"], quota_fen=2_000, consent=forged)
+    assert (await bus.binding_command(other, g["psn_no"]))["detail"] == "consent signature invalid"

@@ -1,0 +1,71 @@
+"""Transfer limits that need state (W3), checked atomically in transfers.lua on real Redis, with the day
+and expiry computed from a controllable clock."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from services.wallet import domain
+from services.wallet.audit import audit
+from services.wallet.store import WalletStore
+from shared.clock import CHINA_TZ, FixedClock, epoch_ms
+from shared.redis_store import connect
+
+pytestmark = pytest.mark.integration
+CLOCK = FixedClock(datetime(2026, 11, 23, 10, 0, tzinfo=CHINA_TZ).astimezone(UTC))
+
+
+@pytest.fixture
+async def store(infra: Any) -> AsyncIterator[WalletStore]:
+    client = connect(infra.redis_url)
+    s = WalletStore(client, "32", prefix=f"x{uuid.uuid4().hex[:8]}:")
+    await s.enroll("G", 1, "active", "320500")
+    await s.credit("G", 1_000_000, "c")
+    for r in ("R1", "R2", "R3", "R4"):
+        await s.transfer_op("relate", "G", r, "1")
+    yield s
+    await client.aclose()
+
+
+async def request(store: WalletStore, t_id: str, to: str, amount: int = 1_000) -> dict[str, Any]:
+    now = CLOCK.now()
+    return await store.transfer_op("request", t_id, "G", to, "51", amount, domain.business_day(now),
+                                   epoch_ms(domain.expires_at(now)), domain.MAX_TRANSFERS_PER_DAY, f"m-{t_id}")
+
+
+async def test_three_per_day_then_refused_and_next_day_allowed(store: WalletStore) -> None:
+    for i, r in enumerate(("R1", "R2", "R3")):
+        assert (await request(store, f"t{i}", r))["ok"]
+    assert (await request(store, "t4", "R4"))["reason"] == "DAILY_LIMIT_REACHED"
+    CLOCK.advance(domain.expires_at(CLOCK.now()) - CLOCK.now())  # 06:00 next day
+    try:
+        assert (await request(store, "t5", "R4"))["ok"]
+    finally:
+        CLOCK.at = datetime(2026, 11, 23, 10, 0, tzinfo=CHINA_TZ).astimezone(UTC)
+    assert (await audit(store.client, "32", store.prefix)).ok
+
+
+async def test_one_unaccepted_transfer_per_recipient_until_resolved(store: WalletStore) -> None:
+    assert (await request(store, "a", "R1"))["ok"]
+    assert (await request(store, "b", "R1"))["reason"] == "PENDING_TO_RECIPIENT"
+    assert (await store.transfer_op("void", "a", "m-void", "EXPIRED"))["outcome"] == "voided"
+    assert (await request(store, "c", "R1"))["ok"]
+
+
+async def test_no_relationship_and_insufficient_balance(store: WalletStore) -> None:
+    assert (await request(store, "n", "STRANGER"))["reason"] == "NO_RELATIONSHIP"
+    assert (await request(store, "big", "R1", 2_000_000))["reason"] == "INSUFFICIENT_BALANCE"
+    assert (await request(store, "n", "STRANGER")) == {"ok": False, "reason": "NO_RELATIONSHIP"}  # stored
+
+
+async def test_inactive_destination_wallet_refuses_and_post_after_void_is_refused(store: WalletStore) -> None:
+    assert (await store.transfer_op("offer", "z", "G", "32", "NOWALLET", 1_000, 0))["status"] == "refused"
+    assert (await request(store, "y", "R2"))["ok"]
+    assert (await store.transfer_op("void", "y", "m1", "EXPIRED"))["outcome"] == "voided"
+    assert (await store.transfer_op("post", "y", "m2", "accepted"))["outcome"] == "voided"  # decided once
+    assert (await audit(store.client, "32", store.prefix)).ok
