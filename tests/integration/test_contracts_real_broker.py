@@ -37,7 +37,7 @@ async def read_all(bootstrap: str, topic: str) -> list[Any]:
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
     await consumer.start()
     try:
-        partitions = await consumer._client.fetch_all_metadata()  # noqa: SLF001 - aiokafka has no public call
+        partitions = await consumer._client.fetch_all_metadata()  # aiokafka has no public call that lists partitions
         tps = [TopicPartition(topic, p) for p in sorted(partitions.partitions_for_topic(topic) or [])]
         if not tps:
             return []
