@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -145,12 +146,12 @@ def _redis_ping_ok(url: str) -> bool:
         return False
 
 
-def _wait(check: object, what: str, pid: int, log: Path) -> None:
+def _wait(check: Callable[[], bool], what: str, pid: int, log: Path) -> None:
     deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline:
         if not _alive(pid):
             raise StackError(f"{what} exited during start-up; last log lines:\n{_tail(log)}")
-        if check():  # type: ignore[operator]
+        if check():
             return
         time.sleep(0.3)
     raise StackError(f"{what} not ready after {READY_TIMEOUT_S:.0f}s; last log lines:\n{_tail(log)}")
@@ -237,15 +238,20 @@ def _start_kafka(state: Path) -> tuple[str, int]:
                          capture_output=True, text=True, check=False)
     if fmt.returncode != 0:
         raise StackError(f"kafka storage format failed: {fmt.stdout[-1500:]} {fmt.stderr[-1500:]}")
-    log = state / "kafka.log"
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            [java, "-Xmx512m", "-Xms256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
-             f"-Dlog4j2.configurationFile={LOG4J_CONFIG}", "-cp", classpath, "kafka.Kafka", str(props)],
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = _launch_kafka(state)
     bootstrap = f"127.0.0.1:{broker_port}"
-    _wait(lambda: asyncio.run(_kafka_metadata_ok(bootstrap)), "kafka", proc.pid, log)
+    _wait(lambda: asyncio.run(_kafka_metadata_ok(bootstrap)), "kafka", proc.pid, state / "kafka.log")
     return bootstrap, proc.pid
+
+
+def _launch_kafka(state: Path) -> subprocess.Popen[bytes]:
+    java = shutil.which("java") or "java"
+    with (state / "kafka.log").open("ab") as out:
+        return subprocess.Popen(
+            [java, "-Xmx512m", "-Xms256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
+             f"-Dlog4j2.configurationFile={LOG4J_CONFIG}", "-cp", f"{KAFKA_LIB}/*", "kafka.Kafka",
+             str(state / "server.properties")],
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def start(state_dir: Path = DEFAULT_STATE, fresh: bool = False) -> StackInfo:
@@ -305,15 +311,8 @@ def restart_kafka(info: StackInfo) -> StackInfo:
     """Chaos helper: stop the broker and start it again on the same data and ports."""
     state = Path(info.state_dir)
     _stop_pid(info.kafka_pid)
-    props = state / "server.properties"
-    log = state / "kafka.log"
-    java = shutil.which("java") or "java"
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            [java, "-Xmx512m", "-Xms256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
-             f"-Dlog4j2.configurationFile={LOG4J_CONFIG}", "-cp", f"{KAFKA_LIB}/*", "kafka.Kafka", str(props)],
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    _wait(lambda: asyncio.run(_kafka_metadata_ok(info.kafka_bootstrap)), "kafka", proc.pid, log)
+    proc = _launch_kafka(state)
+    _wait(lambda: asyncio.run(_kafka_metadata_ok(info.kafka_bootstrap)), "kafka", proc.pid, state / "kafka.log")
     info.kafka_pid = proc.pid
     (state / "stack.json").write_text(json.dumps(asdict(info)))
     return info

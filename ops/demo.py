@@ -27,7 +27,7 @@ from ops.scenario import HOSPITAL, audit, balance, bill, bound, person, url
 from shared.client import Bus, his_request
 from shared.clock import CHINA_TZ, FileOffsetClock
 
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 160)  # logs and CI get full tables
 
 
 @dataclass

@@ -13,6 +13,7 @@ from redis.exceptions import WatchError
 from contracts.binding import (
     BindingCommand,
     BindingKind,
+    BindingRejected,
     ChangeQuota,
     CreateBinding,
     DissolveBinding,
@@ -181,7 +182,7 @@ class BindingService:
 
 
 def _rejected(decision: domain.Decision) -> bool:
-    return bool(decision.events) and decision.events[0].__class__.__name__ == "BindingRejected"
+    return bool(decision.events) and isinstance(decision.events[0], BindingRejected)
 
 
 def wire(settings: Settings, redis: Any, clock: Clock) -> tuple[BindingService, list[Consumer[Any]]]:

@@ -24,7 +24,7 @@ from typing import Any
 import structlog
 from faststream.asgi import AsgiResponse, Request, get
 from faststream.asgi.response import JSONResponse
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from contracts.binding import BindingCreated, BindingDissolved, BindingEvent, BindingKind, GrantorsReordered
 from contracts.enrollment import AccountCredited, EnrollmentEvent, PersonEnrolled, PersonTransferred, YearRolledOver
@@ -63,7 +63,7 @@ from contracts.wallet import (
     WalletEvent,
 )
 from services.settlement import domain
-from services.settlement.store import Record, SettlementStore, Tx, k_day
+from services.settlement.store import Record, SettlementStore, Tx, decode_out, k_day
 from shared.clock import Clock, china_time, clock_from, epoch_ms
 from shared.kafka import Consumer, Outgoing, PoisonMessage, model_parser, publish_all
 from shared.logs import configure_logging
@@ -438,8 +438,6 @@ class SettlementService:
 
     async def flush_outbox(self, broker: Any) -> None:
         while (head := await self.store.outbox_head()) is not None:
-            from services.settlement.store import decode_out
-
             await publish_all(broker, decode_out(head))
             await self.store.outbox_pop(head)
 
@@ -575,5 +573,3 @@ async def main() -> None:
 if __name__ == "__main__":
     asyncio.run(main())
 
-
-__all__ = ["BaseModel", "SettlementService", "create_app"]
