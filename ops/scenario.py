@@ -68,7 +68,7 @@ async def until_known(services: dict[str, Any], province: str, psn_no: str, bala
             w = (await http.get(f"{url(services, f'wallet-{province}')}/balance", params={"psn_no": psn_no})).json()
             spendable = w["spendable_current_fen"] + w["spendable_prior_fen"]
             wallet_ok = balance_fen is None or (w["account"] is not None and spendable == balance_fen)
-            if b["enrollment"] is not None and s.status_code == 200 and wallet_ok:
+            if b["enrollment"] is not None and s.status_code == 200 and wallet_ok and w["enrollment"] == "normal":
                 return
             await asyncio.sleep(0.1)
     raise TimeoutError(f"enrollment of {psn_no} not applied by every service within {timeout_s}s")

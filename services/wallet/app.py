@@ -153,12 +153,18 @@ class WalletService:
 
     async def return_lots(self, holder: str, sender: str, batch_id: str, reason: str) -> list[Outgoing]:
         r = await self.store.transfer_op("return_lots", holder, sender, batch_id)
-        if not r["returns"] or isinstance(r["returns"], dict):
+        return self._send_back(holder, r["returns"] if isinstance(r["returns"], list) else [], batch_id, reason)
+
+    def _send_back(self, holder: str, returns: list[dict[str, Any]], batch_id: str, reason: str) -> list[Outgoing]:
+        """W6: wallet money that left this province for its senders; a ReturnFunds to each sender's province
+        and one LotsReturned for clearing."""
+        if not returns:
             return []
         out = [self.out(holder, LotsReturned(message_id=derive_id("LotsReturned", batch_id), province=self.province,
-                                             holder_psn_no=holder, reason=reason, returns=r["returns"]))]
-        for ret in r["returns"]:
-            cmd = ReturnFunds(message_id=derive_id("ReturnFunds", batch_id, ret["lot_id"]), return_id=ret["lot_id"],
+                                             holder_psn_no=holder, reason=reason, returns=returns))]
+        for ret in returns:
+            cmd = ReturnFunds(message_id=derive_id("ReturnFunds", batch_id, ret["lot_id"]),
+                              return_id=f"{batch_id}:{ret['lot_id']}",
                               sender_psn_no=ret["sender"], holder_psn_no=holder, holder_province=self.province,
                               amount_fen=ret["amount_fen"], reason=reason)
             out.append(Outgoing.of(wallet_commands(ret["sender_prov"]), kafka_key(ret["lot_id"]), cmd))
@@ -194,7 +200,10 @@ class WalletService:
             event = PaymentReversed(**cmd.caused("PaymentReversed", province=self.province),
                                     payment_id=cmd.payment_id, psn_no=cmd.psn_no, outcome=r["outcome"],
                                     refunded_fen=r["refunded_fen"], parts=r["parts"])
-            return [self.out(cmd.payment_id, event)]
+            followers = r.get("to_sender") or []
+            sent = self._send_back(cmd.psn_no, followers if isinstance(followers, list) else [],
+                                   f"refund:{cmd.payment_id}", "refund_after_lot_returned")
+            return [self.out(cmd.payment_id, event), *sent]
         return await self.on_wallet_command(cmd)
 
     # ------------------------------------------------------------ wallets and the transfer saga (W1–W6)

@@ -35,8 +35,9 @@ class WalletStore:
     async def _call(self, script: Any, *args: object) -> dict[str, Any]:
         raw = await script(keys=[self.prefix], args=[str(a) for a in args])
         result: dict[str, Any] = json.loads(raw)
-        if isinstance(result.get("parts"), dict):  # Lua's cjson encodes an empty list as {}
-            result["parts"] = []
+        for key in ("parts", "returns", "to_sender"):
+            if isinstance(result.get(key), dict):  # Lua's cjson encodes an empty list as {}
+                result[key] = []
         return result
 
     # accounts (C1)
@@ -125,7 +126,8 @@ class WalletStore:
                 if len(recent) >= ledger_entries:
                     break
         return {
-            "psn_no": psn, "province": self.province, "account": acct or None,
+            "psn_no": psn, "province": self.province, "enrollment": await self.person_status(psn),
+            "account": acct or None,
             "spendable_current_fen": int(acct.get("cur", 0)), "spendable_prior_fen": int(acct.get("hist", 0)),
             "earmarked": earmarks, "wallet": await self.wallet_status(psn), "wallet_lots": lots,
             "may_send_to": sorted(await self.client.smembers(f"{p}wrel:{psn}")),

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from contracts.binding import BindingKind, Relation
-from ops.scenario import audit, balance, bill, bound, person, setl
-from shared.client import Bus
+from ops.scenario import HOSPITAL, audit, balance, bill, bound, person, setl
+from shared.client import Bus, his_request
 
 pytestmark = pytest.mark.e2e
 
@@ -83,7 +83,8 @@ async def test_wallet_spent_at_hospital_then_relationship_dissolves(bus: Bus, se
     son, mum = await family(bus, services)
     held = await bus.transfer(son["psn_no"], "32", mum["psn_no"], mum["region"], 100_000)
     assert (await bus.accept(held["transfer_id"], mum["psn_no"], "51"))["type"] == "TransferAccepted"
-    info = setl(await bus.his(bill(mum, 30_000)))  # resident insurance: no own account, wallet pays (W5)
+    request = bill(mum, 30_000)
+    info = setl(await bus.his(request))  # resident insurance: no own account, wallet pays (W5)
     assert (info["acct_pay"], info["wlt_pay"], info["psn_cash_pay"]) == ("0.00", "300.00", "0.00")
     rel = next(b for b in bus.binding_events if b.get("recipient_psn_no") == mum["psn_no"]
                and b["type"] == "BindingCreated")
@@ -95,4 +96,14 @@ async def test_wallet_spent_at_hospital_then_relationship_dissolves(bus: Bus, se
     assert balance(services, "51", mum["psn_no"])["wallet_balance_fen"] == 0
     s = balance(services, "32", son["psn_no"])
     assert s["spendable_current_fen"] + s["spendable_prior_fen"] == 470_000
+    # the bill is cancelled after the lot went home: the refund follows the lot to the sender (W6, S6)
+    cancel = his_request("2208", HOSPITAL["51"], "510100", "510100",
+                         {"psn_no": mum["psn_no"], "mdtrt_id": request["input"]["data"]["mdtrt_id"],
+                          "setl_id": info["setl_id"]})
+    assert (await bus.his(cancel))["infcode"] == 0
+    await bus.wallet_event(lambda e: e["type"] == "FundsReturned" and e["sender_psn_no"] == son["psn_no"]
+                           and e["amount_fen"] == 30_000, what="refund sent after the returned lot")
+    await bus.wait_for(lambda: (lambda b: b["spendable_current_fen"] + b["spendable_prior_fen"] == 500_000)(
+        balance(services, "32", son["psn_no"])), what="sender whole again")
+    assert balance(services, "51", mum["psn_no"])["wallet_balance_fen"] == 0
     assert audit(services, "32")["ok"] and audit(services, "51")["ok"]

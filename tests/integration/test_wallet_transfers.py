@@ -69,3 +69,22 @@ async def test_inactive_destination_wallet_refuses_and_post_after_void_is_refuse
     assert (await store.transfer_op("void", "y", "m1", "EXPIRED"))["outcome"] == "voided"
     assert (await store.transfer_op("post", "y", "m2", "accepted"))["outcome"] == "voided"  # decided once
     assert (await audit(store.client, "32", store.prefix)).ok
+
+
+async def test_refund_of_wallet_spending_follows_a_returned_lot_to_its_sender(store: WalletStore) -> None:
+    """W6 + S6: a bill paid from a lot is cancelled after the lot went back to its sender."""
+    from contracts.wallet import FundingPlan
+
+    await store.transfer_op("open", "H", "510100")
+    await store.transfer_op("offer", "L1", "S", "32", "H", 5_000, 0)
+    await store.transfer_op("accept", "L1", "H")
+    assert (await store.transfer_op("complete", "L1", "posted", "m-c"))["status"] == "accepted"
+    paid = await store.pay("bill", "H", 2_000, FundingPlan(), False, "m-p")
+    assert paid["wallet_pay_fen"] == 2_000
+    returned = await store.transfer_op("return_lots", "H", "", "dissolved:x")
+    assert [r["amount_fen"] for r in returned["returns"]] == [3_000]
+    rev = await store.reverse("bill", "H", "m-r")
+    assert rev["refunded_fen"] == 2_000
+    assert rev["to_sender"] == [{"lot_id": "L1", "sender": "S", "sender_prov": "32", "amount_fen": 2_000}]
+    assert await store.client.hget(f"{store.prefix}lot:L1", "amount") == "0"
+    assert (await audit(store.client, "32", store.prefix)).ok

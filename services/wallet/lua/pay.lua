@@ -128,6 +128,7 @@ if op == 'reverse' then
     local paid = cjson.decode(raw)
     local refunded = 0
     local parts = {}
+    local to_sender = {}
     if paid.ok and not paid.dry_run then
       for _, part in ipairs(paid.parts) do
         local d = part.amount_fen
@@ -141,12 +142,19 @@ if op == 'reverse' then
             balance = 'acct:' .. part.owner_psn_no .. ':hist'
             hincr(P .. 'acct:' .. part.owner_psn_no, 'hist', d)
           end
+        elseif part.bucket == 'lot' and redis.call('HGET', P .. 'lot:' .. part.lot_id, 'status') ~= 'active' then
+          -- the lot went back to its sender meanwhile (W6), so this refund follows it: nothing stays here
+          local lk = P .. 'lot:' .. part.lot_id
+          to_sender[#to_sender + 1] = {lot_id = part.lot_id, sender = redis.call('HGET', lk, 'sender'),
+                                       sender_prov = redis.call('HGET', lk, 'sender_prov'), amount_fen = d}
+          hincr(P .. 'totals', 'external_net', -d)
+          balance = nil
         elseif part.bucket == 'lot' then
           hincr(P .. 'lot:' .. part.lot_id, 'amount', d)
         else
           hincr(P .. 'acct:' .. part.owner_psn_no, part.bucket, d)
         end
-        ledger(LEDGER, balance, d, 'settlement_reversal', ref)
+        if balance then ledger(LEDGER, balance, d, 'settlement_reversal', ref) end
         refunded = refunded + d
         part.balance = balance
         parts[#parts + 1] = part
@@ -154,7 +162,7 @@ if op == 'reverse' then
       hincr(P .. 'totals', 'external_net', refunded)
     end
     result = {ok = true, payment_id = pay_id, psn_no = psn, outcome = 'refunded', refunded_fen = refunded,
-              parts = parts}
+              parts = parts, to_sender = to_sender}
   end
   local encoded = cjson.encode(result)
   redis.call('SET', rev_key, encoded)
