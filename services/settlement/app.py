@@ -63,7 +63,7 @@ from contracts.wallet import (
     WalletEvent,
 )
 from services.settlement import domain
-from services.settlement.store import Record, SettlementStore, Tx, decode_out, k_day
+from services.settlement.store import Record, SettlementStore, Tx, decode_out, encode_out, k_day
 from shared.clock import Clock, china_time, clock_from, epoch_ms
 from shared.kafka import Consumer, Outgoing, PoisonMessage, model_parser, publish_all
 from shared.logs import configure_logging
@@ -91,6 +91,18 @@ def parse_request(raw: bytes) -> dict[str, Any]:
 def reply_out(rec: Record) -> Outgoing:
     return Outgoing(HIS_RESULTS, kafka_key(rec["msgid"]), rec["reply"].encode(),
                     {"content-type": "application/json", "message-type": "HisResult"})
+
+
+def remember(tx: Tx, rec: Record, out: list[Outgoing]) -> list[Outgoing]:
+    """Store a request's outgoing commands with its record: if the process dies after the commit but before
+    Kafka confirmed them, the redelivered request sends them again (the wallet is idempotent)."""
+    rec["resend"] = encode_out(out)
+    tx.put(rec)
+    return out
+
+
+def resend(rec: Record) -> list[Outgoing]:
+    return decode_out(rec["resend"]) if rec.get("resend") else []
 
 
 def answer(rec: Record, err: str | None = None, output: dict[str, Any] | None = None) -> Outgoing:
@@ -183,7 +195,7 @@ class SettlementService:
                 if rec.get("reply"):
                     return [reply_out(rec)]
                 if rec["state"] != "VOIDED":
-                    return []  # in flight: the answer is on its way
+                    return resend(rec)  # in flight: repeat our command (idempotent); the answer is on its way
                 rec.update(self._base(env, state="VOIDED"))
                 out = answer(rec, f"request was reversed by 2601 {rec.get('reversed_by', '')} before it arrived")
                 tx.put(rec)
@@ -197,11 +209,10 @@ class SettlementService:
                 return [self._paid(tx, rec, domain.cash_only(d.psn_part_amt))]
             tx.op(lambda p: p.set(f"s:pay:{payment_id}", env.msgid))
             tx.op(lambda p: p.zadd("s:deadlines", {env.msgid: deadline_ms}))
-            tx.put(rec)
             cmd = PaySettlement(message_id=derive_id("PaySettlement", env.msgid), correlation_id=env.msgid,
                                 causation_id=env.msgid, payment_id=payment_id, psn_no=d.psn_no,
                                 amount_fen=d.psn_part_amt, plan=plan, dry_run=env.infno == "2206")
-            return [Outgoing.of(wallet_commands(rec["province"]), kafka_key(payment_id), cmd)]
+            return remember(tx, rec, [Outgoing.of(wallet_commands(rec["province"]), kafka_key(payment_id), cmd)])
 
         return await self.store.transact(None, decide)
 
@@ -235,7 +246,7 @@ class SettlementService:
         async def decide(tx: Tx) -> list[Outgoing]:
             me = await tx.get(env.msgid)
             if me is not None:
-                return [reply_out(me)] if me.get("reply") else []
+                return [reply_out(me)] if me.get("reply") else resend(me)
             me = self._base(env, state="REJECTED")
             orig = await tx.get(orig_msgid) if orig_msgid else None
             if orig is None or orig.get("psn_no") != d.psn_no or orig.get("mdtrt_id") != d.mdtrt_id:
@@ -259,8 +270,7 @@ class SettlementService:
                 orig["waiting"].append(env.msgid)
                 me["state"] = "AWAITING_REVERSAL"
                 tx.put(orig)
-                tx.put(me)
-                return [self._reverse_cmd(orig, env.msgid)]
+                return remember(tx, me, [self._reverse_cmd(orig, env.msgid)])
             tx.put(me)
             return [out]
 
@@ -271,7 +281,7 @@ class SettlementService:
         async def decide(tx: Tx) -> list[Outgoing]:
             me = await tx.get(env.msgid)
             if me is not None:
-                return [reply_out(me)] if me.get("reply") else []
+                return [reply_out(me)] if me.get("reply") else resend(me)
             me = self._base(env, state="DONE")
             if d.oinfno == "2208":
                 me["state"] = "REJECTED"
@@ -303,8 +313,7 @@ class SettlementService:
                     tx.put(orig)
                     tx.op(lambda p: p.hdel(k_day(orig["fixmedins"], orig["day"]), orig["setl_id"]))
                 outs.append(answer(me, output={"omsgid": d.omsgid, "result": orig["state"].lower()}))
-            tx.put(me)
-            return outs
+            return remember(tx, me, outs)
 
         return await self.store.transact(None, decide)
 

@@ -92,3 +92,17 @@ async def test_unanswerable_bytes_go_to_dlq_with_id_masked() -> None:
         parked = h.seen[dlq(HIS_REQUESTS)]
         assert len(parked) == 2 and all(ID_NO.encode() not in p for p in parked)
         assert h.seen[HIS_RESULTS] == []
+
+
+async def test_crash_between_commit_and_publish_resends_the_wallet_command() -> None:
+    """Settlement committed a 2207 but died before Kafka confirmed its PaySettlement: the redelivered request
+    sends the command again, and the hospital gets its answer instead of a timeout."""
+    from contracts.his import parse_his_json
+
+    async with harness() as h:
+        await ready(h)
+        raw = sample("2207", "500001", SETTLE)
+        lost = await h.services["settlement"].on_request(parse_his_json(raw), None)  # effect, no publish
+        assert [o.topic for o in lost] == ["wallet.32.commands.v1"]
+        reply = await ask(h, raw)  # Kafka redelivers the request
+        assert reply["infcode"] == 0 and reply["output"]["setlinfo"]["acct_pay"] == "128.50"
