@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -93,6 +94,7 @@ def make_broker(bootstrap: str, service: str, middlewares: Sequence[Any] = ()) -
     return KafkaBroker(
         bootstrap, acks="all", enable_idempotence=True, client_id=service, middlewares=middlewares,
         request_timeout_ms=30_000, linger_ms=2,
+        logger=logging.getLogger(f"mutualaid.{service}"),  # through the root handler: JSON, masked
     )
 
 

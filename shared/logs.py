@@ -1,4 +1,5 @@
-"""Structured JSON logs (structlog) with resident ID numbers masked in every field."""
+"""Structured JSON logs (structlog) with resident ID numbers masked in every field, for our own log calls
+and for libraries (FastStream, aiokafka, uvicorn) that log through the standard library."""
 
 from __future__ import annotations
 
@@ -14,36 +15,35 @@ from shared.pii import mask_obj
 
 def _mask(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     masked: dict[str, Any] = mask_obj(dict(event_dict))
+    masked.pop("color_message", None)  # uvicorn's ANSI-coloured duplicate of the message
     return masked
 
 
-class _MaskingFilter(logging.Filter):
-    """Also masks records from libraries (FastStream, aiokafka) that log through stdlib logging."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.msg = mask_obj(record.getMessage())
-        record.args = None
-        return True
-
-
 def configure_logging(service: str, level: str = "INFO") -> structlog.stdlib.BoundLogger:
+    shared_chain: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,
+        _mask,
+    ]
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[structlog.stdlib.ExtraAdder(), *shared_chain],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                    structlog.processors.JSONRenderer(ensure_ascii=False)],
+    )
     handler = logging.StreamHandler(sys.stderr)
-    handler.addFilter(_MaskingFilter())
-    logging.basicConfig(level=level, handlers=[handler], format="%(asctime)s %(name)s %(levelname)s %(message)s",
-                        force=True)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            _mask,
-            structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(ensure_ascii=False),
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        processors=[*shared_chain, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
     )
-    log: structlog.stdlib.BoundLogger = structlog.get_logger().bind(service=service)
+    log: structlog.stdlib.BoundLogger = structlog.get_logger(service).bind(service=service)
     return log

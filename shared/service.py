@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -55,6 +56,7 @@ def build_app(
 
     return AsgiFastStream(
         broker,
+        logger=logging.getLogger(f"mutualaid.{service}"),
         asgi_routes=[("/health", make_ping_asgi(broker, timeout=5.0)), ("/metrics", make_asgi_app()), *routes],
         on_startup=[create_topics, *on_startup],
         after_startup=list(after_startup),
@@ -63,7 +65,6 @@ def build_app(
 
 
 async def run(app: AsgiFastStream, settings: Settings) -> None:
-    if settings.http_port:
-        await app.run(run_extra_options={"host": settings.http_host, "port": settings.http_port})
-    else:
-        await app.run(run_extra_options={"host": settings.http_host, "port": 0})
+    # log_config=None: uvicorn keeps its hands off logging, so its lines go through our JSON handler too
+    await app.run(run_extra_options={"host": settings.http_host, "port": settings.http_port,
+                                     "log_config": None, "access_log": "false"})
