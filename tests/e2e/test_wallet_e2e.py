@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from contracts.binding import BindingKind, Relation
+from contracts.wallet import RequestTransfer
 from ops.scenario import HOSPITAL, audit, balance, bill, bound, person, setl
 from shared.client import Bus, his_request
 
@@ -55,6 +56,11 @@ async def test_limits_refused_with_reasons(bus: Bus, services: Any, service_cloc
     assert night["reason"] == "OUTSIDE_HOURS"
     service_clock.set_china_time(time(10, 0))
     await asyncio.sleep(0.3)
+    unsigned = RequestTransfer(transfer_id="TUNSIGNED" + son["psn_no"][:8], from_psn_no=son["psn_no"],
+                               to_psn_no=mum["psn_no"], to_admdvs=mum["region"], amount_fen=1_000)
+    await bus.wallet_command("32", unsigned, unsigned.transfer_id)
+    refused = await bus.wallet_event(lambda e: e.get("causation_id") == unsigned.message_id, what="unsigned refused")
+    assert (refused["reason"], refused["detail"]) == ("CONSENT_INVALID", "consent proof missing")  # W2
     stranger = await person(bus, services, "51", employee=False)
     no_rel = await bus.transfer(son["psn_no"], "32", stranger["psn_no"], stranger["region"], 1_000)
     assert no_rel["reason"] == "NO_RELATIONSHIP"
