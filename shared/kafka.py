@@ -101,7 +101,7 @@ def make_broker(bootstrap: str, service: str, middlewares: Sequence[Any] = ()) -
 def dlq_message(record: Any, service: str, reason: str, detail: str) -> Outgoing:
     """DLQ entry: masked payload plus where the original lives, so a replay can fetch it unmasked."""
     return Outgoing(
-        dlq(record.topic), record.key or b"", mask_bytes(record.value or b""),
+        dlq(record.topic), mask_bytes(record.key or b""), mask_bytes(record.value or b""),
         {
             "x-dlq-reason": reason,
             "x-dlq-detail": mask_text(detail)[:DETAIL_MAX_CHARS],
