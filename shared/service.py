@@ -3,10 +3,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
+import structlog
 from faststream.asgi import AsgiFastStream, make_ping_asgi
 from faststream.kafka import KafkaBroker
 from faststream.kafka.opentelemetry import KafkaTelemetryMiddleware
@@ -15,10 +19,14 @@ from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import REGISTRY, make_asgi_app
 
 from contracts.topics import PARTITIONS, all_topics
+from shared.clock import Clock, clock_from
 from shared.kafka import Consumer, ensure_topics, make_broker
+from shared.logs import configure_logging
+from shared.redis_store import connect
 from shared.settings import Settings
 
 _TRACER_PROVIDER = TracerProvider()
+log = structlog.get_logger()
 
 
 def query_one(request: Any, name: str) -> str:
@@ -43,13 +51,55 @@ def register(broker: KafkaBroker, consumers: Sequence[Consumer[Any]], max_record
         consumer.register(broker, f"{consumer.service}.{consumer.topic}", max_records=max_records)
 
 
-def build_app(
-    settings: Settings, service: str, broker: KafkaBroker, consumers: Sequence[Consumer[Any]],
-    routes: Sequence[tuple[str, Any]] = (), on_startup: Sequence[Callable[[], Awaitable[None]]] = (),
-    after_startup: Sequence[Callable[[], Awaitable[None]]] = (),
-    on_shutdown: Sequence[Callable[[], Awaitable[None]]] = (),
-) -> AsgiFastStream:
-    register(broker, consumers, settings.consumer_max_records)
+S = TypeVar("S")
+
+
+@dataclass
+class Assembled(Generic[S]):
+    """What every service process is made of; `wire` (in each service's app.py) supplies service + consumers."""
+
+    settings: Settings
+    redis: Any
+    service: S
+    consumers: list[Consumer[Any]]
+    broker: KafkaBroker
+
+
+def assemble(settings: Settings, name: str,
+             wire: Callable[[Settings, Any, Clock], tuple[S, list[Consumer[Any]]]]) -> Assembled[S]:
+    configure_logging(name, settings.log_level)
+    redis = connect(settings.redis_url)
+    service, consumers = wire(settings, redis, clock_from(settings.clock_offset_ms, settings.clock_file))
+    return Assembled(settings, redis, service, consumers, build_broker(settings, name))
+
+
+Tick = tuple[str, Callable[[], Awaitable[Any]], int]  # (what, periodic work, interval in ms)
+
+
+def build_app(parts: Assembled[Any], service: str, routes: Sequence[tuple[str, Any]] = (),
+              ticks: Sequence[Tick] = ()) -> AsgiFastStream:
+    """The process: consumers, HTTP routes, and periodic work (durable schedules) that runs while it lives."""
+    settings, broker = parts.settings, parts.broker
+    register(broker, parts.consumers, settings.consumer_max_records)
+    tasks: list[asyncio.Task[None]] = []
+
+    async def every(what: str, work: Callable[[], Awaitable[Any]], interval_ms: int) -> None:
+        while True:
+            try:
+                await work()
+            except Exception:  # transient (Redis or Kafka away): logged, tried again next tick
+                log.exception("periodic work failed; retrying", work=what)
+            await asyncio.sleep(interval_ms / 1000)
+
+    async def start_ticks() -> None:
+        tasks.extend(asyncio.create_task(every(*t)) for t in ticks)
+
+    async def stop() -> None:
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await parts.redis.aclose()
 
     async def create_topics() -> None:
         await ensure_topics(settings.kafka_bootstrap_servers, all_topics(), PARTITIONS)
@@ -58,10 +108,16 @@ def build_app(
         broker,
         logger=logging.getLogger(f"mutualaid.{service}"),
         asgi_routes=[("/health", make_ping_asgi(broker, timeout=5.0)), ("/metrics", make_asgi_app()), *routes],
-        on_startup=[create_topics, *on_startup],
-        after_startup=list(after_startup),
-        on_shutdown=list(on_shutdown),
+        on_startup=[create_topics],
+        after_startup=[start_ticks],
+        on_shutdown=[stop],
     )
+
+
+def serve(create_app: Callable[[Settings], AsgiFastStream]) -> None:
+    """`python -m services.<name>`: settings from the environment, then run until stopped."""
+    settings = Settings()
+    asyncio.run(run(create_app(settings), settings))
 
 
 async def run(app: AsgiFastStream, settings: Settings) -> None:

@@ -1,5 +1,4 @@
-import asyncio
+from services.binding.app import create_app
+from shared.service import serve
 
-from services.binding.app import main
-
-asyncio.run(main())
+serve(create_app)

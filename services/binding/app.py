@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from faststream.asgi import AsgiResponse, Request, get
@@ -23,14 +22,12 @@ from contracts.enrollment import EnrollmentEvent
 from contracts.topics import BINDING_COMMANDS, BINDING_EVENTS, ENROLLMENT_EVENTS
 from services.binding import domain
 from services.binding.store import BindingStore, Reader, k_binding, k_of_grantor, k_order, k_person
-from shared.clock import Clock, clock_from
+from shared.clock import Clock
 from shared.consent import check_consent, public_key_from_setting
 from shared.kafka import Consumer, Outgoing, model_parser
-from shared.logs import configure_logging
 from shared.pii import kafka_key
 from shared.policy import Policies
-from shared.redis_store import connect
-from shared.service import build_app, build_broker, query_one
+from shared.service import assemble, build_app, query_one
 from shared.settings import Settings
 
 SERVICE = "binding"
@@ -196,31 +193,10 @@ def wire(settings: Settings, redis: Any, clock: Clock) -> tuple[BindingService, 
 
 
 def create_app(settings: Settings | None = None) -> Any:
-    settings = settings or Settings()
-    configure_logging(SERVICE, settings.log_level)
-    redis = connect(settings.redis_url)
-    service, consumers = wire(settings, redis, clock_from(settings.clock_offset_ms, settings.clock_file))
-    broker = build_broker(settings, SERVICE)
+    parts = assemble(settings or Settings(), SERVICE, wire)
 
     @get
     async def bindings(request: Request) -> AsgiResponse:
-        psn_no = query_one(request, "psn_no")
-        return JSONResponse(await service.store.view(psn_no))
+        return JSONResponse(await parts.service.store.view(query_one(request, "psn_no")))
 
-    async def close() -> None:
-        await redis.aclose()
-
-    app = build_app(settings, SERVICE, broker, consumers, routes=[("/bindings", bindings)], on_shutdown=[close])
-    app.context.set_global("binding_service", service)
-    return app
-
-
-async def main() -> None:
-    settings = Settings()
-    from shared.service import run
-
-    await run(create_app(settings), settings)
-
-
-if __name__ == "__main__":
-    asyncio.run(main())
+    return build_app(parts, SERVICE, routes=[("/bindings", bindings)])

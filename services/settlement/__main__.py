@@ -1,5 +1,4 @@
-import asyncio
+from services.settlement.app import create_app
+from shared.service import serve
 
-from services.settlement.app import main
-
-asyncio.run(main())
+serve(create_app)

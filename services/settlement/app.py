@@ -16,8 +16,6 @@ Every request gets exactly one reply content; redelivered or repeated requests r
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 from typing import Any
 
@@ -64,12 +62,10 @@ from contracts.wallet import (
 )
 from services.settlement import domain
 from services.settlement.store import Record, SettlementStore, Tx, decode_out, encode_out, k_day
-from shared.clock import Clock, china_time, clock_from, epoch_ms
+from shared.clock import Clock, china_time, epoch_ms
 from shared.kafka import Consumer, Outgoing, PoisonMessage, model_parser, publish_all
-from shared.logs import configure_logging
 from shared.pii import kafka_key, keyed_hash
-from shared.redis_store import connect
-from shared.service import build_app, build_broker, query_one, run
+from shared.service import assemble, build_app, query_one
 from shared.settings import Settings
 
 SERVICE = "settlement"
@@ -516,37 +512,17 @@ def wire(settings: Settings, redis: Any, clock: Clock) -> tuple[SettlementServic
 
 
 def create_app(settings: Settings | None = None) -> Any:
-    settings = settings or Settings()
-    configure_logging(SERVICE, settings.log_level)
-    redis = connect(settings.redis_url)
-    service, consumers = wire(settings, redis, clock_from(settings.clock_offset_ms, settings.clock_file))
-    broker = build_broker(settings, SERVICE)
-    tasks: list[asyncio.Task[None]] = []
+    parts = assemble(settings or Settings(), SERVICE, wire)
+    service = parts.service
 
-    async def scanner() -> None:
-        # Bounded work per tick (100 deadlines); transient errors are logged and retried next tick.
-        while True:
-            try:
-                await service.scan_deadlines()
-                await service.flush_outbox(broker)
-            except Exception:
-                log.exception("deadline scan failed; retrying")
-            await asyncio.sleep(SCAN_INTERVAL_MS / 1000)
-
-    async def start_scanner() -> None:
-        tasks.append(asyncio.create_task(scanner()))
-
-    async def stop() -> None:
-        for t in tasks:
-            t.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
-        await redis.aclose()
+    async def deadlines() -> None:
+        await service.scan_deadlines()
+        await service.flush_outbox(parts.broker)
 
     @get
     async def settlement(request: Request) -> AsgiResponse:
         msgid = query_one(request, "msgid")
-        raw = await redis.get(f"s:req:{msgid}")
+        raw = await parts.redis.get(f"s:req:{msgid}")
         return JSONResponse(json.loads(raw) if raw else {"error": "unknown msgid"}, status_code=200 if raw else 404)
 
     @get
@@ -570,15 +546,4 @@ def create_app(settings: Settings | None = None) -> Any:
                              "version": view.version})
 
     routes = [("/settlement", settlement), ("/person", person), ("/bindings", bindings), ("/clearing", clearing)]
-    return build_app(settings, SERVICE, broker, consumers, routes=routes,
-                     after_startup=[start_scanner], on_shutdown=[stop])
-
-
-async def main() -> None:
-    settings = Settings()
-    await run(create_app(settings), settings)
-
-
-if __name__ == "__main__":
-    asyncio.run(main())
-
+    return build_app(parts, SERVICE, routes=routes, ticks=[("wallet deadlines", deadlines, SCAN_INTERVAL_MS)])

@@ -1,5 +1,4 @@
-import asyncio
+from services.wallet.app import create_app
+from shared.service import serve
 
-from services.wallet.app import main
-
-asyncio.run(main())
+serve(create_app)

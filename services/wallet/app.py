@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from typing import Any
 
 import structlog
@@ -53,14 +51,12 @@ from services.wallet import domain as transfer_rules
 from services.wallet.audit import audit
 from services.wallet.domain import TransferRuleError
 from services.wallet.store import WalletStore
-from shared.clock import Clock, clock_from, epoch_ms
+from shared.clock import Clock, epoch_ms
 from shared.consent import check_consent, public_key_from_setting
 from shared.kafka import Consumer, Outgoing, PoisonMessage, model_parser, publish_all
-from shared.logs import configure_logging
 from shared.pii import kafka_key
 from shared.policy import Policies
-from shared.redis_store import connect
-from shared.service import build_app, build_broker, query_one, run
+from shared.service import assemble, build_app, query_one
 from shared.settings import Settings
 
 SERVICE = "wallet"
@@ -339,54 +335,21 @@ def wire(settings: Settings, redis: Any, clock: Clock) -> tuple[WalletService, l
 def create_app(settings: Settings | None = None) -> Any:
     settings = settings or Settings()
     name = f"{SERVICE}-{settings.province}"
-    configure_logging(name, settings.log_level)
-    redis = connect(settings.redis_url)
-    service, consumers = wire(settings, redis, clock_from(settings.clock_offset_ms, settings.clock_file))
-    broker = build_broker(settings, name)
+    parts = assemble(settings, name, wire)
+    service = parts.service
 
     @get
     async def balance(request: Request) -> AsgiResponse:
-        psn_no = query_one(request, "psn_no")
-        return JSONResponse(await service.store.balance(psn_no))
+        return JSONResponse(await service.store.balance(query_one(request, "psn_no")))
 
     @get
     async def audit_endpoint() -> AsgiResponse:
-        report = await audit(redis, settings.province)
+        report = await audit(parts.redis, settings.province)
         return JSONResponse({"ok": report.ok, **report.__dict__}, status_code=200 if report.ok else 409)
 
     @get
     async def transfer(request: Request) -> AsgiResponse:
         return JSONResponse(await service.store.transfer(query_one(request, "transfer_id")))
 
-    tasks: list[asyncio.Task[None]] = []
-
-    async def expiry_loop() -> None:
-        while True:
-            try:
-                await service.expire_due(broker)
-            except Exception:
-                log.exception("transfer expiry scan failed; retrying")
-            await asyncio.sleep(EXPIRY_SCAN_MS / 1000)
-
-    async def start_expiry() -> None:
-        tasks.append(asyncio.create_task(expiry_loop()))
-
-    async def close() -> None:
-        for t in tasks:
-            t.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
-        await redis.aclose()
-
-    return build_app(settings, name, broker, consumers,
-                     routes=[("/balance", balance), ("/audit", audit_endpoint), ("/transfer", transfer)],
-                     after_startup=[start_expiry], on_shutdown=[close])
-
-
-async def main() -> None:
-    settings = Settings()
-    await run(create_app(settings), settings)
-
-
-if __name__ == "__main__":
-    asyncio.run(main())
+    return build_app(parts, name, routes=[("/balance", balance), ("/audit", audit_endpoint), ("/transfer", transfer)],
+                     ticks=[("transfer expiry", lambda: service.expire_due(parts.broker), EXPIRY_SCAN_MS)])
