@@ -152,6 +152,7 @@ class TransferReason(StrEnum):
     NO_RELATIONSHIP = "NO_RELATIONSHIP"
     INSUFFICIENT_BALANCE = "INSUFFICIENT_BALANCE"
     NO_ACCOUNT = "NO_ACCOUNT"
+    NO_WALLET = "NO_WALLET"
     CONSENT_INVALID = "CONSENT_INVALID"
     DESTINATION_WALLET_INACTIVE = "DESTINATION_WALLET_INACTIVE"
     EXPIRED = "EXPIRED"
@@ -177,6 +178,8 @@ class RequestTransfer(Message):
     to_admdvs: str = Field(pattern=r"^\d{6}$")
     amount_fen: Fen
     consent: ConsentProof | None = None
+    source: Literal["account", "wallet"] = Field(
+        default="account", description="the sender's personal account, or the sender's own wallet lots (W2)")
 
 
 class OfferTransfer(Message):

@@ -212,10 +212,13 @@ def open_wallet(psn_no: str, region: str = typer.Option(...), by: str = typer.Op
 
 @app.command()
 def transfer(sender: str, recipient: str, amount_yuan: str, sender_province: str = typer.Option(...),
-             recipient_region: str = typer.Option(...), as_json: bool = JSON) -> None:
-    """W2: personal account → a relative's wallet (possibly in another province)."""
+             recipient_region: str = typer.Option(...),
+             from_wallet: bool = typer.Option(False, help="send from the sender's wallet instead of the account"),
+             as_json: bool = JSON) -> None:
+    """W2: personal account (or wallet) → a relative's wallet, possibly in another province."""
+    source = "wallet" if from_wallet else "account"
     out(run(with_bus(lambda bus: bus.transfer(sender, sender_province, recipient, recipient_region,
-                                              fen_of(amount_yuan)))), as_json)
+                                              fen_of(amount_yuan), source=source))), as_json)
 
 
 @app.command()
@@ -260,9 +263,10 @@ def audit(province: list[str] = typer.Option(None), as_json: bool = JSON) -> Non
 
 @app.command()
 def clearing(day: str = typer.Option(None, help="YYYY-MM-DD, default today (China time)"),
-             as_json: bool = JSON) -> None:
-    """W7: per province pair and day, with net positions that sum to zero."""
-    out(httpx.get(f"{services()['settlement']}/clearing", params={"day": day or ""}, timeout=10).json(), as_json)
+             month: str = typer.Option(None, help="YYYY-MM: the monthly roll-up"), as_json: bool = JSON) -> None:
+    """W7: per province pair and day (or month), with net positions that sum to zero."""
+    params = {"month": month} if month else {"day": day or ""}
+    out(httpx.get(f"{services()['settlement']}/clearing", params=params, timeout=10).json(), as_json)
 
 
 # ---------------------------------------------------------------- DLQ

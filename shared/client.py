@@ -197,13 +197,13 @@ class Bus:
         return await self.wallet_event(lambda e: e.get("causation_id") == cmd.message_id, what="wallet opening")
 
     async def transfer(self, from_psn: str, from_province: str, to_psn: str, to_admdvs: str, amount_fen: int,
-                       transfer_id: str | None = None) -> dict[str, Any]:
+                       transfer_id: str | None = None, source: str = "account") -> dict[str, Any]:
         """W2: returns TransferHeld or TransferRejected from the source province."""
         transfer_id = transfer_id or f"T{new_id().replace('-', '')[:20].upper()}"
         proof = sign(from_psn, to_psn, f"transfer:{transfer_id}", amount_fen, new_id(),
                      self.clock.now() + timedelta(minutes=5))
         cmd = RequestTransfer(transfer_id=transfer_id, from_psn_no=from_psn, to_psn_no=to_psn, to_admdvs=to_admdvs,
-                              amount_fen=amount_fen, consent=proof)
+                              amount_fen=amount_fen, consent=proof, source=source)
         await self.wallet_command(from_province, cmd, transfer_id)
         return await self.wallet_event(lambda e: e.get("causation_id") == cmd.message_id
                                        and e["type"] in ("TransferHeld", "TransferRejected"), what="transfer request")

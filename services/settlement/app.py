@@ -413,9 +413,15 @@ class SettlementService:
             return []
         return await self.store.transact(e.message_id, decide)
 
-    async def clearing(self, day: str) -> dict[str, Any]:
-        raw = await self.store.client.hgetall(f"s:clr:{day}")
-        return domain.clearing_statement(day, {k: int(v) for k, v in raw.items()})
+    async def clearing(self, period: str) -> dict[str, Any]:
+        """W7 statement for a day (YYYY-MM-DD) or the monthly roll-up of its days (YYYY-MM)."""
+        days = [period] if len(period) == 10 else sorted(
+            d for d in await self.store.client.smembers("s:clr:days") if d.startswith(period + "-"))
+        totals: dict[str, int] = {}
+        for day in days:
+            for k, v in (await self.store.client.hgetall(f"s:clr:{day}")).items():
+                totals[k] = totals.get(k, 0) + int(v)
+        return domain.clearing_statement(period, totals)
 
     # ================================================================ deadlines (wallet timeout)
 
@@ -533,8 +539,8 @@ def create_app(settings: Settings | None = None) -> Any:
 
     @get
     async def clearing(request: Request) -> AsgiResponse:
-        day = query_one(request, "day") or china_time(service.clock.now()).date().isoformat()
-        return JSONResponse(await service.clearing(day))
+        period = query_one(request, "day") or query_one(request, "month")
+        return JSONResponse(await service.clearing(period or china_time(service.clock.now()).date().isoformat()))
 
     @get
     async def person(request: Request) -> AsgiResponse:

@@ -161,8 +161,8 @@ def reconcile_details(ours: list[dict[str, Any]], theirs: list[dict[str, Any]]) 
 # ---------------------------------------------------------------- clearing between provincial funds (W7)
 
 
-def clearing_statement(day: str, entries: dict[str, int]) -> dict[str, Any]:
-    """Statement for one day from `payer>payee:kind` → fen. Net position per province: what it receives
+def clearing_statement(period: str, entries: dict[str, int]) -> dict[str, Any]:
+    """Statement for a day or month from `payer>payee:kind` → fen. Net position per province: what it receives
     minus what it pays. Every fen paid by one province is received by another, so nets sum to zero."""
     pairs: dict[tuple[str, str], dict[str, int]] = {}
     net: dict[str, int] = {}
@@ -175,7 +175,7 @@ def clearing_statement(day: str, entries: dict[str, int]) -> dict[str, Any]:
     if sum(net.values()) != 0:
         raise ValueError("clearing nets do not sum to zero")  # impossible by construction; checked anyway
     return {
-        "day": day,
+        "day": period,
         "pairs": [{"payer": a, "payee": b, **kinds, "total_fen": sum(kinds.values())}
                   for (a, b), kinds in pairs.items()],
         "net_fen": dict(sorted(net.items())),

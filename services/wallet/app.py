@@ -280,7 +280,8 @@ class WalletService:
         expires = transfer_rules.expires_at(now)
         r = await self.store.transfer_op("request", cmd.transfer_id, cmd.from_psn_no, cmd.to_psn_no,
                                          cmd.to_admdvs[:2], cmd.amount_fen, transfer_rules.business_day(now),
-                                         epoch_ms(expires), transfer_rules.MAX_TRANSFERS_PER_DAY, cmd.message_id)
+                                         epoch_ms(expires), transfer_rules.MAX_TRANSFERS_PER_DAY, cmd.message_id,
+                                         cmd.source)
         if not r["ok"]:
             return [self.out(cmd.transfer_id, TransferRejected(**env, transfer_id=cmd.transfer_id,
                                                                from_psn_no=cmd.from_psn_no, to_psn_no=cmd.to_psn_no,

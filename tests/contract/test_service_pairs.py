@@ -28,6 +28,7 @@ from contracts.topics import (
 from contracts.wallet import AcceptTransfer, OpenWallet, RequestTransfer
 from shared.client import dumps_his, his_request, yuan
 from shared.consent import sign
+from shared.clock import CHINA_TZ
 from shared.pii import kafka_key
 from tests.contract.harness import Harness, harness
 from tests.factories import create_binding, credited, enrolled
@@ -163,5 +164,8 @@ async def test_every_pair_and_message_type() -> None:
         assert matrix[wallet_commands("32")] == {"PaySettlement", "ReversePayment", "RequestTransfer",
                                                  "ResolveTransfer", "ReturnFunds"}
         assert matrix[wallet_commands("51")] == {"OpenWallet", "OfferTransfer", "AcceptTransfer", "CompleteTransfer"}
-        statement = await h.services["settlement"].clearing(h.clock.now().astimezone().date().isoformat())
-        assert statement["sum_of_nets_fen"] == 0
+        day = h.clock.now().astimezone(CHINA_TZ).date().isoformat()
+        statement = await h.services["settlement"].clearing(day)
+        assert statement["sum_of_nets_fen"] == 0 and statement["pairs"]
+        month = await h.services["settlement"].clearing(day[:7])  # W7 monthly roll-up
+        assert month["net_fen"] == statement["net_fen"] and month["sum_of_nets_fen"] == 0

@@ -32,10 +32,12 @@ async def store(infra: Any) -> AsyncIterator[WalletStore]:
     await client.aclose()
 
 
-async def request(store: WalletStore, t_id: str, to: str, amount: int = 1_000) -> dict[str, Any]:
+async def request(store: WalletStore, t_id: str, to: str, amount: int = 1_000, sender: str = "G",
+                  source: str = "account") -> dict[str, Any]:
     now = CLOCK.now()
-    return await store.transfer_op("request", t_id, "G", to, "51", amount, domain.business_day(now),
-                                   epoch_ms(domain.expires_at(now)), domain.MAX_TRANSFERS_PER_DAY, f"m-{t_id}")
+    return await store.transfer_op("request", t_id, sender, to, "51", amount, domain.business_day(now),
+                                   epoch_ms(domain.expires_at(now)), domain.MAX_TRANSFERS_PER_DAY, f"m-{t_id}",
+                                   source)
 
 
 async def test_three_per_day_then_refused_and_next_day_allowed(store: WalletStore) -> None:
@@ -87,4 +89,24 @@ async def test_refund_of_wallet_spending_follows_a_returned_lot_to_its_sender(st
     assert rev["refunded_fen"] == 2_000
     assert rev["to_sender"] == [{"lot_id": "L1", "sender": "S", "sender_prov": "32", "amount_fen": 2_000}]
     assert await store.client.hget(f"{store.prefix}lot:L1", "amount") == "0"
+    assert (await audit(store.client, "32", store.prefix)).ok
+
+
+async def test_transfer_from_a_wallet_takes_lots_oldest_first_and_void_puts_them_back(store: WalletStore) -> None:
+    """W2 "from personal account or wallet": a holder passes wallet money on to another relative."""
+    await store.transfer_op("open", "H", "320500")
+    for lot, amount in (("A", 1_000), ("B", 5_000)):
+        await store.transfer_op("offer", lot, "S", "51", "H", amount, 0)
+        await store.transfer_op("accept", lot, "H")
+        await store.transfer_op("complete", lot, "posted", f"m-{lot}")
+    await store.transfer_op("relate", "H", "R9", "1")
+    assert (await request(store, "w0", "R9", 9_000, sender="H", source="wallet"))["reason"] == "INSUFFICIENT_BALANCE"
+    assert (await request(store, "w1", "R9", 2_500, sender="H", source="wallet"))["ok"]
+    lots = {lot: await store.client.hget(f"{store.prefix}lot:{lot}", "amount") for lot in ("A", "B")}
+    assert lots == {"A": "0", "B": "3500"}  # oldest first
+    assert (await audit(store.client, "32", store.prefix)).ok
+    assert (await store.transfer_op("void", "w1", "m-v", "EXPIRED"))["outcome"] == "voided"
+    lots = {lot: await store.client.hget(f"{store.prefix}lot:{lot}", "amount") for lot in ("A", "B")}
+    assert lots == {"A": "1000", "B": "5000"}
+    assert (await request(store, "w2", "R9", 100, sender="NOWALLET", source="wallet"))["reason"] == "NO_WALLET"
     assert (await audit(store.client, "32", store.prefix)).ok

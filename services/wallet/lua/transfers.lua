@@ -17,38 +17,72 @@ if op == 'open' then
   return cjson.encode({ok = true})
 end
 
+-- The sender's active wallet lots, oldest first, as {lot_id, available}.
+local function lots_of(psn)
+  local out = {}
+  for _, lot_id in ipairs(redis.call('LRANGE', P .. 'lots:' .. psn, 0, -1)) do
+    local lk = P .. 'lot:' .. lot_id
+    if h(lk, 'status') == 'active' and int(h(lk, 'amount')) > 0 then
+      out[#out + 1] = {lot_id = lot_id, available = int(h(lk, 'amount'))}
+    end
+  end
+  return out
+end
+
 if op == 'request' then
-  -- ARGV: op, id, from, to, to_prov, amount, day, expires_ms, max_per_day, message_id
-  local id, from, to, to_prov, amount, day, exp_ms, max_day, ref =
-      ARGV[2], ARGV[3], ARGV[4], ARGV[5], int(ARGV[6]), ARGV[7], int(ARGV[8]), int(ARGV[9]), ARGV[10]
+  -- ARGV: op, id, from, to, to_prov, amount, day, expires_ms, max_per_day, message_id, source
+  local id, from, to, to_prov, amount, day, exp_ms, max_day, ref, source =
+      ARGV[2], ARGV[3], ARGV[4], ARGV[5], int(ARGV[6]), ARGV[7], int(ARGV[8]), int(ARGV[9]), ARGV[10], ARGV[11]
   local xk = P .. 'xfer:' .. id
   local stored = h(xk, 'result')
   if stored then return stored end
   local ak = P .. 'acct:' .. from
+  local available = 0
+  local lots = {}
   local reason
-  if h(ak, 'status') ~= 'active' then reason = 'NO_ACCOUNT'
+  if source == 'wallet' then
+    if h(P .. 'wallet:' .. from, 'status') ~= 'active' then reason = 'NO_WALLET' end
+    lots = lots_of(from)
+    for _, l in ipairs(lots) do available = available + l.available end
+  elseif h(ak, 'status') ~= 'active' then reason = 'NO_ACCOUNT'
+  else available = int(h(ak, 'cur')) + int(h(ak, 'hist')) end
+  if reason then
   elseif redis.call('SISMEMBER', P .. 'wrel:' .. from, to) == 0 then reason = 'NO_RELATIONSHIP'
   elseif int(redis.call('GET', P .. 'xcount:' .. from .. ':' .. day)) >= max_day then reason = 'DAILY_LIMIT_REACHED'
   elseif redis.call('EXISTS', P .. 'xpending:' .. from .. ':' .. to) == 1 then reason = 'PENDING_TO_RECIPIENT'
-  elseif int(h(ak, 'cur')) + int(h(ak, 'hist')) < amount then reason = 'INSUFFICIENT_BALANCE'
+  elseif available < amount then reason = 'INSUFFICIENT_BALANCE'
   end
   if reason then
     local r = cjson.encode({ok = false, reason = reason})
     redis.call('HSET', xk, 'status', 'rejected', 'result', r)
     return r
   end
-  -- validated; writes follow. Current-year money first, then prior-years (as for payments).
-  local cur = int(h(ak, 'cur'))
-  local from_cur = math.min(cur, amount)
-  local from_hist = amount - from_cur
-  hincr(ak, 'cur', -from_cur)
-  hincr(ak, 'hist', -from_hist)
-  ledger(LEDGER, 'acct:' .. from .. ':cur', -from_cur, 'transfer_hold', ref)
-  ledger(LEDGER, 'acct:' .. from .. ':hist', -from_hist, 'transfer_hold', ref)
+  -- validated; writes follow. From an account: current-year money first, then prior-years (as for payments);
+  -- from a wallet: lots oldest first (W6), remembered so a void puts every fen back in its lot.
+  local from_cur, from_hist, taken = 0, 0, {}
+  if source == 'wallet' then
+    local left = amount
+    for _, l in ipairs(lots) do
+      if left == 0 then break end
+      local t = math.min(l.available, left)
+      left = left - t
+      hincr(P .. 'lot:' .. l.lot_id, 'amount', -t)
+      ledger(LEDGER, 'lot:' .. l.lot_id, -t, 'transfer_hold', ref)
+      taken[#taken + 1] = l.lot_id .. '=' .. t
+    end
+  else
+    from_cur = math.min(int(h(ak, 'cur')), amount)
+    from_hist = amount - from_cur
+    hincr(ak, 'cur', -from_cur)
+    hincr(ak, 'hist', -from_hist)
+    ledger(LEDGER, 'acct:' .. from .. ':cur', -from_cur, 'transfer_hold', ref)
+    ledger(LEDGER, 'acct:' .. from .. ':hist', -from_hist, 'transfer_hold', ref)
+  end
   ledger(LEDGER, 'xfer:' .. id .. ':hold', amount, 'transfer_hold', ref)
   local r = cjson.encode({ok = true, status = 'held'})
   redis.call('HSET', xk, 'status', 'held', 'hold', amount, 'amount', amount, 'from', from, 'to', to,
-             'to_prov', to_prov, 'from_cur', from_cur, 'from_hist', from_hist, 'expires_ms', exp_ms, 'result', r)
+             'to_prov', to_prov, 'from_cur', from_cur, 'from_hist', from_hist, 'from_lots', table.concat(taken, ','),
+             'expires_ms', exp_ms, 'result', r)
   redis.call('SADD', P .. 'xfers', id)
   redis.call('ZADD', P .. 'xexpiry', exp_ms, id)
   redis.call('INCR', P .. 'xcount:' .. from .. ':' .. day)
@@ -81,6 +115,11 @@ if op == 'post' or op == 'void' then
     hincr(ak, 'hist', from_hist)
     ledger(LEDGER, 'acct:' .. from .. ':cur', from_cur, 'transfer_void', ref)
     ledger(LEDGER, 'acct:' .. from .. ':hist', from_hist, 'transfer_void', ref)
+    for pair in string.gmatch(h(xk, 'from_lots') or '', '[^,]+') do
+      local lot_id, t = string.match(pair, '^(.*)=(%d+)$')
+      hincr(P .. 'lot:' .. lot_id, 'amount', int(t))
+      ledger(LEDGER, 'lot:' .. lot_id, int(t), 'transfer_void', ref)
+    end
     redis.call('HSET', xk, 'status', 'voided')
   end
   if op == 'post' then redis.call('ZREM', P .. 'xexpiry', id) end  -- a void is unscheduled after its messages are out
