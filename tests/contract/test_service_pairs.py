@@ -27,8 +27,8 @@ from contracts.topics import (
 )
 from contracts.wallet import AcceptTransfer, OpenWallet, RequestTransfer
 from shared.client import dumps_his, his_request, yuan
-from shared.consent import sign
 from shared.clock import CHINA_TZ
+from shared.consent import sign
 from shared.pii import kafka_key
 from tests.contract.harness import Harness, harness
 from tests.factories import create_binding, credited, enrolled
