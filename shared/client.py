@@ -209,9 +209,16 @@ class Bus:
                                        and e["type"] in ("TransferHeld", "TransferRejected"), what="transfer request")
 
     async def accept(self, transfer_id: str, to_psn: str, to_province: str) -> dict[str, Any]:
-        """W4: returns TransferAccepted, or TransferRejected (e.g. expired) / TransferReturned."""
+        """W4: returns TransferAccepted, or TransferRejected (e.g. expired) / TransferReturned.
+        Like the app, it accepts once the offer has reached the recipient's province."""
+        await self.offered(transfer_id)
         await self.wallet_command(to_province, AcceptTransfer(transfer_id=transfer_id, to_psn_no=to_psn), transfer_id)
         return await self.final_transfer_event(transfer_id)
+
+    async def offered(self, transfer_id: str) -> dict[str, Any]:
+        return await self.wallet_event(lambda e: e.get("transfer_id") == transfer_id
+                                       and e["type"] in ("TransferOffered", "TransferReturned"),
+                                       what=f"offer of transfer {transfer_id}")
 
     async def final_transfer_event(self, transfer_id: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> dict[str, Any]:
         return await self.wallet_event(

@@ -18,6 +18,7 @@ async def test_source_killed_after_hold_transfer_still_ends_once(bus: Bus, servi
     son, mum = await family(bus, services)
     held = await bus.transfer(son["psn_no"], "32", mum["psn_no"], mum["region"], 80_000)
     assert held["type"] == "TransferHeld"
+    await bus.offered(held["transfer_id"])
     source = services["wallet-32"]
     source.kill9()  # the source dies holding the money
     await bus.wallet_command("51", __import__("contracts.wallet", fromlist=["AcceptTransfer"]).AcceptTransfer(
