@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import structlog
 from faststream.asgi import AsgiResponse, Request, get
 from faststream.asgi.response import JSONResponse
 from pydantic import BaseModel, TypeAdapter
@@ -61,7 +60,6 @@ from shared.settings import Settings
 
 SERVICE = "wallet"
 EXPIRY_SCAN_MS = 250
-log = structlog.get_logger()
 
 
 class WalletService:
