@@ -191,6 +191,7 @@ async def main() -> None:
                 results.update(await asyncio.wait_for(phase, PHASE_TIMEOUT_S))
     finally:
         stack.native.stop(state)
+        stack.native.purge_data(state)
     out = Table(title=f"bench on {os.cpu_count()} cores (one run; numbers vary run to run)")
     out.add_column("measure")
     out.add_column("value", justify="right")

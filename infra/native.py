@@ -307,6 +307,12 @@ def stop(state_dir: Path = DEFAULT_STATE) -> None:
         info_file.unlink()
 
 
+def purge_data(state_dir: Path) -> None:
+    """Drop a stopped stack's data (Kafka log segments, Redis AOF); keep its logs for post-mortems."""
+    for data in ("kafka-data", "redis"):
+        shutil.rmtree(state_dir / data, ignore_errors=True)
+
+
 def restart_kafka(info: StackInfo) -> StackInfo:
     """Chaos helper: stop the broker and start it again on the same data and ports."""
     state = Path(info.state_dir)

@@ -58,3 +58,4 @@ def provide() -> Iterator[Infra]:
         yield Infra(info.kafka_bootstrap, info.redis_url, "native", info)
     finally:
         native.stop(state)
+        native.purge_data(state)

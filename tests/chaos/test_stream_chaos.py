@@ -45,6 +45,7 @@ def own_stack() -> Iterator[tuple[native.StackInfo, dict[str, ServiceProc]]]:
     finally:
         stop_all(procs)
         native.stop(state)
+        native.purge_data(state)
 
 
 async def restart(proc: ServiceProc) -> None:

@@ -24,6 +24,7 @@ def test_demo_runs_the_scripted_day_and_all_checks_pass() -> None:
                               timeout=600, check=False)
     finally:
         native.stop(state)
+        native.purge_data(state)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     for title in ("Settlements (yuan)", "Transfers", "Conservation audit per province", "Clearing statement", "Checks"):
         assert title in done.stdout

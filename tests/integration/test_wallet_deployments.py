@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import httpx
 import pytest
 import redis.asyncio as aioredis
 
@@ -30,3 +31,5 @@ async def test_each_deployment_keeps_only_its_province(bus: Bus, services: Any, 
     finally:
         await client.aclose()
     assert balance(services, "51", sichuan["psn_no"])["spendable_current_fen"] == 20_000
+    metrics = httpx.get(f"{services['wallet-51'].url}/metrics", timeout=10).text
+    assert 'mutualaid_messages_total{outcome="ok",service="wallet-51",topic="wallet.51.commands.v1"}' in metrics
