@@ -2,7 +2,6 @@
 # is missing (uv + Python deps, Kafka jars from Maven Central, Redis from Debian) and is run by the others.
 SHELL := /bin/bash
 PY := .venv/bin/python
-UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 STATE := .local/stack
 
 .PHONY: setup up down demo test test-fast lint bench chaos docs audit status
@@ -11,8 +10,8 @@ setup: .venv/.synced
 	@$(PY) -m infra.native prepare
 
 .venv/.synced: pyproject.toml uv.lock
-	@command -v uv >/dev/null 2>&1 || python3 -m pip install -q --user uv || python3 -m pip install -q uv
-	@$(UV) sync --frozen -q
+	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install -q uv
+	@if command -v uv >/dev/null 2>&1; then uv sync --frozen -q; else python3 -m uv sync --frozen -q; fi
 	@touch $@
 
 up: setup ## native Kafka + Redis + every service in the background
