@@ -19,6 +19,7 @@ from contracts.binding import BindingEvent
 from services.binding.domain import Binding, Person
 
 _EVENTS = TypeAdapter(list[BindingEvent])
+IDEMPOTENCY_TTL_S = 35 * 86400  # longer than Kafka retention: every redelivery still finds its record
 
 
 def k_person(psn: str) -> str:
@@ -114,7 +115,8 @@ class BindingStore:
         if nonce is not None:
             # Single use (B8): the nonce belongs to this command; kept until the proof expires.
             pipe.set(k_nonce(nonce[0]), message_id, ex=max(1, nonce[1]))
-        pipe.set(k_done(message_id), json.dumps([json.loads(e.model_dump_json()) for e in events]))
+        pipe.set(k_done(message_id), json.dumps([json.loads(e.model_dump_json()) for e in events]),
+                 ex=IDEMPOTENCY_TTL_S)
 
     async def view(self, psn: str) -> dict[str, Any]:
         """Read model for people and operators: bindings as grantor and as recipient, with order."""

@@ -20,6 +20,7 @@ from services.settlement.domain import BindingView, PersonView
 from shared.kafka import Outgoing
 
 MAX_CAS_ATTEMPTS = 20
+IDEMPOTENCY_TTL_S = 35 * 86400  # longer than Kafka retention: every redelivery still finds its record
 
 Record = dict[str, Any]
 
@@ -91,7 +92,7 @@ class SettlementStore:
                     for fn in tx.ops:
                         fn(pipe)
                     if message_id is not None:
-                        pipe.set(f"s:done:{message_id}", encode_out(out))
+                        pipe.set(f"s:done:{message_id}", encode_out(out), ex=IDEMPOTENCY_TTL_S)
                     if outbox and out:
                         pipe.rpush("s:outbox", encode_out(out))
                     await pipe.execute()

@@ -8,8 +8,13 @@ local function idem_get(key)
   return redis.call('GET', key)
 end
 
+-- Kept 35 days: longer than Kafka's retention (7 days by default), so any redelivery still finds it, yet
+-- bounded so idempotency records do not grow forever. Facts that must hold forever (a payment, a year's
+-- rollover) are stored under their own keys without expiry.
+local IDEMPOTENCY_TTL_S = 35 * 86400
+
 local function idem_put(key, result_json)
-  redis.call('SET', key, result_json)
+  redis.call('SET', key, result_json, 'EX', IDEMPOTENCY_TTL_S)
 end
 
 -- One immutable ledger entry per balance change. `balance` names the balance that moved
