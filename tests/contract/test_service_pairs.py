@@ -25,7 +25,14 @@ from contracts.topics import (
     dlq,
     wallet_commands,
 )
-from contracts.wallet import AcceptTransfer, OpenWallet, RequestTransfer
+from contracts.wallet import (
+    AcceptTransfer,
+    FundingPlan,
+    OpenWallet,
+    PaySettlement,
+    RequestTransfer,
+    ReversePayment,
+)
 from shared.client import dumps_his, his_request, yuan
 from shared.clock import CHINA_TZ
 from shared.consent import sign
@@ -102,6 +109,12 @@ async def test_every_pair_and_message_type() -> None:
                                {"psn_no": "R1", "omsgid": paid2["msgid"], "oinfno": "2207"})
         assert (await his(h, reversal))["infcode"] == 0
 
+        # a reversal that overtook its payment (settlement's timeout race): the late payment is refused
+        await send(h, wallet_commands("32"), ReversePayment(payment_id="LATE1", psn_no="R1"), "LATE1")
+        await send(h, wallet_commands("32"), PaySettlement(payment_id="LATE1", psn_no="R1", amount_fen=100,
+                                                           plan=FundingPlan()), "LATE1")
+        assert last(h, WALLET_EVENTS, "PaymentRejected")["reason"] == "VOIDED"
+
         # wallet → wallet across provinces (W1–W6) and wallet → settlement clearing
         await send(h, BINDING_COMMANDS, create_binding("G1", "S1", Relation.SIBLING, BindingKind.WALLET, None, now=now),
                    "G1")
@@ -157,7 +170,7 @@ async def test_every_pair_and_message_type() -> None:
                                           "GrantorsReordered"}
         assert matrix[ENROLLMENT_EVENTS] == {"PersonEnrolled", "AccountCredited", "YearRolledOver", "PersonSuspended",
                                              "PersonTransferred", "PersonTerminated", "PersonDied"}
-        assert matrix[WALLET_EVENTS] >= {"PaymentCompleted", "PaymentReversed", "QuotaEarmarked",
+        assert matrix[WALLET_EVENTS] == {"PaymentCompleted", "PaymentRejected", "PaymentReversed", "QuotaEarmarked",
                                          "QuotaEarmarkRejected", "QuotaReleased", "WalletOpened", "WalletOpenRejected",
                                          "TransferHeld", "TransferRejected", "TransferOffered", "TransferAccepted",
                                          "TransferReturned", "LotsReturned", "FundsReturned"}
