@@ -163,15 +163,18 @@ class BindingService:
             if updated is not None:
                 mine = await read.of_grantor(event.psn_no) + await read.of_recipient(event.psn_no)
                 for binding, reason in domain.dissolutions_for(event, mine):
-                    order = orders.get(binding.recipient_psn_no) or await read.order(binding.recipient_psn_no)
+                    recipient = binding.recipient_psn_no
+                    if recipient in orders:  # already changed in this event: build on that, not on Redis
+                        order = orders[recipient]
+                    else:  # watch before reading, so a concurrent change aborts EXEC
+                        await pipe.watch(k_order(recipient))
+                        order = await read.order(recipient)
                     decision = domain.dissolve(binding, reason, order, now,
                                                event.caused(f"BindingDissolved:{binding.binding_id}"))
                     events += decision.events
                     upserts += decision.upsert
                     if binding.kind == BindingKind.MUTUAL_AID:
                         orders[binding.recipient_psn_no] = decision.events[0].grantor_order  # type: ignore[attr-defined]
-            for recipient in orders:
-                await pipe.watch(k_order(recipient))
             pipe.multi()
             self.store.stage(pipe, event.message_id, events, upserts, person=updated, orders=orders)
             await pipe.execute()
