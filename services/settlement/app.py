@@ -159,16 +159,13 @@ class SettlementService:
     async def _settle(self, env: HisEnvelope, d: SettleData) -> list[Outgoing]:
         # Validation reads only read models; the record itself is written in one transaction below.
         problem: str | None = None
+        id_hash = keyed_hash(self.settings.pii_hash_key, d.mdtrt_cert_no) if d.mdtrt_cert_type == "02" else None
+        card = d.mdtrt_cert_no if d.mdtrt_cert_type == "03" else None
+        person, owner, order, views = await self.store.settle_context(d.psn_no, id_hash, card)
         try:
             domain.check_amounts(d)
             domain.check_scope(d)
-            person = await self.store.person(d.psn_no)
-            owner = None
-            if d.mdtrt_cert_type == "02":
-                owner = await self.store.owner_of_id(keyed_hash(self.settings.pii_hash_key, d.mdtrt_cert_no))
-            elif d.mdtrt_cert_type == "03":
-                owner = await self.store.owner_of_card(d.mdtrt_cert_no)
-            domain.check_own_card(d, env.insuplc_admdvs, person, owner)
+            domain.check_own_card(d, env.insuplc_admdvs, person, owner if id_hash or card else None)
         except domain.CardMisuse as exc:
             problem = str(exc)
             await self.store.flag({"msgid": env.msgid, "psn_no": d.psn_no, "fixmedins": env.fixmedins_code,
@@ -178,7 +175,6 @@ class SettlementService:
             problem = str(exc)
         if problem is not None:
             return await self._reject(env.msgid, env.infno, problem)
-        order, views = await self.store.binding_views(d.psn_no)
         plan = domain.build_plan(d, order, views)
         setl_id = domain.setl_id_for(env.msgid)
         payment_id = setl_id if env.infno == "2207" else domain.quote_payment_id(env.msgid)
@@ -348,10 +344,9 @@ class SettlementService:
             return await self._clear_transfer(e)
         if not isinstance(e, PaymentCompleted | PaymentRejected | PaymentReversed):
             return []
-        stored = await self.store.done(e.message_id)
+        stored, msgid = await self.store.client.mget(f"s:done:{e.message_id}", f"s:pay:{e.payment_id}")
         if stored is not None:
-            return stored
-        msgid = await self.store.client.get(f"s:pay:{e.payment_id}")
+            return decode_out(stored)
         if msgid is None:
             return []  # not ours (another settlement instance's test data) or already purged
 

@@ -121,25 +121,32 @@ class SettlementStore:
     async def binding_views(self, recipient: str) -> tuple[list[str], dict[str, BindingView]]:
         raw = await self.client.get(f"s:rm:order:{recipient}")
         order = json.loads(raw) if raw else []
-        ids = sorted(set(order) | set(await self.client.smembers(f"s:rm:of:{recipient}")))
-        views: dict[str, BindingView] = {}
-        if ids:
-            for b_id, v in zip(ids, await self.client.mget([f"s:rm:b:{i}" for i in ids]), strict=True):
-                if v:
-                    views[b_id] = BindingView.model_validate_json(v)
-        return order, views
+        return order, await self._views(set(order) | set(await self.client.smembers(f"s:rm:of:{recipient}")))
+
+    async def _views(self, ids: set[str]) -> dict[str, BindingView]:
+        if not ids:
+            return {}
+        ordered = sorted(ids)
+        raws = await self.client.mget([f"s:rm:b:{i}" for i in ordered])
+        return {b_id: BindingView.model_validate_json(v) for b_id, v in zip(ordered, raws, strict=True) if v}
+
+    async def settle_context(self, psn: str, id_hash: str | None, card_no: str | None,
+                             ) -> tuple[PersonView | None, str | None, list[str], dict[str, BindingView]]:
+        """Everything a 2206/2207 is validated and planned from, in two round trips (hot path): the person,
+        whom the presented certificate belongs to, the recipient's grantor order and binding views."""
+        async with self.client.pipeline(transaction=False) as p:
+            p.get(f"s:psn:{psn}")
+            p.get(f"s:idn:{id_hash}" if id_hash else f"s:card:{card_no or ''}")
+            p.get(f"s:rm:order:{psn}")
+            p.smembers(f"s:rm:of:{psn}")
+            person_raw, owner, order_raw, members = await p.execute()
+        order = json.loads(order_raw) if order_raw else []
+        person = PersonView.model_validate_json(person_raw) if person_raw else None
+        return person, owner, order, await self._views(set(order) | set(members))
 
     async def person(self, psn: str) -> PersonView | None:
         raw = await self.client.get(f"s:psn:{psn}")
         return PersonView.model_validate_json(raw) if raw else None
-
-    async def owner_of_id(self, id_hash: str) -> str | None:
-        owner: str | None = await self.client.get(f"s:idn:{id_hash}")
-        return owner
-
-    async def owner_of_card(self, card_no: str) -> str | None:
-        owner: str | None = await self.client.get(f"s:card:{card_no}")
-        return owner
 
     async def day_rows(self, fixmedins: str, day: str) -> list[dict[str, Any]]:
         return [json.loads(v) for v in (await self.client.hgetall(k_day(fixmedins, day))).values()]
