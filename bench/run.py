@@ -21,7 +21,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from rich.console import Console
 from rich.table import Table
 
-from contracts.binding import FundingMode, MultiGrantorMode
+from contracts.binding import FundingMode, MultiGrantorMode, Relation
 from contracts.topics import HIS_REQUESTS, HIS_RESULTS
 from contracts.wallet import FundingPlan, GrantorSource
 from ops.scenario import bill, bound, person
@@ -119,8 +119,7 @@ async def end_to_end(bootstrap: str, urls: dict[str, str]) -> dict[str, float]:
         own = await person(bus, urls, "32", balance_fen=10**9)
         kid = await person(bus, urls, "32", employee=False)
         parent = await person(bus, urls, "32", balance_fen=10**9)
-        await bound(bus, urls, parent, kid, __import__("contracts.binding", fromlist=["Relation"]).Relation.CHILD,
-                    quota_fen=10**8)
+        await bound(bus, urls, parent, kid, Relation.CHILD, quota_fen=10**8)
         # idle latency: one request at a time
         idle: list[float] = []
         for i in range(IDLE_SAMPLES):

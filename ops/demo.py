@@ -8,6 +8,7 @@ Exits 1 if anything did not come out as expected.
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 import time as clock_time
 from dataclasses import dataclass
@@ -234,7 +235,7 @@ async def main() -> int:
     with console.status("starting the local stack (Kafka, Redis, 6 services)…"):
         table = await asyncio.to_thread(stack.up)
     urls = {name: s["url"] for name, s in table.items()}
-    info = stack.native.StackInfo(**__import__("json").loads((stack.STATE / "stack.json").read_text()))
+    info = stack.native.StackInfo(**json.loads((stack.STATE / "stack.json").read_text()))
     clock_file = stack.STATE / "clock_offset_ms"
     async with Bus(info.kafka_bootstrap, clock=FileOffsetClock(str(clock_file))) as bus:
         demo = Demo(bus, urls, clock_file)

@@ -16,13 +16,12 @@ from tests.infra import Infra, provide
 
 WALLET_TIMEOUT_MS = "4000"
 
-os.environ.setdefault("PYTHONHASHSEED", "0")
 
 
 @pytest.fixture(scope="session")
 def infra() -> Iterator[Infra]:
     """Real Kafka + Redis for the whole session. Fails (never skips) when they cannot be started."""
-    (__import__("pathlib").Path(__file__).parent.parent / ".local").mkdir(exist_ok=True)
+    (Path(__file__).parent.parent / ".local").mkdir(exist_ok=True)
     with provide() as found:
         os.environ["KAFKA_BOOTSTRAP_SERVERS"] = found.kafka_bootstrap
         os.environ["REDIS_URL"] = found.redis_url

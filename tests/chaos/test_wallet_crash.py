@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from contracts.wallet import AcceptTransfer
 from ops.scenario import audit, balance
 from shared.client import Bus
 from tests.e2e.test_wallet_e2e import family
@@ -21,8 +22,8 @@ async def test_source_killed_after_hold_transfer_still_ends_once(bus: Bus, servi
     await bus.offered(held["transfer_id"])
     source = services["wallet-32"]
     source.kill9()  # the source dies holding the money
-    await bus.wallet_command("51", __import__("contracts.wallet", fromlist=["AcceptTransfer"]).AcceptTransfer(
-        transfer_id=held["transfer_id"], to_psn_no=mum["psn_no"]), held["transfer_id"])
+    accept = AcceptTransfer(transfer_id=held["transfer_id"], to_psn_no=mum["psn_no"])
+    await bus.wallet_command("51", accept, held["transfer_id"])
     await asyncio.sleep(1.0)  # the acceptance reaches the source's topic while it is down
     await asyncio.to_thread(source.start)
     await asyncio.to_thread(source.wait_ready)

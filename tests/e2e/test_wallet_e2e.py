@@ -6,6 +6,7 @@ import asyncio
 from datetime import time
 from typing import Any
 
+import httpx
 import pytest
 
 from contracts.binding import BindingKind, Relation
@@ -39,8 +40,8 @@ async def test_transfer_accepted(bus: Bus, services: Any) -> None:
     assert done["type"] == "TransferAccepted" and done["amount_fen"] == 150_000
     assert balance(services, "51", mum["psn_no"])["wallet_balance_fen"] == 150_000
     assert audit(services, "32")["ok"] and audit(services, "51")["ok"]
-    statement = (await asyncio.to_thread(
-        lambda: __import__("httpx").get(f"{services['settlement'].url}/clearing", timeout=10).json()))
+    async with httpx.AsyncClient(timeout=10) as http:
+        statement = (await http.get(f"{services['settlement'].url}/clearing")).json()
     transfers = next(p for p in statement["pairs"] if (p["payer"], p["payee"]) == ("32", "51"))
     assert statement["sum_of_nets_fen"] == 0 and transfers["transfer"] >= 150_000
 

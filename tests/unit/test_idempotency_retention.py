@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fakeredis
 
+from contracts.wallet import FundingPlan
 from services.wallet.store import WalletStore
 
 DAYS_35 = 35 * 86400
@@ -14,8 +15,7 @@ async def test_ttls() -> None:
     await store.enroll("P", 1, "active", "320500")
     await store.credit("P", 500, "credit-1")
     await store.rollover("P", 2026, "roll-1")
-    await store.pay("pay-1", "P", 100, __import__("contracts.wallet", fromlist=["FundingPlan"]).FundingPlan(), False,
-                    "m")
+    await store.pay("pay-1", "P", 100, FundingPlan(), False, "m")
     assert 0 < await store.client.ttl("ttl:done:credit-1") <= DAYS_35
     assert await store.client.ttl("ttl:rolled:P:2026") == -1  # a year rolls over once, forever
     assert await store.client.ttl("ttl:pay:pay-1") == -1  # a payment can be cancelled months later
