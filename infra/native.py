@@ -157,6 +157,15 @@ def _wait(check: Callable[[], bool], what: str, pid: int, log: Path) -> None:
     raise StackError(f"{what} not ready after {READY_TIMEOUT_S:.0f}s; last log lines:\n{_tail(log)}")
 
 
+def _wait_or_stop(check: Callable[[], bool], what: str, pid: int, log: Path) -> None:
+    """Wait for readiness; if that fails for any reason, stop what we launched so nothing is left orphaned."""
+    try:
+        _wait(check, what, pid, log)
+    except BaseException:
+        _stop_pid(pid)
+        raise
+
+
 def _tail(path: Path, lines: int = 30) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -179,7 +188,7 @@ def _start_redis(state: Path, port: int | None = None) -> tuple[str, int]:
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     url = f"redis://127.0.0.1:{port}/0"
-    _wait(lambda: _redis_ping_ok(url), "redis", proc.pid, log)
+    _wait_or_stop(lambda: _redis_ping_ok(url), "redis", proc.pid, log)
     return url, proc.pid
 
 
@@ -240,7 +249,7 @@ def _start_kafka(state: Path) -> tuple[str, int]:
         raise StackError(f"kafka storage format failed: {fmt.stdout[-1500:]} {fmt.stderr[-1500:]}")
     proc = _launch_kafka(state)
     bootstrap = f"127.0.0.1:{broker_port}"
-    _wait(lambda: asyncio.run(_kafka_metadata_ok(bootstrap)), "kafka", proc.pid, state / "kafka.log")
+    _wait_or_stop(lambda: asyncio.run(_kafka_metadata_ok(bootstrap)), "kafka", proc.pid, state / "kafka.log")
     return bootstrap, proc.pid
 
 
@@ -318,7 +327,8 @@ def restart_kafka(info: StackInfo) -> StackInfo:
     state = Path(info.state_dir)
     _stop_pid(info.kafka_pid)
     proc = _launch_kafka(state)
-    _wait(lambda: asyncio.run(_kafka_metadata_ok(info.kafka_bootstrap)), "kafka", proc.pid, state / "kafka.log")
+    _wait_or_stop(lambda: asyncio.run(_kafka_metadata_ok(info.kafka_bootstrap)), "kafka", proc.pid,
+                  state / "kafka.log")
     info.kafka_pid = proc.pid
     (state / "stack.json").write_text(json.dumps(asdict(info)))
     return info
