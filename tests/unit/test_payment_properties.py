@@ -15,6 +15,7 @@ from contracts.binding import FundingMode, MultiGrantorMode
 from contracts.wallet import FundingPlan, GrantorSource
 from services.wallet.audit import audit
 from services.wallet.store import WalletStore
+from tests.integration.test_wallet_ledger import set_account
 
 fen = st.integers(min_value=0, max_value=2_000_000)
 
@@ -33,12 +34,7 @@ async def scenario(own_cur: int, own_hist: int, g1: int, g2: int, quota1: int, q
                    mode: MultiGrantorMode, modes: tuple[FundingMode, FundingMode]) -> None:
     store = WalletStore(fakeredis.FakeAsyncRedis(decode_responses=True), "32", prefix=f"p{uuid.uuid4().hex[:6]}:")
     for psn, cur, hist in (("R", own_cur, own_hist), ("G1", g1, g1 // 2), ("G2", g2, 0)):
-        await store.enroll(psn, 1, "active", "320500")
-        if hist:
-            await store.credit(psn, hist, f"h{psn}")
-            await store.rollover(psn, 2025, f"r{psn}")
-        if cur:
-            await store.credit(psn, cur, f"c{psn}")
+        await set_account(store, psn, cur=cur, hist=hist)
     await store.bind("m1", "b1", "G1", "R", "mutual_aid", modes[0].value, quota1)
     await store.bind("m2", "b2", "G2", "R", "mutual_aid", modes[1].value, quota2)
     before = await balances(store)
