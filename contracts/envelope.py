@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import datetime
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
@@ -20,10 +20,6 @@ def new_id() -> str:
     return str(uuid.uuid4())
 
 
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
 class Message(BaseModel):
     """Base of every command and event on Kafka.
 
@@ -34,16 +30,19 @@ class Message(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     message_id: str = Field(default_factory=new_id, min_length=1, max_length=64)
-    occurred_at: AwareDatetime = Field(default_factory=utcnow)
+    # Business time from the producer's injected clock (shared/clock.py). Never defaulted: a default would read
+    # the wall clock, and W7 clearing books by this day.
+    occurred_at: AwareDatetime
     schema_version: int = Field(default=1, ge=1)
     correlation_id: str = Field(default="", max_length=64, description="the originating request")
     causation_id: str = Field(default="", max_length=64, description="the message that caused this one")
 
-    def caused(self, label: str, /, **fields: object) -> dict[str, object]:
-        """Envelope fields for a message derived from this one, with a deterministic id."""
+    def caused(self, label: str, at: datetime, /, **fields: object) -> dict[str, object]:
+        """Envelope fields for a message derived from this one, with a deterministic id, occurring `at`
+        (the deriving service's business clock)."""
         return {
             "message_id": derive_id(label, self.message_id),
-            "occurred_at": self.occurred_at,
+            "occurred_at": at,
             "correlation_id": self.correlation_id or self.message_id,
             "causation_id": self.message_id,
             **fields,

@@ -91,27 +91,32 @@ def ensure_kafka_jars() -> None:
     tmp.rename(KAFKA_LIB)
 
 
-def redis_server_binary() -> str:
-    """Debian's redis-server; installed with apt when we are root and it is missing."""
-    found = shutil.which("redis-server")
+def debian_binary(binary: str, package: str) -> str:
+    """A program from a Debian package; installed with apt when we are root and it is missing."""
+    found = shutil.which(binary)
     if found:
         return found
-    local = ROOT / "infra" / ".cache" / "redis" / "usr" / "bin" / "redis-server"
-    if local.exists():
-        return str(local)
     if os.geteuid() == 0 and shutil.which("apt-get"):
-        subprocess.run(["apt-get", "update", "-qq"], check=False, capture_output=True)
-        done = subprocess.run(["apt-get", "install", "-y", "-qq", "redis-server"],
-                              capture_output=True, text=True, check=False)
-        if done.returncode == 0 and shutil.which("redis-server"):
-            return str(shutil.which("redis-server"))
-        raise StackError(f"apt-get install redis-server failed: {done.stderr[-1000:]}")
-    raise StackError("redis-server not found: install Debian's redis-server package (apt-get install redis-server)")
+        done = subprocess.run(["apt-get", "install", "-y", "-qq", package], capture_output=True, text=True,
+                              check=False)
+        if done.returncode != 0:  # package lists may be missing on a fresh machine
+            subprocess.run(["apt-get", "update", "-qq"], check=False, capture_output=True)
+            done = subprocess.run(["apt-get", "install", "-y", "-qq", package], capture_output=True, text=True,
+                                  check=False)
+        if done.returncode == 0 and shutil.which(binary):
+            return str(shutil.which(binary))
+        raise StackError(f"apt-get install {package} failed: {done.stderr[-1000:]}")
+    raise StackError(f"{binary} not found: install Debian's {package} package (apt-get install {package})")
+
+
+def redis_server_binary() -> str:
+    return debian_binary("redis-server", "redis-server")
 
 
 def prepare() -> None:
     ensure_kafka_jars()
     redis_server_binary()
+    debian_binary("faketime", "faketime")  # the suite runs itself with the wall clock shifted (issue 11)
 
 
 # ---------------------------------------------------------------- readiness

@@ -26,6 +26,7 @@ from contracts.types import yuan_to_fen
 from infra import native
 from ops.scenario import HOSPITAL, REGION
 from shared.client import Bus, his_request, yuan
+from shared.clock import SystemClock
 
 app = typer.Typer(help="Operate the family mutual-aid stack (家庭共济).", no_args_is_help=True)
 dlq_app = typer.Typer(help="Inspect and replay dead-letter queues.", no_args_is_help=True)
@@ -105,7 +106,8 @@ def enroll(psn_no: str, region: str = typer.Option(..., help="6-digit 统筹区,
            card_no: str = typer.Option(None), version: int = 1, as_json: bool = JSON) -> None:
     """Publish PersonEnrolled (as the enrollment platform would)."""
     event = PersonEnrolled(psn_no=psn_no, admdvs=region, insutype="390" if resident else "310",
-                           has_personal_account=not resident, id_no=id_no, card_no=card_no, version=version)
+                           has_personal_account=not resident, id_no=id_no, card_no=card_no, version=version,
+                           occurred_at=SystemClock().now())
     run(with_bus(lambda bus: bus.enrollment(event)))
     out({"published": "PersonEnrolled", "psn_no": psn_no, "message_id": event.message_id}, as_json)
 
@@ -114,7 +116,8 @@ def enroll(psn_no: str, region: str = typer.Option(..., help="6-digit 统筹区,
 def credit(psn_no: str, amount_yuan: str, region: str = typer.Option(...), period: str = "2026-11",
            as_json: bool = JSON) -> None:
     """Publish a monthly credit (个账划入) of AMOUNT_YUAN."""
-    event = AccountCredited(psn_no=psn_no, admdvs=region, amount_fen=fen_of(amount_yuan), period=period)
+    event = AccountCredited(psn_no=psn_no, admdvs=region, amount_fen=fen_of(amount_yuan), period=period,
+                            occurred_at=SystemClock().now())
     run(with_bus(lambda bus: bus.enrollment(event)))
     out({"published": "AccountCredited", "psn_no": psn_no, "amount_fen": event.amount_fen}, as_json)
 

@@ -12,7 +12,7 @@ import json
 import sys
 import time as clock_time
 from dataclasses import dataclass
-from datetime import UTC, datetime, time, timedelta
+from datetime import time
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from contracts.enrollment import YearRolledOver
 from ops import stack
 from ops.scenario import HOSPITAL, audit, balance, bill, bound, person, url
 from shared.client import Bus, his_request
-from shared.clock import CHINA_TZ, FileOffsetClock
+from shared.clock import FileOffsetClock, offset_ms_to
 
 console = Console(width=None if sys.stdout.isatty() else 160)  # logs and CI get full tables
 
@@ -56,9 +56,7 @@ class Demo:
         self.checks.append(Check(step, str(expected), str(actual)))
 
     def set_china_time(self, at: time, days_ahead: int = 0) -> None:
-        now = datetime.now(UTC)
-        target = datetime.combine(now.astimezone(CHINA_TZ).date() + timedelta(days=days_ahead), at, tzinfo=CHINA_TZ)
-        self.clock_file.write_text(str(int((target - now).total_seconds() * 1000)))
+        self.clock_file.write_text(str(offset_ms_to(at, days_ahead)))
         clock_time.sleep(0.3)  # services re-read the clock file every 100 ms
 
     async def who(self, key: str, province: str, fen: int = 0, employee: bool = True, label: str = "") -> None:
@@ -115,7 +113,8 @@ class Demo:
         inlaw = await bus.bind(self.people["wang"]["psn_no"], self.people["zhang"]["psn_no"], Relation.FATHER_IN_LAW,
                                quota_fen=10_000)
         self.check("Wang → father-in-law refused", "RELATION_NOT_ALLOWED", inlaw.get("reason"))
-        await bus.enrollment(YearRolledOver(psn_no=self.people["zhao"]["psn_no"], admdvs="330100", year=2026))
+        await bus.enrollment(YearRolledOver(psn_no=self.people["zhao"]["psn_no"], admdvs="330100", year=2026,
+                                            occurred_at=bus.clock.now()))
         relations = [Relation.SPOUSE, Relation.FATHER, Relation.MOTHER, Relation.CHILD, Relation.CHILD,
                      Relation.CHILD, Relation.SIBLING, Relation.GRANDCHILD]
         outcomes = []

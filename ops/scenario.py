@@ -50,9 +50,11 @@ async def person(bus: Bus, services: dict[str, Any], province: str, *, employee:
     id_no = id_for(region, next(_ids))
     card = f"C{uuid.uuid4().hex[:12].upper()}"
     await bus.enrollment(PersonEnrolled(psn_no=p, admdvs=region, insutype="310" if employee else "390",
-                                        has_personal_account=employee, version=1, id_no=id_no, card_no=card))
+                                        has_personal_account=employee, version=1, id_no=id_no, card_no=card,
+                                        occurred_at=bus.clock.now()))
     if balance_fen:
-        await bus.enrollment(AccountCredited(psn_no=p, admdvs=region, amount_fen=balance_fen, period="2026-11"))
+        await bus.enrollment(AccountCredited(psn_no=p, admdvs=region, amount_fen=balance_fen, period="2026-11",
+                                              occurred_at=bus.clock.now()))
     await until_known(services, province, p, balance_fen if employee else None)
     return {"psn_no": p, "region": region, "province": province, "id_no": id_no, "card_no": card}
 

@@ -13,7 +13,7 @@ import itertools
 import json
 import time
 from collections import defaultdict
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -32,7 +32,7 @@ from contracts.topics import (
     wallet_commands,
 )
 from contracts.wallet import AcceptTransfer, OpenWallet, RequestTransfer
-from shared.clock import Clock, SystemClock
+from shared.clock import Clock, SystemClock, china_time
 from shared.consent import sign
 from shared.pii import kafka_key
 
@@ -41,8 +41,9 @@ _seq = itertools.count(1)
 
 
 def msgid_for(fixmedins: str, at: datetime | None = None) -> str:
-    at = at or datetime.now(UTC) + timedelta(hours=8)
-    return f"{fixmedins}{at:%Y%m%d%H%M%S}{next(_seq) % 10000:04d}"
+    """National msgid: institution code + China time (14 digits) + a 4-digit sequence."""
+    local = china_time(at or SystemClock().now())
+    return f"{fixmedins}{local:%Y%m%d%H%M%S}{next(_seq) % 10000:04d}"
 
 
 def yuan(fen: int) -> Decimal:
@@ -50,9 +51,10 @@ def yuan(fen: int) -> Decimal:
 
 
 def his_request(infno: str, fixmedins: str, insuplc: str, mdtrtarea: str, data: dict[str, Any],
-                msgid: str | None = None) -> dict[str, Any]:
-    now = datetime.now(UTC) + timedelta(hours=8)
-    return {"infno": infno, "msgid": msgid or msgid_for(fixmedins), "mdtrtarea_admvs": mdtrtarea,
+                msgid: str | None = None, at: datetime | None = None) -> dict[str, Any]:
+    """A national request as a HIS sends it, stamped `at` (the hospital's clock; default: now)."""
+    now = china_time(at or SystemClock().now())
+    return {"infno": infno, "msgid": msgid or msgid_for(fixmedins, now), "mdtrtarea_admvs": mdtrtarea,
             "insuplc_admdvs": insuplc, "fixmedins_code": fixmedins, "inf_time": f"{now:%Y-%m-%d %H:%M:%S}",
             "input": {"data": data}}
 
@@ -172,27 +174,30 @@ class Bus:
                    quota_fen: int | None = None) -> dict[str, Any]:
         proof = sign(grantor, recipient, "bind", quota_fen, new_id(), self.clock.now() + timedelta(minutes=5))
         cmd = CreateBinding(grantor_psn_no=grantor, recipient_psn_no=recipient, relation=relation, kind=kind,
-                            quota_fen=quota_fen, consent=proof)
+                            quota_fen=quota_fen, consent=proof, occurred_at=self.clock.now())
         return await self.binding_command(cmd, grantor)
 
     async def dissolve(self, binding_id: str, grantor: str, requested_by: str) -> dict[str, Any]:
-        cmd = DissolveBinding(binding_id=binding_id, grantor_psn_no=grantor, requested_by=requested_by)
+        cmd = DissolveBinding(binding_id=binding_id, grantor_psn_no=grantor, requested_by=requested_by,
+                              occurred_at=self.clock.now())
         return await self.binding_command(cmd, grantor)
 
     async def reorder(self, recipient: str, binding_ids: list[str]) -> dict[str, Any]:
-        return await self.binding_command(ReorderGrantors(recipient_psn_no=recipient, binding_ids=binding_ids),
+        return await self.binding_command(ReorderGrantors(recipient_psn_no=recipient, binding_ids=binding_ids,
+                                                                  occurred_at=self.clock.now()),
                                           recipient)
 
     async def change_quota(self, binding_id: str, grantor: str, recipient: str, quota_fen: int) -> dict[str, Any]:
         proof = sign(grantor, recipient, "quota", quota_fen, new_id(), self.clock.now() + timedelta(minutes=5))
-        cmd = ChangeQuota(binding_id=binding_id, grantor_psn_no=grantor, quota_fen=quota_fen, consent=proof)
+        cmd = ChangeQuota(binding_id=binding_id, grantor_psn_no=grantor, quota_fen=quota_fen, consent=proof,
+                          occurred_at=self.clock.now())
         return await self.binding_command(cmd, grantor)
 
     async def wallet_command(self, province: str, cmd: BaseModel, key: str) -> None:
         await self.send(wallet_commands(province), key, cmd)
 
     async def open_wallet(self, psn_no: str, admdvs: str, opened_by: str | None = None) -> dict[str, Any]:
-        cmd = OpenWallet(psn_no=psn_no, admdvs=admdvs, opened_by=opened_by or psn_no)
+        cmd = OpenWallet(psn_no=psn_no, admdvs=admdvs, opened_by=opened_by or psn_no, occurred_at=self.clock.now())
         await self.wallet_command(admdvs[:2], cmd, psn_no)
         return await self.wallet_event(lambda e: e.get("causation_id") == cmd.message_id, what="wallet opening")
 
@@ -203,7 +208,8 @@ class Bus:
         proof = sign(from_psn, to_psn, f"transfer:{transfer_id}", amount_fen, new_id(),
                      self.clock.now() + timedelta(minutes=5))
         cmd = RequestTransfer(transfer_id=transfer_id, from_psn_no=from_psn, to_psn_no=to_psn, to_admdvs=to_admdvs,
-                              amount_fen=amount_fen, consent=proof, source=source)
+                              amount_fen=amount_fen, consent=proof, source=source,
+                              occurred_at=self.clock.now())
         await self.wallet_command(from_province, cmd, transfer_id)
         return await self.wallet_event(lambda e: e.get("causation_id") == cmd.message_id
                                        and e["type"] in ("TransferHeld", "TransferRejected"), what="transfer request")
@@ -212,7 +218,8 @@ class Bus:
         """W4: returns TransferAccepted, or TransferRejected (e.g. expired) / TransferReturned.
         Like the app, it accepts once the offer has reached the recipient's province."""
         await self.offered(transfer_id)
-        await self.wallet_command(to_province, AcceptTransfer(transfer_id=transfer_id, to_psn_no=to_psn), transfer_id)
+        await self.wallet_command(to_province, AcceptTransfer(transfer_id=transfer_id, to_psn_no=to_psn,
+                                                                         occurred_at=self.clock.now()), transfer_id)
         return await self.final_transfer_event(transfer_id)
 
     async def offered(self, transfer_id: str) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
+from time import monotonic
 from typing import Protocol
 from zoneinfo import ZoneInfo
 
@@ -59,9 +60,7 @@ class FileOffsetClock:
         self.read_at = 0.0
 
     def now(self) -> datetime:
-        import time as _time
-
-        tick = _time.monotonic()
+        tick = monotonic()
         if tick - self.read_at > 0.1:
             self.read_at = tick
             try:
@@ -70,6 +69,16 @@ class FileOffsetClock:
             except (OSError, ValueError):
                 pass
         return datetime.now(UTC) + self.offset
+
+
+def offset_ms_to(china_wall_time: time, days_ahead: int = 0) -> int:
+    """Offset (ms) that makes a FileOffsetClock read `china_wall_time` on today's China date (+ days_ahead).
+
+    For tests and the demo, which move running services through the night; the one other place besides the
+    clocks above that reads the wall clock, and only to compute a shift of it."""
+    now = datetime.now(UTC)
+    target = datetime.combine(china_time(now).date() + timedelta(days=days_ahead), china_wall_time, tzinfo=CHINA_TZ)
+    return int((target - now).total_seconds() * 1000)
 
 
 def clock_from(offset_ms: int, clock_file: str) -> Clock:

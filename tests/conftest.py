@@ -3,7 +3,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, datetime, time, timedelta
+from datetime import time
 from pathlib import Path
 
 import pytest
@@ -11,7 +11,7 @@ import redis.asyncio as aioredis
 
 from infra.procs import ServiceProc, service_set, start_all, stop_all
 from shared.client import Bus
-from shared.clock import CHINA_TZ, FileOffsetClock
+from shared.clock import FileOffsetClock, offset_ms_to
 from tests.infra import Infra, provide
 
 WALLET_TIMEOUT_MS = "4000"
@@ -45,12 +45,8 @@ class ServiceClock:
     def set_offset_ms(self, offset_ms: int) -> None:
         self.path.write_text(str(offset_ms))
 
-    def set_china_time(self, at: time, days_ahead: int = 0) -> datetime:
-        now = datetime.now(UTC)
-        day = now.astimezone(CHINA_TZ).date() + timedelta(days=days_ahead)
-        target = datetime.combine(day, at, tzinfo=CHINA_TZ)
-        self.set_offset_ms(int((target - now).total_seconds() * 1000))
-        return target
+    def set_china_time(self, at: time, days_ahead: int = 0) -> None:
+        self.set_offset_ms(offset_ms_to(at, days_ahead))
 
     def reader(self) -> FileOffsetClock:
         return FileOffsetClock(str(self.path))

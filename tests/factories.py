@@ -12,6 +12,9 @@ from shared.consent import sign
 
 _seq = itertools.count(1)
 
+# The business moment unit and contract tests live at (10:00 China time): tests never read the wall clock.
+T0 = datetime(2026, 11, 23, 2, 0, tzinfo=UTC)
+
 
 def resident_id(region: str = "320505", birth: str = "19800101") -> str:
     first17 = f"{region}{birth}{next(_seq) % 1000:03d}"
@@ -20,18 +23,18 @@ def resident_id(region: str = "320505", birth: str = "19800101") -> str:
 
 def enrolled(psn: str, admdvs: str = "320500", insutype: str = "310", has_pa: bool = True, version: int = 1,
              id_no: str | None = None, card_no: str | None = None) -> PersonEnrolled:
-    return PersonEnrolled(psn_no=psn, admdvs=admdvs, insutype=insutype, has_personal_account=has_pa,  # type: ignore[arg-type]
+    return PersonEnrolled(occurred_at=T0, psn_no=psn, admdvs=admdvs, insutype=insutype, has_personal_account=has_pa,  # type: ignore[arg-type]
                           version=version, id_no=id_no or resident_id(admdvs), card_no=card_no)
 
 
 def credited(psn: str, amount_fen: int, admdvs: str = "320500", period: str = "2026-10") -> AccountCredited:
-    return AccountCredited(psn_no=psn, admdvs=admdvs, amount_fen=amount_fen, period=period)
+    return AccountCredited(occurred_at=T0, psn_no=psn, admdvs=admdvs, amount_fen=amount_fen, period=period)
 
 
 def create_binding(grantor: str, recipient: str, relation: Relation = Relation.SPOUSE,
                    kind: BindingKind = BindingKind.MUTUAL_AID, quota_fen: int | None = 50_000,
                    now: datetime | None = None, nonce: str | None = None) -> CreateBinding:
-    now = now or datetime.now(UTC)
+    now = now or T0
     proof = sign(grantor, recipient, "bind", quota_fen, nonce or f"n{next(_seq):08d}x", now + timedelta(minutes=10))
     return CreateBinding(grantor_psn_no=grantor, recipient_psn_no=recipient, relation=relation, kind=kind,
                          quota_fen=quota_fen, consent=proof, occurred_at=now)

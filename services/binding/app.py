@@ -95,7 +95,7 @@ class BindingService:
             elif isinstance(cmd, ReorderGrantors):
                 await pipe.watch(k_order(cmd.recipient_psn_no))
                 recipient = await read.person(cmd.recipient_psn_no)
-                decision = domain.decide_reorder(cmd, recipient, await read.order(cmd.recipient_psn_no))
+                decision = domain.decide_reorder(cmd, recipient, await read.order(cmd.recipient_psn_no), now)
                 pipe.multi()
                 orders = {cmd.recipient_psn_no: list(cmd.binding_ids)} if not _rejected(decision) else {}
                 self.store.stage(pipe, cmd.message_id, decision.events, orders=orders)
@@ -104,7 +104,7 @@ class BindingService:
                 binding = await read.binding(cmd.binding_id)
                 recipient_psn = binding.recipient_psn_no if binding else ""
                 problem = await self._consent_problem(read, cmd, "quota", cmd.quota_fen, now, recipient_psn)
-                decision = domain.decide_change_quota(cmd, binding, problem)
+                decision = domain.decide_change_quota(cmd, binding, problem, now)
                 pipe.multi()
                 self.store.stage(pipe, cmd.message_id, decision.events, decision.upsert,
                                  nonce=self._nonce(cmd, decision, now))
@@ -170,7 +170,7 @@ class BindingService:
                         await pipe.watch(k_order(recipient))
                         order = await read.order(recipient)
                     decision = domain.dissolve(binding, reason, order, now,
-                                               event.caused(f"BindingDissolved:{binding.binding_id}"))
+                                               event.caused(f"BindingDissolved:{binding.binding_id}", now))
                     events += decision.events
                     upserts += decision.upsert
                     if binding.kind == BindingKind.MUTUAL_AID:

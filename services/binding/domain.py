@@ -190,7 +190,7 @@ def decide_create(
         if consent_problem is not None:  # B8
             raise BindingRuleError(RejectReason.CONSENT_INVALID, consent_problem)
     except BindingRuleError as err:
-        return Decision([reject(cmd, "CreateBinding", err, cmd.grantor_psn_no, cmd.recipient_psn_no)], [])
+        return Decision([reject(cmd, "CreateBinding", err, now, cmd.grantor_psn_no, cmd.recipient_psn_no)], [])
     binding = Binding(
         binding_id=binding_id_for(cmd), grantor_psn_no=g.psn_no, grantor_admdvs=g.admdvs,
         recipient_psn_no=r.psn_no, recipient_admdvs=r.admdvs, relation=cmd.relation, kind=cmd.kind,
@@ -200,7 +200,7 @@ def decide_create(
     order = recipient_order
     if binding.kind == BindingKind.MUTUAL_AID:  # B7: filing order
         order = order_after(recipient_order, add=binding.binding_id)
-    event = BindingCreated(**cmd.caused("BindingCreated", **_parties(binding)), relation=binding.relation,
+    event = BindingCreated(**cmd.caused("BindingCreated", now, **_parties(binding)), relation=binding.relation,
                            quota_fen=quota, funding_mode=binding.funding_mode,
                            multi_grantor_mode=binding.multi_grantor_mode,
                            dual_code_required=binding.dual_code_required, grantor_order=order)
@@ -218,8 +218,8 @@ def decide_dissolve(
         policy = policies.find(binding.grantor_admdvs)
         check_min_period(binding, policy.min_binding_days if policy else 0, now)
     except BindingRuleError as err:
-        return Decision([reject(cmd, "DissolveBinding", err, cmd.grantor_psn_no, None, cmd.binding_id)], [])
-    return dissolve(binding, DissolveReason.REQUESTED, recipient_order, now, cmd.caused("BindingDissolved"))
+        return Decision([reject(cmd, "DissolveBinding", err, now, cmd.grantor_psn_no, None, cmd.binding_id)], [])
+    return dissolve(binding, DissolveReason.REQUESTED, recipient_order, now, cmd.caused("BindingDissolved", now))
 
 
 def dissolve(binding: Binding, reason: DissolveReason, recipient_order: list[str], now: datetime,
@@ -230,19 +230,21 @@ def dissolve(binding: Binding, reason: DissolveReason, recipient_order: list[str
     return Decision([event], [done])
 
 
-def decide_reorder(cmd: ReorderGrantors, recipient: Person | None, current_order: list[str]) -> Decision:
+def decide_reorder(cmd: ReorderGrantors, recipient: Person | None, current_order: list[str],
+                   now: datetime) -> Decision:
     # B7: the recipient may reorder their grantors; the new order must be a permutation of the current one.
     if recipient is None or sorted(cmd.binding_ids) != sorted(current_order) or len(set(cmd.binding_ids)) != len(
             cmd.binding_ids):
         err = BindingRuleError(RejectReason.ORDER_MISMATCH,
                                "new order must list exactly the active mutual-aid bindings")
-        return Decision([reject(cmd, "ReorderGrantors", err, None, cmd.recipient_psn_no)], [])
-    event = GrantorsReordered(**cmd.caused("GrantorsReordered"), recipient_psn_no=recipient.psn_no,
+        return Decision([reject(cmd, "ReorderGrantors", err, now, None, cmd.recipient_psn_no)], [])
+    event = GrantorsReordered(**cmd.caused("GrantorsReordered", now), recipient_psn_no=recipient.psn_no,
                               recipient_admdvs=recipient.admdvs, grantor_order=list(cmd.binding_ids))
     return Decision([event], [])
 
 
-def decide_change_quota(cmd: ChangeQuota, binding: Binding | None, consent_problem: str | None) -> Decision:
+def decide_change_quota(cmd: ChangeQuota, binding: Binding | None, consent_problem: str | None,
+                        now: datetime) -> Decision:
     try:
         if binding is None or not binding.active or binding.grantor_psn_no != cmd.grantor_psn_no:
             raise BindingRuleError(RejectReason.NOT_FOUND, "no active binding with this id for this grantor")
@@ -251,10 +253,10 @@ def decide_change_quota(cmd: ChangeQuota, binding: Binding | None, consent_probl
         if consent_problem is not None:
             raise BindingRuleError(RejectReason.CONSENT_INVALID, consent_problem)
     except BindingRuleError as err:
-        return Decision([reject(cmd, "ChangeQuota", err, cmd.grantor_psn_no, None, cmd.binding_id)], [])
+        return Decision([reject(cmd, "ChangeQuota", err, now, cmd.grantor_psn_no, None, cmd.binding_id)], [])
     previous = binding.quota_fen or 0
     updated = binding.model_copy(update={"quota_fen": cmd.quota_fen})
-    event = QuotaChanged(**cmd.caused("QuotaChanged"), **_parties(binding), quota_fen=cmd.quota_fen,
+    event = QuotaChanged(**cmd.caused("QuotaChanged", now), **_parties(binding), quota_fen=cmd.quota_fen,
                          previous_quota_fen=previous)
     return Decision([event], [updated])
 
@@ -300,9 +302,10 @@ def binding_id_for(cmd: CreateBinding) -> str:
     return derive_id("binding", cmd.message_id)
 
 
-def reject(cmd: BaseModel, command_type: str, err: BindingRuleError, grantor: str | None, recipient: str | None,
+def reject(cmd: BaseModel, command_type: str, err: BindingRuleError, now: datetime, grantor: str | None,
+           recipient: str | None,
            binding_id: str | None = None) -> BindingRejected:
-    return BindingRejected(**cmd.caused("BindingRejected"), command_type=command_type,  # type: ignore[attr-defined]
+    return BindingRejected(**cmd.caused("BindingRejected", now), command_type=command_type,  # type: ignore[attr-defined]
                            grantor_psn_no=grantor, recipient_psn_no=recipient, binding_id=binding_id,
                            reason=err.reason, detail=err.detail)
 

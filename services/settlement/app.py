@@ -202,7 +202,8 @@ class SettlementService:
             tx.op(lambda p: p.set(f"s:pay:{payment_id}", env.msgid))
             tx.op(lambda p: p.zadd("s:deadlines", {env.msgid: deadline_ms}))
             cmd = PaySettlement(message_id=derive_id("PaySettlement", env.msgid), correlation_id=env.msgid,
-                                causation_id=env.msgid, payment_id=payment_id, psn_no=d.psn_no,
+                                causation_id=env.msgid, occurred_at=self.clock.now(), payment_id=payment_id,
+                                psn_no=d.psn_no,
                                 amount_fen=d.psn_part_amt, plan=plan, dry_run=env.infno == "2206")
             return remember(tx, rec, [Outgoing.of(wallet_commands(rec["province"]), kafka_key(payment_id), cmd)])
 
@@ -228,7 +229,8 @@ class SettlementService:
 
     def _reverse_cmd(self, rec: Record, why: str) -> Outgoing:
         cmd = ReversePayment(message_id=derive_id("ReversePayment", rec["payment_id"]), correlation_id=rec["msgid"],
-                             causation_id=why, payment_id=rec["payment_id"], psn_no=rec["psn_no"])
+                             causation_id=why, occurred_at=self.clock.now(), payment_id=rec["payment_id"],
+                             psn_no=rec["psn_no"])
         return Outgoing.of(wallet_commands(rec["province"]), kafka_key(rec["payment_id"]), cmd)
 
     async def _cancel(self, env: HisEnvelope, d: CancelData) -> list[Outgoing]:

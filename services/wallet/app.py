@@ -118,7 +118,8 @@ class WalletService:
             return []
         if e.kind == BindingKind.WALLET:
             return await self._wallet_relationship(e)
-        env = e.caused(f"wallet{self.province}")
+        now = self.clock.now()
+        env = e.caused(f"wallet{self.province}", now)
         if isinstance(e, BindingCreated):
             r = await self.store.bind(e.message_id, e.binding_id, e.grantor_psn_no, e.recipient_psn_no, e.kind.value,
                                       e.funding_mode.value, e.quota_fen)
@@ -154,11 +155,12 @@ class WalletService:
         and one LotsReturned for clearing."""
         if not returns:
             return []
-        out = [self.out(holder, LotsReturned(message_id=derive_id("LotsReturned", batch_id), province=self.province,
+        out = [self.out(holder, LotsReturned(message_id=derive_id("LotsReturned", batch_id),
+                                             occurred_at=self.clock.now(), province=self.province,
                                              holder_psn_no=holder, reason=reason, returns=returns))]
         for ret in returns:
             cmd = ReturnFunds(message_id=derive_id("ReturnFunds", batch_id, ret["lot_id"]),
-                              return_id=f"{batch_id}:{ret['lot_id']}",
+                              occurred_at=self.clock.now(), return_id=f"{batch_id}:{ret['lot_id']}",
                               sender_psn_no=ret["sender"], holder_psn_no=holder, holder_province=self.province,
                               amount_fen=ret["amount_fen"], reason=reason)
             out.append(Outgoing.of(wallet_commands(ret["sender_prov"]), kafka_key(ret["lot_id"]), cmd))
@@ -177,10 +179,11 @@ class WalletService:
     # ------------------------------------------------------------ payments (S1, S2, S6, S8)
 
     async def on_command(self, cmd: Any, _record: Any) -> list[Outgoing]:
+        now = self.clock.now()
         if isinstance(cmd, PaySettlement):
             r = await self.store.pay(cmd.payment_id, cmd.psn_no, cmd.amount_fen, cmd.plan, cmd.dry_run,
                                      cmd.message_id)
-            env = cmd.caused("PaymentResult", province=self.province)
+            env = cmd.caused("PaymentResult", now, province=self.province)
             if not r["ok"]:
                 event: BaseModel = PaymentRejected(**env, payment_id=cmd.payment_id, psn_no=cmd.psn_no,
                                                    reason=r["reason"], detail=r.get("detail", ""))
@@ -191,7 +194,7 @@ class WalletService:
             return [self.out(cmd.payment_id, event)]
         if isinstance(cmd, ReversePayment):
             r = await self.store.reverse(cmd.payment_id, cmd.psn_no, cmd.message_id)
-            event = PaymentReversed(**cmd.caused("PaymentReversed", province=self.province),
+            event = PaymentReversed(**cmd.caused("PaymentReversed", now, province=self.province),
                                     payment_id=cmd.payment_id, psn_no=cmd.psn_no, outcome=r["outcome"],
                                     refunded_fen=r["refunded_fen"], parts=r["parts"])
             followers = r.get("to_sender") or []
@@ -203,7 +206,7 @@ class WalletService:
     # ------------------------------------------------------------ wallets and the transfer saga (W1–W6)
 
     async def on_wallet_command(self, cmd: Any) -> list[Outgoing]:
-        prov = self.province
+        prov, now = self.province, self.clock.now()
         if isinstance(cmd, OpenWallet):
             policy = self.policies.find(cmd.admdvs)
             reason = None
@@ -213,7 +216,7 @@ class WalletService:
                 reason = "REGION_NOT_ENABLED"  # W1: rollout is per 统筹区
             elif await self.store.person_status(cmd.psn_no) != "normal":
                 reason = "NOT_ENROLLED"
-            env = cmd.caused("WalletOpen", province=prov)
+            env = cmd.caused("WalletOpen", now, province=prov)
             if reason:
                 return [self.out(cmd.psn_no, WalletOpenRejected(**env, psn_no=cmd.psn_no, reason=reason))]
             await self.store.transfer_op("open", cmd.psn_no, cmd.admdvs)
@@ -224,46 +227,47 @@ class WalletService:
             r = await self.store.transfer_op("offer", cmd.transfer_id, cmd.from_psn_no, cmd.from_province,
                                              cmd.to_psn_no, cmd.amount_fen, epoch_ms(cmd.expires_at))
             if not r["ok"]:  # W3: a transfer to an inactive wallet fails; the source returns the money
-                resolve = ResolveTransfer(**cmd.caused("ResolveTransfer"), transfer_id=cmd.transfer_id, outcome="void",
-                                          reason=TransferReason.DESTINATION_WALLET_INACTIVE.value)
+                resolve = ResolveTransfer(**cmd.caused("ResolveTransfer", now), transfer_id=cmd.transfer_id,
+                                          outcome="void", reason=TransferReason.DESTINATION_WALLET_INACTIVE.value)
                 return [Outgoing.of(wallet_commands(cmd.from_province), kafka_key(cmd.transfer_id), resolve)]
-            return [self.out(cmd.transfer_id, TransferOffered(**cmd.caused("TransferOffered", province=prov),
+            return [self.out(cmd.transfer_id, TransferOffered(**cmd.caused("TransferOffered", now, province=prov),
                                                               transfer_id=cmd.transfer_id, to_psn_no=cmd.to_psn_no,
                                                               amount_fen=cmd.amount_fen, expires_at=cmd.expires_at))]
         if isinstance(cmd, AcceptTransfer):
             r = await self.store.transfer_op("accept", cmd.transfer_id, cmd.to_psn_no)
             if not r["ok"]:
                 reason = TransferReason.NOT_RECIPIENT if r.get("reason") == "NOT_RECIPIENT" else TransferReason.EXPIRED
-                event = TransferRejected(**cmd.caused("TransferRejected", province=prov), transfer_id=cmd.transfer_id,
-                                         from_psn_no=cmd.to_psn_no, to_psn_no=cmd.to_psn_no, reason=reason,
+                event = TransferRejected(**cmd.caused("TransferRejected", now, province=prov),
+                                         transfer_id=cmd.transfer_id, from_psn_no=cmd.to_psn_no,
+                                         to_psn_no=cmd.to_psn_no, reason=reason,
                                          detail=r.get("detail") or f"transfer is {r.get('status')}")
                 return [self.out(cmd.transfer_id, event)]
-            resolve = ResolveTransfer(**cmd.caused("ResolveTransfer"), transfer_id=cmd.transfer_id, outcome="post")
+            resolve = ResolveTransfer(**cmd.caused("ResolveTransfer", now), transfer_id=cmd.transfer_id, outcome="post")
             return [Outgoing.of(wallet_commands(r["from_prov"]), kafka_key(cmd.transfer_id), resolve)]
         if isinstance(cmd, ResolveTransfer):
             r = await self.store.transfer_op(cmd.outcome, cmd.transfer_id, cmd.message_id, cmd.reason or "accepted")
             if not r["ok"]:
                 raise PoisonMessage(r["reason"], r["detail"])
-            return self._resolved(cmd.transfer_id, r, cmd.caused("Resolved"))
+            return self._resolved(cmd.transfer_id, r, cmd.caused("Resolved", now))
         if isinstance(cmd, CompleteTransfer):
             r = await self.store.transfer_op("complete", cmd.transfer_id, cmd.outcome, cmd.message_id)
             if not r["ok"] or r["status"] != "accepted":
                 return []
             return [self.out(cmd.transfer_id, TransferAccepted(
-                **cmd.caused("TransferAccepted", province=prov), transfer_id=cmd.transfer_id, from_psn_no=r["from"],
-                from_province=r["from_prov"], to_psn_no=r["to"], amount_fen=r["amount"]))]
+                **cmd.caused("TransferAccepted", now, province=prov), transfer_id=cmd.transfer_id,
+                from_psn_no=r["from"], from_province=r["from_prov"], to_psn_no=r["to"], amount_fen=r["amount"]))]
         if isinstance(cmd, ReturnFunds):
             r = await self.store.transfer_op("receive_return", cmd.return_id, cmd.sender_psn_no, cmd.amount_fen)
             if not r["ok"]:
                 raise PoisonMessage(r["reason"], r["detail"])
             return [self.out(cmd.sender_psn_no, FundsReturned(
-                **cmd.caused("FundsReturned", province=prov), return_id=cmd.return_id, sender_psn_no=cmd.sender_psn_no,
-                holder_province=cmd.holder_province, amount_fen=cmd.amount_fen))]
+                **cmd.caused("FundsReturned", now, province=prov), return_id=cmd.return_id,
+                sender_psn_no=cmd.sender_psn_no, holder_province=cmd.holder_province, amount_fen=cmd.amount_fen))]
         raise TypeError(type(cmd))  # pragma: no cover
 
     async def _request_transfer(self, cmd: RequestTransfer) -> list[Outgoing]:
         now = self.clock.now()
-        env = cmd.caused("TransferRequest", province=self.province)
+        env = cmd.caused("TransferRequest", now, province=self.province)
         problem = check_consent(cmd.consent, self.consent_key, grantor=cmd.from_psn_no, recipient=cmd.to_psn_no,
                                 action=f"transfer:{cmd.transfer_id}", quota_fen=cmd.amount_fen, now=now)
         try:
@@ -286,9 +290,9 @@ class WalletService:
                                                                reason=r["reason"]))]
         held = TransferHeld(**env, transfer_id=cmd.transfer_id, from_psn_no=cmd.from_psn_no, to_psn_no=cmd.to_psn_no,
                             to_province=cmd.to_admdvs[:2], amount_fen=cmd.amount_fen, expires_at=expires)
-        offer = OfferTransfer(**cmd.caused("OfferTransfer"), transfer_id=cmd.transfer_id, from_psn_no=cmd.from_psn_no,
-                              from_province=self.province, to_psn_no=cmd.to_psn_no, amount_fen=cmd.amount_fen,
-                              expires_at=expires)
+        offer = OfferTransfer(**cmd.caused("OfferTransfer", now), transfer_id=cmd.transfer_id,
+                              from_psn_no=cmd.from_psn_no, from_province=self.province, to_psn_no=cmd.to_psn_no,
+                              amount_fen=cmd.amount_fen, expires_at=expires)
         return [self.out(cmd.transfer_id, held),
                 Outgoing.of(wallet_commands(cmd.to_admdvs[:2]), kafka_key(cmd.transfer_id), offer)]
 
@@ -299,7 +303,8 @@ class WalletService:
         out = [Outgoing.of(wallet_commands(r["to_prov"]), kafka_key(transfer_id), complete)]
         if r["outcome"] == "voided":
             out.append(self.out(transfer_id, TransferReturned(
-                message_id=derive_id("TransferReturned", transfer_id), correlation_id=env["correlation_id"],
+                message_id=derive_id("TransferReturned", transfer_id), occurred_at=env["occurred_at"],
+                correlation_id=env["correlation_id"],
                 causation_id=env["causation_id"], province=self.province, transfer_id=transfer_id,
                 from_psn_no=r["from"], to_psn_no=r["to"], amount_fen=r["amount"], reason=r.get("reason", ""))))
         return out

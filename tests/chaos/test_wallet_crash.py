@@ -11,6 +11,7 @@ from contracts.wallet import AcceptTransfer
 from ops.scenario import audit, balance
 from shared.client import Bus
 from tests.e2e.test_wallet_e2e import family
+from tests.factories import T0
 
 pytestmark = pytest.mark.e2e
 
@@ -22,7 +23,7 @@ async def test_source_killed_after_hold_transfer_still_ends_once(bus: Bus, servi
     await bus.offered(held["transfer_id"])
     source = services["wallet-32"]
     source.kill9()  # the source dies holding the money
-    accept = AcceptTransfer(transfer_id=held["transfer_id"], to_psn_no=mum["psn_no"])
+    accept = AcceptTransfer(occurred_at=T0, transfer_id=held["transfer_id"], to_psn_no=mum["psn_no"])
     await bus.wallet_command("51", accept, held["transfer_id"])
     await asyncio.sleep(1.0)  # the acceptance reaches the source's topic while it is down
     await asyncio.to_thread(source.start)

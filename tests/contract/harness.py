@@ -10,7 +10,7 @@ from collections import defaultdict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, time
+from datetime import datetime
 from typing import Any
 
 import fakeredis
@@ -20,10 +20,11 @@ from contracts.topics import all_topics
 from services.binding.app import wire as wire_binding
 from services.settlement.app import wire as wire_settlement
 from services.wallet.app import wire as wire_wallet
-from shared.clock import CHINA_TZ, FixedClock
+from shared.clock import FixedClock
 from shared.kafka import make_broker
 from shared.service import register
 from shared.settings import Settings
+from tests.factories import T0
 
 PROVINCES = ("32", "51", "33", "45")
 
@@ -43,9 +44,9 @@ class Harness:
 
 
 @asynccontextmanager
-async def harness(provinces: tuple[str, ...] = PROVINCES) -> AsyncIterator[Harness]:
+async def harness(provinces: tuple[str, ...] = PROVINCES, at: datetime = T0) -> AsyncIterator[Harness]:
     redis = fakeredis.FakeAsyncRedis(decode_responses=True)
-    clock = FixedClock(datetime.combine(datetime(2026, 11, 23).date(), time(10, 0), tzinfo=CHINA_TZ))
+    clock = FixedClock(at)
     broker = make_broker("localhost:9092", "contract-tests")
     h = Harness(broker, redis, clock)
     settings = Settings(wallet_timeout_ms=60_000)

@@ -8,7 +8,7 @@ from contracts.enrollment import PersonDied
 from contracts.topics import BINDING_COMMANDS, BINDING_EVENTS, ENROLLMENT_EVENTS
 from shared.pii import kafka_key
 from tests.contract.harness import harness
-from tests.factories import create_binding, credited, enrolled
+from tests.factories import T0, create_binding, credited, enrolled
 
 
 async def test_recipient_death_dissolves_both_grantors_in_order() -> None:
@@ -23,7 +23,7 @@ async def test_recipient_death_dissolves_both_grantors_in_order() -> None:
             await h.broker.publish(cmd.model_dump_json().encode(), BINDING_COMMANDS, key=kafka_key(g))
         created = [e["binding_id"] for e in h.on(BINDING_EVENTS) if e["type"] == "BindingCreated"]
         assert len(created) == 2
-        died = PersonDied(psn_no="R1", admdvs="320500", version=2)
+        died = PersonDied(occurred_at=T0, psn_no="R1", admdvs="320500", version=2)
         await h.broker.publish(died.model_dump_json().encode(), ENROLLMENT_EVENTS, key=kafka_key("R1"))
         dissolved = [e for e in h.on(BINDING_EVENTS) if e["type"] == "BindingDissolved"]
         assert [(e["binding_id"], e["reason"]) for e in dissolved] == [(b, "died") for b in sorted(created)]

@@ -8,8 +8,10 @@ against its topic's contract, nothing landed in a DLQ, and the matrix of pairs �
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
+
+import pytest
 
 from contracts.binding import BindingKind, ChangeQuota, DissolveBinding, Relation, ReorderGrantors
 from contracts.enrollment import PersonDied, PersonSuspended, PersonTerminated, PersonTransferred, YearRolledOver
@@ -38,7 +40,7 @@ from shared.clock import CHINA_TZ
 from shared.consent import sign
 from shared.pii import kafka_key
 from tests.contract.harness import Harness, harness
-from tests.factories import create_binding, credited, enrolled
+from tests.factories import T0, create_binding, credited, enrolled
 
 
 async def send(h: Harness, topic: str, message: Any, key: str) -> None:
@@ -58,16 +60,23 @@ def types_on(h: Harness, topic: str) -> set[str]:
     return {e.get("type", "HisResult" if topic == HIS_RESULTS else "HisRequest") for e in h.on(topic)}
 
 
-def bill(p: str, region: str, card: str, part_fen: int, infno: str = "2207", **extra: Any) -> dict[str, Any]:
+def bill(p: str, region: str, card: str, part_fen: int, at: datetime, infno: str = "2207",
+         **extra: Any) -> dict[str, Any]:
     data = {"psn_no": p, "mdtrt_cert_type": "03", "mdtrt_cert_no": card, "mdtrt_id": f"M{p}{part_fen}",
             "medfee_sumamt": yuan(part_fen + 1000), "fund_pay_sumamt": yuan(1000), "psn_part_amt": yuan(part_fen),
             "acct_used_flag": "1", "med_type": "11", "insutype": "310", **extra}
     fix = {"32": "H32050500002", "51": "H51010000001"}[region[:2]]
-    return his_request(infno, fix, region, "320500", data)
+    return his_request(infno, fix, region, "320500", data, at=at)
 
 
-async def test_every_pair_and_message_type() -> None:
-    async with harness() as h:
+# Business moments the narrative runs at: the harness's usual day, and a late evening on a date far from the
+# wall clock's, so any timestamp taken from the wall clock instead of the injected one shows up (issue 11).
+BUSINESS_MOMENTS = [datetime(2026, 11, 23, 10, 0, tzinfo=CHINA_TZ), datetime(2029, 2, 28, 21, 30, tzinfo=CHINA_TZ)]
+
+
+@pytest.mark.parametrize("at", BUSINESS_MOMENTS, ids=lambda at: f"{at:%Y-%m-%dT%H:%M}")
+async def test_every_pair_and_message_type(at: datetime) -> None:
+    async with harness(at=at) as h:
         now = h.clock.now()
         # enrollment → binding / settlement / wallets
         people = {"G1": ("320500", 500_000), "G2": ("320500", 500_000), "R1": ("320500", 2_000),
@@ -76,7 +85,7 @@ async def test_every_pair_and_message_type() -> None:
             await send(h, ENROLLMENT_EVENTS, enrolled(p, admdvs=region, card_no=f"C{p}"), p)
             if fen:
                 await send(h, ENROLLMENT_EVENTS, credited(p, fen, admdvs=region), p)
-        await send(h, ENROLLMENT_EVENTS, YearRolledOver(psn_no="G2", admdvs="320500", year=2026), "G2")
+        await send(h, ENROLLMENT_EVENTS, YearRolledOver(occurred_at=T0, psn_no="G2", admdvs="320500", year=2026), "G2")
 
         # app → binding → wallet / settlement
         c1 = create_binding("G1", "R1", Relation.FATHER, quota_fen=3_000, now=now)
@@ -85,9 +94,10 @@ async def test_every_pair_and_message_type() -> None:
             await send(h, BINDING_COMMANDS, c, c.grantor_psn_no)
         created = [e for e in h.on(BINDING_EVENTS) if e["type"] == "BindingCreated"]
         b1, b2 = created[0]["binding_id"], created[1]["binding_id"]
-        await send(h, BINDING_COMMANDS, ReorderGrantors(recipient_psn_no="R1", binding_ids=[b2, b1]), "R1")
+        await send(h, BINDING_COMMANDS, ReorderGrantors(occurred_at=T0,
+                                                        recipient_psn_no="R1", binding_ids=[b2, b1]), "R1")
         proof = sign("G1", "R1", "quota", 5_000, "nonce-quota-1", now + timedelta(minutes=5))
-        await send(h, BINDING_COMMANDS, ChangeQuota(binding_id=b1, grantor_psn_no="G1", quota_fen=5_000,
+        await send(h, BINDING_COMMANDS, ChangeQuota(occurred_at=T0, binding_id=b1, grantor_psn_no="G1", quota_fen=5_000,
                                                     consent=proof), "G1")
         await send(h, BINDING_COMMANDS, create_binding("G1", "R1", Relation.FATHER_IN_LAW, now=now), "G1")
         too_much = create_binding("D1", "R1", Relation.SIBLING, quota_fen=999_999, now=now)
@@ -95,40 +105,44 @@ async def test_every_pair_and_message_type() -> None:
         assert last(h, WALLET_EVENTS, "QuotaEarmarkRejected")["reason"] == "INSUFFICIENT_BALANCE"
 
         # hospital → settlement → wallet → settlement → hospital
-        quote = await his(h, bill("R1", "320500", "CR1", 8_000, infno="2206"))
-        paid = await his(h, bill("R1", "320500", "CR1", 8_000))
+        quote = await his(h, bill("R1", "320500", "CR1", 8_000, h.clock.now(), infno="2206"))
+        paid = await his(h, bill("R1", "320500", "CR1", 8_000, h.clock.now()))
         info = SetlInfo.model_validate(HisResult.model_validate(paid).output["setlinfo"])
         assert quote["output"]["setlinfo"]["acct_pay"] == info.acct_pay == "80.00"
         assert info.acct_mulaid_pay == "60.00"  # own 20.00, then mother (reordered first) 40.00
         cancel = his_request("2208", "H32050500002", "320500", "320500",
-                             {"psn_no": "R1", "mdtrt_id": "MR18000", "setl_id": info.setl_id})
+                             {"psn_no": "R1", "mdtrt_id": "MR18000", "setl_id": info.setl_id}, at=h.clock.now())
         assert (await his(h, cancel))["infcode"] == 0
-        paid2 = bill("R1", "320500", "CR1", 1_000)
+        paid2 = bill("R1", "320500", "CR1", 1_000, h.clock.now())
         await his(h, paid2)
         reversal = his_request("2601", "H32050500002", "320500", "320500",
-                               {"psn_no": "R1", "omsgid": paid2["msgid"], "oinfno": "2207"})
+                               {"psn_no": "R1", "omsgid": paid2["msgid"], "oinfno": "2207"}, at=h.clock.now())
         assert (await his(h, reversal))["infcode"] == 0
 
         # a reversal that overtook its payment (settlement's timeout race): the late payment is refused
-        await send(h, wallet_commands("32"), ReversePayment(payment_id="LATE1", psn_no="R1"), "LATE1")
-        await send(h, wallet_commands("32"), PaySettlement(payment_id="LATE1", psn_no="R1", amount_fen=100,
+        await send(h, wallet_commands("32"), ReversePayment(occurred_at=T0, payment_id="LATE1", psn_no="R1"), "LATE1")
+        await send(h, wallet_commands("32"), PaySettlement(occurred_at=T0,
+                                                           payment_id="LATE1", psn_no="R1", amount_fen=100,
                                                            plan=FundingPlan()), "LATE1")
         assert last(h, WALLET_EVENTS, "PaymentRejected")["reason"] == "VOIDED"
 
         # wallet → wallet across provinces (W1–W6) and wallet → settlement clearing
         await send(h, BINDING_COMMANDS, create_binding("G1", "S1", Relation.SIBLING, BindingKind.WALLET, None, now=now),
                    "G1")
-        await send(h, wallet_commands("51"), OpenWallet(psn_no="S1", admdvs="510100", opened_by="G1"), "S1")
-        await send(h, wallet_commands("51"), OpenWallet(psn_no="S1", admdvs="320500", opened_by="G1"), "S1")
+        await send(h, wallet_commands("51"), OpenWallet(occurred_at=T0,
+                                                        psn_no="S1", admdvs="510100", opened_by="G1"), "S1")
+        await send(h, wallet_commands("51"), OpenWallet(occurred_at=T0,
+                                                        psn_no="S1", admdvs="320500", opened_by="G1"), "S1")
         for t_id, amount in (("T1", 50_000), ("T2", 999_999)):
             tproof = sign("G1", "S1", f"transfer:{t_id}", amount, f"nonce-{t_id}-0001", now + timedelta(minutes=5))
-            await send(h, wallet_commands("32"), RequestTransfer(transfer_id=t_id, from_psn_no="G1", to_psn_no="S1",
+            await send(h, wallet_commands("32"), RequestTransfer(occurred_at=T0,
+                                                                 transfer_id=t_id, from_psn_no="G1", to_psn_no="S1",
                                                                  to_admdvs="510100", amount_fen=amount,
                                                                  consent=tproof), t_id)
-        await send(h, wallet_commands("51"), AcceptTransfer(transfer_id="T1", to_psn_no="S1"), "T1")
+        await send(h, wallet_commands("51"), AcceptTransfer(occurred_at=T0, transfer_id="T1", to_psn_no="S1"), "T1")
         assert last(h, WALLET_EVENTS, "TransferAccepted")["amount_fen"] == 50_000
         tproof = sign("G1", "S1", "transfer:T3", 1_000, "nonce-T3-0001", now + timedelta(minutes=5))
-        t3 = RequestTransfer(transfer_id="T3", from_psn_no="G1", to_psn_no="S1", to_admdvs="510100",
+        t3 = RequestTransfer(occurred_at=T0, transfer_id="T3", from_psn_no="G1", to_psn_no="S1", to_admdvs="510100",
                              amount_fen=1_000, consent=tproof)
         await send(h, wallet_commands("32"), t3, "T3")
         h.clock.advance(timedelta(days=1))
@@ -136,15 +150,16 @@ async def test_every_pair_and_message_type() -> None:
         assert last(h, WALLET_EVENTS, "TransferReturned")["transfer_id"] == "T3"
         h.clock.advance(timedelta(days=-1))
         wallet_rel = next(e for e in h.on(BINDING_EVENTS) if e["type"] == "BindingCreated" and e["kind"] == "wallet")
-        await send(h, BINDING_COMMANDS, DissolveBinding(binding_id=wallet_rel["binding_id"], grantor_psn_no="G1",
+        await send(h, BINDING_COMMANDS, DissolveBinding(occurred_at=T0,
+                                                        binding_id=wallet_rel["binding_id"], grantor_psn_no="G1",
                                                         requested_by="S1"), "G1")
         assert last(h, WALLET_EVENTS, "FundsReturned")["amount_fen"] == 50_000
 
         # enrollment changes → dissolution and freezing everywhere
-        for e in (PersonSuspended(psn_no="D1", admdvs="320500", version=2),
-                  PersonTransferred(psn_no="D1", admdvs="510100", from_admdvs="320500", version=3),
-                  PersonTerminated(psn_no="G2", admdvs="320500", version=2),
-                  PersonDied(psn_no="G1", admdvs="320500", version=2)):
+        for e in (PersonSuspended(occurred_at=T0, psn_no="D1", admdvs="320500", version=2),
+                  PersonTransferred(occurred_at=T0, psn_no="D1", admdvs="510100", from_admdvs="320500", version=3),
+                  PersonTerminated(occurred_at=T0, psn_no="G2", admdvs="320500", version=2),
+                  PersonDied(occurred_at=T0, psn_no="G1", admdvs="320500", version=2)):
             await send(h, ENROLLMENT_EVENTS, e, e.psn_no)
         assert last(h, BINDING_EVENTS, "BindingDissolved")["reason"] in ("enrollment_terminated", "died")
         released = [e for e in h.on(WALLET_EVENTS) if e["type"] == "QuotaReleased"]

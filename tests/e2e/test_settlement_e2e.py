@@ -10,6 +10,7 @@ from contracts.binding import Relation
 from contracts.his import HisResult
 from ops.scenario import HOSPITAL, audit, balance, bill, bound, person, setl
 from shared.client import Bus, his_request, yuan
+from tests.factories import T0
 
 pytestmark = pytest.mark.e2e
 
@@ -57,7 +58,7 @@ async def test_single_mode_in_hangzhou(bus: Bus, services: Any) -> None:
     from contracts.enrollment import YearRolledOver
 
     for g, fen in ((dad, 3_000), (mum, 90_000)):
-        await bus.enrollment(YearRolledOver(psn_no=g["psn_no"], admdvs=g["region"], year=2026))
+        await bus.enrollment(YearRolledOver(occurred_at=T0, psn_no=g["psn_no"], admdvs=g["region"], year=2026))
         await bus.wait_for(lambda g=g, fen=fen: balance(services, "33", g["psn_no"])["spendable_prior_fen"] == fen,
                            what="year-end rollover applied")
     b1 = await bound(bus, services, dad, kid, Relation.CHILD)

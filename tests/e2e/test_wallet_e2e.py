@@ -13,6 +13,7 @@ from contracts.binding import BindingKind, Relation
 from contracts.wallet import RequestTransfer
 from ops.scenario import HOSPITAL, audit, balance, bill, bound, person, setl
 from shared.client import Bus, his_request
+from tests.factories import T0
 
 pytestmark = pytest.mark.e2e
 
@@ -57,7 +58,7 @@ async def test_limits_refused_with_reasons(bus: Bus, services: Any, service_cloc
     assert night["reason"] == "OUTSIDE_HOURS"
     service_clock.set_china_time(time(10, 0))
     await asyncio.sleep(0.3)
-    unsigned = RequestTransfer(transfer_id="TUNSIGNED" + son["psn_no"][:8], from_psn_no=son["psn_no"],
+    unsigned = RequestTransfer(occurred_at=T0, transfer_id="TUNSIGNED" + son["psn_no"][:8], from_psn_no=son["psn_no"],
                                to_psn_no=mum["psn_no"], to_admdvs=mum["region"], amount_fen=1_000)
     await bus.wallet_command("32", unsigned, unsigned.transfer_id)
     refused = await bus.wallet_event(lambda e: e.get("causation_id") == unsigned.message_id, what="unsigned refused")

@@ -13,7 +13,7 @@ from contracts.topics import BINDING_COMMANDS, dlq
 from ops.scenario import person
 from shared.client import Bus
 from shared.pii import kafka_key
-from tests.factories import create_binding
+from tests.factories import T0, create_binding
 from tests.helpers import headers, read_topic
 
 pytestmark = pytest.mark.integration
@@ -48,7 +48,7 @@ async def test_enrollment_termination_dissolves_with_reason(bus: Bus, services: 
     r = await person(bus, services, "32")
     created = await bus.bind(g["psn_no"], r["psn_no"], Relation.SIBLING, quota_fen=2_000)
     proxy = await bus.bind(g["psn_no"], r["psn_no"], Relation.SIBLING, kind=BindingKind.PROXY)
-    await bus.enrollment(PersonTerminated(psn_no=r["psn_no"], admdvs="320500", version=2))
+    await bus.enrollment(PersonTerminated(occurred_at=T0, psn_no=r["psn_no"], admdvs="320500", version=2))
     def both() -> list[dict[str, Any]] | None:
         found = [e for e in bus.binding_events if e["type"] == "BindingDissolved"
                  and e.get("recipient_psn_no") == r["psn_no"]]
@@ -95,12 +95,15 @@ async def test_consent_proof_is_single_use(bus: Bus, services: Any) -> None:
     r = await person(bus, services, "32")
     created = await bus.bind(g["psn_no"], r["psn_no"], Relation.SPOUSE, quota_fen=1_000)
     proof = sign(g["psn_no"], r["psn_no"], "quota", 2_000, "single-use-nonce-1", bus.clock.now() + timedelta(minutes=5))
-    first = ChangeQuota(binding_id=created["binding_id"], grantor_psn_no=g["psn_no"], quota_fen=2_000, consent=proof)
+    first = ChangeQuota(occurred_at=T0,
+                        binding_id=created["binding_id"], grantor_psn_no=g["psn_no"], quota_fen=2_000, consent=proof)
     assert (await bus.binding_command(first, g["psn_no"]))["type"] == "QuotaChanged"
-    replayed = ChangeQuota(binding_id=created["binding_id"], grantor_psn_no=g["psn_no"], quota_fen=2_000,
+    replayed = ChangeQuota(occurred_at=T0,
+                           binding_id=created["binding_id"], grantor_psn_no=g["psn_no"], quota_fen=2_000,
                            consent=proof)  # a new command carrying a used proof
     refused = await bus.binding_command(replayed, g["psn_no"])
     assert (refused["reason"], refused["detail"]) == ("CONSENT_INVALID", "consent proof already used")
     forged = proof.model_copy(update={"nonce": "single-use-nonce-2"})
-    other = ChangeQuota(binding_id=created["binding_id"], grantor_psn_no=g["psn_no"], quota_fen=2_000, consent=forged)
+    other = ChangeQuota(occurred_at=T0,
+                        binding_id=created["binding_id"], grantor_psn_no=g["psn_no"], quota_fen=2_000, consent=forged)
     assert (await bus.binding_command(other, g["psn_no"]))["detail"] == "consent signature invalid"

@@ -24,7 +24,7 @@ from services.binding.domain import Binding, Person
 from shared.consent import check_consent, dev_private_key, sign
 from shared.policy import Policies, PolicyError, RegionPolicy
 from shared.settings import Settings
-from tests.factories import create_binding, enrolled
+from tests.factories import T0, create_binding, enrolled
 
 NOW = datetime(2026, 11, 23, 2, 0, tzinfo=UTC)
 POLICIES = Policies.load(Settings().policies_path)
@@ -175,7 +175,7 @@ def test_b4_wallet_relationships_do_not_count_toward_mutual_aid_cap() -> None:
 # ------------------------------------------------------------ B5 dissolution
 
 def dissolve_cmd(b: Binding, by: str) -> DissolveBinding:
-    return DissolveBinding(binding_id=b.binding_id, grantor_psn_no=b.grantor_psn_no, requested_by=by)
+    return DissolveBinding(occurred_at=T0, binding_id=b.binding_id, grantor_psn_no=b.grantor_psn_no, requested_by=by)
 
 
 def test_b5_either_party_may_dissolve() -> None:
@@ -204,21 +204,22 @@ def test_b5_suzhou_no_minimum_period() -> None:
 def test_b5_termination_death_and_move_dissolve_automatically() -> None:
     g = person("G1")
     aid, wallet = existing(g, "R1", Relation.SPOUSE), existing(g, "R1", Relation.SPOUSE, BindingKind.WALLET)
-    term = PersonTerminated(psn_no="G1", admdvs="320500", version=2)
+    term = PersonTerminated(occurred_at=T0, psn_no="G1", admdvs="320500", version=2)
     assert [r for _, r in domain.dissolutions_for(term, [aid, wallet])] == [DissolveReason.ENROLLMENT_TERMINATED] * 2
-    died = PersonDied(psn_no="G1", admdvs="320500", version=2)
+    died = PersonDied(occurred_at=T0, psn_no="G1", admdvs="320500", version=2)
     assert [r for _, r in domain.dissolutions_for(died, [aid])] == [DissolveReason.DIED]
-    moved = PersonTransferred(psn_no="G1", admdvs="510100", from_admdvs="320500", version=2)
+    moved = PersonTransferred(occurred_at=T0, psn_no="G1", admdvs="510100", from_admdvs="320500", version=2)
     assert [(b.kind, r) for b, r in domain.dissolutions_for(moved, [aid, wallet])] == [
         (BindingKind.MUTUAL_AID, DissolveReason.TRANSFERRED)]
-    inside = PersonTransferred(psn_no="G1", admdvs="320100", from_admdvs="320500", version=2)
+    inside = PersonTransferred(occurred_at=T0, psn_no="G1", admdvs="320100", from_admdvs="320500", version=2)
     assert domain.dissolutions_for(inside, [aid]) == []
-    assert domain.dissolutions_for(PersonSuspended(psn_no="G1", admdvs="320500", version=2), [aid]) == []
+    assert domain.dissolutions_for(PersonSuspended(occurred_at=T0,
+                                                   psn_no="G1", admdvs="320500", version=2), [aid]) == []
 
 
 def test_b5_out_of_order_enrollment_events_converge() -> None:
     e1 = enrolled("G1", version=1)
-    t2 = PersonTerminated(psn_no="G1", admdvs="320500", version=2)
+    t2 = PersonTerminated(occurred_at=T0, psn_no="G1", admdvs="320500", version=2)
     in_order = domain.apply_enrollment(domain.apply_enrollment(None, e1), t2)
     first_t2 = domain.apply_enrollment(None, t2)
     assert first_t2 is not None
@@ -250,11 +251,11 @@ def test_b7_filing_order_and_reorder() -> None:
     assert isinstance(second, BindingCreated)
     assert second.grantor_order == [first.binding_id, second.binding_id]
     swapped = [second.binding_id, first.binding_id]
-    ok = domain.decide_reorder(ReorderGrantors(recipient_psn_no="R1", binding_ids=swapped), person("R1"),
-                               second.grantor_order).events[0]
+    reorder = ReorderGrantors(occurred_at=T0, recipient_psn_no="R1", binding_ids=swapped)
+    ok = domain.decide_reorder(reorder, person("R1"), second.grantor_order, T0).events[0]
     assert ok.grantor_order == swapped  # type: ignore[attr-defined]
-    bad = domain.decide_reorder(ReorderGrantors(recipient_psn_no="R1", binding_ids=[first.binding_id]),
-                                person("R1"), second.grantor_order).events[0]
+    partial = ReorderGrantors(occurred_at=T0, recipient_psn_no="R1", binding_ids=[first.binding_id])
+    bad = domain.decide_reorder(partial, person("R1"), second.grantor_order, T0).events[0]
     assert reason(bad) == "ORDER_MISMATCH"
 
 

@@ -15,6 +15,7 @@ from shared.clock import SystemClock
 from shared.consent import dev_private_key
 from shared.policy import Policies
 from shared.settings import Settings
+from tests.factories import T0
 
 POLICIES = Policies.load(Settings().policies_path)
 
@@ -32,7 +33,7 @@ async def service() -> WalletService:
 
 
 async def open_(svc: WalletService, psn: str, region: str, by: str | None = None) -> dict[str, Any]:
-    out = await svc.on_command(OpenWallet(psn_no=psn, admdvs=region, opened_by=by or psn), None)
+    out = await svc.on_command(OpenWallet(occurred_at=T0, psn_no=psn, admdvs=region, opened_by=by or psn), None)
     import json
 
     return json.loads(out[0].body)  # type: ignore[no-any-return]

@@ -1,0 +1,37 @@
+"""Issue 11: the unit and contract suites pass whatever the wall clock says.
+
+The suite once failed from 16:00 to 24:00 UTC, when the date in China differs from the date in UTC. Here it
+runs itself under libfaketime (Debian's `faketime`) with the wall clock just before and just after midnight
+China time, and on 29 February of a leap year, in a child pytest.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+NESTED = "MUTUALAID_WALL_HOUR_RUN"
+WALL_TIMES_UTC = ["2026-11-23 15:59:30", "2026-11-23 16:00:30", "2028-02-29 07:30:00"]
+
+
+@pytest.mark.skipif(os.environ.get(NESTED) == "1", reason="already inside a shifted run")
+@pytest.mark.parametrize("wall_utc", WALL_TIMES_UTC)
+def test_unit_and_contract_suites_pass_at_this_wall_time(wall_utc: str) -> None:
+    faketime = shutil.which("faketime")
+    assert faketime, "faketime is installed by `make setup` (Debian package faketime)"
+    # A relative shift: libfaketime's absolute mode breaks Python's time.sleep (EINVAL from clock_nanosleep).
+    shift_s = int(datetime.fromisoformat(wall_utc).replace(tzinfo=UTC).timestamp() - time.time())
+    env = {**os.environ, NESTED: "1", "TZ": "UTC"}
+    done = subprocess.run([faketime, "-f", f"{shift_s:+d}", sys.executable, "-m", "pytest", "-q", "-x",
+                           "-p", "no:cacheprovider", "tests/unit", "tests/contract"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=240, check=False)
+    assert done.returncode == 0, f"suite failed with the wall clock at {wall_utc} UTC:\n{done.stdout[-3000:]}"
+    assert " passed" in done.stdout
