@@ -2,9 +2,8 @@
 # is missing (uv + Python deps, Kafka jars from Maven Central, Redis from Debian) and is run by the others.
 SHELL := /bin/bash
 PY := .venv/bin/python
-STATE := .local/stack
 
-.PHONY: setup up down demo test test-fast lint bench chaos docs audit status
+.PHONY: setup up down reset demo test test-fast lint bench chaos docs audit status
 
 setup: .venv/.synced
 	@$(PY) -m infra.native prepare
@@ -14,14 +13,17 @@ setup: .venv/.synced
 	@if command -v uv >/dev/null 2>&1; then uv sync --frozen -q; else python3 -m uv sync --frozen -q; fi
 	@touch $@
 
-up: setup ## native Kafka + Redis + every service in the background
+up: setup ## Kafka + Redis + every service under supervisord; starts only what is not running, never deletes data
 	@$(PY) -m ops.stack up
 
-down: ## stop everything `make up` or `make demo` started
+down: ## stop everything `make up` or `make demo` started; the data stays
 	@$(PY) -m ops.stack down
 
-status:
-	@$(PY) -m ops.stack status
+reset: setup ## stop the stack and WIPE its data (accounts, ledgers, topics); prints what it wiped
+	@$(PY) -m ops.stack reset
+
+status: ## each process: state, pid, uptime, restarts (ARGS=--json for scripts)
+	@$(PY) -m ops.stack status $(ARGS)
 
 demo: setup ## the scripted day over the real local stack; exits non-zero if anything came out wrong
 	@$(PY) -m ops.demo

@@ -24,6 +24,7 @@ from rich.table import Table
 from contracts.binding import FundingMode, MultiGrantorMode, Relation
 from contracts.topics import HIS_REQUESTS, HIS_RESULTS
 from contracts.wallet import FundingPlan, GrantorSource
+from infra import supervised
 from ops.scenario import bill, bound, person
 from services.wallet.store import WalletStore
 from shared.client import Bus, dumps_his
@@ -172,16 +173,13 @@ async def end_to_end(bootstrap: str, urls: dict[str, str]) -> dict[str, float]:
 
 async def main() -> None:
     state = Path(tempfile.mkdtemp(prefix="bench-stack-"))
-    os.environ["MUTUALAID_STATE_DIR"] = str(state)
-    from ops import stack
-
-    stack.STATE = state
+    os.environ.update(supervised.free_ports_env())
     results: dict[str, float] = {}
     try:
         with console.status("starting a fresh native stack and services…"):
-            table = await asyncio.to_thread(stack.up, state, {"LOG_LEVEL": "WARNING"})
+            await asyncio.to_thread(supervised.up, state, {"LOG_LEVEL": "WARNING"})
         info = json.loads((state / "stack.json").read_text())
-        urls = {n: s["url"] for n, s in table.items()}
+        urls = {n: s["url"] for n, s in json.loads((state / "services.json").read_text()).items()}
         phases = (("raw Redis", raw_redis(info["redis_url"])), ("raw Kafka", raw_kafka(info["kafka_bootstrap"])),
                   ("payment script", lua_payments(info["redis_url"])),
                   ("end to end", end_to_end(info["kafka_bootstrap"], urls)))
@@ -189,8 +187,7 @@ async def main() -> None:
             with console.status(f"measuring {name}…"):
                 results.update(await asyncio.wait_for(phase, PHASE_TIMEOUT_S))
     finally:
-        stack.native.stop(state)
-        stack.native.purge_data(state)
+        supervised.reset(state)
     out = Table(title=f"bench on {os.cpu_count()} cores (one run; numbers vary run to run)")
     out.add_column("measure")
     out.add_column("value", justify="right")

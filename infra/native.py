@@ -5,7 +5,8 @@ Kafka comes from Maven Central jars (infra/kafka/pom.xml), Redis from Debian's p
 protocol round trip (Kafka metadata request, Redis PING) and are stopped by the pid we recorded —
 never by process name, so a developer's other Kafka or Redis is never touched.
 
-Used by `make up`/`make down` (state in `.local/stack`) and by the test fixtures (a fresh folder per session).
+`start` runs a throw-away stack on free ports for the test suite and the bench (a fresh folder each time). The
+durable stack `make up` keeps money in is `infra/supervised.py`, which launches the same commands under supervisord.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ ROOT = Path(__file__).resolve().parent.parent
 KAFKA_LIB = ROOT / "infra" / ".cache" / "kafka-lib"
 KAFKA_POM = ROOT / "infra" / "kafka" / "pom.xml"
 LOG4J_CONFIG = ROOT / "infra" / "log4j2.properties"
-DEFAULT_STATE = Path(os.environ.get("MUTUALAID_STATE_DIR", ROOT / ".local" / "stack"))
 
 READY_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 20.0
@@ -181,16 +181,19 @@ def _tail(path: Path, lines: int = 30) -> str:
 # ---------------------------------------------------------------- start / stop
 
 
+def redis_command(port: int, data: Path, logfile: Path | None) -> list[str]:
+    # AOF with fsync on every write: ledgers must survive a crash (ARCHITECTURE "Money safety").
+    return [redis_server_binary(), "--bind", "127.0.0.1", "--port", str(port), "--dir", str(data),
+            "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--daemonize", "no",
+            "--protected-mode", "yes", "--logfile", str(logfile or "")]
+
+
 def _start_redis(state: Path, port: int | None = None) -> tuple[str, int]:
     port = port or free_port()
     data = state / "redis"
     data.mkdir(parents=True, exist_ok=True)
     log = state / "redis.log"
-    # AOF with fsync on every write: ledgers must survive a crash (ARCHITECTURE "Money safety").
-    cmd = [redis_server_binary(), "--bind", "127.0.0.1", "--port", str(port), "--dir", str(data),
-           "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--daemonize", "no",
-           "--protected-mode", "yes", "--logfile", str(log)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    proc = subprocess.Popen(redis_command(port, data, log), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     url = f"redis://127.0.0.1:{port}/0"
     _wait_or_stop(lambda: _redis_ping_ok(url), "redis", proc.pid, log)
@@ -215,8 +218,7 @@ def restart_redis(info: StackInfo) -> StackInfo:
     return info
 
 
-def _start_kafka(state: Path) -> tuple[str, int]:
-    broker_port, controller_port = free_port(), free_port()
+def write_kafka_properties(state: Path, broker_port: int, controller_port: int) -> Path:
     data = state / "kafka-data"
     data.mkdir(parents=True, exist_ok=True)
     props = state / "server.properties"
@@ -244,40 +246,55 @@ def _start_kafka(state: Path) -> tuple[str, int]:
         "log.flush.interval.messages=1",
         "",
     ]))
-    classpath = f"{KAFKA_LIB}/*"
+    return props
+
+
+def format_kafka(props: Path, cluster_id: str) -> None:
+    """Format the log dirs once, for a new stack only (formatting is what gives a broker its cluster id)."""
     java = shutil.which("java") or "java"
-    fmt = subprocess.run([java, "-cp", classpath, f"-Dlog4j2.configurationFile={LOG4J_CONFIG}",
-                          "kafka.tools.StorageTool", "format", "-t", str(uuid.uuid4()).replace("-", "")[:22],
-                          "-c", str(props), "--standalone"],
+    fmt = subprocess.run([java, "-cp", f"{KAFKA_LIB}/*", f"-Dlog4j2.configurationFile={LOG4J_CONFIG}",
+                          "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props), "--standalone"],
                          capture_output=True, text=True, check=False)
     if fmt.returncode != 0:
         raise StackError(f"kafka storage format failed: {fmt.stdout[-1500:]} {fmt.stderr[-1500:]}")
+
+
+def new_cluster_id() -> str:
+    return str(uuid.uuid4()).replace("-", "")[:22]
+
+
+def kafka_command(props: Path) -> list[str]:
+    java = shutil.which("java") or "java"
+    return [java, "-Xmx512m", "-Xms256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
+            f"-Dlog4j2.configurationFile={LOG4J_CONFIG}", "-cp", f"{KAFKA_LIB}/*", "kafka.Kafka", str(props)]
+
+
+def kafka_ready(bootstrap: str) -> bool:
+    return asyncio.run(_kafka_metadata_ok(bootstrap))
+
+
+def _start_kafka(state: Path) -> tuple[str, int]:
+    broker_port, controller_port = free_port(), free_port()
+    props = write_kafka_properties(state, broker_port, controller_port)
+    format_kafka(props, new_cluster_id())
     proc = _launch_kafka(state)
     bootstrap = f"127.0.0.1:{broker_port}"
-    _wait_or_stop(lambda: asyncio.run(_kafka_metadata_ok(bootstrap)), "kafka", proc.pid, state / "kafka.log")
+    _wait_or_stop(lambda: kafka_ready(bootstrap), "kafka", proc.pid, state / "kafka.log")
     return bootstrap, proc.pid
 
 
 def _launch_kafka(state: Path) -> subprocess.Popen[bytes]:
-    java = shutil.which("java") or "java"
     with (state / "kafka.log").open("ab") as out:
-        return subprocess.Popen(
-            [java, "-Xmx512m", "-Xms256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
-             f"-Dlog4j2.configurationFile={LOG4J_CONFIG}", "-cp", f"{KAFKA_LIB}/*", "kafka.Kafka",
-             str(state / "server.properties")],
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(kafka_command(state / "server.properties"), stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
 
 
-def start(state_dir: Path = DEFAULT_STATE, fresh: bool = False) -> StackInfo:
-    """Start Kafka and Redis unless a live stack is already recorded in `state_dir` (idempotent)."""
-    info_file = state_dir / "stack.json"
-    if not fresh and info_file.exists():
-        info = StackInfo(**json.loads(info_file.read_text()))
-        if (_alive(info.kafka_pid) and _alive(info.redis_pid) and _redis_ping_ok(info.redis_url)
-                and asyncio.run(_kafka_metadata_ok(info.kafka_bootstrap))):
-            return info
-        stop(state_dir)
-    shutil.rmtree(state_dir, ignore_errors=True)
+def start(state_dir: Path) -> StackInfo:
+    """A throw-away Kafka + Redis on free ports in a new, empty folder: for the test suite and the bench.
+
+    The stack users keep money in is `infra/supervised.py` (`make up`); this one never reuses a folder."""
+    if state_dir.exists() and any(state_dir.iterdir()):
+        raise StackError(f"{state_dir} is not empty; throw-away stacks start in a new folder")
     state_dir.mkdir(parents=True, exist_ok=True)
     prepare()
     redis_url, redis_pid = _start_redis(state_dir)
@@ -287,8 +304,7 @@ def start(state_dir: Path = DEFAULT_STATE, fresh: bool = False) -> StackInfo:
         _stop_pid(redis_pid)
         raise
     info = StackInfo(bootstrap, redis_url, kafka_pid, redis_pid, str(state_dir))
-    info_file.write_text(json.dumps(asdict(info)))
-    (state_dir / "env").write_text("".join(f"export {k}={v}\n" for k, v in info.env().items()))
+    (state_dir / "stack.json").write_text(json.dumps(asdict(info)))
     return info
 
 
@@ -305,7 +321,7 @@ def _stop_pid(pid: int) -> None:
             os.killpg(pid, signal.SIGKILL)
 
 
-def stop(state_dir: Path = DEFAULT_STATE) -> None:
+def stop(state_dir: Path) -> None:
     """Stop what `start` recorded, by pid; also any services recorded in `state_dir/pids`."""
     pids_dir = state_dir / "pids"
     if pids_dir.is_dir():
@@ -332,7 +348,7 @@ def restart_kafka(info: StackInfo) -> StackInfo:
     state = Path(info.state_dir)
     _stop_pid(info.kafka_pid)
     proc = _launch_kafka(state)
-    _wait_or_stop(lambda: asyncio.run(_kafka_metadata_ok(info.kafka_bootstrap)), "kafka", proc.pid,
+    _wait_or_stop(lambda: kafka_ready(info.kafka_bootstrap), "kafka", proc.pid,
                   state / "kafka.log")
     info.kafka_pid = proc.pid
     (state / "stack.json").write_text(json.dumps(asdict(info)))
@@ -340,22 +356,12 @@ def restart_kafka(info: StackInfo) -> StackInfo:
 
 
 def main(argv: list[str]) -> int:
-    verb = argv[1] if len(argv) > 1 else "status"
-    state = Path(os.environ.get("MUTUALAID_STATE_DIR", DEFAULT_STATE))
     try:
-        if verb == "prepare":
+        if argv[1:] == ["prepare"]:
             prepare()
-        elif verb == "up":
-            info = start(state)
-            print(f"kafka  {info.kafka_bootstrap}  (log {state / 'kafka.log'})")
-            print(f"redis  {info.redis_url}  (log {state / 'redis.log'})")
-        elif verb == "down":
-            stop(state)
-            print("native stack stopped")
-        elif verb == "env":
-            sys.stdout.write((state / "env").read_text())
         else:
-            print((state / "stack.json").read_text() if (state / "stack.json").exists() else "not running")
+            print("usage: python -m infra.native prepare   (the stack itself: make up / make down)", file=sys.stderr)
+            return 2
     except StackError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -23,7 +23,7 @@ from contracts.binding import BindingKind, Relation
 from contracts.enrollment import AccountCredited, PersonEnrolled
 from contracts.topics import DEPLOYED_PROVINCES, all_topics, dlq
 from contracts.types import yuan_to_fen
-from infra import native
+from infra import supervised
 from ops.scenario import HOSPITAL, REGION
 from shared.client import Bus, his_request, yuan
 from shared.clock import SystemClock
@@ -43,7 +43,7 @@ def fail(message: str) -> None:
 def stack_env() -> dict[str, str]:
     env = {k: os.environ[k] for k in ("KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL") if k in os.environ}
     if "KAFKA_BOOTSTRAP_SERVERS" not in env:
-        info = native.DEFAULT_STATE / "stack.json"
+        info = supervised.state_dir() / "stack.json"
         if not info.exists():
             fail("no stack found: run `make up` (or set KAFKA_BOOTSTRAP_SERVERS)")
         data = json.loads(info.read_text())
@@ -52,7 +52,7 @@ def stack_env() -> dict[str, str]:
 
 
 def services() -> dict[str, str]:
-    f = Path(os.environ.get("MUTUALAID_SERVICES", native.DEFAULT_STATE / "services.json"))
+    f = Path(os.environ.get("MUTUALAID_SERVICES", supervised.state_dir() / "services.json"))
     if not f.exists():
         fail("services are not running: run `make up`")
     return {name: s["url"] for name, s in json.loads(f.read_text()).items()}

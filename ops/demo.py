@@ -8,7 +8,6 @@ Exits 1 if anything did not come out as expected.
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 import time as clock_time
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from rich.table import Table
 
 from contracts.binding import BindingKind, Relation
 from contracts.enrollment import YearRolledOver
+from infra import supervised
 from ops import stack
 from ops.scenario import HOSPITAL, audit, balance, bill, bound, person, url
 from shared.client import Bus, his_request
@@ -231,12 +231,12 @@ class Demo:
 
 async def main() -> int:
     started = clock_time.monotonic()
+    state = supervised.state_dir()
     with console.status("starting the local stack (Kafka, Redis, 6 services)…"):
-        table = await asyncio.to_thread(stack.up)
-    urls = {name: s["url"] for name, s in table.items()}
-    info = stack.native.StackInfo(**json.loads((stack.STATE / "stack.json").read_text()))
-    clock_file = stack.STATE / "clock_offset_ms"
-    async with Bus(info.kafka_bootstrap, clock=FileOffsetClock(str(clock_file))) as bus:
+        layout = await asyncio.to_thread(supervised.up, state)
+    urls = {name: s["url"] for name, s in stack.services_table(state).items()}
+    clock_file = state / "clock_offset_ms"
+    async with Bus(layout.kafka_bootstrap, clock=FileOffsetClock(str(clock_file))) as bus:
         demo = Demo(bus, urls, clock_file)
         try:
             with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),

@@ -1,83 +1,82 @@
-"""`make up` / `make down` / `make status`: the native stack plus every service as background processes.
+"""`make up` / `make down` / `make status` / `make reset`: the durable local stack (infra/supervised.py).
 
-State lives in .local/stack: stack.json (Kafka/Redis addresses and pids), services.json (each service's
-HTTP address and pid), pids/ (what `down` stops, by pid), and one log file per process.
+    python -m ops.stack up              start what is not running; create the stack on first use
+    python -m ops.stack down            stop everything, keep the data
+    python -m ops.stack status [--json] each process: state, pid, uptime, restarts
+    python -m ops.stack reset           stop and wipe the data (says what it wiped)
 """
 
 from __future__ import annotations
 
 import json
-import os
 import sys
+import time
 from pathlib import Path
-from typing import Any
 
-from infra import native
-from infra.procs import ServiceProc, service_set, start_all
+from rich.console import Console
+from rich.table import Table
 
-STATE = Path(os.environ.get("MUTUALAID_STATE_DIR", native.DEFAULT_STATE))
-PROVINCES = ("32", "51", "33", "45")
+from infra import supervised
+from infra.native import StackError
 
-
-def services_file(state: Path = STATE) -> Path:
-    return state / "services.json"
+console = Console()
 
 
-def running_services(state: Path = STATE) -> dict[str, Any]:
-    f = services_file(state)
-    return json.loads(f.read_text()) if f.exists() else {}
+def services_table(state: Path) -> dict[str, dict[str, str]]:
+    f = state / "services.json"
+    return dict(json.loads(f.read_text())) if f.exists() else {}
 
 
-def up(state: Path = STATE, extra_env: dict[str, str] | None = None) -> dict[str, Any]:
-    info = native.start(state)
-    current = running_services(state)
-    if current and all(native._alive(s["pid"]) for s in current.values()):
-        return current
-    for s in current.values():
-        native._stop_pid(s["pid"])
-    clock_file = state / "clock_offset_ms"  # the demo moves the business clock through the night (W4)
-    clock_file.write_text("0")
-    env = {"CLOCK_FILE": str(clock_file), **(extra_env or {})}
-    procs: list[ServiceProc] = service_set(info.env(), state, PROVINCES, env)
-    start_all(procs)
-    pids = state / "pids"
-    pids.mkdir(exist_ok=True)
-    table = {}
-    for p in procs:
-        assert p.proc is not None
-        (pids / f"{p.name}.pid").write_text(str(p.proc.pid))
-        table[p.name] = {"url": p.url, "pid": p.proc.pid, "log": str(p.log)}
-    services_file(state).write_text(json.dumps(table, indent=2))
-    return table
+def _print_up(state: Path, layout: supervised.Layout, seconds: float) -> None:
+    console.print(f"stack up in {seconds:.1f}s, data in {state}")
+    console.print(f"kafka       {layout.kafka_bootstrap:<28} log {state / 'logs' / 'kafka.log'}")
+    console.print(f"redis       {layout.redis_url:<28} log {state / 'logs' / 'redis.log'}")
+    for name, s in services_table(state).items():
+        console.print(f"{name:<11} {s['url']:<28} log {s['log']}")
+    console.print(f"\nexport the addresses with:  source {state / 'env'}")
 
 
-def down(state: Path = STATE) -> None:
-    native.stop(state)
-    services_file(state).unlink(missing_ok=True)
+def _print_status(rows: list[dict[str, object]]) -> None:
+    table = Table(title="mutualaid stack (supervisord)")
+    for col in ("process", "state", "pid", "uptime", "restarts", "detail"):
+        table.add_column(col)
+    for r in rows:
+        uptime = int(r["uptime_s"])  # type: ignore[call-overload]
+        color = "green" if r["state"] == "RUNNING" else "red"
+        table.add_row(str(r["name"]), f"[{color}]{r['state']}[/]", str(r["pid"] or "-"),
+                      f"{uptime // 3600}h{uptime % 3600 // 60:02d}m{uptime % 60:02d}s" if uptime else "-",
+                      str(r["restarts"]), str(r["detail"]))
+    console.print(table)
 
 
 def main(argv: list[str]) -> int:
     verb = argv[1] if len(argv) > 1 else "status"
+    state = supervised.state_dir()
     try:
         if verb == "up":
-            table = up()
-            info = json.loads((STATE / "stack.json").read_text())
-            print(f"kafka       {info['kafka_bootstrap']:<28} log {STATE / 'kafka.log'}")
-            print(f"redis       {info['redis_url']:<28} log {STATE / 'redis.log'}")
-            for name, s in table.items():
-                print(f"{name:<11} {s['url']:<28} log {s['log']}")
-            print(f"\nexport the addresses with:  source {STATE / 'env'}")
+            started = time.monotonic()
+            layout = supervised.up(state)
+            _print_up(state, layout, time.monotonic() - started)
         elif verb == "down":
-            down()
-            print("stopped everything started by `make up`")
+            stopped = supervised.down(state)
+            console.print(f"stopped; data kept in {state}" if stopped else "not running")
+        elif verb == "reset":
+            wiped = supervised.reset(state)
+            console.print("\n".join(f"wiped {w}" for w in wiped) if wiped else f"nothing to wipe in {state}")
+        elif verb == "status":
+            rows = supervised.status(state)
+            if "--json" in argv:
+                print(json.dumps({"state_dir": str(state), "running": bool(rows), "processes": rows}))
+            elif not rows:
+                console.print("not running (make up)")
+            else:
+                _print_status(rows)  # type: ignore[arg-type]
+            return 0 if rows and all(r["state"] == "RUNNING" for r in rows) else 3
         else:
-            table = running_services()
-            if not table:
-                print("not running (make up)")
-            for name, s in table.items():
-                print(f"{name:<11} {s['url']:<28} {'up' if native._alive(s['pid']) else 'DOWN'}")
-    except (native.StackError, RuntimeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+            console.print(__doc__)
+            return 2
+    except StackError as exc:
+        console.print(f"[red]error:[/] {exc}", highlight=False)
         return 1
     return 0
 

@@ -53,7 +53,7 @@ def provide() -> Iterator[Infra]:
         return
     state = Path(tempfile.mkdtemp(prefix="mutualaid-test-", dir=native.ROOT / ".local"
                                   if (native.ROOT / ".local").is_dir() else None))
-    info = native.start(state, fresh=True)
+    info = native.start(state)
     try:
         yield Infra(info.kafka_bootstrap, info.redis_url, "native", info)
     finally:

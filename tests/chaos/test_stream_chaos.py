@@ -37,7 +37,7 @@ START_FEN = 200_000
 @pytest.fixture(scope="module")
 def own_stack() -> Iterator[tuple[native.StackInfo, dict[str, ServiceProc]]]:
     state = Path(tempfile.mkdtemp(prefix="chaos-stack-"))
-    info = native.start(state, fresh=True)
+    info = native.start(state)
     procs = service_set(info.env(), state, ("32",), {"LOG_LEVEL": "WARNING", "WALLET_TIMEOUT_MS": "60000"})
     start_all(procs)
     try:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from infra import native
+from infra import supervised
 
 pytestmark = pytest.mark.e2e
 
@@ -18,13 +18,12 @@ pytestmark = pytest.mark.e2e
 def test_demo_runs_the_scripted_day_and_all_checks_pass() -> None:
     state = Path(tempfile.mkdtemp(prefix="demo-stack-"))
     env = {k: v for k, v in os.environ.items() if k not in ("KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL")}
-    env.update(MUTUALAID_STATE_DIR=str(state), COLUMNS="200")
+    env.update(MUTUALAID_STATE_DIR=str(state), COLUMNS="200", **supervised.free_ports_env())
     try:
         done = subprocess.run([sys.executable, "-m", "ops.demo"], env=env, capture_output=True, text=True,
                               timeout=600, check=False)
     finally:
-        native.stop(state)
-        native.purge_data(state)
+        supervised.reset(state)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     for title in ("Settlements (yuan)", "Transfers", "Conservation audit per province", "Clearing statement", "Checks"):
         assert title in done.stdout

@@ -1,0 +1,380 @@
+"""The durable local stack: Kafka, Redis and every service under supervisord, data kept across crashes.
+
+This is where people keep money when they run `make up`, so it never deletes data on its own: a crashed
+process is restarted by supervisord on the same data and ports, `make up` starts only what is not running,
+`make down` stops and keeps everything, and only `make reset` wipes (`reset` below, which names what it wipes).
+
+The state folder (default `.local/stack`, or `MUTUALAID_STATE_DIR`):
+
+    layout.json        layout version, Kafka cluster id, ports — written once, checked on every start
+    kafka-data/        Kafka log dirs, formatted once with the cluster id
+    redis/             Redis AOF (fsync always)
+    supervisord.conf   generated from layout.json on every `make up`
+    supervisor.sock, supervisord.pid, supervisord.log
+    logs/<program>.log one per process
+    restarts.json      starts per program since supervisord started (infra/restart_listener.py)
+
+Ports are stable (documented defaults, overridable by environment when the stack is created or started);
+only the Kafka controller port is fixed at creation, because KRaft records it in the cluster's metadata.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import xmlrpc.client
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from infra import native
+from infra.native import ROOT, StackError
+
+LAYOUT_VERSION = 1
+DEFAULT_STATE = ROOT / ".local" / "stack"
+PROVINCES = ("32", "51", "33", "45")
+# Defaults of the ports (README "Local stack"); each may be overridden by the environment variable beside it.
+DEFAULT_PORTS = {"kafka": ("MUTUALAID_KAFKA_PORT", 9092), "controller": ("MUTUALAID_KAFKA_CONTROLLER_PORT", 9093),
+                 "redis": ("MUTUALAID_REDIS_PORT", 6379), "http": ("MUTUALAID_HTTP_PORT_BASE", 8100)}
+# A program that dies within STARTSECS is retried with a growing pause (1 s, 2 s, …) at most START_RETRIES
+# times, then left FATAL (shown by `make status`); one that ran longer is restarted at once.
+STARTSECS = 3
+START_RETRIES = 8
+READY_TIMEOUT_S = 120.0
+SHUTDOWN_TIMEOUT_S = 120.0
+INFRA = ("redis", "kafka")
+
+
+def state_dir() -> Path:
+    return Path(os.environ.get("MUTUALAID_STATE_DIR", DEFAULT_STATE))
+
+
+@dataclass
+class Layout:
+    """What a stack's data was created with; a folder whose layout differs is refused, never wiped."""
+
+    version: int
+    cluster_id: str
+    kafka_port: int
+    controller_port: int
+    redis_port: int
+    http_ports: dict[str, int]
+    provinces: list[str] = field(default_factory=lambda: list(PROVINCES))
+
+    @property
+    def kafka_bootstrap(self) -> str:
+        return f"127.0.0.1:{self.kafka_port}"
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://127.0.0.1:{self.redis_port}/0"
+
+    def service_names(self) -> list[str]:
+        return ["binding", "settlement", *(f"wallet-{p}" for p in self.provinces)]
+
+
+def _port(name: str) -> int:
+    var, default = DEFAULT_PORTS[name]
+    return int(os.environ.get(var, default))
+
+
+def _http_ports(base: int, provinces: list[str]) -> dict[str, int]:
+    # binding base+1, settlement base+2, wallet of province NN base+NN (8132 for Jiangsu by default)
+    return {"binding": base + 1, "settlement": base + 2, **{f"wallet-{p}": base + int(p) for p in provinces}}
+
+
+def free_ports_env() -> dict[str, str]:
+    """Port settings for a throw-away supervised stack (tests, bench): free ports instead of the defaults."""
+    import random
+    import socket
+
+    def is_free(port: int) -> bool:
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", port)) != 0
+
+    for _ in range(200):  # bounded: the service ports hang off one base, so find a base whose ports are all free
+        base = random.randrange(20_000, 60_000, 100)
+        if all(is_free(port) for port in _http_ports(base, list(PROVINCES)).values()):
+            break
+    else:
+        raise StackError("no free range of service ports found")
+    return {DEFAULT_PORTS["kafka"][0]: str(native.free_port()), DEFAULT_PORTS["controller"][0]: str(native.free_port()),
+            DEFAULT_PORTS["redis"][0]: str(native.free_port()), DEFAULT_PORTS["http"][0]: str(base)}
+
+
+def open_layout(state: Path) -> tuple[Layout, bool]:
+    """The stack's layout, created for an empty folder; (layout, created). Refuses damaged or foreign data."""
+    layout_file = state / "layout.json"
+    if not layout_file.exists():
+        leftovers = [p.name for p in (state / "kafka-data", state / "redis") if p.exists() and any(p.iterdir())]
+        if leftovers:
+            raise StackError(f"{state} holds data ({', '.join(leftovers)}) but no layout.json: it is from an earlier "
+                             "version of this project or damaged. Nothing was started or deleted. Move it away, or "
+                             "wipe it with `make reset`.")
+        layout = Layout(LAYOUT_VERSION, native.new_cluster_id(), _port("kafka"), _port("controller"), _port("redis"),
+                        _http_ports(_port("http"), list(PROVINCES)))
+        return layout, True
+    try:
+        layout = Layout(**json.loads(layout_file.read_text()))
+    except (ValueError, TypeError) as exc:
+        raise StackError(f"{layout_file} is unreadable ({exc}); nothing was started or deleted") from None
+    if layout.version != LAYOUT_VERSION:
+        raise StackError(f"{state} was created by layout version {layout.version}, this checkout uses "
+                         f"{LAYOUT_VERSION}; nothing was started or deleted. Use the matching checkout, or "
+                         "`make reset` to wipe it.")
+    meta = state / "kafka-data" / "meta.properties"
+    if not meta.exists() or f"cluster.id={layout.cluster_id}" not in meta.read_text():
+        raise StackError(f"Kafka data in {state / 'kafka-data'} is missing or belongs to another cluster "
+                         f"(expected cluster id {layout.cluster_id}); nothing was started or deleted.")
+    if not (state / "redis").is_dir():
+        raise StackError(f"Redis data folder {state / 'redis'} is missing; nothing was started or deleted.")
+    # Ports other than the controller's may move between starts (e.g. another program took 9092).
+    for attr, name in (("kafka_port", "kafka"), ("redis_port", "redis")):
+        if DEFAULT_PORTS[name][0] in os.environ:
+            setattr(layout, attr, _port(name))
+    if DEFAULT_PORTS["http"][0] in os.environ:
+        layout.http_ports = _http_ports(_port("http"), layout.provinces)
+    return layout, False
+
+
+def create(state: Path, layout: Layout) -> None:
+    """A new stack: folders, Kafka log dirs formatted with the layout's cluster id, then layout.json last (its
+    presence says the data folders are complete)."""
+    native.prepare()
+    (state / "redis").mkdir(parents=True, exist_ok=True)
+    (state / "logs").mkdir(parents=True, exist_ok=True)
+    props = native.write_kafka_properties(state, layout.kafka_port, layout.controller_port)
+    native.format_kafka(props, layout.cluster_id)
+    (state / "layout.json").write_text(json.dumps(asdict(layout), indent=2))
+
+
+# ---------------------------------------------------------------- supervisord configuration
+
+
+def _quote(value: str) -> str:
+    return '"' + value.replace("%", "%%").replace('"', '\\"') + '"'
+
+
+def _program(name: str, command: list[str], state: Path, *, priority: int, autostart: bool,
+             env: dict[str, str] | None = None, stop_wait_s: int = 20) -> str:
+    lines = [
+        f"[program:{name}]",
+        "command=" + " ".join(_quote(c) if " " in c or not c else c.replace("%", "%%") for c in command),
+        f"directory={ROOT}",
+        f"priority={priority}",
+        f"autostart={'true' if autostart else 'false'}",
+        "autorestart=true",
+        f"startsecs={STARTSECS}",
+        f"startretries={START_RETRIES}",
+        "stopsignal=TERM",
+        f"stopwaitsecs={stop_wait_s}",
+        "stopasgroup=true",
+        "killasgroup=true",
+        "redirect_stderr=true",
+        f"stdout_logfile={state / 'logs' / (name + '.log')}",
+        "stdout_logfile_maxbytes=50MB",
+        "stdout_logfile_backups=3",
+    ]
+    if env:
+        lines.append("environment=" + ",".join(f"{k}={_quote(v)}" for k, v in env.items()))
+    return "\n".join(lines)
+
+
+def service_env(layout: Layout, state: Path, name: str, extra: dict[str, str]) -> dict[str, str]:
+    env = {"KAFKA_BOOTSTRAP_SERVERS": layout.kafka_bootstrap, "REDIS_URL": layout.redis_url,
+           "HTTP_PORT": str(layout.http_ports[name]), "PYTHONPATH": str(ROOT),
+           "CLOCK_FILE": str(state / "clock_offset_ms"), **extra}
+    if name.startswith("wallet-"):
+        env["PROVINCE"] = name.removeprefix("wallet-")
+    return env
+
+
+def write_config(state: Path, layout: Layout, extra_env: dict[str, str]) -> Path:
+    props = native.write_kafka_properties(state, layout.kafka_port, layout.controller_port)
+    python = sys.executable
+    modules = {"binding": "services.binding", "settlement": "services.settlement"}
+    sections = [
+        f"[unix_http_server]\nfile={state / 'supervisor.sock'}\nchmod=0700",
+        f"[supervisord]\nlogfile={state / 'supervisord.log'}\npidfile={state / 'supervisord.pid'}\n"
+        f"childlogdir={state / 'logs'}\ndirectory={ROOT}\nnodaemon=false\nidentifier=mutualaid",
+        "[rpcinterface:supervisor]\nsupervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface",
+        f"[supervisorctl]\nserverurl=unix://{state / 'supervisor.sock'}",
+        _program("redis", native.redis_command(layout.redis_port, state / "redis", None), state,
+                 priority=10, autostart=True),
+        _program("kafka", native.kafka_command(props), state, priority=20, autostart=True, stop_wait_s=60),
+        # Services start once Kafka and Redis answer (start_services), so they never race the broker's boot.
+        *(_program(name, [python, "-m", modules.get(name, "services.wallet")], state, priority=100, autostart=False,
+                   env=service_env(layout, state, name, extra_env))
+          for name in layout.service_names()),
+        f"[eventlistener:restarts]\ncommand={python} -m infra.restart_listener {state / 'restarts.json'}\n"
+        f"directory={ROOT}\nevents=PROCESS_STATE_STARTING\nautorestart=true\npriority=1\n"
+        f"stderr_logfile={state / 'logs' / 'restart-listener.log'}",
+    ]
+    conf = state / "supervisord.conf"
+    conf.write_text("\n\n".join(sections) + "\n")
+    return conf
+
+
+# ---------------------------------------------------------------- supervisord control
+
+
+def rpc(state: Path) -> Any:
+    from supervisor.xmlrpc import SupervisorTransport
+
+    transport = SupervisorTransport(None, None, f"unix://{state / 'supervisor.sock'}")
+    return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport).supervisor
+
+
+def supervisord_running(state: Path) -> bool:
+    try:
+        return rpc(state).getState()["statename"] == "RUNNING"
+    except (OSError, xmlrpc.client.Fault, xmlrpc.client.ProtocolError):
+        return False
+
+
+def _launch_supervisord(conf: Path, state: Path) -> None:
+    (state / "supervisor.sock").unlink(missing_ok=True)  # a stale socket from a killed supervisord
+    done = subprocess.run([sys.executable, "-m", "supervisor.supervisord", "-c", str(conf)], cwd=ROOT,
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise StackError(f"supervisord did not start: {done.stdout[-1500:]} {done.stderr[-1500:]}")
+    deadline = time.monotonic() + 30
+    while not supervisord_running(state):
+        if time.monotonic() > deadline:
+            raise StackError(f"supervisord did not answer; see {state / 'supervisord.log'}")
+        time.sleep(0.2)
+
+
+def processes(state: Path) -> dict[str, dict[str, Any]]:
+    return {p["name"]: p for p in rpc(state).getAllProcessInfo()}
+
+
+def _wait_until(check: Any, what: str, state: Path, log: Path) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        info = processes(state).get(log.stem, {})
+        if info.get("statename") == "FATAL":
+            raise StackError(f"{what} gave up after {START_RETRIES} attempts; last lines of {log}:\n"
+                             f"{native._tail(log)}")
+        if check():
+            return
+        time.sleep(0.3)
+    raise StackError(f"{what} not ready after {READY_TIMEOUT_S:.0f}s; last lines of {log}:\n{native._tail(log)}")
+
+
+def _start_if_stopped(state: Path, names: list[str]) -> None:
+    supervisor = rpc(state)
+    current = processes(state)
+    for name in names:
+        if current[name]["statename"] not in ("RUNNING", "STARTING", "BACKOFF"):
+            with contextlib.suppress(xmlrpc.client.Fault):  # ALREADY_STARTED in a race with autorestart
+                supervisor.startProcess(name, False)
+
+
+def _health_ok(url: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(f"{url}/health", timeout=2).status_code == 204
+    except httpx.HTTPError:
+        return False
+
+
+def up(state: Path | None = None, extra_env: dict[str, str] | None = None) -> Layout:
+    """Start whatever is not running, on the existing data; create the stack if the folder is new."""
+    state = state or state_dir()
+    state.mkdir(parents=True, exist_ok=True)
+    layout, created = open_layout(state)
+    if created:
+        create(state, layout)
+    else:
+        native.prepare()
+        (state / "layout.json").write_text(json.dumps(asdict(layout), indent=2))
+    clock_file = state / "clock_offset_ms"
+    if not clock_file.exists():
+        clock_file.write_text("0")
+    conf = write_config(state, layout, extra_env or {})
+    if supervisord_running(state):
+        subprocess.run([sys.executable, "-m", "supervisor.supervisorctl", "-c", str(conf), "update"],
+                       capture_output=True, check=False)  # picks up changed settings, keeps the rest running
+    else:
+        _launch_supervisord(conf, state)
+    logs = state / "logs"
+    _start_if_stopped(state, list(INFRA))
+    _wait_until(lambda: native._redis_ping_ok(layout.redis_url), "redis", state, logs / "redis.log")
+    _wait_until(lambda: native.kafka_ready(layout.kafka_bootstrap), "kafka", state, logs / "kafka.log")
+    _start_if_stopped(state, layout.service_names())
+    for name in layout.service_names():
+        url = f"http://127.0.0.1:{layout.http_ports[name]}"
+        _wait_until(lambda url=url: _health_ok(url), name, state, logs / f"{name}.log")  # type: ignore[misc]
+    _write_client_files(state, layout)
+    return layout
+
+
+def _write_client_files(state: Path, layout: Layout) -> None:
+    """Addresses for the CLI, the demo and `source .local/stack/env` (pids are supervisord's business)."""
+    (state / "stack.json").write_text(json.dumps({"kafka_bootstrap": layout.kafka_bootstrap,
+                                                  "redis_url": layout.redis_url, "state_dir": str(state)}))
+    (state / "services.json").write_text(json.dumps(
+        {n: {"url": f"http://127.0.0.1:{layout.http_ports[n]}", "log": str(state / "logs" / f"{n}.log")}
+         for n in layout.service_names()}, indent=2))
+    (state / "env").write_text(f"export KAFKA_BOOTSTRAP_SERVERS={layout.kafka_bootstrap}\n"
+                               f"export REDIS_URL={layout.redis_url}\n")
+
+
+def down(state: Path | None = None) -> bool:
+    """Stop every process and supervisord; data stays. False when nothing was running."""
+    state = state or state_dir()
+    if not supervisord_running(state):
+        return False
+    pid = int((state / "supervisord.pid").read_text().strip())
+    with contextlib.suppress(OSError, xmlrpc.client.Fault, xmlrpc.client.ProtocolError):
+        rpc(state).shutdown()  # stops programs in reverse priority: services, then Kafka, then Redis
+    deadline = time.monotonic() + SHUTDOWN_TIMEOUT_S
+    while native._alive(pid):
+        if time.monotonic() > deadline:
+            raise StackError(f"supervisord (pid {pid}) still running after {SHUTDOWN_TIMEOUT_S:.0f}s")
+        time.sleep(0.2)
+    return True
+
+
+def reset(state: Path | None = None) -> list[str]:
+    """Stop the stack and delete its data; returns what was wiped. Logs are kept for post-mortems."""
+    state = state or state_dir()
+    down(state)
+    wiped = []
+    for name in ("kafka-data", "redis", "layout.json", "restarts.json", "clock_offset_ms", "stack.json",
+                 "services.json", "env", "server.properties", "supervisord.conf"):
+        path = state / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+        else:
+            continue
+        wiped.append(str(path))
+    return wiped
+
+
+def status(state: Path | None = None) -> list[dict[str, Any]]:
+    """One row per program: state, pid, uptime, restarts (starts beyond the first since supervisord started)."""
+    state = state or state_dir()
+    if not supervisord_running(state):
+        return []
+    starts: dict[str, int] = {}
+    with contextlib.suppress(OSError, ValueError):
+        starts = json.loads((state / "restarts.json").read_text())
+    rows = []
+    for name, p in processes(state).items():
+        running = p["statename"] == "RUNNING"
+        rows.append({"name": name, "state": p["statename"], "pid": p["pid"] or None,
+                     "uptime_s": p["now"] - p["start"] if running else 0,
+                     "restarts": max(starts.get(name, 0) - 1, 0), "log": p["stdout_logfile"],
+                     "detail": p["spawnerr"] or (f"gave up after {START_RETRIES} attempts" if p["statename"] == "FATAL"
+                                                 else "")})
+    return rows
