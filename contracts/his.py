@@ -118,6 +118,14 @@ def first_error(exc: ValidationError) -> str:
     return f"{where}: {err['msg']}"
 
 
+def check_sender(envelope: HisEnvelope) -> None:
+    """H3: a national msgid begins with the sending institution's code, so one institution can neither answer
+    for nor pre-empt another's message ids."""
+    if not envelope.msgid.startswith(envelope.fixmedins_code):
+        raise HisRequestError(f"msgid: must begin with the sending institution's fixmedins_code "
+                              f"{envelope.fixmedins_code} (national format: code + yyyyMMddHHmmss + 4 digits)")
+
+
 def parse_data(envelope: HisEnvelope) -> _Data:
     if envelope.infno not in DATA_MODELS:
         raise HisRequestError(f"infno: unknown transaction {envelope.infno!r}; supported {', '.join(INFNOS)}")

@@ -20,6 +20,7 @@ PROVINCE_CODES: frozenset[str] = frozenset(
 # A single amount above ¥100,000,000.00 is not a medical bill or an account balance; refusing it early
 # keeps arithmetic far from any integer limit in Lua (doubles are exact below 2^53).
 MAX_AMOUNT_FEN = 10_000_000_000
+MAX_AMOUNT_DIGITS = 12  # integer digits of a yuan amount beyond which it cannot be below MAX_AMOUNT_FEN
 
 Fen = Annotated[int, Field(strict=True, ge=0, le=MAX_AMOUNT_FEN, description="integer fen (0.01 yuan)")]
 """Money: a non-negative integer number of fen. `strict` refuses floats and numeric strings."""
@@ -91,6 +92,8 @@ def yuan_to_fen(value: Any) -> int:
         raise ValueError(f"amount must be a decimal number, got {type(value).__name__}")
     if not dec.is_finite():
         raise ValueError("amount must be finite")
+    if dec.adjusted() > MAX_AMOUNT_DIGITS:  # before any arithmetic: a 30-digit number overflows Decimal's context
+        raise ValueError(f"amount {value} is above the limit")
     exponent = dec.as_tuple().exponent
     if isinstance(exponent, int) and exponent < -2 and dec != dec.quantize(Decimal("0.01")):
         raise ValueError(f"amount {value} has more than two decimals (national type 16,2)")

@@ -34,6 +34,7 @@ from contracts.his import (
     HisRequestError,
     HisResult,
     ReversalData,
+    check_sender,
     SettleData,
     TotalsData,
     first_error,
@@ -61,7 +62,7 @@ from contracts.wallet import (
     WalletEvent,
 )
 from services.settlement import domain
-from services.settlement.store import Record, SettlementStore, Tx, decode_out, encode_out, k_day
+from services.settlement.store import Record, SettlementStore, Tx, decode_out, encode_out, k_day, k_visit
 from shared.clock import Clock, china_time, epoch_ms
 from shared.kafka import Consumer, Outgoing, PoisonMessage, model_parser, publish_all
 from shared.pii import kafka_key, keyed_hash
@@ -121,11 +122,19 @@ class SettlementService:
         infno = str(obj.get("infno", ""))
         try:
             env = HisEnvelope.model_validate(obj)
-            data = parse_data(env)
         except ValidationError as exc:
             return await self._reject(msgid, infno, first_error(exc))
+        try:
+            check_sender(env)
+        except HisRequestError as exc:
+            # Answered but not stored: a request under another institution's msgid must not occupy that msgid.
+            return [answer({"msgid": msgid, "infno": infno}, str(exc))]
+        try:
+            data = parse_data(env)
         except HisRequestError as exc:
             return await self._reject(msgid, infno, str(exc))
+        except ArithmeticError as exc:  # defence in depth: every request with a msgid gets an answer
+            return await self._reject(msgid, infno, f"input.data: amounts could not be read ({type(exc).__name__})")
         if isinstance(data, SettleData):
             return await self._settle(env, data)
         if isinstance(data, CancelData):
@@ -196,6 +205,16 @@ class SettlementService:
                              payment_id=payment_id, medfee=d.medfee_sumamt, fund=d.fund_pay_sumamt,
                              part=d.psn_part_amt, wallet_used=bool(needs_wallet))
             if env.infno == "2207":
+                held_by = await tx.msgid_of(k_visit(d.mdtrt_id))
+                settled = await tx.get(held_by) if held_by else None
+                if settled is not None and settled["state"] in domain.VISIT_HELD_STATES:
+                    rec["state"] = "REJECTED"
+                    out = answer(rec, f"input.data.mdtrt_id: visit {d.mdtrt_id} is already settled as setl_id "
+                                      f"{settled['setl_id']} ({settled['state'].lower()}); cancel it with 2208 "
+                                      "before settling the visit again")
+                    tx.put(rec)
+                    return [out]
+                tx.op(lambda p: p.set(k_visit(d.mdtrt_id), env.msgid))
                 tx.op(lambda p: p.set(f"s:setl:{setl_id}", env.msgid))
             if not needs_wallet:  # S5 or nothing to pay: all cash, no wallet round trip
                 return [self._paid(tx, rec, domain.cash_only(d.psn_part_amt))]
@@ -243,7 +262,8 @@ class SettlementService:
                 return [reply_out(me)] if me.get("reply") else resend(me)
             me = self._base(env, state="REJECTED")
             orig = await tx.get(orig_msgid) if orig_msgid else None
-            if orig is None or orig.get("psn_no") != d.psn_no or orig.get("mdtrt_id") != d.mdtrt_id:
+            if (orig is None or orig.get("psn_no") != d.psn_no or orig.get("mdtrt_id") != d.mdtrt_id
+                    or orig.get("fixmedins") != env.fixmedins_code):  # only the institution that settled it
                 out = answer(me, "input.data.setl_id: no settlement with this setl_id for this psn_no and mdtrt_id")
             elif orig["state"] in ("CANCELLING", "REVERSING"):
                 me["state"] = "AWAITING_REVERSAL"
@@ -284,6 +304,15 @@ class SettlementService:
                 return [out]
             orig = await tx.get(d.omsgid)
             outs: list[Outgoing] = []
+            if not d.omsgid.startswith(env.fixmedins_code) or (orig is not None and orig.get("psn_no", d.psn_no)
+                                                                  != d.psn_no):
+                # Only the institution that sent a request may reverse it, and only for the same person; the
+                # answer does not say whether another institution's msgid exists.
+                me["state"] = "REJECTED"
+                out = answer(me, "input.data.omsgid: no request with this msgid from this institution for this "
+                                 "psn_no")
+                tx.put(me)
+                return [out]
             if orig is None:  # never arrived: void it so a late arrival is refused
                 tx.put({"msgid": d.omsgid, "infno": d.oinfno, "state": "VOIDED", "reversed_by": env.msgid,
                         "waiting": []})

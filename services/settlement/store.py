@@ -29,6 +29,11 @@ def k_req(msgid: str) -> str:
     return f"s:req:{msgid}"
 
 
+def k_visit(mdtrt_id: str) -> str:
+    """The 2207 that holds a visit (mdtrt_id): one settlement per visit until it is cancelled or reversed."""
+    return f"s:visit:{mdtrt_id}"
+
+
 def k_day(fixmedins: str, day: str) -> str:
     return f"s:day:{fixmedins}:{day}"
 
@@ -59,6 +64,7 @@ class Tx:
         return self.records[key]
 
     async def msgid_of(self, index_key: str) -> str | None:
+        await self.pipe.watch(index_key)  # a concurrent 2207 for the same visit aborts this transaction
         value: str | None = await self.pipe.get(index_key)
         return value
 
