@@ -29,7 +29,6 @@ from contracts.his import (
 )
 from contracts.wallet import FundingPlan, GrantorSource
 
-
 # States of a 2207 in which it holds its visit (mdtrt_id): a second 2207 for the visit is refused until the
 # first is cancelled (2208), reversed (2601), refused by the wallet or timed out.
 VISIT_HELD_STATES = frozenset({"AWAITING_WALLET", "PAID", "CANCELLING", "REVERSING"})
