@@ -26,7 +26,7 @@ Fen = Annotated[int, Field(strict=True, ge=0, le=MAX_AMOUNT_FEN, description="in
 """Money: a non-negative integer number of fen. `strict` refuses floats and numeric strings."""
 
 
-def _check_region(value: str) -> str:
+def check_region(value: str) -> str:
     if not re.fullmatch(r"\d{6}", value):
         raise ValueError(f"region code must be 6 digits (GB/T 2260), got {value!r}")
     if value[:2] not in PROVINCE_CODES:
@@ -34,7 +34,7 @@ def _check_region(value: str) -> str:
     return value
 
 
-RegionCode = Annotated[str, AfterValidator(_check_region)]
+RegionCode = Annotated[str, AfterValidator(check_region)]
 
 PsnNo = Annotated[str, StringConstraints(min_length=1, max_length=30, pattern=r"^[0-9A-Za-z]+$")]
 """National person number: opaque, at most 30 alphanumeric characters."""

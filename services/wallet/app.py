@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
+import structlog
 from faststream.asgi import AsgiResponse, Request, get
 from faststream.asgi.response import JSONResponse
 from pydantic import BaseModel, TypeAdapter
+from redis.exceptions import ResponseError
 
 from contracts.binding import BindingCreated, BindingDissolved, BindingEvent, BindingKind, FundingMode, QuotaChanged
 from contracts.enrollment import (
@@ -57,6 +60,9 @@ from shared.pii import kafka_key
 from shared.policy import Policies
 from shared.service import assemble, build_app, query_one
 from shared.settings import Settings
+
+log = structlog.get_logger()
+EXPIRY_RETRY_MS = 60_000  # a transfer whose expiry failed is tried again this much later
 
 SERVICE = "wallet"
 EXPIRY_SCAN_MS = 250
@@ -270,24 +276,28 @@ class WalletService:
         env = cmd.caused("TransferRequest", now, province=self.province)
         problem = check_consent(cmd.consent, self.consent_key, grantor=cmd.from_psn_no, recipient=cmd.to_psn_no,
                                 action=f"transfer:{cmd.transfer_id}", quota_fen=cmd.amount_fen, now=now)
+        refused: TransferRuleError | None = None
         try:
             if problem is not None:
                 raise TransferRuleError(TransferReason.CONSENT_INVALID, problem)
+            transfer_rules.check_destination(cmd.to_admdvs)  # before anything is held (a bad one jammed expiry)
             transfer_rules.check_amount(cmd.amount_fen)
             transfer_rules.check_hours(now)
         except TransferRuleError as err:
-            return [self.out(cmd.transfer_id, TransferRejected(**env, transfer_id=cmd.transfer_id,
-                                                               from_psn_no=cmd.from_psn_no, to_psn_no=cmd.to_psn_no,
-                                                               reason=err.reason, detail=err.detail))]
-        expires = transfer_rules.expires_at(now)
+            refused = err
+        # The script stores every outcome, refusals decided here included, and returns the stored one to a
+        # redelivered request: a repeat never gets a different answer because the clock moved (W3, W4).
         r = await self.store.transfer_op("request", cmd.transfer_id, cmd.from_psn_no, cmd.to_psn_no,
                                          cmd.to_admdvs[:2], cmd.amount_fen, transfer_rules.business_day(now),
-                                         epoch_ms(expires), transfer_rules.MAX_TRANSFERS_PER_DAY, cmd.message_id,
-                                         cmd.source)
+                                         epoch_ms(transfer_rules.expires_at(now)),
+                                         transfer_rules.MAX_TRANSFERS_PER_DAY, cmd.message_id, cmd.source,
+                                         refused.reason.value if refused else "", refused.detail if refused else "")
         if not r["ok"]:
             return [self.out(cmd.transfer_id, TransferRejected(**env, transfer_id=cmd.transfer_id,
                                                                from_psn_no=cmd.from_psn_no, to_psn_no=cmd.to_psn_no,
-                                                               reason=r["reason"]))]
+                                                               reason=r["reason"], detail=r.get("detail") or ""))]
+        expires = datetime.fromtimestamp(int(r["expires_ms"]) / 1000, UTC) if "expires_ms" in r else \
+            transfer_rules.expires_at(now)
         held = TransferHeld(**env, transfer_id=cmd.transfer_id, from_psn_no=cmd.from_psn_no, to_psn_no=cmd.to_psn_no,
                             to_province=cmd.to_admdvs[:2], amount_fen=cmd.amount_fen, expires_at=expires)
         offer = OfferTransfer(**cmd.caused("OfferTransfer", now), transfer_id=cmd.transfer_id,
@@ -301,6 +311,10 @@ class WalletService:
         complete = CompleteTransfer(**{**env, "message_id": derive_id("CompleteTransfer", transfer_id)},
                                     transfer_id=transfer_id, outcome=r["outcome"], reason=r.get("reason", ""))
         out = [Outgoing.of(wallet_commands(r["to_prov"]), kafka_key(transfer_id), complete)]
+        followers = r.get("to_sender")
+        if r["outcome"] == "voided" and isinstance(followers, list) and followers:
+            # W6: money taken from lots that went back to their senders meanwhile follows them
+            out += self._send_back(r["from"], followers, f"void:{transfer_id}", "transfer_void_after_lot_returned")
         if r["outcome"] == "voided":
             out.append(self.out(transfer_id, TransferReturned(
                 message_id=derive_id("TransferReturned", transfer_id), occurred_at=env["occurred_at"],
@@ -312,13 +326,23 @@ class WalletService:
     async def expire_due(self, broker: Any) -> int:
         """W4: unaccepted transfers return at 06:00 China time next day. Durable: the schedule is a Redis
         sorted set, and an entry is removed only after its messages are confirmed by Kafka."""
-        due = await self.store.due_expiries(epoch_ms(self.clock.now()))
+        now_ms = epoch_ms(self.clock.now())
+        due = await self.store.due_expiries(now_ms)
         for transfer_id in due:
-            r = await self.store.transfer_op("void", transfer_id, f"expiry:{transfer_id}", TransferReason.EXPIRED.value)
-            if r["ok"]:
-                env = {"correlation_id": transfer_id, "causation_id": f"expiry:{transfer_id}",
-                       "occurred_at": self.clock.now()}
-                await publish_all(broker, self._resolved(transfer_id, r, env))
+            try:
+                r = await self.store.transfer_op("void", transfer_id, f"expiry:{transfer_id}",
+                                                 TransferReason.EXPIRED.value)
+                if r["ok"]:
+                    env = {"correlation_id": transfer_id, "causation_id": f"expiry:{transfer_id}",
+                           "occurred_at": self.clock.now()}
+                    await publish_all(broker, self._resolved(transfer_id, r, env))
+            except (ValueError, KeyError, ResponseError):
+                # One bad item never stops the loop: it is tried again later, and every other transfer expires.
+                # (Redis or Kafka being away is not caught here: the tick retries everything then.)
+                log.exception("transfer expiry failed; postponed", transfer_id=transfer_id,
+                              retry_in_ms=EXPIRY_RETRY_MS)
+                await self.store.reschedule(transfer_id, now_ms + EXPIRY_RETRY_MS)
+                continue
             await self.store.unschedule(transfer_id)
         return len(due)
 

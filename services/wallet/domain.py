@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from datetime import datetime, time, timedelta
 
+from contracts.topics import wallet_commands
+from contracts.types import check_region
 from contracts.wallet import TransferReason
 from shared.clock import CHINA_TZ, china_time
 
@@ -20,6 +22,14 @@ class TransferRuleError(Exception):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+
+
+def check_destination(to_admdvs: str) -> None:
+    """W2: the destination is a real region (GB/T 2260) whose province has a wallet command topic."""
+    try:
+        wallet_commands(check_region(to_admdvs)[:2])
+    except ValueError as exc:
+        raise TransferRuleError(TransferReason.DESTINATION_NOT_SUPPORTED, str(exc)) from None
 
 
 def check_amount(amount_fen: int) -> None:

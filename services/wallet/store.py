@@ -82,6 +82,9 @@ class WalletStore:
         due: list[str] = await self.client.zrangebyscore(f"{self.prefix}xexpiry", 0, now_ms, start=0, num=limit)
         return due
 
+    async def reschedule(self, transfer_id: str, at_ms: int) -> None:
+        await self.client.zadd(f"{self.prefix}xexpiry", {transfer_id: at_ms})
+
     async def unschedule(self, transfer_id: str) -> None:
         await self.client.zrem(f"{self.prefix}xexpiry", transfer_id)
 

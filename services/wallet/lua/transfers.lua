@@ -30,9 +30,12 @@ local function lots_of(psn)
 end
 
 if op == 'request' then
-  -- ARGV: op, id, from, to, to_prov, amount, day, expires_ms, max_per_day, message_id, source
-  local id, from, to, to_prov, amount, day, exp_ms, max_day, ref, source =
-      ARGV[2], ARGV[3], ARGV[4], ARGV[5], int(ARGV[6]), ARGV[7], int(ARGV[8]), int(ARGV[9]), ARGV[10], ARGV[11]
+  -- ARGV: op, id, from, to, to_prov, amount, day, expires_ms, max_per_day, message_id, source, refused, detail
+  -- `refused` is a refusal the caller decided before (consent, hours, amount, destination): stored here like
+  -- every other outcome, so a redelivered request gets the same answer whatever the clock says by then.
+  local id, from, to, to_prov, amount, day, exp_ms, max_day, ref, source, refused, detail =
+      ARGV[2], ARGV[3], ARGV[4], ARGV[5], int(ARGV[6]), ARGV[7], int(ARGV[8]), int(ARGV[9]), ARGV[10], ARGV[11],
+      ARGV[12] or '', ARGV[13] or ''
   local xk = P .. 'xfer:' .. id
   local stored = h(xk, 'result')
   if stored then return stored end
@@ -40,7 +43,8 @@ if op == 'request' then
   local available = 0
   local lots = {}
   local reason
-  if source == 'wallet' then
+  if refused ~= '' then reason = refused
+  elseif source == 'wallet' then
     if h(P .. 'wallet:' .. from, 'status') ~= 'active' then reason = 'NO_WALLET' end
     lots = lots_of(from)
     for _, l in ipairs(lots) do available = available + l.available end
@@ -53,7 +57,7 @@ if op == 'request' then
   elseif available < amount then reason = 'INSUFFICIENT_BALANCE'
   end
   if reason then
-    local r = cjson.encode({ok = false, reason = reason})
+    local r = cjson.encode({ok = false, reason = reason, detail = detail})
     redis.call('HSET', xk, 'status', 'rejected', 'result', r)
     return r
   end
@@ -68,7 +72,7 @@ if op == 'request' then
       left = left - t
       hincr(P .. 'lot:' .. l.lot_id, 'amount', -t)
       ledger(LEDGER, 'lot:' .. l.lot_id, -t, 'transfer_hold', ref)
-      taken[#taken + 1] = l.lot_id .. '=' .. t
+      taken[#taken + 1] = {lot_id = l.lot_id, amount_fen = t}
     end
   else
     from_cur = math.min(int(h(ak, 'cur')), amount)
@@ -79,9 +83,9 @@ if op == 'request' then
     ledger(LEDGER, 'acct:' .. from .. ':hist', -from_hist, 'transfer_hold', ref)
   end
   ledger(LEDGER, 'xfer:' .. id .. ':hold', amount, 'transfer_hold', ref)
-  local r = cjson.encode({ok = true, status = 'held'})
+  local r = cjson.encode({ok = true, status = 'held', expires_ms = exp_ms})
   redis.call('HSET', xk, 'status', 'held', 'hold', amount, 'amount', amount, 'from', from, 'to', to,
-             'to_prov', to_prov, 'from_cur', from_cur, 'from_hist', from_hist, 'from_lots', table.concat(taken, ','),
+             'to_prov', to_prov, 'from_cur', from_cur, 'from_hist', from_hist, 'from_lots', cjson.encode(taken),
              'expires_ms', exp_ms, 'result', r)
   redis.call('SADD', P .. 'xfers', id)
   redis.call('ZADD', P .. 'xexpiry', exp_ms, id)
@@ -91,6 +95,19 @@ if op == 'request' then
   return r
 end
 
+-- The lots a wallet-sourced transfer took, as {lot_id, amount_fen}. Stored as JSON: ids may hold any character
+-- (an id with a comma once split wrong and destroyed money). Records written before that were "id=fen,id=fen".
+local function taken_lots(raw)
+  if raw == nil or raw == '' then return {} end
+  if string.sub(raw, 1, 1) == '[' or string.sub(raw, 1, 1) == '{' then return cjson.decode(raw) end
+  local out = {}
+  for pair in string.gmatch(raw, '[^,]+') do
+    local lot_id, t = string.match(pair, '^(.*)=(%d+)$')
+    out[#out + 1] = {lot_id = lot_id, amount_fen = int(t)}
+  end
+  return out
+end
+
 if op == 'post' or op == 'void' then
   -- ARGV: op, id, message_id, reason. Resolves a held transfer once; afterwards returns the outcome.
   local id, ref, why = ARGV[2], ARGV[3], ARGV[4]
@@ -98,10 +115,12 @@ if op == 'post' or op == 'void' then
   local status = h(xk, 'status')
   if status == 'posted' or status == 'voided' then
     return cjson.encode({ok = true, outcome = status, reason = h(xk, 'reason') or '', amount = int(h(xk, 'amount')),
-                         from = h(xk, 'from'), to = h(xk, 'to'), to_prov = h(xk, 'to_prov')})
+                         from = h(xk, 'from'), to = h(xk, 'to'), to_prov = h(xk, 'to_prov'),
+                         to_sender = cjson.decode(h(xk, 'to_sender') or '[]')})
   end
   if status ~= 'held' then return fail('UNKNOWN_TRANSFER', 'no held transfer ' .. id) end
   local amount, from, to = int(h(xk, 'hold')), h(xk, 'from'), h(xk, 'to')
+  local to_sender = {}
   redis.call('HSET', xk, 'hold', 0, 'reason', why)
   ledger(LEDGER, 'xfer:' .. id .. ':hold', -amount, 'transfer_' .. op, ref)
   if op == 'post' then
@@ -115,19 +134,27 @@ if op == 'post' or op == 'void' then
     hincr(ak, 'hist', from_hist)
     ledger(LEDGER, 'acct:' .. from .. ':cur', from_cur, 'transfer_void', ref)
     ledger(LEDGER, 'acct:' .. from .. ':hist', from_hist, 'transfer_void', ref)
-    for pair in string.gmatch(h(xk, 'from_lots') or '', '[^,]+') do
-      local lot_id, t = string.match(pair, '^(.*)=(%d+)$')
-      hincr(P .. 'lot:' .. lot_id, 'amount', int(t))
-      ledger(LEDGER, 'lot:' .. lot_id, int(t), 'transfer_void', ref)
+    for _, taken in ipairs(taken_lots(h(xk, 'from_lots'))) do
+      local lk = P .. 'lot:' .. taken.lot_id
+      if h(lk, 'status') == 'active' then
+        hincr(lk, 'amount', taken.amount_fen)
+        ledger(LEDGER, 'lot:' .. taken.lot_id, taken.amount_fen, 'transfer_void', ref)
+      else
+        -- the lot went back to its sender meanwhile (W6): the voided money follows it, nothing stays here
+        to_sender[#to_sender + 1] = {lot_id = taken.lot_id, sender = h(lk, 'sender'),
+                                     sender_prov = h(lk, 'sender_prov'), amount_fen = taken.amount_fen}
+        hincr(P .. 'totals', 'external_net', -taken.amount_fen)
+      end
     end
-    redis.call('HSET', xk, 'status', 'voided')
+    redis.call('HSET', xk, 'status', 'voided', 'to_sender', cjson.encode(to_sender))
   end
   if op == 'post' then redis.call('ZREM', P .. 'xexpiry', id) end  -- a void is unscheduled after its messages are out
   if redis.call('GET', P .. 'xpending:' .. from .. ':' .. to) == id then
     redis.call('DEL', P .. 'xpending:' .. from .. ':' .. to)
   end
   return cjson.encode({ok = true, outcome = op == 'post' and 'posted' or 'voided', reason = why,
-                       amount = int(h(xk, 'amount')), from = from, to = to, to_prov = h(xk, 'to_prov')})
+                       amount = int(h(xk, 'amount')), from = from, to = to, to_prov = h(xk, 'to_prov'),
+                       to_sender = to_sender})
 end
 
 if op == 'offer' then
