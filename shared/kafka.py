@@ -44,8 +44,24 @@ MAX_CONCURRENT_KEYS = 64  # keys of one batch processed at once
 # Errors worth retrying: the infrastructure, not the message, is at fault.
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, redis.exceptions.BusyLoadingError,
+    redis.exceptions.ReadOnlyError, redis.exceptions.OutOfMemoryError,
     KafkaError, ConnectionError, TimeoutError,
 )
+# Redis error replies that describe the server's condition, not the command: failover (READONLY, MASTERDOWN),
+# memory (OOM), a long script (BUSY), a failing disk (MISCONF), start-up (LOADING). Replies from inside a Lua
+# script carry the same leading code.
+TRANSIENT_REDIS_CODES = frozenset({"READONLY", "OOM", "BUSY", "MISCONF", "LOADING", "MASTERDOWN", "TRYAGAIN",
+                                   "NOREPLICAS"})
+
+
+def infrastructure_fault(exc: BaseException) -> bool:
+    """True when retrying later can succeed: never park a message because Redis or Kafka is unwell."""
+    if isinstance(exc, TRANSIENT_ERRORS):
+        return True
+    if isinstance(exc, redis.exceptions.ResponseError):
+        words = str(exc).split(maxsplit=1)
+        return bool(words) and words[0] in TRANSIENT_REDIS_CODES
+    return False
 
 
 class PoisonMessage(Exception):
@@ -170,17 +186,19 @@ class Consumer(Generic[T]):
                 return out
             except PoisonMessage as exc:
                 return [self._to_dlq(record, exc.reason, exc.detail)]
-            except TRANSIENT_ERRORS as exc:
+            except Exception as exc:
+                if not infrastructure_fault(exc):  # a bug or an unforeseen input: park it, keep the partition moving
+                    log.exception("handler failed; message parked in DLQ", topic=self.topic, offset=record.offset)
+                    return [self._to_dlq(record, "HANDLER_ERROR", f"{type(exc).__name__}: {exc}")]
                 RETRIES.labels(self.service, self.topic).inc()
                 if attempt == TRANSIENT_ATTEMPTS - 1:
                     # Give up on this batch, not on the message: the batch is rewound and redelivered.
-                    log.warning("transient error persists; batch will be redelivered", topic=self.topic,
-                                error=repr(exc))
+                    log.warning("infrastructure error persists; batch will be redelivered", topic=self.topic,
+                                error=repr(exc)[:DETAIL_MAX_CHARS])
                     raise
+                log.warning("infrastructure error; retrying", topic=self.topic, attempt=attempt + 1,
+                            error=repr(exc)[:DETAIL_MAX_CHARS])
                 await asyncio.sleep(min(BACKOFF_MAX_MS, BACKOFF_BASE_MS * 2**attempt) / 1000)
-            except Exception as exc:  # a bug or an input we did not foresee: park it, keep the partition moving
-                log.exception("handler failed; message parked in DLQ", topic=self.topic, offset=record.offset)
-                return [self._to_dlq(record, "HANDLER_ERROR", f"{type(exc).__name__}: {exc}")]
         raise AssertionError("unreachable: the loop returns or raises")
 
     def _to_dlq(self, record: Any, reason: str, detail: str) -> Outgoing:

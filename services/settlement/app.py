@@ -239,7 +239,8 @@ class SettlementService:
         tx.put(rec)
         tx.op(lambda p: p.zrem("s:deadlines", rec["msgid"]))
         if rec["infno"] == "2207" and rec["care"] != rec["province"]:
-            self._clear(tx, rec["day"], rec["province"], rec["care"], "care", split.acct_fen + split.wallet_fen)
+            rec["cleared_fen"] = split.acct_fen + split.wallet_fen  # what a refund may take back from clearing
+            self._clear(tx, rec["day"], rec["province"], rec["care"], "care", rec["cleared_fen"])
         if rec["infno"] == "2207":
             row = {"setl_id": rec["setl_id"], "msgid": rec["msgid"], "medfee_fen": rec["medfee"],
                    "acct_fen": split.acct_fen}
@@ -415,8 +416,12 @@ class SettlementService:
                                               "refunded": fen_to_yuan(e.refunded_fen)}))
                 tx.put(w)
             rec["waiting"] = []
-            if rec.get("care") and rec["care"] != rec["province"] and e.refunded_fen:
-                self._clear(tx, rec["day"], rec["province"], rec["care"], "care", -e.refunded_fen)
+            # W7: a refund takes back only what this settlement booked into clearing. A payment that was never
+            # answered as paid (timed out, or reversed by an early 2601) booked nothing, so it unbooks nothing.
+            unbooked = min(e.refunded_fen, rec.get("cleared_fen", 0))
+            if unbooked:
+                rec["cleared_fen"] -= unbooked
+                self._clear(tx, rec["day"], rec["province"], rec["care"], "care", -unbooked)
             tx.put(rec)
             if rec.get("setl_id"):
                 tx.op(lambda p: p.hdel(k_day(rec["fixmedins"], rec["day"]), rec["setl_id"]))

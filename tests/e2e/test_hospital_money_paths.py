@@ -106,3 +106,23 @@ async def test_4_an_absurd_amount_is_answered_with_the_field(bus: Bus, services:
     assert first["infcode"] == -1 and first["err_msg"].startswith("input.data.psn_part_amt"), first
     assert again == first
     assert spendable(services, p) == 50_000
+
+
+async def test_11_a_reversal_that_overtakes_its_payment_books_no_negative_clearing(
+        bus: Bus, services: Any, redis_client: Any) -> None:
+    p = await person(bus, services, "51", balance_fen=80_000)  # a Chengdu patient treated in Suzhou
+    paid = bill(p, 20_000, treated_in="32")
+    early = his_request("2601", HOSPITAL["32"], p["region"], REGION["32"],
+                        {"psn_no": p["psn_no"], "omsgid": paid["msgid"], "oinfno": "2207"})
+    day = paid["inf_time"][:10]
+    before = int(await redis_client.hget(f"s:clr:{day}", "51>32:care") or 0)
+    key = paid["input"]["data"]["mdtrt_id"]  # one partition: the 2601 is read right behind its 2207
+    for request in (paid, early):
+        await bus.send(HIS_REQUESTS, key, dumps_his(request))
+    await bus.wait_for(lambda: bus.results.get(paid["msgid"]) and bus.results.get(early["msgid"]), 30,
+                       "answers to the 2207 and its early 2601")
+    assert bus.results[paid["msgid"]][0]["infcode"] == -1  # answered: reversed before it completed
+    assert bus.results[early["msgid"]][0]["infcode"] == 0
+    assert spendable(services, p) == 80_000
+    after = int(await redis_client.hget(f"s:clr:{day}", "51>32:care") or 0)
+    assert after == before  # nothing was paid across provinces, so nothing is owed either way

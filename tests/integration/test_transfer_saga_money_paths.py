@@ -96,7 +96,7 @@ async def test_8_an_unknown_destination_is_refused_before_anything_is_held(walle
     jammed = await wallet.store.transfer_op("request", "OLD99", GRANTOR, RELATIVE, "99", 1_000,
                                             domain.business_day(now), expires_ms, 3, "m-old", "account", "", "")
     assert jammed["ok"]
-    good = [json.loads(o.body) for o in await wallet.on_command(request(wallet, to_admdvs="330100", to=OTHER_RELATIVE), None)]
+    good = await answers(wallet, request(wallet, to_admdvs="330100", to=OTHER_RELATIVE))
     assert good[0]["type"] == "TransferHeld"
     wallet.clock.at = domain.expires_at(now) + timedelta(seconds=1)
     broker = make_broker(infra.kafka_bootstrap, "test-expiry")
