@@ -145,12 +145,20 @@ class WalletService:
         """The sender's province records who may receive transfers; on dissolution the recipient's province
         sends that sender's unspent lots back (W6)."""
         active = isinstance(e, BindingCreated | QuotaChanged)
+        out: list[Outgoing] = []
         if self.mine(e.grantor_admdvs):
             await self.store.transfer_op("relate", e.grantor_psn_no, e.recipient_psn_no, "1" if active else "0")
+            pending = None if active else await self.store.pending_transfer(e.grantor_psn_no, e.recipient_psn_no)
+            if pending:
+                # The source decides every transfer: voided here, a later acceptance finds it voided (B5, W4).
+                r = await self.store.transfer_op("void", pending, f"dissolved:{e.binding_id}",
+                                                 TransferReason.RELATIONSHIP_DISSOLVED.value)
+                if r["ok"]:
+                    out += self._resolved(pending, r, e.caused(f"void:{pending}", self.clock.now()))
         if isinstance(e, BindingDissolved) and self.mine(e.recipient_admdvs):
-            return await self.return_lots(e.recipient_psn_no, e.grantor_psn_no, f"dissolved:{e.binding_id}",
+            out += await self.return_lots(e.recipient_psn_no, e.grantor_psn_no, f"dissolved:{e.binding_id}",
                                           "relationship_dissolved")
-        return []
+        return out
 
     async def return_lots(self, holder: str, sender: str, batch_id: str, reason: str) -> list[Outgoing]:
         r = await self.store.transfer_op("return_lots", holder, sender, batch_id)

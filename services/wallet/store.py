@@ -82,6 +82,11 @@ class WalletStore:
         due: list[str] = await self.client.zrangebyscore(f"{self.prefix}xexpiry", 0, now_ms, start=0, num=limit)
         return due
 
+    async def pending_transfer(self, sender: str, recipient: str) -> str | None:
+        """The held transfer from `sender` to `recipient`, if any (W3 allows one at a time)."""
+        found: str | None = await self.client.get(f"{self.prefix}xpending:{sender}:{recipient}")
+        return found
+
     async def reschedule(self, transfer_id: str, at_ms: int) -> None:
         await self.client.zadd(f"{self.prefix}xexpiry", {transfer_id: at_ms})
 

@@ -2,6 +2,7 @@
 
 8. An unknown destination region was accepted, the money held, then the handler raised; at 06:00 the expiry
    raised for it every tick and no later transfer of the province ever expired.
+10. A pending transfer survived the dissolution of the relationship; the recipient accepted and kept it.
 9. A RequestTransfer held at 21:59:59 and redelivered at 22:00:01 was answered OUTSIDE_HOURS while the money
    stayed held.
 """
@@ -16,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from contracts.wallet import RequestTransfer
+from contracts.binding import BindingDissolved, BindingKind, DissolveReason
+from contracts.wallet import RequestTransfer, ResolveTransfer
 from services.wallet import domain
 from services.wallet.app import WalletService
 from services.wallet.audit import audit
@@ -110,4 +112,24 @@ async def test_8_an_unknown_destination_is_refused_before_anything_is_held(walle
     assert await spendable(wallet) == 500_000
     assert (await wallet.store.due_expiries(epoch_ms(wallet.clock.now()))) == []
     assert await wallet.store.due_expiries(epoch_ms(wallet.clock.now()) + 61_000) == ["OLD99"]
+    assert (await audit(wallet.store.client, "32", wallet.store.prefix)).ok
+
+
+async def test_10_dissolution_voids_a_pending_transfer_between_the_two(wallet: WalletService) -> None:
+    wallet.clock.at = datetime(2026, 11, 23, 10, 0, tzinfo=CHINA_TZ).astimezone(UTC)
+    cmd = request(wallet)
+    assert (await answers(wallet, cmd))[0]["type"] == "TransferHeld"
+    assert await spendable(wallet) == 490_000
+    dissolved = BindingDissolved(occurred_at=wallet.clock.now(), binding_id="B-wallet-1", grantor_psn_no=GRANTOR,
+                                 grantor_admdvs="320500", recipient_psn_no=RELATIVE, recipient_admdvs="510100",
+                                 kind=BindingKind.WALLET, reason=DissolveReason.REQUESTED, grantor_order=[])
+    out = [json.loads(o.body) for o in await wallet.on_binding(dissolved, None)]
+    assert {(e["type"], e.get("outcome") or e.get("reason")) for e in out} == {
+        ("CompleteTransfer", "voided"), ("TransferReturned", "RELATIONSHIP_DISSOLVED")}
+    assert await spendable(wallet) == 500_000
+    # the recipient's acceptance, already on its way, reaches the source after the dissolution: no money moves
+    accepted = ResolveTransfer(occurred_at=wallet.clock.now(), transfer_id=cmd.transfer_id, outcome="post")
+    late = [json.loads(o.body) for o in await wallet.on_command(accepted, None)]
+    assert [e["outcome"] for e in late if e["type"] == "CompleteTransfer"] == ["voided"]
+    assert await spendable(wallet) == 500_000
     assert (await audit(wallet.store.client, "32", wallet.store.prefix)).ok

@@ -57,7 +57,7 @@ if op == 'request' then
   elseif available < amount then reason = 'INSUFFICIENT_BALANCE'
   end
   if reason then
-    local r = cjson.encode({ok = false, reason = reason, detail = detail})
+    local r = cjson.encode({ok = false, reason = reason, detail = detail ~= '' and detail or nil})
     redis.call('HSET', xk, 'status', 'rejected', 'result', r)
     return r
   end
