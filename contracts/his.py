@@ -18,6 +18,7 @@ from contracts.types import FixmedinsCode, PsnNo, RegionCode, YuanAsFen, fen_to_
 
 Infno = Literal["2206", "2207", "2208", "2601", "3201", "3202"]
 INFNOS: tuple[str, ...] = ("2206", "2207", "2208", "2601", "3201", "3202")
+RECONCILE_PAGE_SIZE_MAX = 1_000  # 3202 reply rows per list and page: ≈ 100 B each, 3 lists ≈ 300 KB at most
 
 # Care types payable from personal accounts (S3): outpatient, chronic outpatient, inpatient, pharmacy.
 MED_TYPES_ALLOWED = frozenset({"11", "12", "13", "14", "15", "16", "21", "22", "41", "51", "52"})
@@ -100,6 +101,10 @@ class DetailData(_Data):
 
     stmt_date: str = Field(pattern=r"^\d{4}-\d{2}-\d{2}$")
     details: list[DetailRow] = Field(max_length=100_000)
+    # The reply lists one-sided entries a page at a time, so it stays far below Kafka's 1 MiB message limit
+    # whatever the day's volume; `pages` in the reply says how many there are.
+    page_num: int = Field(default=1, ge=1)
+    page_size: int = Field(default=RECONCILE_PAGE_SIZE_MAX, ge=1, le=RECONCILE_PAGE_SIZE_MAX)
 
 
 DATA_MODELS: dict[str, type[_Data]] = {

@@ -40,6 +40,9 @@ BACKOFF_MAX_MS = 2000
 DETAIL_MAX_CHARS = 500
 SUPPORTED_SCHEMA_VERSION = 1
 MAX_CONCURRENT_KEYS = 64  # keys of one batch processed at once
+# Largest message we publish: below the broker's default message.max.bytes (1 MiB + overhead). A handler whose
+# output is larger could never publish it; retrying would block its partition for good, so the input is parked.
+MAX_MESSAGE_BYTES = 1_000_000
 
 # Errors worth retrying: the infrastructure, not the message, is at fault.
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
@@ -182,6 +185,11 @@ class Consumer(Generic[T]):
         for attempt in range(TRANSIENT_ATTEMPTS):
             try:
                 out = await self.handle(message, record)
+                too_large = [o for o in out if len(o.body) + len(o.key) > MAX_MESSAGE_BYTES]
+                if too_large:
+                    return [self._to_dlq(record, "OUTPUT_TOO_LARGE",
+                                         f"{too_large[0].topic} message of {len(too_large[0].body)} bytes exceeds "
+                                         f"{MAX_MESSAGE_BYTES}")]
                 MESSAGES.labels(self.service, self.topic, "ok").inc()
                 return out
             except PoisonMessage as exc:

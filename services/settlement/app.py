@@ -349,7 +349,7 @@ class SettlementService:
         else:
             theirs = [{"setl_id": r.setl_id, "msgid": r.msgid, "medfee_fen": r.medfee_sumamt, "acct_fen": r.acct_pay}
                       for r in d.details]
-            output = domain.reconcile_details(ours, theirs)
+            output = domain.reconcile_details(ours, theirs, d.page_num, d.page_size)
 
         async def decide(tx: Tx) -> list[Outgoing]:
             me = await tx.get(env.msgid)

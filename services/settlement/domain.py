@@ -142,9 +142,11 @@ def reconcile_totals(ours: list[dict[str, Any]], count: int, medfee_fen: int, ac
     return {"stmt_rslt": "0" if mine == theirs else "1", "center": mine, "hospital": theirs}
 
 
-def reconcile_details(ours: list[dict[str, Any]], theirs: list[dict[str, Any]]) -> dict[str, Any]:
+def reconcile_details(ours: list[dict[str, Any]], theirs: list[dict[str, Any]], page_num: int = 1,
+                      page_size: int = 1_000) -> dict[str, Any]:
     """Every one-sided entry: hospital_only (医院有中心无, 长款) and center_only (中心有医院无, 短款), plus
-    entries present on both sides whose amounts differ."""
+    entries present on both sides whose amounts differ; each list paged (`page_num` of `pages`, sorted by
+    setl_id) so a reply stays bounded however many settlements the day had."""
     by_ours = {r["setl_id"]: r for r in ours}
     by_theirs = {r["setl_id"]: r for r in theirs}
     hospital_only = sorted(set(by_theirs) - set(by_ours))
@@ -154,11 +156,16 @@ def reconcile_details(ours: list[dict[str, Any]], theirs: list[dict[str, Any]]) 
         if (by_ours[s]["medfee_fen"], by_ours[s]["acct_fen"]) != (by_theirs[s]["medfee_fen"], by_theirs[s]["acct_fen"])
     )
     balanced = not (hospital_only or center_only or mismatched)
+    page = slice((page_num - 1) * page_size, page_num * page_size)
+    longest = max(len(hospital_only), len(center_only), len(mismatched))
     return {
         "stmt_rslt": "0" if balanced else "1",
-        "hospital_only": [{"setl_id": s, "msgid": by_theirs[s]["msgid"], "kind": "长款"} for s in hospital_only],
-        "center_only": [{"setl_id": s, "msgid": by_ours[s]["msgid"], "kind": "短款"} for s in center_only],
-        "mismatched": mismatched,
+        "counts": {"hospital_only": len(hospital_only), "center_only": len(center_only),
+                   "mismatched": len(mismatched)},
+        "page_num": page_num, "page_size": page_size, "pages": max(1, -(-longest // page_size)),
+        "hospital_only": [{"setl_id": s, "msgid": by_theirs[s]["msgid"], "kind": "长款"} for s in hospital_only[page]],
+        "center_only": [{"setl_id": s, "msgid": by_ours[s]["msgid"], "kind": "短款"} for s in center_only[page]],
+        "mismatched": mismatched[page],
     }
 
 

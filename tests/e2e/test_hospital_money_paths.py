@@ -6,6 +6,7 @@ request never answered) and checks the balances after every refused operation.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -126,3 +127,21 @@ async def test_11_a_reversal_that_overtakes_its_payment_books_no_negative_cleari
     assert spendable(services, p) == 80_000
     after = int(await redis_client.hget(f"s:clr:{day}", "51>32:care") or 0)
     assert after == before  # nothing was paid across provinces, so nothing is owed either way
+
+
+async def test_5_a_huge_reconciliation_is_paged_and_blocks_no_one(bus: Bus, services: Any, redis_client: Any) -> None:
+    hospital = "H32050500777"  # its own institution, so the seeded day touches no other test
+    day = "2026-10-01"
+    setl_ids = [f"S{i:024X}" for i in range(12_000)]  # setl ids as settlement makes them: S + 24 hex digits
+    rows = {s: json.dumps({"setl_id": s, "msgid": f"{hospital}20261001100000{i % 10_000:04d}",
+                           "medfee_fen": 12_345, "acct_fen": 2_345}) for i, s in enumerate(setl_ids)}
+    await redis_client.hset(f"s:day:{hospital}:{day}", mapping=rows)  # a busy day, as settlement indexed it
+    p = await person(bus, services, "32", balance_fen=50_000)
+    reconcile = his_request("3202", hospital, "320500", "320500", {"stmt_date": day, "details": []})
+    answer = await bus.his(reconcile, timeout_s=60)
+    assert answer["infcode"] == 0, answer
+    out = answer["output"]
+    assert out["counts"]["center_only"] == 12_000 and out["pages"] == 12 and len(out["center_only"]) == 1_000
+    last = his_request("3202", hospital, "320500", "320500", {"stmt_date": day, "details": [], "page_num": 12})
+    assert len((await bus.his(last))["output"]["center_only"]) == 1_000
+    setl(await bus.his(bill(p, 1_000)))  # and the partition still moves for everyone else
