@@ -311,16 +311,35 @@ def dlq_list(topic: str = typer.Option(None, help="original topic; default all")
     console.print(table)
 
 
-async def _replay(bootstrap: str, topic: str, partition: int, offset: int) -> None:
+class ReplayError(RuntimeError):
+    """The record asked for cannot be replayed; the message says why and nothing was published."""
+
+
+async def fetch_original(bootstrap: str, topic: str, partition: int, offset: int) -> Any:
+    """The record at exactly `offset`. Kafka's retention may have deleted it, and a seek to a deleted offset
+    silently moves to the earliest one left: that would republish the wrong record, so it is refused."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
     await consumer.start()
     tp = TopicPartition(topic, partition)
-    consumer.assign([tp])
-    consumer.seek(tp, offset)
     try:
+        consumer.assign([tp])
+        earliest = (await consumer.beginning_offsets([tp]))[tp]
+        end = (await consumer.end_offsets([tp]))[tp]
+        if not earliest <= offset < end:
+            raise ReplayError(f"{topic}[{partition}]@{offset} is gone (the partition now holds offsets {earliest} "
+                              f"to {end - 1}; retention deleted older ones); nothing was replayed")
+        consumer.seek(tp, offset)
         record = await asyncio.wait_for(consumer.getone(), timeout=10)
     finally:
         await consumer.stop()
+    if record.offset != offset:
+        raise ReplayError(f"{topic}[{partition}]@{offset} is gone (read offset {record.offset} instead); "
+                          "nothing was replayed")
+    return record
+
+
+async def _replay(bootstrap: str, topic: str, partition: int, offset: int) -> None:
+    record = await fetch_original(bootstrap, topic, partition, offset)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
     await producer.start()
     try:
@@ -332,7 +351,10 @@ async def _replay(bootstrap: str, topic: str, partition: int, offset: int) -> No
 @dlq_app.command("replay")
 def dlq_replay(topic: str, partition: int, offset: int) -> None:
     """Republish the unmasked original (TOPIC PARTITION OFFSET from `dlq list`) after fixing the consumer."""
-    run(_replay(stack_env()["KAFKA_BOOTSTRAP_SERVERS"], topic, partition, offset))
+    try:
+        run(_replay(stack_env()["KAFKA_BOOTSTRAP_SERVERS"], topic, partition, offset))
+    except ReplayError as exc:
+        fail(str(exc))
     console.print(f"replayed {topic}[{partition}]@{offset}")
 
 
