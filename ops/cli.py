@@ -24,6 +24,7 @@ from contracts.enrollment import AccountCredited, PersonEnrolled
 from contracts.topics import DEPLOYED_PROVINCES, all_topics, dlq
 from contracts.types import yuan_to_fen
 from infra import supervised
+from ops.national_audit import national_audit
 from ops.scenario import HOSPITAL, REGION
 from shared.client import Bus, his_request, yuan
 from shared.clock import SystemClock
@@ -242,26 +243,38 @@ def balance(psn_no: str, province: str = typer.Option(None), as_json: bool = JSO
 
 @app.command()
 def audit(province: list[str] = typer.Option(None), as_json: bool = JSON) -> None:
-    """Conservation audit per province; exit 1 on any discrepancy."""
+    """National conservation audit: each province's books and the money between them; exit 1 on any
+    discrepancy."""
     urls = services()
     reports = {}
     for p in track(province or list(DEPLOYED_PROVINCES), description="auditing", disable=as_json):
         reports[p] = httpx.get(f"{urls[f'wallet-{p}']}/audit", timeout=120).json()
+    national = national_audit(reports)
     if as_json:
-        out(reports, True)
+        out({"ok": national.ok, "national": national.__dict__,
+             "provinces": {p: {k: v for k, v in r.items() if k not in ("posted", "lots", "returns_out", "returns_in")}
+                           for p, r in reports.items()}}, True)
     else:
         table = Table(title="conservation audit")
-        for col in ("province", "result", "accounts", "ledger entries", "balances (fen)", "external net (fen)"):
+        for col in ("province", "result", "accounts", "ledger entries", "balances", "credited", "paid out"):
             table.add_column(col)
         for p, r in reports.items():
             table.add_row(p, "[green]OK[/]" if r["ok"] else "[red]FAIL[/]", str(r["accounts"]),
-                          str(r["ledger_entries"]), str(r["balances_fen"]), str(r["external_net_fen"]))
+                          str(r["ledger_entries"]), yuan_text(r["balances_fen"]), yuan_text(r["credited_fen"]),
+                          yuan_text(r["paid_fen"]))
+        table.add_row("national", "[green]OK[/]" if national.ok else "[red]FAIL[/]", "", "",
+                      yuan_text(national.balances_fen), yuan_text(national.credited_fen), yuan_text(national.paid_fen))
         console.print(table)
-        for p, r in reports.items():
-            for d in r["discrepancies"]:
-                console.print(f"[red]{p}:[/] {d}")
-    if not all(r["ok"] for r in reports.values()):
+        console.print(f"in flight between provinces: transfers {yuan_text(national.transfers_in_flight_fen)}, "
+                      f"lot returns {yuan_text(national.returns_in_flight_fen)}")
+        for d in national.discrepancies:
+            console.print(f"[red]discrepancy:[/] {d}", highlight=False)
+    if not national.ok:
         raise typer.Exit(1)
+
+
+def yuan_text(fen: int) -> str:
+    return f"{'-' if fen < 0 else ''}¥{abs(fen) // 100:,}.{abs(fen) % 100:02d}"
 
 
 @app.command()

@@ -38,6 +38,7 @@ if op == 'credit' then
   -- validated; writes follow
   hincr(k, 'cur', amount)
   hincr(P .. 'totals', 'external_net', amount)
+  hincr(P .. 'totals', 'credited', amount)  -- the national audit's "credits" (money that entered the system)
   ledger(LEDGER, 'acct:' .. psn .. ':cur', amount, 'monthly_credit', ref)
   local result = cjson.encode({ok = true, applied = true, cur = int(redis.call('HGET', k, 'cur'))})
   idem_put(done, result)

@@ -103,6 +103,7 @@ if op == 'pay' then
   end
   for _, part in ipairs(parts) do apply(part, -1, 'settlement_payment') end
   hincr(P .. 'totals', 'external_net', -(amount - remaining))
+  hincr(P .. 'totals', 'paid', amount - remaining)  -- to institutions: money that left the system
   result.status = 'paid'
   local encoded = cjson.encode(result)
   redis.call('SET', pay_key, encoded)
@@ -148,6 +149,7 @@ if op == 'reverse' then
           to_sender[#to_sender + 1] = {lot_id = part.lot_id, sender = redis.call('HGET', lk, 'sender'),
                                        sender_prov = redis.call('HGET', lk, 'sender_prov'), amount_fen = d}
           hincr(P .. 'totals', 'external_net', -d)
+          hincr(P .. 'rout', 'refund:' .. pay_id .. ':' .. part.lot_id, d)  -- in flight to the sender's province
           balance = nil
         elseif part.bucket == 'lot' then
           hincr(P .. 'lot:' .. part.lot_id, 'amount', d)
@@ -160,6 +162,7 @@ if op == 'reverse' then
         parts[#parts + 1] = part
       end
       hincr(P .. 'totals', 'external_net', refunded)
+      hincr(P .. 'totals', 'paid', -refunded)
     end
     result = {ok = true, payment_id = pay_id, psn_no = psn, outcome = 'refunded', refunded_fen = refunded,
               parts = parts, to_sender = to_sender}

@@ -144,6 +144,7 @@ if op == 'post' or op == 'void' then
         to_sender[#to_sender + 1] = {lot_id = taken.lot_id, sender = h(lk, 'sender'),
                                      sender_prov = h(lk, 'sender_prov'), amount_fen = taken.amount_fen}
         hincr(P .. 'totals', 'external_net', -taken.amount_fen)
+        hincr(P .. 'rout', 'void:' .. id .. ':' .. taken.lot_id, taken.amount_fen)
       end
     end
     redis.call('HSET', xk, 'status', 'voided', 'to_sender', cjson.encode(to_sender))
@@ -220,6 +221,7 @@ if op == 'return_lots' then
       redis.call('HSET', lk, 'status', 'returned', 'amount', 0)
       if amount > 0 then
         hincr(P .. 'totals', 'external_net', -amount)
+        hincr(P .. 'rout', batch .. ':' .. lot_id, amount)  -- in flight until the sender's province receives it
         ledger(LEDGER, 'lot:' .. lot_id, -amount, 'lot_returned', batch)
         returns[#returns + 1] = {lot_id = lot_id, sender = h(lk, 'sender'), sender_prov = h(lk, 'sender_prov'),
                                  amount_fen = amount}
@@ -241,6 +243,7 @@ if op == 'receive_return' then
   local amount = int(ARGV[4])
   hincr(ak, 'hist', amount)
   hincr(P .. 'totals', 'external_net', amount)
+  hincr(P .. 'rin', ARGV[2], amount)
   ledger(LEDGER, 'acct:' .. ARGV[3] .. ':hist', amount, 'lot_return_received', ARGV[2])
   local r = cjson.encode({ok = true})
   idem_put(done, r)
