@@ -41,8 +41,8 @@ lint: setup
 bench: setup ## throughput and latency over the real local stack, with raw Kafka/Redis capacity for scale
 	@$(PY) -m bench.run
 
-chaos: setup
-	@$(PY) -m pytest -q tests/chaos
+chaos: setup ## seeded bank test under faults over the real stack: make chaos SEED=<n> DURATION=<s> (defaults: random, 60)
+	@$(PY) -m sim $(if $(SEED),--seed $(SEED)) --duration $(or $(DURATION),60)
 
 docs: setup ## AsyncAPI documents and the human-readable topic page in docs/
 	@$(PY) -m contracts.docs write

@@ -122,6 +122,8 @@ class Bus:
                         body = json.loads(r.value)
                     except ValueError:
                         continue
+                    if not isinstance(body, dict):  # someone else's garbage on a shared topic
+                        continue
                     if tp.topic == HIS_RESULTS:
                         self.results[body.get("msgid", "")].append(body)
                     elif tp.topic == BINDING_EVENTS:

@@ -1,0 +1,203 @@
+"""Faults the simulator injects into the running stack, each healed by itself within a bounded time.
+
+Every fault waits (bounded) for work to be in flight first — records consumed by settlement or a wallet but not
+yet committed — so a crash lands mid-batch instead of in an idle moment. Kinds:
+
+  kill_<svc>            SIGKILL of settlement, binding, wallet-32, wallet-51 (supervisord restarts it)
+  kill_redis/kill_kafka SIGKILL of Redis (AOF replays) or the broker (restarts on its log dirs)
+  pause_<svc>_timeout   SIGSTOP past the wallet timeout, then SIGCONT (settlement, wallet-32, wallet-51)
+  pause_settlement_session  SIGSTOP past the Kafka session timeout (the group rebalances without it)
+  restart_<svc>         graceful restart mid-batch through supervisord (settlement, wallet-51)
+  second_<svc>          a second instance joins the consumer group, works a while, leaves (rebalances)
+  redis_pause_writes    CLIENT PAUSE WRITE
+  redis_oom             maxmemory below what is used: every write answers OOM
+  redis_readonly        REPLICAOF a dead master: every write answers READONLY
+  clock_jump            the business clock moves forward (deadlines and expiries fall due at once)
+
+Not here yet: network faults through Toxiproxy (latency, resets, bandwidth). See the README.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import signal
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis.asyncio as aioredis
+from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient
+
+from infra import supervised
+from infra.native import ROOT, free_port
+
+WALLET_TIMEOUT_MS = 1_500  # short, so pauses past it really time payments out
+SESSION_PAUSE_S = 14.0  # beyond aiokafka's default session timeout (10 s)
+IN_FLIGHT_WAIT_S = 4.0  # how long a fault waits for work in flight before striking anyway
+HEAL_TIMEOUT_S = 60.0  # a healing step is retried this long
+WATCHED_GROUPS = ("settlement.his.settlement.requests.v1", "wallet-32.wallet.32.commands.v1",
+                  "wallet-51.wallet.51.commands.v1", "settlement.wallet.events.v1")
+
+
+@dataclass
+class Injector:
+    state: Path
+    layout: supervised.Layout
+    rng: random.Random
+    clock_file: Path
+    counts: dict[str, int] = field(default_factory=dict)
+    struck_in_flight: int = 0
+    log: list[str] = field(default_factory=list)
+
+    def kinds(self) -> dict[str, Callable[[], Awaitable[None]]]:
+        k: dict[str, Callable[[], Awaitable[None]]] = {}
+        for svc in ("settlement", "binding", "wallet-32", "wallet-51"):
+            k[f"kill_{svc}"] = lambda svc=svc: self.kill(svc)  # type: ignore[misc]
+        k["kill_redis"] = lambda: self.kill("redis")
+        k["kill_kafka"] = lambda: self.kill("kafka")
+        for svc in ("settlement", "wallet-32", "wallet-51"):
+            k[f"pause_{svc}_timeout"] = lambda svc=svc: self.pause(svc, WALLET_TIMEOUT_MS / 1000 * 2.5)  # type: ignore[misc]
+        k["pause_settlement_session"] = lambda: self.pause("settlement", SESSION_PAUSE_S)
+        for svc in ("settlement", "wallet-51"):
+            k[f"restart_{svc}"] = lambda svc=svc: self.restart(svc)  # type: ignore[misc]
+            k[f"second_{svc}"] = lambda svc=svc: self.second_instance(svc)  # type: ignore[misc]
+        k["redis_pause_writes"] = self.redis_pause
+        k["redis_oom"] = self.redis_oom
+        k["redis_readonly"] = self.redis_readonly
+        k["clock_jump"] = self.clock_jump
+        return k
+
+    async def strike(self, kind: str) -> None:
+        if await self.work_in_flight():
+            self.struck_in_flight += 1
+        self.counts[kind] = self.counts.get(kind, 0) + 1
+        self.log.append(kind)
+        try:
+            await self.kinds()[kind]()
+        except Exception as exc:  # another lane's fault got in the way (e.g. Redis restarting): logged, not fatal
+            self.log.append(f"{kind} could not be injected: {exc!r}")
+
+    # ------------------------------------------------------------ the condition: consumed, not committed
+
+    async def work_in_flight(self) -> bool:
+        """True as soon as a watched consumer group has records it has not committed (bounded wait)."""
+        deadline = asyncio.get_running_loop().time() + IN_FLIGHT_WAIT_S
+        while asyncio.get_running_loop().time() < deadline:
+            with contextlib.suppress(Exception):  # the broker may be restarting: then just strike
+                if await asyncio.wait_for(self._lag(), 2.0) > 0:
+                    return True
+            await asyncio.sleep(0.05)
+        return False
+
+    async def _lag(self) -> int:
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.layout.kafka_bootstrap, request_timeout_ms=1500)
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.layout.kafka_bootstrap, request_timeout_ms=1500)
+        try:
+            await admin.start()
+            await consumer.start()
+            lag = 0
+            for group in WATCHED_GROUPS:
+                committed = await admin.list_consumer_group_offsets(group)
+                if not committed:
+                    continue
+                ends = await consumer.end_offsets(list(committed))
+                lag += sum(max(0, ends[tp] - meta.offset) for tp, meta in committed.items())
+            return lag
+        finally:
+            with contextlib.suppress(Exception):
+                await consumer.stop()
+            with contextlib.suppress(Exception):
+                await admin.close()
+
+    # ------------------------------------------------------------ processes
+
+    def pid(self, name: str) -> int:
+        return int(supervised.processes(self.state)[name]["pid"])
+
+    async def kill(self, name: str) -> None:
+        pid = self.pid(name)
+        if pid > 0:  # 0 while supervisord is restarting it (and kill(0) would signal our own group)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        await asyncio.sleep(0.5)  # supervisord brings it back on its own
+
+    async def pause(self, name: str, seconds: float) -> None:
+        pid = self.pid(name)
+        if pid <= 0:
+            return
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
+    async def restart(self, name: str) -> None:
+        rpc = supervised.rpc(self.state)
+        await asyncio.to_thread(rpc.stopProcess, name, True)  # SIGTERM: FastStream stops consuming, then exits
+        await asyncio.to_thread(rpc.startProcess, name, True)
+
+    async def second_instance(self, name: str) -> None:
+        env = {**os.environ, **supervised.service_env(self.layout, self.state, name, {"LOG_LEVEL": "WARNING"}),
+               "HTTP_PORT": str(free_port()), "WALLET_TIMEOUT_MS": str(WALLET_TIMEOUT_MS)}
+        module = "services.settlement" if name == "settlement" else "services.wallet"
+        with (self.state / "logs" / f"{name}-second.log").open("ab") as out:
+            proc = subprocess.Popen([sys.executable, "-m", module], env=env, cwd=ROOT, stdout=out,  # noqa: ASYNC220
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            await asyncio.sleep(self.rng.uniform(6, 10))  # joins the group, takes partitions, works
+        finally:
+            proc.terminate()  # leaves gracefully: the group rebalances back
+            try:
+                await asyncio.wait_for(asyncio.to_thread(proc.wait), 20)
+            except TimeoutError:
+                proc.kill()
+
+    # ------------------------------------------------------------ Redis conditions
+
+    async def _redis(self, *command: str, must: bool = False) -> None:
+        """One Redis command. A healing command (`must`) is retried until Redis takes it (bounded): Redis may be
+        restarting because the other lane killed it — then it comes back healthy by itself anyway."""
+        deadline = asyncio.get_running_loop().time() + HEAL_TIMEOUT_S
+        while True:
+            client = aioredis.Redis.from_url(self.layout.redis_url, decode_responses=True, socket_timeout=5)
+            try:
+                await client.execute_command(*command)
+                return
+            except (aioredis.ConnectionError, aioredis.TimeoutError):
+                if not must or asyncio.get_running_loop().time() > deadline:
+                    raise
+                await asyncio.sleep(0.3)
+            finally:
+                await client.aclose()
+
+    async def redis_pause(self) -> None:
+        await self._redis("CLIENT", "PAUSE", "2500", "WRITE")
+        await asyncio.sleep(2.5)
+
+    async def redis_oom(self) -> None:
+        await self._redis("CONFIG", "SET", "maxmemory", "1")
+        try:
+            await asyncio.sleep(2.0)
+        finally:
+            await self._redis("CONFIG", "SET", "maxmemory", "0", must=True)
+
+    async def redis_readonly(self) -> None:
+        await self._redis("REPLICAOF", "127.0.0.1", str(free_port()))  # a master that never answers
+        try:
+            await asyncio.sleep(1.5)
+        finally:
+            await self._redis("REPLICAOF", "NO", "ONE", must=True)
+
+    # ------------------------------------------------------------ business time
+
+    async def clock_jump(self) -> None:
+        jump_ms = self.rng.randint(20, 90) * 60_000
+        self.clock_file.write_text(str(int(self.clock_file.read_text() or 0) + jump_ms))
+        await asyncio.sleep(0.3)

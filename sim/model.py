@@ -1,0 +1,184 @@
+"""Reference model of the money rules, in plain Python: no Redis, no Kafka, no clock.
+
+It is the readable specification of what the wallet's Lua scripts do to balances, and the simulator's oracle:
+the simulator applies the same operations here as it sends to the real stack and compares every person's
+balances and every determined hospital answer.
+
+Rules modelled (DOMAIN.md ids):
+  C1  a credit lands in the current year; a rollover moves the current year into prior years.
+  B6  a quota binding earmarks the grantor's money, prior years first; a released earmark returns to prior years.
+  S1  a bill is paid from the patient's own account (current year, then prior years), then the grantors' earmarks
+      in the recipient's order (sequential), then wallet lots oldest first; the rest is cash.
+  S6  a cancel or reversal puts every fen back exactly where it came from.
+  W2  a transfer from an account holds current-year money first, then prior years; posted, it becomes a lot in
+      the recipient's wallet; voided, every fen goes back where it was taken.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+class ModelError(Exception):
+    """An operation the model refuses (the simulator only issues valid ones; this is a bug in the workload)."""
+
+
+@dataclass
+class Account:
+    cur: int = 0
+    hist: int = 0
+
+
+@dataclass
+class Quota:
+    binding_id: str
+    grantor: str
+    recipient: str
+    earmark: int
+    active: bool = True
+
+
+@dataclass
+class Lot:
+    lot_id: str
+    sender: str
+    amount: int
+
+
+@dataclass(frozen=True)
+class Split:
+    """What a hospital is told: account part (own + relatives), relatives' part, wallet part, cash."""
+
+    acct_fen: int
+    mulaid_fen: int
+    wallet_fen: int
+    cash_fen: int
+
+
+# One taken part: (where, key, bucket, fen). where: "own" | "quota" | "lot" | "hold"
+Part = tuple[str, str, str, int]
+
+
+@dataclass
+class Model:
+    accounts: dict[str, Account] = field(default_factory=dict)
+    quotas: dict[str, Quota] = field(default_factory=dict)
+    order: dict[str, list[str]] = field(default_factory=dict)  # recipient → binding ids (B7 filing order)
+    lots: dict[str, list[Lot]] = field(default_factory=dict)  # holder → lots, oldest first
+    payments: dict[str, list[Part]] = field(default_factory=dict)  # payment key → what it took
+    holds: dict[str, tuple[str, list[Part]]] = field(default_factory=dict)  # transfer id → (sender, parts)
+
+    # ------------------------------------------------------------ accounts (C1)
+
+    def enroll(self, psn: str) -> None:
+        self.accounts.setdefault(psn, Account())
+
+    def credit(self, psn: str, fen: int) -> None:
+        self._account(psn).cur += fen
+
+    def rollover(self, psn: str) -> None:
+        a = self._account(psn)
+        a.hist, a.cur = a.hist + a.cur, 0
+
+    def _account(self, psn: str) -> Account:
+        if psn not in self.accounts:
+            raise ModelError(f"{psn} has no account")
+        return self.accounts[psn]
+
+    # ------------------------------------------------------------ quota bindings (B6, B7)
+
+    def bind_quota(self, binding_id: str, grantor: str, recipient: str, quota_fen: int) -> None:
+        a = self._account(grantor)
+        if a.cur + a.hist < quota_fen:
+            raise ModelError(f"{grantor} cannot earmark {quota_fen}")
+        from_hist = min(a.hist, quota_fen)
+        a.hist -= from_hist
+        a.cur -= quota_fen - from_hist
+        self.quotas[binding_id] = Quota(binding_id, grantor, recipient, quota_fen)
+        self.order.setdefault(recipient, []).append(binding_id)
+
+    def dissolve(self, binding_id: str) -> None:
+        q = self.quotas[binding_id]
+        q.active = False
+        self._account(q.grantor).hist += q.earmark
+        q.earmark = 0
+        self.order[q.recipient].remove(binding_id)
+
+    # ------------------------------------------------------------ payments (S1, S6)
+
+    def pay(self, key: str, psn: str, amount_fen: int) -> Split:
+        remaining = amount_fen
+        parts: list[Part] = []
+
+        def take(where: str, ref: str, bucket: str, available: int) -> int:
+            nonlocal remaining
+            taken = min(available, remaining)
+            if taken > 0:
+                remaining -= taken
+                parts.append((where, ref, bucket, taken))
+            return taken
+
+        own = self.accounts.get(psn)
+        if own is not None:
+            own.cur -= take("own", psn, "cur", own.cur)
+            own.hist -= take("own", psn, "hist", own.hist)
+        for binding_id in self.order.get(psn, []):
+            q = self.quotas[binding_id]
+            q.earmark -= take("quota", binding_id, "earmark", q.earmark)
+        for lot in self.lots.get(psn, []):
+            lot.amount -= take("lot", lot.lot_id, "amount", lot.amount)
+        self.payments[key] = parts
+        own_fen = sum(p[3] for p in parts if p[0] == "own")
+        mulaid = sum(p[3] for p in parts if p[0] == "quota")
+        wallet = sum(p[3] for p in parts if p[0] == "lot")
+        return Split(own_fen + mulaid, mulaid, wallet, remaining)
+
+    def refund(self, key: str) -> int:
+        """S6: every fen back where it came from; returns the fen refunded (0 when nothing was paid)."""
+        parts = self.payments.pop(key, [])
+        for where, ref, bucket, fen in parts:
+            if where == "own":
+                a = self._account(ref)
+                setattr(a, bucket, getattr(a, bucket) + fen)
+            elif where == "quota":
+                q = self.quotas[ref]
+                if q.active:
+                    q.earmark += fen
+                else:  # the binding ended meanwhile: the grantor gets it back (as a release would)
+                    self._account(q.grantor).hist += fen
+            else:
+                self._lot(ref).amount += fen
+        return sum(p[3] for p in parts)
+
+    def _lot(self, lot_id: str) -> Lot:
+        return next(lot for lots in self.lots.values() for lot in lots if lot.lot_id == lot_id)
+
+    # ------------------------------------------------------------ transfers (W2, W4, W6)
+
+    def hold(self, transfer_id: str, sender: str, amount_fen: int) -> None:
+        a = self._account(sender)
+        if a.cur + a.hist < amount_fen:
+            raise ModelError(f"{sender} cannot send {amount_fen}")
+        from_cur = min(a.cur, amount_fen)
+        a.cur -= from_cur
+        a.hist -= amount_fen - from_cur
+        self.holds[transfer_id] = (sender, [("hold", sender, "cur", from_cur),
+                                            ("hold", sender, "hist", amount_fen - from_cur)])
+
+    def post(self, transfer_id: str, recipient: str) -> None:
+        sender, parts = self.holds.pop(transfer_id)
+        self.lots.setdefault(recipient, []).append(Lot(transfer_id, sender, sum(p[3] for p in parts)))
+
+    def void(self, transfer_id: str) -> None:
+        sender, parts = self.holds.pop(transfer_id)
+        a = self._account(sender)
+        for _, _, bucket, fen in parts:
+            setattr(a, bucket, getattr(a, bucket) + fen)
+
+    # ------------------------------------------------------------ what the stack is compared with
+
+    def balances(self, psn: str) -> dict[str, int]:
+        a = self.accounts.get(psn)
+        return {"cur": a.cur if a else 0, "hist": a.hist if a else 0,
+                "earmarked": sum(q.earmark for q in self.quotas.values() if q.grantor == psn and q.active),
+                "wallet": sum(lot.amount for lot in self.lots.get(psn, []))}

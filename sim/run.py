@@ -1,0 +1,540 @@
+"""`make chaos SEED=<n> DURATION=<s>`: a seeded bank test of the whole system under faults (issue 13).
+
+The real services run under supervisord over the real Kafka and Redis (a stack of its own, in a temporary folder
+on free ports). From one seed: families in four provinces settle bills (own account, relatives' quota, wallet,
+cross-province care), cancel, reverse (also before the original arrives), repeat msgids, receive credits and a
+year rollover, re-bind, transfer money into a relative's wallet in another province and accept it or leave it
+to expire, and send poison — while the fault injector (sim/faults.py) crashes, pauses and restarts processes,
+degrades Redis and moves the business clock. Every operation is applied to the reference model (sim/model.py).
+
+After the faults heal: every request answered, every repeated answer identical, every balance equal to the
+model, the national audit exact, no saga unresolved, nothing in a DLQ but the injected poison, no process left.
+The last line printed is one JSON summary; exit status 1 on any failure (with the seed and the first divergence;
+the same seed replays the same workload and fault schedule).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass, field
+from datetime import time as clock_time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import redis.asyncio as aioredis
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from contracts.binding import BindingKind, DissolveBinding, Relation
+from contracts.enrollment import AccountCredited, YearRolledOver
+from contracts.topics import (
+    BINDING_COMMANDS,
+    ENROLLMENT_EVENTS,
+    HIS_REQUESTS,
+    PARTITIONS,
+    WALLET_EVENTS,
+    all_topics,
+    dlq,
+    wallet_commands,
+)
+from infra import supervised
+from ops.national_audit import national_audit
+from ops.scenario import bill, bound, person
+from services.settlement.domain import setl_id_for
+from shared.client import Bus, dumps_his, his_request
+from shared.clock import FileOffsetClock, offset_ms_to
+from sim.faults import WALLET_TIMEOUT_MS, Injector
+from sim.model import Model, Split
+
+ANSWER_TIMEOUT_S = 150.0  # long enough to ride out a broker restart plus redelivery
+FAULT_GAP_S = (0.5, 3.0)  # pause between two faults of one lane
+FAULT_LANES = 2
+POISON_MARK = "SIMPOISON"
+POISON_TOPICS = (HIS_REQUESTS, ENROLLMENT_EVENTS, BINDING_COMMANDS, WALLET_EVENTS, wallet_commands("32"),
+                 wallet_commands("51"))
+START_FEN = 300_000
+TIMED_OUT = "did not answer within"
+
+
+def fen(yuan: str) -> int:
+    whole, _, cents = yuan.partition(".")
+    return int(whole) * 100 + int(cents or 0)
+
+
+@dataclass
+class Run:
+    seed: int
+    bus: Bus
+    urls: dict[str, str]
+    model: Model = field(default_factory=Model)
+    ops: dict[str, int] = field(default_factory=dict)
+    sent: int = 0
+    answered: int = 0
+    divergences: list[str] = field(default_factory=list)
+    repeats: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    pending_transfers: dict[str, tuple[str, str]] = field(default_factory=dict)  # id → (recipient, province)
+    poison_sent: int = 0
+    oplog: list[dict[str, Any]] = field(default_factory=list)
+    people: list[dict[str, Any]] = field(default_factory=list)
+    ready: int = 0  # families enrolled and bound; faults start when all are
+
+    def note(self, kind: str, **detail: Any) -> None:
+        self.ops[kind] = self.ops.get(kind, 0) + 1
+        self.oplog.append({"t": round(time.monotonic(), 3), "op": kind, **detail})
+
+    def diverged(self, what: str) -> None:
+        self.divergences.append(what)
+        self.oplog.append({"t": round(time.monotonic(), 3), "divergence": what})
+
+    # ------------------------------------------------------------ hospital requests
+
+    async def his(self, request: dict[str, Any]) -> dict[str, Any] | None:
+        self.sent += 1
+        try:
+            answer = await self.bus.his(request, timeout_s=ANSWER_TIMEOUT_S)
+        except TimeoutError:
+            self.diverged(f"unanswered: {request['infno']} {request['msgid']}")
+            return None
+        self.answered += 1
+        return answer
+
+    async def settle(self, who: dict[str, Any], part_fen: int, treated_in: str | None = None) -> dict[str, Any] | None:
+        """A 2207 and the model's verdict on its answer; returns the request when it was paid."""
+        request = bill(who, part_fen, treated_in=treated_in)
+        answer = await self.his(request)
+        if answer is None:
+            return None
+        if answer["infcode"] == 0:
+            info = answer["output"]["setlinfo"]
+            got = Split(fen(info["acct_pay"]), fen(info["acct_mulaid_pay"]), fen(info["wlt_pay"]),
+                        fen(info["psn_cash_pay"]))
+            predicted = self.model.pay(request["msgid"], who["psn_no"], part_fen)
+            if got != predicted:
+                self.diverged(f"2207 {request['msgid']} for {who['psn_no']}: stack {got} != model {predicted}")
+            return request
+        if TIMED_OUT in (answer["err_msg"] or ""):
+            # nothing was charged; wait for the reversal so the next bill sees the money back (as the model does)
+            payment_id = setl_id_for(request["msgid"])
+            with contextlib.suppress(TimeoutError):
+                await self.bus.wallet_event(lambda e: e.get("type") == "PaymentReversed"
+                                            and e.get("payment_id") == payment_id, ANSWER_TIMEOUT_S)
+            return None
+        self.diverged(f"2207 {request['msgid']} refused: {answer['err_msg']}")
+        return None
+
+    async def undo(self, infno: str, paid: dict[str, Any], who: dict[str, Any]) -> None:
+        """2208 (cancel by setl_id) or 2601 (reversal by msgid) of a paid 2207, by the hospital that settled it."""
+        data = paid["input"]["data"]
+        if infno == "2208":
+            payload = {"psn_no": who["psn_no"], "mdtrt_id": data["mdtrt_id"], "setl_id": setl_id_for(paid["msgid"])}
+        else:
+            payload = {"psn_no": who["psn_no"], "omsgid": paid["msgid"], "oinfno": "2207"}
+        request = his_request(infno, paid["fixmedins_code"], paid["insuplc_admdvs"], paid["mdtrtarea_admvs"], payload)
+        answer = await self.his(request)
+        if answer is None:
+            return
+        if answer["infcode"] != 0:
+            self.diverged(f"{infno} of {paid['msgid']} refused: {answer['err_msg']}")
+            return
+        refunded = self.model.refund(paid["msgid"])
+        if fen(answer["output"]["refunded"]) != refunded:
+            self.diverged(f"{infno} of {paid['msgid']}: refunded {answer['output']['refunded']}, model {refunded}")
+
+    async def overtaken(self, who: dict[str, Any], part_fen: int) -> None:
+        """A 2601 right behind its 2207 on the same partition: whatever happens, nothing stays charged."""
+        request = bill(who, part_fen)
+        reversal = his_request("2601", request["fixmedins_code"], request["insuplc_admdvs"],
+                               request["mdtrtarea_admvs"],
+                               {"psn_no": who["psn_no"], "omsgid": request["msgid"], "oinfno": "2207"})
+        key = request["input"]["data"]["mdtrt_id"]
+        for r in (request, reversal):
+            await self.bus.send(HIS_REQUESTS, key, dumps_his(r))
+        self.sent += 2
+        try:
+            await self.bus.wait_for(lambda: self.bus.results.get(request["msgid"])
+                                    and self.bus.results.get(reversal["msgid"]), ANSWER_TIMEOUT_S, "overtaken")
+        except TimeoutError:
+            self.diverged(f"unanswered: 2207/2601 pair {request['msgid']}")
+            return
+        self.answered += 2
+        if self.bus.results[reversal["msgid"]][0]["infcode"] != 0:
+            self.diverged(f"2601 {reversal['msgid']} refused: {self.bus.results[reversal['msgid']][0]['err_msg']}")
+
+    async def repeat(self, who: dict[str, Any], part_fen: int) -> None:
+        paid = await self.settle(who, part_fen)
+        if paid is None:
+            return
+        first = self.bus.results[paid["msgid"]][0]
+        again = await self.his(paid)  # the same msgid again: same answer, charged once
+        if again is not None and again != first:
+            self.diverged(f"repeated {paid['msgid']} answered differently: {again} != {first}")
+
+    # ------------------------------------------------------------ enrolment events (applied before going on)
+
+    async def credit(self, who: dict[str, Any], amount_fen: int) -> None:
+        before = await self.spendable(who)
+        await self.bus.enrollment(AccountCredited(occurred_at=self.bus.clock.now(), psn_no=who["psn_no"],
+                                                  admdvs=who["region"], amount_fen=amount_fen, period="2026-11"))
+        self.model.credit(who["psn_no"], amount_fen)
+        await self.until(lambda b: b["cur"] + b["hist"] == before + amount_fen, who, "credit applied")
+
+    async def rollover(self, who: dict[str, Any]) -> None:
+        total = await self.spendable(who)
+        await self.bus.enrollment(YearRolledOver(occurred_at=self.bus.clock.now(), psn_no=who["psn_no"],
+                                                 admdvs=who["region"], year=2026))
+        self.model.rollover(who["psn_no"])
+        await self.until(lambda b: b["cur"] == 0 and b["hist"] == total, who, "rollover applied")
+
+    async def balances(self, who: dict[str, Any]) -> dict[str, int]:
+        """The wallet's view; retried while the wallet is down or restarting (bounded)."""
+        deadline = time.monotonic() + ANSWER_TIMEOUT_S
+        async with httpx.AsyncClient(timeout=10) as http:
+            while True:
+                try:
+                    b = (await http.get(f"{self.urls['wallet-' + who['province']]}/balance",
+                                        params={"psn_no": who["psn_no"]})).json()
+                    break
+                except (httpx.HTTPError, ValueError):
+                    if time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(0.3)
+        return {"cur": b["spendable_current_fen"], "hist": b["spendable_prior_fen"],
+                "earmarked": sum(e["earmarked_fen"] for e in b["earmarked"]),
+                "wallet": b["wallet_balance_fen"]}
+
+    async def spendable(self, who: dict[str, Any]) -> int:
+        b = await self.balances(who)
+        return b["cur"] + b["hist"]
+
+    async def until(self, check: Any, who: dict[str, Any], what: str) -> None:
+        deadline = time.monotonic() + ANSWER_TIMEOUT_S
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError, KeyError, ValueError):
+                if check(await self.balances(who)):
+                    return
+            await asyncio.sleep(0.2)
+        self.diverged(f"{what} for {who['psn_no']} not seen within {ANSWER_TIMEOUT_S:.0f}s")
+
+    # ------------------------------------------------------------ bindings and transfers
+
+    async def rebind(self, grantor: dict[str, Any], recipient: dict[str, Any], binding_id: str, quota: int) -> str:
+        cmd = DissolveBinding(occurred_at=self.bus.clock.now(), binding_id=binding_id,
+                              grantor_psn_no=grantor["psn_no"], requested_by=grantor["psn_no"])
+        try:
+            await self.bus.binding_command(cmd, grantor["psn_no"], timeout_s=ANSWER_TIMEOUT_S)
+        except TimeoutError:
+            self.diverged(f"dissolution of {binding_id} unanswered")
+            return binding_id
+        self.model.dissolve(binding_id)
+        await self.until(lambda b: b["earmarked"] == 0, grantor, "earmark released")
+        created = await bound(self.bus, self.urls, grantor, recipient, Relation.CHILD, quota,
+                              timeout_s=ANSWER_TIMEOUT_S)
+        self.model.bind_quota(created["binding_id"], grantor["psn_no"], recipient["psn_no"], quota)
+        return str(created["binding_id"])
+
+    async def transfer(self, sender: dict[str, Any], recipient: dict[str, Any], amount: int, accept: bool) -> None:
+        try:
+            held = await self.bus.transfer(sender["psn_no"], sender["province"], recipient["psn_no"],
+                                           recipient["region"], amount)
+        except TimeoutError:
+            self.diverged(f"transfer from {sender['psn_no']} unanswered")
+            return
+        if held["type"] != "TransferHeld":
+            return  # refused (quiet hours, daily limit, one pending per recipient): nothing moved
+        t_id = held["transfer_id"]
+        self.model.hold(t_id, sender["psn_no"], amount)
+        self.pending_transfers[t_id] = (recipient["psn_no"], recipient["province"])
+        if accept:
+            with contextlib.suppress(TimeoutError):
+                await self.bus.offered(t_id)
+                await self.bus.wallet_command(recipient["province"], _accept(self.bus, t_id, recipient), t_id)
+            await self.settle_transfers(ANSWER_TIMEOUT_S, only=t_id)  # the lot exists before the next bill
+
+    async def settle_transfers(self, timeout_s: float, only: str | None = None) -> None:
+        """Apply each pending transfer's final outcome (accepted → a lot; returned → back to the sender)."""
+        for t_id, (recipient, _province) in list(self.pending_transfers.items()):
+            if only is not None and t_id != only:
+                continue
+            try:
+                final = await self.bus.wallet_event(
+                    lambda e, t=t_id: e.get("transfer_id") == t and e["type"] in ("TransferAccepted",
+                                                                                  "TransferReturned"), timeout_s)
+            except TimeoutError:
+                self.diverged(f"transfer {t_id} never resolved")
+                continue
+            if final["type"] == "TransferAccepted":
+                self.model.post(t_id, recipient)
+            else:
+                self.model.void(t_id)
+            del self.pending_transfers[t_id]
+
+    async def poison(self, rng: random.Random) -> None:
+        """Bytes no consumer can use, marked so the DLQ check can tell them from anything else."""
+        raw = rng.choice([f"{{not json {POISON_MARK}", f'["{POISON_MARK}"]',
+                          f'{{"type": "Nope", "m": "{POISON_MARK}"}}', f'{{"infno": "2207", "m": "{POISON_MARK}"}}'])
+        await self.bus.producer.send_and_wait(rng.choice(POISON_TOPICS), raw.encode(), key=POISON_MARK.encode())
+        self.poison_sent += 1
+
+
+def _accept(bus: Bus, transfer_id: str, recipient: dict[str, Any]) -> Any:
+    from contracts.wallet import AcceptTransfer
+
+    return AcceptTransfer(occurred_at=bus.clock.now(), transfer_id=transfer_id, to_psn_no=recipient["psn_no"])
+
+
+# ---------------------------------------------------------------- families (one actor each, sequential)
+
+
+async def family(run: Run, rng: random.Random, kind: str, deadline: float) -> None:
+    bus, urls = run.bus, run.urls
+    if kind == "suzhou":  # an employee and a child with a quota binding (S1 relatives, B6)
+        me = await person(bus, urls, "32", balance_fen=START_FEN)
+        kid = await person(bus, urls, "32", employee=False)
+        binding = await bound(bus, urls, me, kid, Relation.CHILD, 50_000)
+        run.model.enroll(me["psn_no"])
+        run.model.credit(me["psn_no"], START_FEN)
+        run.model.bind_quota(binding["binding_id"], me["psn_no"], kid["psn_no"], 50_000)
+        binding_id = binding["binding_id"]
+        people = [me, kid]
+    elif kind == "wallet":  # a Jiangsu employee sends money to a relative's wallet in Sichuan (W2–W6)
+        me = await person(bus, urls, "32", balance_fen=START_FEN)
+        relative = await person(bus, urls, "51", employee=False)
+        await bus.open_wallet(relative["psn_no"], relative["region"])
+        await bound(bus, urls, me, relative, Relation.CHILD, kind=BindingKind.WALLET)
+        run.model.enroll(me["psn_no"])
+        run.model.credit(me["psn_no"], START_FEN)
+        people = [me, relative]
+    else:  # an employee in Chengdu (also treated in Suzhou), Hangzhou or Nanning: own account
+        province = {"chengdu": "51", "hangzhou": "33", "nanning": "45"}[kind]
+        me = await person(bus, urls, province, balance_fen=START_FEN)
+        run.model.enroll(me["psn_no"])
+        run.model.credit(me["psn_no"], START_FEN)
+        people = [me]
+    run.people += people
+    run.ready += 1
+    rolled = False
+    while time.monotonic() < deadline:
+        op = rng.choices(["pay", "cancel", "reverse", "overtaken", "repeat", "credit", "rollover", "special",
+                          "poison"], weights=[30, 8, 8, 6, 6, 6, 2, 10, 2])[0]
+        who = rng.choice(people) if kind == "suzhou" else people[0]
+        waiting = {recipient_psn for recipient_psn, _ in run.pending_transfers.values()}
+        if kind == "wallet" and relative["psn_no"] in waiting and op not in ("special", "poison"):
+            continue  # the sender's balance waits on an expiry the clock decides; no bills until it resolves
+        part = rng.randint(1, 40) * 100 + rng.randint(0, 99)
+        if op == "pay":
+            treated = "32" if kind == "chengdu" and rng.random() < 0.5 else None
+            await run.settle(who, part, treated_in=treated)
+        elif op in ("cancel", "reverse"):
+            paid = await run.settle(who, part)
+            if paid is not None:
+                await run.undo("2208" if op == "cancel" else "2601", paid, who)
+        elif op == "overtaken":
+            await run.overtaken(who, part)
+        elif op == "repeat":
+            await run.repeat(who, part)
+        elif op == "credit" and who is people[0]:
+            await run.credit(who, rng.randint(10, 200) * 100)
+        elif op == "rollover" and not rolled and who is people[0]:
+            rolled = True
+            await run.rollover(who)
+        elif op == "special" and kind == "suzhou":
+            if run.model.balances(me["psn_no"])["cur"] + run.model.balances(me["psn_no"])["hist"] >= 20_000:
+                binding_id = await run.rebind(me, kid, binding_id, rng.randint(5, 200) * 100)
+        elif op == "special" and kind == "wallet":
+            if rng.random() < 0.6:
+                await run.transfer(me, relative, rng.randint(1, 20) * 100, accept=rng.random() < 0.8)
+            else:
+                await run.settle(relative, part)  # paid from the wallet's lots, oldest first
+        elif op == "poison":
+            await run.poison(rng)
+        else:
+            continue
+        run.note(op, family=kind, psn_no=who["psn_no"], fen=part)
+    run.oplog.append({"family_done": kind})
+
+
+# ---------------------------------------------------------------- checks after the faults heal
+
+
+async def saga_state(redis_url: str) -> tuple[list[str], int]:
+    """(settlements and transfers not in a final state, visits paid more than once)."""
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    found = []
+    paid_visits: dict[str, int] = {}
+    try:
+        async for key in client.scan_iter("s:req:*", count=1000):
+            raw = await client.get(key)
+            record = json.loads(raw) if raw else {}
+            if record.get("state") in ("AWAITING_WALLET", "CANCELLING", "REVERSING"):
+                found.append(key)
+            if record.get("state") == "PAID" and record.get("infno") == "2207":
+                paid_visits[record["mdtrt_id"]] = paid_visits.get(record["mdtrt_id"], 0) + 1
+        for province in ("32", "51", "33", "45"):
+            for t_id in await client.smembers(f"w{province}:xfers"):
+                if await client.hget(f"w{province}:xfer:{t_id}", "status") == "held":
+                    found.append(f"w{province}:xfer:{t_id}")
+    finally:
+        await client.aclose()
+    return found, sum(n - 1 for n in paid_visits.values() if n > 1)
+
+
+async def dlq_records(bootstrap: str) -> tuple[int, int]:
+    """(records in every DLQ, of which not injected poison)."""
+    # earliest: in our runs aiokafka did not honour seek_to_beginning issued right after a manual assign
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
+                                auto_offset_reset="earliest")
+    await consumer.start()
+    total = unexpected = 0
+    try:
+        topics = [dlq(t) for t in all_topics() if not t.endswith(".dlq")]
+        parts = [TopicPartition(t, p) for t in topics for p in range(PARTITIONS)]  # created so by every service
+        if not parts:
+            return 0, 0
+        consumer.assign(parts)
+        ends = await consumer.end_offsets(parts)
+        remaining = {tp for tp in parts if ends[tp] > 0}
+        deadline = time.monotonic() + 60
+        while remaining and time.monotonic() < deadline:
+            for tp, records in (await consumer.getmany(timeout_ms=500)).items():
+                for r in records:
+                    total += 1
+                    unexpected += POISON_MARK.encode() not in (r.value or b"")
+                if await consumer.position(tp) >= ends[tp]:
+                    remaining.discard(tp)
+    finally:
+        await consumer.stop()
+    return total, unexpected
+
+
+async def compare_balances(run: Run, people: list[dict[str, Any]]) -> None:
+    for who in people:
+        have = await run.balances(who)
+        want = run.model.balances(who["psn_no"])
+        if have != want:
+            run.diverged(f"balances of {who['psn_no']} ({who['province']}): stack {have} != model {want}")
+
+
+def leftover_processes(state: Path) -> list[str]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            with contextlib.suppress(OSError):
+                if str(state).encode() in (proc / "cmdline").read_bytes():
+                    found.append(proc.name)
+    return found
+
+
+# ---------------------------------------------------------------- the run
+
+
+async def simulate(seed: int, duration_s: float, keep: bool) -> dict[str, Any]:
+    rng = random.Random(seed)
+    state = Path(tempfile.mkdtemp(prefix=f"sim-{seed}-"))
+    os.environ.update(supervised.free_ports_env())
+    started = time.monotonic()
+    summary: dict[str, Any] = {"seed": seed, "duration_s": duration_s}
+    run: Run | None = None
+    injector: Injector | None = None
+    try:
+        clock_file = state / "clock_offset_ms"
+        clock_file.write_text(str(offset_ms_to(clock_time(9, 0))))  # a morning: transfers allowed
+        layout = await asyncio.to_thread(supervised.up, state, {"LOG_LEVEL": "WARNING",
+                                                               "WALLET_TIMEOUT_MS": str(WALLET_TIMEOUT_MS)})
+        urls = {n: f"http://127.0.0.1:{p}" for n, p in layout.http_ports.items()}
+        injector = Injector(state, layout, random.Random(rng.random()), clock_file)
+        async with Bus(layout.kafka_bootstrap, clock=FileOffsetClock(str(clock_file))) as bus:
+            run = Run(seed, bus, urls)
+            kinds = ["suzhou", "wallet", "chengdu", "hangzhou", "nanning", "suzhou", "wallet", "chengdu"]
+            deadline = time.monotonic() + duration_s
+            actors = [asyncio.create_task(family(run, random.Random(rng.random()), k, deadline)) for k in kinds]
+            fault_kinds = sorted(injector.kinds())
+            while run.ready < len(kinds) and time.monotonic() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(0.2)  # faults start once every family is enrolled
+
+            order = fault_kinds[:]
+            injector.rng.shuffle(order)  # every kind once first, then at random
+
+            async def faults() -> None:
+                assert injector is not None
+                while time.monotonic() < deadline:
+                    kind = order.pop() if order else injector.rng.choice(fault_kinds)
+                    await injector.strike(kind)
+                    await asyncio.sleep(injector.rng.uniform(*FAULT_GAP_S))
+
+            # two lanes, so long faults (a pause past the session timeout) overlap short ones
+            await asyncio.gather(*(faults() for _ in range(FAULT_LANES)), *actors)
+            # heal: everything running again, then the night: 22:00 (nothing new), 06:00 (expiries)
+            await asyncio.to_thread(supervised.up, state)
+            clock_file.write_text(str(offset_ms_to(clock_time(22, 30))))
+            await asyncio.sleep(1)
+            clock_file.write_text(str(offset_ms_to(clock_time(6, 0, 5), days_ahead=1)))
+            await run.settle_transfers(ANSWER_TIMEOUT_S)
+            await asyncio.sleep(3)  # last reversals and releases land
+            await compare_balances(run, run.people)
+        async with httpx.AsyncClient(timeout=60) as http:
+            reports = {p: (await http.get(f"{urls['wallet-' + p]}/audit")).json() for p in ("32", "51", "33", "45")}
+        national = national_audit(reports)
+        if not national.ok:
+            run.divergences += [f"audit: {d}" for d in national.discrepancies]
+        unresolved, double_debits = await saga_state(layout.redis_url)
+        dlq_total, dlq_unexpected = await dlq_records(layout.kafka_bootstrap)
+        summary.update(ops=run.ops, faults=injector.counts, fault_kinds=len(injector.counts),
+                       faults_struck_in_flight=injector.struck_in_flight, requests_sent=run.sent,
+                       requests_answered=run.answered, poison_sent=run.poison_sent,
+                       fen_created_or_destroyed=national.balances_fen + national.transfers_in_flight_fen
+                       + national.returns_in_flight_fen - national.credited_fen + national.paid_fen,
+                       double_debits=double_debits,
+                       unresolved_sagas=len(unresolved), dlq_records=dlq_total, dlq_unexpected=dlq_unexpected)
+        if unresolved:
+            run.divergences.append(f"unresolved sagas: {unresolved[:5]}")
+        if dlq_unexpected:
+            run.divergences.append(f"{dlq_unexpected} unexpected DLQ records")
+        if dlq_total - dlq_unexpected < run.poison_sent:  # each poison is parked by every consumer of its topic
+            run.divergences.append(f"{run.poison_sent} poison records sent, only {dlq_total - dlq_unexpected} parked")
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(supervised.down, state)
+        left = leftover_processes(state)
+        summary["processes_left"] = len(left)
+        if run is not None:
+            (state.parent / f"sim-{seed}-ops.jsonl").write_text("\n".join(json.dumps(o) for o in run.oplog))
+            summary["operation_log"] = str(state.parent / f"sim-{seed}-ops.jsonl")
+            if left:
+                run.divergences.append(f"processes left running: {left}")
+        if not keep:
+            shutil.rmtree(state, ignore_errors=True)
+    summary["wall_s"] = round(time.monotonic() - started, 1)
+    summary["first_divergence"] = run.divergences[0] if run and run.divergences else None
+    summary["divergences"] = len(run.divergences) if run else -1
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds of workload under faults")
+    parser.add_argument("--keep", action="store_true", help="keep the stack's folder (logs) afterwards")
+    args = parser.parse_args(argv)
+    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 1_000_000)
+    print(f"seed {seed} (replay: make chaos SEED={seed} DURATION={args.duration:g})", flush=True)
+    try:
+        summary = asyncio.run(simulate(seed, args.duration, args.keep))
+    except Exception as exc:  # the run itself broke (e.g. the stack never came up): still one summary line
+        traceback.print_exc()
+        summary = {"seed": seed, "duration_s": args.duration, "first_divergence": f"run failed: {exc!r}"}
+    ok = summary["first_divergence"] is None and summary.get("requests_answered") == summary.get("requests_sent")
+    if not ok:
+        print(f"FAILED: seed {seed}; first divergence: {summary['first_divergence']}; "
+              f"operation log: {summary.get('operation_log')}", file=sys.stderr)
+    print(json.dumps(summary, ensure_ascii=False))
+    return 0 if ok else 1
