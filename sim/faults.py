@@ -3,7 +3,7 @@
 Every fault waits (bounded) for work to be in flight first — records consumed by settlement or a wallet but not
 yet committed — so a crash lands mid-batch instead of in an idle moment. Kinds:
 
-  kill_<svc>            SIGKILL of settlement, binding, wallet-32, wallet-51 (supervisord restarts it)
+  kill_<svc>            SIGKILL of settlement, binding and each wallet (supervisord restarts it)
   kill_redis/kill_kafka SIGKILL of Redis (AOF replays) or the broker (restarts on its log dirs)
   pause_<svc>_timeout   SIGSTOP past the wallet timeout, then SIGCONT (settlement, wallet-32, wallet-51)
   pause_settlement_session  SIGSTOP past the Kafka session timeout (the group rebalances without it)
@@ -57,7 +57,7 @@ class Injector:
 
     def kinds(self) -> dict[str, Callable[[], Awaitable[None]]]:
         k: dict[str, Callable[[], Awaitable[None]]] = {}
-        for svc in ("settlement", "binding", "wallet-32", "wallet-51"):
+        for svc in ("settlement", "binding", "wallet-32", "wallet-51", "wallet-33", "wallet-45"):
             k[f"kill_{svc}"] = lambda svc=svc: self.kill(svc)  # type: ignore[misc]
         k["kill_redis"] = lambda: self.kill("redis")
         k["kill_kafka"] = lambda: self.kill("kafka")

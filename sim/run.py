@@ -26,8 +26,10 @@ import sys
 import tempfile
 import time
 import traceback
+import uuid
 from dataclasses import dataclass, field
 from datetime import time as clock_time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +37,7 @@ import httpx
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from contracts.binding import BindingKind, DissolveBinding, Relation
+from contracts.binding import BindingKind, CreateBinding, DissolveBinding, Relation
 from contracts.enrollment import AccountCredited, YearRolledOver
 from contracts.topics import (
     BINDING_COMMANDS,
@@ -53,6 +55,7 @@ from ops.scenario import bill, bound, person
 from services.settlement.domain import setl_id_for
 from shared.client import Bus, dumps_his, his_request
 from shared.clock import FileOffsetClock, offset_ms_to
+from shared.consent import sign
 from sim.faults import WALLET_TIMEOUT_MS, Injector
 from sim.model import Model, Split
 
@@ -195,19 +198,20 @@ class Run:
         self.model.rollover(who["psn_no"])
         await self.until(lambda b: b["cur"] == 0 and b["hist"] == total, who, "rollover applied")
 
-    async def balances(self, who: dict[str, Any]) -> dict[str, int]:
-        """The wallet's view; retried while the wallet is down or restarting (bounded)."""
+    async def read(self, service: str, path: str, **params: str) -> Any:
+        """A service's read endpoint; retried while the service is down or restarting (bounded)."""
         deadline = time.monotonic() + ANSWER_TIMEOUT_S
         async with httpx.AsyncClient(timeout=10) as http:
             while True:
                 try:
-                    b = (await http.get(f"{self.urls['wallet-' + who['province']]}/balance",
-                                        params={"psn_no": who["psn_no"]})).json()
-                    break
+                    return (await http.get(f"{self.urls[service]}{path}", params=params)).json()
                 except (httpx.HTTPError, ValueError):
                     if time.monotonic() > deadline:
                         raise
                     await asyncio.sleep(0.3)
+
+    async def balances(self, who: dict[str, Any]) -> dict[str, int]:
+        b = await self.read(f"wallet-{who['province']}", "/balance", psn_no=who["psn_no"])
         return {"cur": b["spendable_current_fen"], "hist": b["spendable_prior_fen"],
                 "earmarked": sum(e["earmarked_fen"] for e in b["earmarked"]),
                 "wallet": b["wallet_balance_fen"]}
@@ -237,10 +241,30 @@ class Run:
             return binding_id
         self.model.dissolve(binding_id)
         await self.until(lambda b: b["earmarked"] == 0, grantor, "earmark released")
-        created = await bound(self.bus, self.urls, grantor, recipient, Relation.CHILD, quota,
-                              timeout_s=ANSWER_TIMEOUT_S)
-        self.model.bind_quota(created["binding_id"], grantor["psn_no"], recipient["psn_no"], quota)
-        return str(created["binding_id"])
+        proof = sign(grantor["psn_no"], recipient["psn_no"], "bind", quota, uuid.uuid4().hex,
+                     self.bus.clock.now() + timedelta(minutes=5))
+        create = CreateBinding(occurred_at=self.bus.clock.now(), grantor_psn_no=grantor["psn_no"],
+                               recipient_psn_no=recipient["psn_no"], relation=Relation.CHILD, quota_fen=quota,
+                               kind=BindingKind.MUTUAL_AID,
+                               consent=proof)
+        try:
+            created = await self.bus.binding_command(create, grantor["psn_no"], timeout_s=ANSWER_TIMEOUT_S)
+        except TimeoutError:
+            self.diverged(f"binding {grantor['psn_no']} → {recipient['psn_no']} unanswered")
+            return binding_id
+        if created["type"] != "BindingCreated":
+            self.diverged(f"re-binding refused: {created}")
+            return binding_id
+        new_id = str(created["binding_id"])
+        self.model.bind_quota(new_id, grantor["psn_no"], recipient["psn_no"], quota)
+        await self.until(lambda b: b["earmarked"] == quota, grantor, "earmark made")
+        deadline = time.monotonic() + ANSWER_TIMEOUT_S  # and settlement's read model knows the new order
+        while new_id not in (await self.read("settlement", "/bindings", psn_no=recipient["psn_no"]))["grantor_order"]:
+            if time.monotonic() > deadline:
+                self.diverged(f"settlement never learned binding {new_id}")
+                break
+            await asyncio.sleep(0.2)
+        return new_id
 
     async def transfer(self, sender: dict[str, Any], recipient: dict[str, Any], amount: int, accept: bool) -> None:
         try:
@@ -296,7 +320,9 @@ def _accept(bus: Bus, transfer_id: str, recipient: dict[str, Any]) -> Any:
 
 
 async def family(run: Run, rng: random.Random, kind: str, deadline: float) -> None:
+    """One family, one actor: its operations run one after another, so the model's order is the stack's."""
     bus, urls = run.bus, run.urls
+    state: dict[str, Any] = {"rolled": False}
     if kind == "suzhou":  # an employee and a child with a quota binding (S1 relatives, B6)
         me = await person(bus, urls, "32", balance_fen=START_FEN)
         kid = await person(bus, urls, "32", employee=False)
@@ -304,7 +330,7 @@ async def family(run: Run, rng: random.Random, kind: str, deadline: float) -> No
         run.model.enroll(me["psn_no"])
         run.model.credit(me["psn_no"], START_FEN)
         run.model.bind_quota(binding["binding_id"], me["psn_no"], kid["psn_no"], 50_000)
-        binding_id = binding["binding_id"]
+        state["binding_id"] = binding["binding_id"]
         people = [me, kid]
     elif kind == "wallet":  # a Jiangsu employee sends money to a relative's wallet in Sichuan (W2–W6)
         me = await person(bus, urls, "32", balance_fen=START_FEN)
@@ -322,45 +348,53 @@ async def family(run: Run, rng: random.Random, kind: str, deadline: float) -> No
         people = [me]
     run.people += people
     run.ready += 1
-    rolled = False
     while time.monotonic() < deadline:
         op = rng.choices(["pay", "cancel", "reverse", "overtaken", "repeat", "credit", "rollover", "special",
                           "poison"], weights=[30, 8, 8, 6, 6, 6, 2, 10, 2])[0]
-        who = rng.choice(people) if kind == "suzhou" else people[0]
-        waiting = {recipient_psn for recipient_psn, _ in run.pending_transfers.values()}
-        if kind == "wallet" and relative["psn_no"] in waiting and op not in ("special", "poison"):
-            continue  # the sender's balance waits on an expiry the clock decides; no bills until it resolves
-        part = rng.randint(1, 40) * 100 + rng.randint(0, 99)
-        if op == "pay":
-            treated = "32" if kind == "chengdu" and rng.random() < 0.5 else None
-            await run.settle(who, part, treated_in=treated)
-        elif op in ("cancel", "reverse"):
-            paid = await run.settle(who, part)
-            if paid is not None:
-                await run.undo("2208" if op == "cancel" else "2601", paid, who)
-        elif op == "overtaken":
-            await run.overtaken(who, part)
-        elif op == "repeat":
-            await run.repeat(who, part)
-        elif op == "credit" and who is people[0]:
-            await run.credit(who, rng.randint(10, 200) * 100)
-        elif op == "rollover" and not rolled and who is people[0]:
-            rolled = True
-            await run.rollover(who)
-        elif op == "special" and kind == "suzhou":
-            if run.model.balances(me["psn_no"])["cur"] + run.model.balances(me["psn_no"])["hist"] >= 20_000:
-                binding_id = await run.rebind(me, kid, binding_id, rng.randint(5, 200) * 100)
-        elif op == "special" and kind == "wallet":
-            if rng.random() < 0.6:
-                await run.transfer(me, relative, rng.randint(1, 20) * 100, accept=rng.random() < 0.8)
-            else:
-                await run.settle(relative, part)  # paid from the wallet's lots, oldest first
-        elif op == "poison":
-            await run.poison(rng)
-        else:
-            continue
-        run.note(op, family=kind, psn_no=who["psn_no"], fen=part)
+        try:
+            await one_op(run, rng, kind, op, people, state)
+        except Exception as exc:  # a broken step is a finding, reported with the rest: the run goes on
+            run.diverged(f"{op} in the {kind} family raised {exc!r}")
     run.oplog.append({"family_done": kind})
+
+
+async def one_op(run: Run, rng: random.Random, kind: str, op: str, people: list[dict[str, Any]],
+                 state: dict[str, Any]) -> None:
+    me = people[0]
+    who = rng.choice(people) if kind == "suzhou" else me
+    waiting = {recipient_psn for recipient_psn, _ in run.pending_transfers.values()}
+    if kind == "wallet" and people[1]["psn_no"] in waiting and op not in ("special", "poison"):
+        return  # the sender's balance waits on an expiry the clock decides; no bills until it resolves
+    part = rng.randint(1, 40) * 100 + rng.randint(0, 99)
+    if op == "pay":
+        treated = "32" if kind == "chengdu" and rng.random() < 0.5 else None
+        await run.settle(who, part, treated_in=treated)
+    elif op in ("cancel", "reverse"):
+        paid = await run.settle(who, part)
+        if paid is not None:
+            await run.undo("2208" if op == "cancel" else "2601", paid, who)
+    elif op == "overtaken":
+        await run.overtaken(who, part)
+    elif op == "repeat":
+        await run.repeat(who, part)
+    elif op == "credit" and who is me:
+        await run.credit(who, rng.randint(10, 200) * 100)
+    elif op == "rollover" and not state["rolled"] and who is me:
+        state["rolled"] = True
+        await run.rollover(who)
+    elif op == "special" and kind == "suzhou":
+        if sum(run.model.balances(me["psn_no"])[k] for k in ("cur", "hist")) >= 20_000:
+            state["binding_id"] = await run.rebind(me, people[1], state["binding_id"], rng.randint(5, 200) * 100)
+    elif op == "special" and kind == "wallet":
+        if rng.random() < 0.6:
+            await run.transfer(me, people[1], rng.randint(1, 20) * 100, accept=rng.random() < 0.8)
+        else:
+            await run.settle(people[1], part)  # paid from the wallet's lots, oldest first
+    elif op == "poison":
+        await run.poison(rng)
+    else:
+        return
+    run.note(op, family=kind, psn_no=who["psn_no"], fen=part)
 
 
 # ---------------------------------------------------------------- checks after the faults heal
