@@ -204,7 +204,8 @@ class Bus:
         return await self.wallet_event(lambda e: e.get("causation_id") == cmd.message_id, what="wallet opening")
 
     async def transfer(self, from_psn: str, from_province: str, to_psn: str, to_admdvs: str, amount_fen: int,
-                       transfer_id: str | None = None, source: str = "account") -> dict[str, Any]:
+                       transfer_id: str | None = None, source: str = "account",
+                       timeout_s: float = DEFAULT_TIMEOUT_S) -> dict[str, Any]:
         """W2: returns TransferHeld or TransferRejected from the source province."""
         transfer_id = transfer_id or f"T{new_id().replace('-', '')[:20].upper()}"
         proof = sign(from_psn, to_psn, f"transfer:{transfer_id}", amount_fen, new_id(),
@@ -214,7 +215,8 @@ class Bus:
                               occurred_at=self.clock.now())
         await self.wallet_command(from_province, cmd, transfer_id)
         return await self.wallet_event(lambda e: e.get("causation_id") == cmd.message_id
-                                       and e["type"] in ("TransferHeld", "TransferRejected"), what="transfer request")
+                                       and e["type"] in ("TransferHeld", "TransferRejected"), timeout_s,
+                                       "transfer request")
 
     async def accept(self, transfer_id: str, to_psn: str, to_province: str) -> dict[str, Any]:
         """W4: returns TransferAccepted, or TransferRejected (e.g. expired) / TransferReturned.

@@ -127,10 +127,7 @@ class Run:
             return request
         if TIMED_OUT in (answer["err_msg"] or ""):
             # nothing was charged; wait for the reversal so the next bill sees the money back (as the model does)
-            payment_id = setl_id_for(request["msgid"])
-            with contextlib.suppress(TimeoutError):
-                await self.bus.wallet_event(lambda e: e.get("type") == "PaymentReversed"
-                                            and e.get("payment_id") == payment_id, ANSWER_TIMEOUT_S)
+            await self.reversed(request["msgid"])
             return None
         self.diverged(f"2207 {request['msgid']} refused: {answer['err_msg']}")
         return None
@@ -153,6 +150,46 @@ class Run:
         if fen(answer["output"]["refunded"]) != refunded:
             self.diverged(f"{infno} of {paid['msgid']}: refunded {answer['output']['refunded']}, model {refunded}")
 
+    async def refused(self, request: dict[str, Any], what: str, expect_in_error: str) -> None:
+        """A request the rules must refuse (issue 12 items 1–4); nothing may move."""
+        answer = await self.his(request)
+        if answer is not None and (answer["infcode"] != -1 or expect_in_error not in (answer["err_msg"] or "")):
+            self.diverged(f"{what} {request['msgid']} not refused as it must be: {answer}")
+
+    async def misuse(self, who: dict[str, Any], part_fen: int, rng: random.Random) -> None:
+        """The same visit again under a new msgid, a reversal by another institution, a msgid under another
+        institution's code, an amount no decimal context holds: each refused, none charged."""
+        paid = await self.settle(who, part_fen)
+        if paid is None:
+            return
+        data = paid["input"]["data"]
+        kind = rng.choice(["revisit", "foreign", "forged", "absurd"])
+        if kind == "revisit":
+            again = his_request("2207", paid["fixmedins_code"], paid["insuplc_admdvs"], paid["mdtrtarea_admvs"],
+                                dict(data))
+            await self.refused(again, "the same visit settled again", setl_id_for(paid["msgid"]))
+        elif kind == "foreign":
+            other = paid["fixmedins_code"][:-5] + "99999"
+            reversal = his_request("2601", other, paid["insuplc_admdvs"], paid["mdtrtarea_admvs"],
+                                   {"psn_no": who["psn_no"], "omsgid": paid["msgid"], "oinfno": "2207"})
+            await self.refused(reversal, "another institution's reversal", "input.data.omsgid")
+        elif kind == "forged":
+            forged = bill(who, part_fen)
+            forged["fixmedins_code"] = paid["fixmedins_code"][:-5] + "99999"
+            await self.refused(forged, "a msgid under another institution's code", "msgid:")
+        else:
+            absurd = bill(who, part_fen)
+            absurd["input"]["data"]["psn_part_amt"] = "ABSURD"
+            raw = dumps_his(absurd).replace(b'"ABSURD"', b"12345678901234567890123456789.001")
+            await self.bus.send(HIS_REQUESTS, absurd["msgid"], raw)
+            self.sent += 1
+            try:
+                await self.bus.wait_for(lambda: self.bus.results.get(absurd["msgid"]), ANSWER_TIMEOUT_S, "absurd")
+                self.answered += 1
+            except TimeoutError:
+                self.diverged(f"unanswered: absurd amount {absurd['msgid']}")
+        await self.undo("2601", paid, who)  # the genuine one is reversed by its own institution: back to before
+
     async def overtaken(self, who: dict[str, Any], part_fen: int) -> None:
         """A 2601 right behind its 2207 on the same partition: whatever happens, nothing stays charged."""
         request = bill(who, part_fen)
@@ -172,6 +209,17 @@ class Run:
         self.answered += 2
         if self.bus.results[reversal["msgid"]][0]["infcode"] != 0:
             self.diverged(f"2601 {reversal['msgid']} refused: {self.bus.results[reversal['msgid']][0]['err_msg']}")
+        # A 2601 of a request that had already timed out is answered at once, while that timeout's refund may
+        # still be on its way: wait for it, so the next operation sees the money back (as the model does).
+        await self.reversed(request["msgid"])
+
+    async def reversed(self, msgid: str) -> None:
+        payment_id = setl_id_for(msgid)
+        try:
+            await self.bus.wallet_event(lambda e: e.get("type") == "PaymentReversed"
+                                        and e.get("payment_id") == payment_id, ANSWER_TIMEOUT_S)
+        except TimeoutError:
+            self.diverged(f"no PaymentReversed for {msgid} within {ANSWER_TIMEOUT_S:.0f}s")
 
     async def repeat(self, who: dict[str, Any], part_fen: int) -> None:
         paid = await self.settle(who, part_fen)
@@ -269,7 +317,7 @@ class Run:
     async def transfer(self, sender: dict[str, Any], recipient: dict[str, Any], amount: int, accept: bool) -> None:
         try:
             held = await self.bus.transfer(sender["psn_no"], sender["province"], recipient["psn_no"],
-                                           recipient["region"], amount)
+                                           recipient["region"], amount, timeout_s=ANSWER_TIMEOUT_S)
         except TimeoutError:
             self.diverged(f"transfer from {sender['psn_no']} unanswered")
             return
@@ -349,8 +397,8 @@ async def family(run: Run, rng: random.Random, kind: str, deadline: float) -> No
     run.people += people
     run.ready += 1
     while time.monotonic() < deadline:
-        op = rng.choices(["pay", "cancel", "reverse", "overtaken", "repeat", "credit", "rollover", "special",
-                          "poison"], weights=[30, 8, 8, 6, 6, 6, 2, 10, 2])[0]
+        op = rng.choices(["pay", "cancel", "reverse", "overtaken", "repeat", "misuse", "credit", "rollover",
+                          "special", "poison"], weights=[30, 8, 8, 6, 6, 6, 6, 2, 10, 2])[0]
         try:
             await one_op(run, rng, kind, op, people, state)
         except Exception as exc:  # a broken step is a finding, reported with the rest: the run goes on
@@ -377,6 +425,8 @@ async def one_op(run: Run, rng: random.Random, kind: str, op: str, people: list[
         await run.overtaken(who, part)
     elif op == "repeat":
         await run.repeat(who, part)
+    elif op == "misuse":
+        await run.misuse(who, part, rng)
     elif op == "credit" and who is me:
         await run.credit(who, rng.randint(10, 200) * 100)
     elif op == "rollover" and not state["rolled"] and who is me:
