@@ -88,23 +88,36 @@ def _http_ports(base: int, provinces: list[str]) -> dict[str, int]:
     return {"binding": base + 1, "settlement": base + 2, **{f"wallet-{p}": base + int(p) for p in provinces}}
 
 
+# Ports for throw-away stacks come from below the kernel's ephemeral range (32768–60999 here): a port handed out
+# by bind(0) is ephemeral, and after a restart some client's outgoing connection may hold it, so the restarted
+# process could not listen on its own port again.
+STABLE_PORT_RANGE = (20_000, 32_000)
+
+
 def free_ports_env() -> dict[str, str]:
-    """Port settings for a throw-away supervised stack (tests, bench): free ports instead of the defaults."""
+    """Port settings for a throw-away supervised stack (tests, bench, simulator): free ports that stay usable
+    across restarts, instead of the defaults."""
     import random
     import socket
 
     def is_free(port: int) -> bool:
         with socket.socket() as s:
-            return s.connect_ex(("127.0.0.1", port)) != 0
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+            return True
 
-    for _ in range(200):  # bounded: the service ports hang off one base, so find a base whose ports are all free
-        base = random.randrange(20_000, 60_000, 100)
-        if all(is_free(port) for port in _http_ports(base, list(PROVINCES)).values()):
+    for _ in range(500):  # bounded: the service ports hang off one base, so find a base whose ports are all free
+        base = random.randrange(STABLE_PORT_RANGE[0], STABLE_PORT_RANGE[1] - 100, 100)
+        singles = [base + 60, base + 70, base + 80]  # kafka, controller, redis: beside the service ports
+        if all(is_free(port) for port in [*_http_ports(base, list(PROVINCES)).values(), *singles]):
             break
     else:
-        raise StackError("no free range of service ports found")
-    return {DEFAULT_PORTS["kafka"][0]: str(native.free_port()), DEFAULT_PORTS["controller"][0]: str(native.free_port()),
-            DEFAULT_PORTS["redis"][0]: str(native.free_port()), DEFAULT_PORTS["http"][0]: str(base)}
+        raise StackError("no free range of ports found")
+    return {DEFAULT_PORTS["kafka"][0]: str(singles[0]), DEFAULT_PORTS["controller"][0]: str(singles[1]),
+            DEFAULT_PORTS["redis"][0]: str(singles[2]), DEFAULT_PORTS["http"][0]: str(base)}
 
 
 def open_layout(state: Path) -> tuple[Layout, bool]:

@@ -10,6 +10,9 @@ no province alone, so this matches their snapshots by id:
 * nationally, balances + earmarks + holds + lots + in flight = credits − payments to institutions.
 
 Pure: it takes the per-province reports (`GET /audit` of each wallet) and returns every fen out of place.
+Each province's snapshot is atomic, but provinces are snapshotted one after another: with transfers or returns
+moving between them during the audit, a saga can show on both sides or neither. It is exact on a quiet system
+(as the simulator checks it); under traffic, a discrepancy is real only if it persists in a second run.
 """
 
 from __future__ import annotations

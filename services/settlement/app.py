@@ -102,6 +102,16 @@ def resend(rec: Record) -> list[Outgoing]:
     return decode_out(rec["resend"]) if rec.get("resend") else []
 
 
+def booked_clearing(rec: Record) -> int:
+    """Fen this settlement booked into W7 clearing and has not unbooked. Records paid before `cleared_fen`
+    existed booked their account and wallet parts when cross-province."""
+    if "cleared_fen" in rec:
+        return int(rec["cleared_fen"])
+    if rec.get("infno") == "2207" and rec.get("split") and rec.get("care") != rec.get("province"):
+        return int(rec["split"]["acct_fen"]) + int(rec["split"]["wallet_fen"])  # `split` is set once paid
+    return 0
+
+
 def answer(rec: Record, err: str | None = None, output: dict[str, Any] | None = None) -> Outgoing:
     result = HisResult(infcode=-1 if err else 0, err_msg=err, msgid=rec["msgid"], infno=rec["infno"],
                        output=output or {})
@@ -120,14 +130,15 @@ class SettlementService:
     async def on_request(self, obj: dict[str, Any], _record: Any) -> list[Outgoing]:
         msgid = obj["msgid"]
         infno = str(obj.get("infno", ""))
+        # Until the envelope is valid and the msgid proven to be the sender's (H3), the request is answered but
+        # neither stored nor looked up: it must not occupy, nor read back, another institution's msgid. Both
+        # checks are deterministic, so a repeat still gets the identical answer.
         try:
             env = HisEnvelope.model_validate(obj)
-        except ValidationError as exc:
-            return await self._reject(msgid, infno, first_error(exc))
-        try:
             check_sender(env)
+        except ValidationError as exc:
+            return [answer({"msgid": msgid, "infno": infno}, first_error(exc))]
         except HisRequestError as exc:
-            # Answered but not stored: a request under another institution's msgid must not occupy that msgid.
             return [answer({"msgid": msgid, "infno": infno}, str(exc))]
         try:
             data = parse_data(env)
@@ -205,7 +216,7 @@ class SettlementService:
                              payment_id=payment_id, medfee=d.medfee_sumamt, fund=d.fund_pay_sumamt,
                              part=d.psn_part_amt, wallet_used=bool(needs_wallet))
             if env.infno == "2207":
-                held_by = await tx.msgid_of(k_visit(d.mdtrt_id))
+                held_by = await tx.msgid_of(k_visit(env.fixmedins_code, d.mdtrt_id))
                 settled = await tx.get(held_by) if held_by else None
                 if settled is not None and settled["state"] in domain.VISIT_HELD_STATES:
                     rec["state"] = "REJECTED"
@@ -214,7 +225,7 @@ class SettlementService:
                                       "before settling the visit again")
                     tx.put(rec)
                     return [out]
-                tx.op(lambda p: p.set(k_visit(d.mdtrt_id), env.msgid))
+                tx.op(lambda p: p.set(k_visit(env.fixmedins_code, d.mdtrt_id), env.msgid))
                 tx.op(lambda p: p.set(f"s:setl:{setl_id}", env.msgid))
             if not needs_wallet:  # S5 or nothing to pay: all cash, no wallet round trip
                 return [self._paid(tx, rec, domain.cash_only(d.psn_part_amt))]
@@ -418,9 +429,10 @@ class SettlementService:
             rec["waiting"] = []
             # W7: a refund takes back only what this settlement booked into clearing. A payment that was never
             # answered as paid (timed out, or reversed by an early 2601) booked nothing, so it unbooks nothing.
-            unbooked = min(e.refunded_fen, rec.get("cleared_fen", 0))
+            booked = booked_clearing(rec)
+            unbooked = min(e.refunded_fen, booked)
             if unbooked:
-                rec["cleared_fen"] -= unbooked
+                rec["cleared_fen"] = booked - unbooked
                 self._clear(tx, rec["day"], rec["province"], rec["care"], "care", -unbooked)
             tx.put(rec)
             if rec.get("setl_id"):

@@ -29,9 +29,10 @@ def k_req(msgid: str) -> str:
     return f"s:req:{msgid}"
 
 
-def k_visit(mdtrt_id: str) -> str:
-    """The 2207 that holds a visit (mdtrt_id): one settlement per visit until it is cancelled or reversed."""
-    return f"s:visit:{mdtrt_id}"
+def k_visit(fixmedins: str, mdtrt_id: str) -> str:
+    """The 2207 that holds a visit: one settlement per visit of an institution until it is cancelled or reversed
+    (scoped by institution, so one institution cannot block another's visit numbers)."""
+    return f"s:visit:{fixmedins}:{mdtrt_id}"
 
 
 def k_day(fixmedins: str, day: str) -> str:

