@@ -263,7 +263,7 @@ class TransferHeld(WalletEventBase):
 class TransferRejected(WalletEventBase):
     type: Literal["TransferRejected"] = "TransferRejected"
     transfer_id: str
-    from_psn_no: PsnNo
+    from_psn_no: PsnNo | None = Field(default=None, description="the sender; null for an unknown transfer id")
     to_psn_no: PsnNo
     reason: TransferReason
     detail: str = ""

@@ -251,9 +251,10 @@ class WalletService:
             r = await self.store.transfer_op("accept", cmd.transfer_id, cmd.to_psn_no)
             if not r["ok"]:
                 reason = TransferReason.NOT_RECIPIENT if r.get("reason") == "NOT_RECIPIENT" else TransferReason.EXPIRED
+                # the parties of the transfer as offered; an unknown transfer has no known sender
                 event = TransferRejected(**cmd.caused("TransferRejected", now, province=prov),
-                                         transfer_id=cmd.transfer_id, from_psn_no=cmd.to_psn_no,
-                                         to_psn_no=cmd.to_psn_no, reason=reason,
+                                         transfer_id=cmd.transfer_id, from_psn_no=r.get("from"),
+                                         to_psn_no=r.get("to") or cmd.to_psn_no, reason=reason,
                                          detail=r.get("detail") or f"transfer is {r.get('status')}")
                 return [self.out(cmd.transfer_id, event)]
             resolve = ResolveTransfer(**cmd.caused("ResolveTransfer", now), transfer_id=cmd.transfer_id, outcome="post")

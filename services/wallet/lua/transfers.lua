@@ -174,10 +174,13 @@ if op == 'accept' then
   local dk = P .. 'dxfer:' .. ARGV[2]
   local status = h(dk, 'status')
   if not status then return fail('UNKNOWN_TRANSFER', 'no transfer offered with this id') end
-  if h(dk, 'to') ~= ARGV[3] then return fail('NOT_RECIPIENT', 'only the recipient may accept') end
+  if h(dk, 'to') ~= ARGV[3] then
+    return cjson.encode({ok = false, reason = 'NOT_RECIPIENT', detail = 'only the recipient may accept',
+                         from = h(dk, 'from'), to = h(dk, 'to')})
+  end
   if status == 'offered' then redis.call('HSET', dk, 'status', 'accepting'); status = 'accepting' end
   return cjson.encode({ok = status == 'accepting' or status == 'accepted', status = status,
-                       from_prov = h(dk, 'from_prov')})
+                       from_prov = h(dk, 'from_prov'), from = h(dk, 'from'), to = h(dk, 'to')})
 end
 
 if op == 'complete' then
