@@ -80,6 +80,18 @@ class Model:
         a = self._account(psn)
         a.hist, a.cur = a.hist + a.cur, 0
 
+    def _debit(self, psn: str, amount_fen: int, first: str) -> dict[str, int]:
+        """Take `amount_fen` from one bucket first, then the other; returns what each gave."""
+        a = self._account(psn)
+        if a.cur + a.hist < amount_fen:
+            raise ModelError(f"{psn} cannot give {amount_fen}")
+        second = "cur" if first == "hist" else "hist"
+        taken = {first: min(getattr(a, first), amount_fen)}
+        taken[second] = amount_fen - taken[first]
+        for bucket, fen in taken.items():
+            setattr(a, bucket, getattr(a, bucket) - fen)
+        return taken
+
     def _account(self, psn: str) -> Account:
         if psn not in self.accounts:
             raise ModelError(f"{psn} has no account")
@@ -88,12 +100,7 @@ class Model:
     # ------------------------------------------------------------ quota bindings (B6, B7)
 
     def bind_quota(self, binding_id: str, grantor: str, recipient: str, quota_fen: int) -> None:
-        a = self._account(grantor)
-        if a.cur + a.hist < quota_fen:
-            raise ModelError(f"{grantor} cannot earmark {quota_fen}")
-        from_hist = min(a.hist, quota_fen)
-        a.hist -= from_hist
-        a.cur -= quota_fen - from_hist
+        self._debit(grantor, quota_fen, first="hist")
         self.quotas[binding_id] = Quota(binding_id, grantor, recipient, quota_fen)
         self.order.setdefault(recipient, []).append(binding_id)
 
@@ -156,14 +163,8 @@ class Model:
     # ------------------------------------------------------------ transfers (W2, W4, W6)
 
     def hold(self, transfer_id: str, sender: str, amount_fen: int) -> None:
-        a = self._account(sender)
-        if a.cur + a.hist < amount_fen:
-            raise ModelError(f"{sender} cannot send {amount_fen}")
-        from_cur = min(a.cur, amount_fen)
-        a.cur -= from_cur
-        a.hist -= amount_fen - from_cur
-        self.holds[transfer_id] = (sender, [("hold", sender, "cur", from_cur),
-                                            ("hold", sender, "hist", amount_fen - from_cur)])
+        taken = self._debit(sender, amount_fen, first="cur")
+        self.holds[transfer_id] = (sender, [("hold", sender, bucket, fen) for bucket, fen in taken.items()])
 
     def post(self, transfer_id: str, recipient: str) -> None:
         sender, parts = self.holds.pop(transfer_id)
