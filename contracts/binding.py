@@ -73,6 +73,8 @@ class DissolveReason(StrEnum):
     ENROLLMENT_TERMINATED = "enrollment_terminated"
     TRANSFERRED = "transferred"
     DIED = "died"
+    QUOTA_NOT_EARMARKED = "quota_not_earmarked"  # B6: the grantor's wallet could not hold the quota at creation
+    GRANTOR_NOT_ELIGIBLE = "grantor_not_eligible"  # B1: no longer employee insurance with a personal account
 
 
 class ConsentProof(BaseModel):

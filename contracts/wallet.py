@@ -162,7 +162,8 @@ class TransferReason(StrEnum):
 
 
 class OpenWallet(Message):
-    """W1: open a wallet in the holder's insured region; `opened_by` may be a relative (no smartphone)."""
+    """W1: open a wallet in the holder's insured region; `opened_by` may be a bound relative (no smartphone).
+    Eligibility follows the holder's region from enrolment; `admdvs` here is what the app believed it to be."""
 
     type: Literal["OpenWallet"] = "OpenWallet"
     psn_no: PsnNo
@@ -247,7 +248,7 @@ class WalletOpened(WalletEventBase):
 class WalletOpenRejected(WalletEventBase):
     type: Literal["WalletOpenRejected"] = "WalletOpenRejected"
     psn_no: PsnNo
-    reason: Literal["REGION_NOT_ENABLED", "NOT_ENROLLED", "WRONG_PROVINCE"]
+    reason: Literal["REGION_NOT_ENABLED", "NOT_ENROLLED", "WRONG_PROVINCE", "NOT_A_RELATIVE"]
 
 
 class TransferHeld(WalletEventBase):

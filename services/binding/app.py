@@ -19,7 +19,8 @@ from contracts.binding import (
     ReorderGrantors,
 )
 from contracts.enrollment import EnrollmentEvent
-from contracts.topics import BINDING_COMMANDS, BINDING_EVENTS, ENROLLMENT_EVENTS
+from contracts.topics import BINDING_COMMANDS, BINDING_EVENTS, ENROLLMENT_EVENTS, WALLET_EVENTS
+from contracts.wallet import QuotaEarmarkRejected, WalletEvent
 from services.binding import domain
 from services.binding.store import BindingStore, Reader, k_binding, k_of_grantor, k_order, k_person
 from shared.clock import Clock
@@ -181,6 +182,39 @@ class BindingService:
         return events
 
 
+    # ------------------------------------------------------------ the wallet's answer to a quota (B6, C3)
+
+    async def on_wallet_event(self, event: Any, _record: Any) -> list[Outgoing]:
+        if not isinstance(event, QuotaEarmarkRejected):
+            return []  # every other wallet event is money the binding registry does not keep
+        stored = await self.store.done(event.message_id)
+        if stored is not None:
+            return self.publish(stored)
+        for _ in range(MAX_CAS_ATTEMPTS):
+            try:
+                return self.publish(await self._earmark_refused(event))
+            except WatchError:
+                continue
+        raise TimeoutError("binding state kept changing under this event")
+
+    async def _earmark_refused(self, event: QuotaEarmarkRejected) -> list[BaseModel]:
+        now = self.clock.now()
+        async with self.store.pipeline() as pipe:
+            read = Reader(pipe)
+            await pipe.watch(k_binding(event.binding_id))
+            binding = await read.binding(event.binding_id)
+            order: list[str] = []
+            if binding is not None:
+                await pipe.watch(k_order(binding.recipient_psn_no))
+                order = await read.order(binding.recipient_psn_no)
+            decision = domain.decide_earmark_refused(event, binding, order, now)
+            pipe.multi()
+            self.store.stage(pipe, event.message_id, decision.events, decision.upsert,
+                             orders=self._orders_of(decision))
+            await pipe.execute()
+        return decision.events
+
+
 def _rejected(decision: domain.Decision) -> bool:
     return bool(decision.events) and isinstance(decision.events[0], BindingRejected)
 
@@ -192,6 +226,7 @@ def wire(settings: Settings, redis: Any, clock: Clock) -> tuple[BindingService, 
     return service, [
         Consumer(SERVICE, BINDING_COMMANDS, model_parser(TypeAdapter(BindingCommand)), service.on_command),
         Consumer(SERVICE, ENROLLMENT_EVENTS, model_parser(TypeAdapter(EnrollmentEvent)), service.on_enrollment),
+        Consumer(SERVICE, WALLET_EVENTS, model_parser(TypeAdapter(WalletEvent)), service.on_wallet_event),
     ]
 
 

@@ -45,6 +45,7 @@ from contracts.enrollment import (
     PersonTransferred,
 )
 from contracts.envelope import derive_id
+from contracts.wallet import QuotaEarmarkRejected
 from shared.policy import CLOSE_RELATIVES, Policies
 
 PersonStatus = Literal["normal", "suspended", "terminated", "died"]
@@ -79,6 +80,8 @@ class Binding(BaseModel):
     active: bool = True
     dissolved_at: datetime | None = None
     dissolve_reason: DissolveReason | None = None
+    # The quota before the last change, until the wallet has earmarked the new one; None at creation.
+    previous_quota_fen: int | None = None
 
 
 class BindingRuleError(Exception):
@@ -255,10 +258,27 @@ def decide_change_quota(cmd: ChangeQuota, binding: Binding | None, consent_probl
     except BindingRuleError as err:
         return Decision([reject(cmd, "ChangeQuota", err, now, cmd.grantor_psn_no, None, cmd.binding_id)], [])
     previous = binding.quota_fen or 0
-    updated = binding.model_copy(update={"quota_fen": cmd.quota_fen})
+    updated = binding.model_copy(update={"quota_fen": cmd.quota_fen, "previous_quota_fen": previous})
     event = QuotaChanged(**cmd.caused("QuotaChanged", now), **_parties(binding), quota_fen=cmd.quota_fen,
                          previous_quota_fen=previous)
     return Decision([event], [updated])
+
+
+def decide_earmark_refused(event: QuotaEarmarkRejected, binding: Binding | None, recipient_order: list[str],
+                           now: datetime) -> Decision:
+    """B6/C3: the grantor's wallet could not hold the quota. Binding and wallet must agree on what is promised:
+    a binding whose first quota was refused is dissolved (a quota binding with nothing held is a promise nobody
+    keeps); a refused change puts the binding back to its previous quota, which the wallet still holds.
+    A refusal of anything but the binding's current quota is stale (a later change superseded it): ignored."""
+    if binding is None or not binding.active or binding.quota_fen != event.requested_fen:
+        return Decision([], [])
+    envelope = event.caused(f"EarmarkRefused:{binding.binding_id}", now)
+    if binding.previous_quota_fen is None:
+        return dissolve(binding, DissolveReason.QUOTA_NOT_EARMARKED, recipient_order, now, envelope)
+    reverted = binding.model_copy(update={"quota_fen": binding.previous_quota_fen, "previous_quota_fen": None})
+    back = QuotaChanged(**envelope, **_parties(binding), quota_fen=binding.previous_quota_fen,
+                        previous_quota_fen=event.requested_fen)
+    return Decision([back], [reverted])
 
 
 # ---------------------------------------------------------------- enrollment
@@ -289,6 +309,11 @@ def dissolutions_for(event: EnrollmentStatusEvent, bindings: list[Binding]) -> l
         return [(b, DissolveReason.ENROLLMENT_TERMINATED) for b in bindings if b.active]
     if isinstance(event, PersonDied):
         return [(b, DissolveReason.DIED) for b in bindings if b.active]
+    if isinstance(event, PersonEnrolled) and (event.insutype != "310" or not event.has_personal_account):
+        # B1 holds for as long as the binding does: a grantor re-enrolled without an employee personal account
+        # stops moving money for others. A proxy (B9) moves no money and survives.
+        return [(b, DissolveReason.GRANTOR_NOT_ELIGIBLE) for b in bindings
+                if b.active and b.grantor_psn_no == event.psn_no and b.kind != BindingKind.PROXY]
     if isinstance(event, PersonTransferred) and event.admdvs[:2] != event.from_admdvs[:2]:
         # Only in-province mutual aid depends on the province (B3); wallet and proxy relations survive.
         return [(b, DissolveReason.TRANSFERRED) for b in bindings if b.active and b.kind == BindingKind.MUTUAL_AID]

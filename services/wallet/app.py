@@ -90,6 +90,9 @@ class WalletService:
             if self.mine(e.from_admdvs) and not self.mine(e.admdvs):
                 await self.store.set_status(e.psn_no, e.version, "frozen", e.admdvs)
                 await self.store.set_person(e.psn_no, e.admdvs, "moved", e.version)
+            elif self.mine(e.admdvs):  # a move inside the province: the region (W1 rollout) follows the person
+                status = (await self.store.person(e.psn_no)).get("status", "normal")
+                await self.store.set_person(e.psn_no, e.admdvs, status, e.version)
             return []
         if not self.mine(e.admdvs):
             return []
@@ -97,8 +100,11 @@ class WalletService:
             status = {"PersonEnrolled": "normal", "PersonSuspended": "suspended", "PersonTerminated": "terminated",
                       "PersonDied": "died"}[e.type]
             await self.store.set_person(e.psn_no, e.admdvs, status, e.version)
-            if status in ("terminated", "died"):  # W6: the holder's unspent wallet money returns to each sender
-                await self.store.set_status(e.psn_no, e.version, "frozen", e.admdvs)
+            if status in ("terminated", "died"):
+                # B5/W6: the account is frozen with the reason (what remains is an inheritance matter, out of
+                # scope); the wallet closes and its unspent money returns to each sender.
+                await self.store.set_status(e.psn_no, e.version, "frozen", e.admdvs, status)
+                await self.store.transfer_op("close", e.psn_no, status)
                 return await self.return_lots(e.psn_no, "", f"{e.type}:{e.message_id}", status)
         if isinstance(e, PersonEnrolled):
             if e.insutype == "310" and e.has_personal_account:
@@ -120,6 +126,11 @@ class WalletService:
     async def on_binding(self, e: Any, _record: Any) -> list[Outgoing]:
         if not isinstance(e, BindingCreated | BindingDissolved | QuotaChanged):
             return []
+        if isinstance(e, BindingCreated | BindingDissolved):  # any kind, proxy included: who counts as kin (W1)
+            for person, relative, region in ((e.grantor_psn_no, e.recipient_psn_no, e.grantor_admdvs),
+                                             (e.recipient_psn_no, e.grantor_psn_no, e.recipient_admdvs)):
+                if self.mine(region):
+                    await self.store.set_kin(e.binding_id, person, relative, isinstance(e, BindingCreated))
         if not (self.mine(e.grantor_admdvs) or self.mine(e.recipient_admdvs)) or e.kind == BindingKind.PROXY:
             return []
         if e.kind == BindingKind.WALLET:
@@ -222,18 +233,24 @@ class WalletService:
     async def on_wallet_command(self, cmd: Any) -> list[Outgoing]:
         prov, now = self.province, self.clock.now()
         if isinstance(cmd, OpenWallet):
-            policy = self.policies.find(cmd.admdvs)
+            # W1: eligibility is the holder's own region as enrolment says, never the region the command names
+            # (a region without the wallet could otherwise borrow a neighbour's rollout).
+            person = await self.store.person(cmd.psn_no)
+            region = person.get("admdvs", cmd.admdvs)
+            policy = self.policies.find(region)
             reason = None
-            if not self.mine(cmd.admdvs):
+            if not self.mine(cmd.admdvs) or not self.mine(region):
                 reason = "WRONG_PROVINCE"
+            elif person.get("status") != "normal":
+                reason = "NOT_ENROLLED"
             elif policy is None or not policy.wallet_enabled:
                 reason = "REGION_NOT_ENABLED"  # W1: rollout is per 统筹区
-            elif await self.store.person_status(cmd.psn_no) != "normal":
-                reason = "NOT_ENROLLED"
+            elif cmd.opened_by != cmd.psn_no and not await self.store.is_kin(cmd.psn_no, cmd.opened_by):
+                reason = "NOT_A_RELATIVE"
             env = cmd.caused("WalletOpen", now, province=prov)
             if reason:
                 return [self.out(cmd.psn_no, WalletOpenRejected(**env, psn_no=cmd.psn_no, reason=reason))]
-            await self.store.transfer_op("open", cmd.psn_no, cmd.admdvs)
+            await self.store.transfer_op("open", cmd.psn_no, region)
             return [self.out(cmd.psn_no, WalletOpened(**env, psn_no=cmd.psn_no, opened_by=cmd.opened_by))]
         if isinstance(cmd, RequestTransfer):
             return await self._request_transfer(cmd)
@@ -250,7 +267,9 @@ class WalletService:
         if isinstance(cmd, AcceptTransfer):
             r = await self.store.transfer_op("accept", cmd.transfer_id, cmd.to_psn_no)
             if not r["ok"]:
-                reason = TransferReason.NOT_RECIPIENT if r.get("reason") == "NOT_RECIPIENT" else TransferReason.EXPIRED
+                reason = {"NOT_RECIPIENT": TransferReason.NOT_RECIPIENT,
+                          "WALLET_CLOSED": TransferReason.DESTINATION_WALLET_INACTIVE}.get(r.get("reason", ""),
+                                                                                           TransferReason.EXPIRED)
                 # the parties of the transfer as offered; an unknown transfer has no known sender
                 event = TransferRejected(**cmd.caused("TransferRejected", now, province=prov),
                                          transfer_id=cmd.transfer_id, from_psn_no=r.get("from"),
@@ -268,7 +287,11 @@ class WalletService:
             r = await self.store.transfer_op("complete", cmd.transfer_id, cmd.outcome, cmd.message_id)
             if not r["ok"] or r["status"] != "accepted":
                 return []
-            return [self.out(cmd.transfer_id, TransferAccepted(
+            closed: list[Outgoing] = []
+            if await self.store.wallet_status(r["to"]) != "active":
+                # accepted just before the holder died: the new lot follows the others back to its sender
+                closed = await self.return_lots(r["to"], r["from"], f"closed:{cmd.transfer_id}", "wallet_closed")
+            return [*closed, self.out(cmd.transfer_id, TransferAccepted(
                 **cmd.caused("TransferAccepted", now, province=prov), transfer_id=cmd.transfer_id,
                 from_psn_no=r["from"], from_province=r["from_prov"], to_psn_no=r["to"], amount_fen=r["amount"]))]
         if isinstance(cmd, ReturnFunds):

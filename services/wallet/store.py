@@ -44,8 +44,8 @@ class WalletStore:
     async def enroll(self, psn: str, version: int, status: str, admdvs: str) -> dict[str, Any]:
         return await self._call(self._accounts, "enroll", psn, version, status, admdvs)
 
-    async def set_status(self, psn: str, version: int, status: str, admdvs: str) -> dict[str, Any]:
-        return await self._call(self._accounts, "status", psn, version, status, admdvs)
+    async def set_status(self, psn: str, version: int, status: str, admdvs: str, reason: str = "") -> dict[str, Any]:
+        return await self._call(self._accounts, "status", psn, version, status, admdvs, reason)
 
     async def credit(self, psn: str, amount_fen: int, message_id: str) -> dict[str, Any]:
         return await self._call(self._accounts, "credit", psn, amount_fen, message_id)
@@ -92,6 +92,21 @@ class WalletStore:
 
     async def unschedule(self, transfer_id: str) -> None:
         await self.client.zrem(f"{self.prefix}xexpiry", transfer_id)
+
+    async def set_kin(self, binding_id: str, person: str, relative: str, active: bool) -> None:
+        """Who is bound to a person of this province, by binding (W1: a relative may open the wallet). A hash by
+        binding id, so dissolving one of two bindings between the same people keeps the other."""
+        if active:
+            await self.client.hset(f"{self.prefix}kin:{person}", binding_id, relative)
+        else:
+            await self.client.hdel(f"{self.prefix}kin:{person}", binding_id)
+
+    async def is_kin(self, person: str, relative: str) -> bool:
+        return relative in await self.client.hvals(f"{self.prefix}kin:{person}")
+
+    async def person(self, psn: str) -> dict[str, str]:
+        found: dict[str, str] = await self.client.hgetall(f"{self.prefix}person:{psn}")
+        return found
 
     async def set_person(self, psn: str, admdvs: str, status: str, version: int) -> None:
         """Non-money view of people enrolled here (any scheme), for wallet opening (W1)."""

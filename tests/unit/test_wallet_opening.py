@@ -29,6 +29,9 @@ async def service() -> WalletService:
                         dev_private_key().public_key())
     for psn, region in (("P1", "320500"), ("P2", "320100")):
         await svc.store.set_person(psn, region, "normal", 1)
+    await svc.store.set_kin("B-SON", "P1", "SON1", active=True)
+    await svc.store.set_kin("B-GONE", "P1", "EX1", active=True)
+    await svc.store.set_kin("B-GONE", "P1", "EX1", active=False)
     return svc
 
 
@@ -52,5 +55,19 @@ async def test_opened_on_behalf_of_a_relative(service: WalletService) -> None:
 ])
 async def test_refusals(service: WalletService, psn: str, region: str, reason: str) -> None:
     event = await open_(service, psn, region)
+    assert (event["type"], event["reason"]) == ("WalletOpenRejected", reason)
+    assert await service.store.wallet_status(psn) is None
+
+
+@pytest.mark.parametrize(("psn", "region", "by", "reason"), [
+    # issue 17 item 4: the region named in the command cannot lend its rollout to a person insured elsewhere
+    ("P2", "320500", "P2", "REGION_NOT_ENABLED"),
+    # only the holder or a relative bound to them (a dissolved binding no longer counts)
+    ("P1", "320500", "STRANGER", "NOT_A_RELATIVE"),
+    ("P1", "320500", "EX1", "NOT_A_RELATIVE"),
+])
+async def test_rollout_and_opener_cannot_be_borrowed(service: WalletService, psn: str, region: str, by: str,
+                                                     reason: str) -> None:
+    event = await open_(service, psn, region, by=by)
     assert (event["type"], event["reason"]) == ("WalletOpenRejected", reason)
     assert await service.store.wallet_status(psn) is None

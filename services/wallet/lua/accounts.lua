@@ -8,8 +8,8 @@ local LEDGER = P .. 'ledger'
 local function acct_key(psn) return P .. 'acct:' .. psn end
 
 if op == 'enroll' or op == 'status' then
-  -- ARGV: op, psn, version, status ('active'|'frozen'), admdvs
-  local psn, version, status, admdvs = ARGV[2], int(ARGV[3]), ARGV[4], ARGV[5]
+  -- ARGV: op, psn, version, status ('active'|'frozen'), admdvs, reason ('' = none: why it is frozen)
+  local psn, version, status, admdvs, why = ARGV[2], int(ARGV[3]), ARGV[4], ARGV[5], ARGV[6] or ''
   local k = acct_key(psn)
   local current = redis.call('HGET', k, 'version')
   if current and int(current) >= version then
@@ -22,7 +22,7 @@ if op == 'enroll' or op == 'status' then
     redis.call('HSET', k, 'cur', 0, 'hist', 0)
     redis.call('SADD', P .. 'accts', psn)
   end
-  redis.call('HSET', k, 'status', status, 'version', version, 'admdvs', admdvs)
+  redis.call('HSET', k, 'status', status, 'version', version, 'admdvs', admdvs, 'reason', why)
   return cjson.encode({ok = true, applied = true})
 end
 

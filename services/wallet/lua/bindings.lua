@@ -53,9 +53,11 @@ if op == 'bind' then
         outcome = {ok = false, reason = 'INSUFFICIENT_BALANCE', spendable = avail, quota = quota}
       end
     end
-    -- validated; writes follow. A refused quota leaves the binding with nothing earmarked.
+    -- validated; writes follow. A refused quota is not recorded: nothing promised, nothing held (the binding
+    -- service dissolves the binding on the refusal; a later quota change starts from zero, not from a quota
+    -- that was never held).
     redis.call('HSET', bk, 'grantor', grantor, 'recipient', recipient, 'kind', kind, 'mode', mode,
-               'status', 'active', 'quota', quota, 'earmark', 0)
+               'status', 'active', 'quota', outcome.ok and quota or 0, 'earmark', 0)
     redis.call('SADD', P .. 'binds', b_id)
     if outcome.ok and mode == 'quota' and kind == 'mutual_aid' and quota > 0 then
       take_spendable(grantor, quota, ARGV[2], 'quota_earmark')

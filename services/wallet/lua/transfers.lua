@@ -17,6 +17,14 @@ if op == 'open' then
   return cjson.encode({ok = true})
 end
 
+if op == 'close' then
+  -- ARGV: op, psn, reason. W6/B5: after death or termination the wallet takes and pays nothing any more; its
+  -- lots go back to their senders (op return_lots), offers to it are refused and expire back to their senders.
+  local wk = P .. 'wallet:' .. ARGV[2]
+  if redis.call('EXISTS', wk) == 1 then redis.call('HSET', wk, 'status', 'closed', 'reason', ARGV[3]) end
+  return cjson.encode({ok = true})
+end
+
 -- The sender's active wallet lots, oldest first, as {lot_id, available}.
 local function lots_of(psn)
   local out = {}
@@ -177,6 +185,10 @@ if op == 'accept' then
   if h(dk, 'to') ~= ARGV[3] then
     return cjson.encode({ok = false, reason = 'NOT_RECIPIENT', detail = 'only the recipient may accept',
                          from = h(dk, 'from'), to = h(dk, 'to')})
+  end
+  if status == 'offered' and h(P .. 'wallet:' .. ARGV[3], 'status') ~= 'active' then
+    return cjson.encode({ok = false, reason = 'WALLET_CLOSED', detail = 'the recipient\'s wallet is closed',
+                         status = status, from = h(dk, 'from'), to = h(dk, 'to')})
   end
   if status == 'offered' then redis.call('HSET', dk, 'status', 'accepting'); status = 'accepting' end
   return cjson.encode({ok = status == 'accepting' or status == 'accepted', status = status,

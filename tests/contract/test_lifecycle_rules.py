@@ -1,0 +1,200 @@
+"""Issue 17: binding and wallet life-cycle rules, over every service's real handlers (in-memory broker, fakeredis).
+
+Each test drives the services the way the platform does (enrolment, credits, binding commands) and checks what
+binding and wallet end up agreeing on; each failed on main before its fix.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from contracts.binding import BindingKind, ChangeQuota, Relation
+from contracts.enrollment import PersonDied, PersonTransferred
+from contracts.topics import BINDING_COMMANDS, BINDING_EVENTS, ENROLLMENT_EVENTS, WALLET_EVENTS, wallet_commands
+from contracts.wallet import AcceptTransfer, OpenWallet, RequestTransfer
+from shared.consent import sign
+from shared.policy import Policies
+from tests.contract.harness import Harness, harness
+from tests.contract.test_service_pairs import send
+from tests.factories import create_binding, credited, enrolled
+
+
+def events(h: Harness, topic: str, type_: str, **match: Any) -> list[dict[str, Any]]:
+    return [e for e in h.on(topic) if e.get("type") == type_ and all(e.get(k) == v for k, v in match.items())]
+
+
+async def wallet_view(h: Harness, psn: str, province: str = "32") -> dict[str, Any]:
+    view: dict[str, Any] = await h.services[f"wallet-{province}"].store.balance(psn)
+    return view
+
+
+async def binding_view(h: Harness, psn: str) -> dict[str, Any]:
+    view: dict[str, Any] = await h.services["binding"].store.view(psn)
+    return view
+
+
+async def enrol(h: Harness, psn: str, fen: int = 0, admdvs: str = "320500", **kw: Any) -> None:
+    await send(h, ENROLLMENT_EVENTS, enrolled(psn, admdvs=admdvs, **kw), psn)
+    if fen:
+        await send(h, ENROLLMENT_EVENTS, credited(psn, fen, admdvs=admdvs), psn)
+
+
+async def change_quota(h: Harness, binding_id: str, grantor: str, recipient: str, quota_fen: int, nonce: str) -> None:
+    proof = sign(grantor, recipient, "quota", quota_fen, nonce, h.clock.now() + timedelta(minutes=5))
+    await send(h, BINDING_COMMANDS, ChangeQuota(occurred_at=h.clock.now(), binding_id=binding_id,
+                                                grantor_psn_no=grantor, quota_fen=quota_fen, consent=proof), grantor)
+
+
+async def test_1_a_quota_the_wallet_cannot_hold_dissolves_the_binding_and_a_refused_change_reverts() -> None:
+    async with harness() as h:
+        await enrol(h, "G", 1_000)
+        await enrol(h, "R")
+        cmd = create_binding("G", "R", Relation.SPOUSE, quota_fen=5_000, now=h.clock.now())
+        await send(h, BINDING_COMMANDS, cmd, "G")
+        [created] = events(h, BINDING_EVENTS, "BindingCreated")
+        b_id = created["binding_id"]
+        assert events(h, WALLET_EVENTS, "QuotaEarmarkRejected", binding_id=b_id)
+        # binding and wallet agree: nothing is promised, the binding is gone with a reason
+        [dissolved] = events(h, BINDING_EVENTS, "BindingDissolved", binding_id=b_id)
+        assert dissolved["reason"] == "quota_not_earmarked"
+        assert not any(b["active"] for b in (await binding_view(h, "G"))["as_grantor"])
+        assert (await wallet_view(h, "G"))["earmarked"] == []
+        assert (await wallet_view(h, "G"))["spendable_current_fen"] == 1_000
+
+        # a funded binding, then a change the wallet cannot hold: both stay at the old quota
+        await send(h, ENROLLMENT_EVENTS, credited("G", 9_000), "G")  # 10,000 in all
+        ok = create_binding("G", "R", Relation.SPOUSE, quota_fen=3_000, now=h.clock.now())
+        await send(h, BINDING_COMMANDS, ok, "G")
+        b2 = events(h, BINDING_EVENTS, "BindingCreated")[-1]["binding_id"]
+        await change_quota(h, b2, "G", "R", 50_000, "nonce-too-much-1")
+        assert events(h, WALLET_EVENTS, "QuotaEarmarkRejected", binding_id=b2)
+        [active] = [b for b in (await binding_view(h, "G"))["as_grantor"] if b["active"]]
+        assert active["quota_fen"] == 3_000
+        [earmark] = (await wallet_view(h, "G"))["earmarked"]
+        assert (earmark["quota_fen"], earmark["earmarked_fen"]) == (3_000, 3_000)
+
+        # after a top-up a change earmarks exactly the difference (main earmarked 0 here: a quota never held
+        # counted as used)
+        await send(h, ENROLLMENT_EVENTS, credited("G", 50_000), "G")
+        await change_quota(h, b2, "G", "R", 8_000, "nonce-topped-up-1")
+        [earmark] = (await wallet_view(h, "G"))["earmarked"]
+        assert (earmark["quota_fen"], earmark["earmarked_fen"]) == (8_000, 8_000)
+        view = await wallet_view(h, "G")
+        assert view["spendable_current_fen"] + view["spendable_prior_fen"] == 60_000 - 8_000
+
+
+async def test_2_a_grantor_who_loses_the_personal_account_stops_granting() -> None:
+    async with harness() as h:
+        await enrol(h, "G", 50_000)
+        await enrol(h, "R")
+        await enrol(h, "P")
+        await send(h, BINDING_COMMANDS, create_binding("G", "R", Relation.SPOUSE, quota_fen=2_000,
+                                                       now=h.clock.now()), "G")
+        await send(h, BINDING_COMMANDS, create_binding("G", "P", Relation.CHILD, BindingKind.PROXY, None,
+                                                       now=h.clock.now()), "G")
+        aid, proxy = (e["binding_id"] for e in events(h, BINDING_EVENTS, "BindingCreated"))
+        # re-enrolled in resident insurance (390): B1 no longer holds
+        await send(h, ENROLLMENT_EVENTS, enrolled("G", insutype="390", has_pa=False, version=2), "G")
+        [dissolved] = events(h, BINDING_EVENTS, "BindingDissolved")
+        assert (dissolved["binding_id"], dissolved["reason"]) == (aid, "grantor_not_eligible")
+        state = {b["binding_id"]: b["active"] for b in (await binding_view(h, "G"))["as_grantor"]}
+        assert state == {aid: False, proxy: True}  # a proxy moves no money (B9)
+        assert (await wallet_view(h, "G"))["earmarked"] == []  # the quota came back to the grantor
+        # and a new binding is refused for the same reason it would be at creation
+        await send(h, BINDING_COMMANDS, create_binding("G", "R", Relation.SPOUSE, quota_fen=1_000,
+                                                       now=h.clock.now()), "G")
+        assert events(h, BINDING_EVENTS, "BindingRejected")[-1]["reason"] == "GRANTOR_NO_PERSONAL_ACCOUNT"
+
+
+async def transfer(h: Harness, t_id: str, sender: str, recipient: str, fen: int, to_admdvs: str = "510100") -> None:
+    proof = sign(sender, recipient, f"transfer:{t_id}", fen, f"nonce-{t_id}-0001", h.clock.now() + timedelta(minutes=5))
+    await send(h, wallet_commands(sender_province(h, sender)), RequestTransfer(
+        occurred_at=h.clock.now(), transfer_id=t_id, from_psn_no=sender, to_psn_no=recipient, to_admdvs=to_admdvs,
+        amount_fen=fen, consent=proof), t_id)
+
+
+def sender_province(h: Harness, sender: str) -> str:
+    enrolments = [e for e in h.on(ENROLLMENT_EVENTS) if e.get("psn_no") == sender and "admdvs" in e]
+    return str(enrolments[-1]["admdvs"])[:2]
+
+
+async def test_4_a_wallet_opens_only_in_its_holders_region_and_only_by_kin() -> None:
+    async with harness() as h:
+        await enrol(h, "S", admdvs="510100")
+        # the command names an enabled region in the right province, but S is insured where rollout is pending
+        service = h.services["wallet-51"]
+        pending = service.policies.by_region["510100"].model_copy(update={"region": "510200", "wallet_enabled": False})
+        service.policies = Policies({**service.policies.by_region, "510200": pending})
+        await send(h, ENROLLMENT_EVENTS, PersonTransferred(occurred_at=h.clock.now(), psn_no="S", admdvs="510200",
+                                                           from_admdvs="510100", version=2), "S")
+        await send(h, wallet_commands("51"), OpenWallet(occurred_at=h.clock.now(), psn_no="S", admdvs="510100",
+                                                        opened_by="S"), "S")
+        assert events(h, WALLET_EVENTS, "WalletOpenRejected")[-1]["reason"] == "REGION_NOT_ENABLED"
+        # a stranger cannot open a wallet for somebody; a bound relative can
+        await enrol(h, "T", admdvs="510100")
+        await enrol(h, "K", 10_000)
+        await send(h, wallet_commands("51"), OpenWallet(occurred_at=h.clock.now(), psn_no="T", admdvs="510100",
+                                                        opened_by="STRANGER"), "T")
+        assert events(h, WALLET_EVENTS, "WalletOpenRejected")[-1]["reason"] == "NOT_A_RELATIVE"
+        await send(h, BINDING_COMMANDS, create_binding("K", "T", Relation.SIBLING, BindingKind.WALLET, None,
+                                                       now=h.clock.now()), "K")
+        await send(h, wallet_commands("51"), OpenWallet(occurred_at=h.clock.now(), psn_no="T", admdvs="510100",
+                                                        opened_by="K"), "T")
+        assert events(h, WALLET_EVENTS, "WalletOpened")[-1]["opened_by"] == "K"
+
+
+async def test_5_death_closes_the_wallet_returns_every_lot_and_freezes_the_account_with_its_reason() -> None:
+    async with harness() as h:
+        await enrol(h, "G", 100_000)
+        await enrol(h, "S", admdvs="510100")
+        await send(h, BINDING_COMMANDS, create_binding("G", "S", Relation.CHILD, BindingKind.WALLET, None,
+                                                       now=h.clock.now()), "G")
+        await send(h, wallet_commands("51"), OpenWallet(occurred_at=h.clock.now(), psn_no="S", admdvs="510100",
+                                                        opened_by="S"), "S")
+        await transfer(h, "T1", "G", "S", 30_000)
+        await send(h, wallet_commands("51"), AcceptTransfer(occurred_at=h.clock.now(), transfer_id="T1",
+                                                            to_psn_no="S"), "T1")
+        await send(h, wallet_commands("51"), AcceptTransfer(occurred_at=h.clock.now(), transfer_id="T1",
+                                                            to_psn_no="S"), "T1")  # redelivered: one lot
+        assert (await wallet_view(h, "S", "51"))["wallet_balance_fen"] == 30_000
+        # T2: accepted and posted by the source, but the completion is still on its way when S dies (the
+        # accept's redelivery carries it later)
+        h.clock.advance(timedelta(days=1))
+        await transfer(h, "T2", "G", "S", 20_000)
+        assert (await h.services["wallet-51"].store.transfer_op("accept", "T2", "S"))["ok"]
+        assert (await h.services["wallet-32"].store.transfer_op("post", "T2", "post-T2", "accepted"))["ok"]
+        # T3: offered by a second relative and not accepted when S dies (one pending transfer per pair, W3)
+        await enrol(h, "H", 100_000)
+        await send(h, BINDING_COMMANDS, create_binding("H", "S", Relation.SPOUSE, BindingKind.WALLET, None,
+                                                       now=h.clock.now()), "H")
+        await transfer(h, "T3", "H", "S", 10_000)
+        assert (await wallet_view(h, "G"))["spendable_current_fen"] == 100_000 - 50_000
+        assert (await wallet_view(h, "H"))["spendable_current_fen"] == 100_000 - 10_000
+
+        died = PersonDied(occurred_at=h.clock.now(), psn_no="S", admdvs="510100", version=2)
+        # S's province learns of the death before the binding service has dissolved anything
+        await h.services["wallet-51"].on_enrollment(died, None)
+        view = await wallet_view(h, "S", "51")
+        assert (view["wallet"], view["wallet_balance_fen"]) == ("closed", 0)
+        await send(h, wallet_commands("51"), AcceptTransfer(occurred_at=h.clock.now(), transfer_id="T3",
+                                                            to_psn_no="S"), "T3")
+        assert events(h, WALLET_EVENTS, "TransferRejected", transfer_id="T3")[-1]["reason"] == \
+            "DESTINATION_WALLET_INACTIVE"
+        # now everybody hears of it (the wallet's own redelivery sends the same returns); the binding service
+        # dissolves both relationships and the source voids T3
+        await send(h, ENROLLMENT_EVENTS, died, "S")
+        await send(h, wallet_commands("51"), AcceptTransfer(occurred_at=h.clock.now(), transfer_id="T2",
+                                                            to_psn_no="S"), "T2")
+        view = await wallet_view(h, "S", "51")
+        assert view["wallet_balance_fen"] == 0
+        assert sorted(lot["status"] for lot in view["wallet_lots"]) == ["returned", "returned"]
+        for sender in ("G", "H"):  # every fen back with its sender
+            back = await wallet_view(h, sender)
+            assert back["spendable_current_fen"] + back["spendable_prior_fen"] == 100_000
+        # the personal account of a person who died is frozen, and says why
+        await enrol(h, "D", 5_000)
+        await send(h, ENROLLMENT_EVENTS, PersonDied(occurred_at=h.clock.now(), psn_no="D", admdvs="320500",
+                                                    version=2), "D")
+        account = (await wallet_view(h, "D"))["account"]
+        assert (account["status"], account["reason"], account["cur"]) == ("frozen", "died", "5000")
