@@ -146,6 +146,7 @@ class QuotaReleased(Message):
 
 class TransferReason(StrEnum):
     AMOUNT_OVER_LIMIT = "AMOUNT_OVER_LIMIT"
+    BAD_AMOUNT = "BAD_AMOUNT"  # zero: nothing to transfer
     OUTSIDE_HOURS = "OUTSIDE_HOURS"
     DAILY_LIMIT_REACHED = "DAILY_LIMIT_REACHED"
     PENDING_TO_RECIPIENT = "PENDING_TO_RECIPIENT"

@@ -33,7 +33,9 @@ def check_destination(to_admdvs: str) -> None:
 
 
 def check_amount(amount_fen: int) -> None:
-    if amount_fen <= 0 or amount_fen > MAX_TRANSFER_FEN:
+    if amount_fen <= 0:  # nothing to move: a malformed request, not a limit the sender ran into
+        raise TransferRuleError(TransferReason.BAD_AMOUNT, f"a transfer moves at least 1 fen, got {amount_fen}")
+    if amount_fen > MAX_TRANSFER_FEN:
         raise TransferRuleError(TransferReason.AMOUNT_OVER_LIMIT,
                                 f"a transfer is 1 to {MAX_TRANSFER_FEN} fen, got {amount_fen}")
 

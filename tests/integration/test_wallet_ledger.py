@@ -79,6 +79,28 @@ async def test_quota_mode_sequential_uses_grantors_in_order(store: WalletStore) 
     await assert_audit(store)
 
 
+async def receive_lot(store: WalletStore, transfer_id: str, holder: str, sender: str, amount_fen: int) -> None:
+    """A wallet lot as the saga makes it at the destination: offered, accepted, completed as posted."""
+    await store.transfer_op("open", holder, "320500")
+    assert (await store.transfer_op("offer", transfer_id, sender, "51", holder, amount_fen, 2**40))["ok"]
+    assert (await store.transfer_op("accept", transfer_id, holder))["ok"]
+    assert (await store.transfer_op("complete", transfer_id, "posted", f"c-{transfer_id}"))["ok"]
+
+
+async def test_relatives_pay_before_the_wallet_in_one_payment(store: WalletStore) -> None:
+    # S1: own account, then relatives (B7 order), then the wallet, then cash; issue 17 item 7: swapping the
+    # relatives and wallet steps of pay.lua fails here (and in tests/unit/test_model_matches_lua.py)
+    await set_account(store, "R", cur=2_000, hist=0)
+    await set_account(store, "G1", cur=10_000, hist=0)
+    await bind(store, "b1", "G1", "R", FundingMode.QUOTA, 3_000)
+    await receive_lot(store, "L1", "R", "S9", 4_000)
+    r = await store.pay("mix1", "R", 8_000, plan(("b1", "G1")), False, "mix1")
+    assert [(p["source"], p["owner_psn_no"], p["amount_fen"]) for p in r["parts"]] == [
+        ("own", "R", 2_000), ("mutual_aid", "G1", 3_000), ("wallet", "S9", 3_000)]
+    assert (r["acct_pay_fen"], r["mulaid_pay_fen"], r["wallet_pay_fen"], r["cash_fen"]) == (5_000, 3_000, 3_000, 0)
+    await assert_audit(store)
+
+
 async def test_single_mode_uses_at_most_one_grantor(store: WalletStore) -> None:
     await set_account(store, "R", cur=0, hist=0)
     await set_account(store, "G1", cur=0, hist=1_000)

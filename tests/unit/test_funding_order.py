@@ -13,6 +13,7 @@ from tests.integration.test_wallet_ledger import (  # noqa: F401 - collected her
     test_historical_only_never_touches_current_year,
     test_own_account_current_year_first_then_prior,
     test_quota_mode_sequential_uses_grantors_in_order,
+    test_relatives_pay_before_the_wallet_in_one_payment,
     test_reversal_returns_exactly_and_to_grantor_if_dissolved,
     test_single_mode_uses_at_most_one_grantor,
 )
