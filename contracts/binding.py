@@ -105,12 +105,16 @@ class DissolveBinding(Message):
     binding_id: str
     grantor_psn_no: PsnNo
     requested_by: PsnNo
+    consent: ConsentProof | None = Field(
+        default=None, description="required (B7/B8): signed for dissolve_action(binding_id, requested_by)")
 
 
 class ReorderGrantors(Message):
     type: Literal["ReorderGrantors"] = "ReorderGrantors"
     recipient_psn_no: PsnNo
     binding_ids: list[str] = Field(min_length=1, max_length=50)
+    consent: ConsentProof | None = Field(
+        default=None, description="required (B7/B8): the recipient's, signed for reorder_action(binding_ids)")
 
 
 class ChangeQuota(Message):
@@ -124,6 +128,16 @@ class ChangeQuota(Message):
 BindingCommand = Annotated[
     CreateBinding | DissolveBinding | ReorderGrantors | ChangeQuota, Field(discriminator="type")
 ]
+
+
+def dissolve_action(binding_id: str, requested_by: str) -> str:
+    """What the person asking to dissolve a binding consents to (signed with the binding's two parties)."""
+    return f"dissolve:{binding_id}:{requested_by}"
+
+
+def reorder_action(binding_ids: list[str]) -> str:
+    """What a recipient consents to when reordering (signed with grantor "" and the recipient)."""
+    return "reorder:" + ",".join(binding_ids)
 
 
 def consent_payload(

@@ -136,13 +136,15 @@ def bind(grantor: str, recipient: str, relation: Relation = typer.Option(...),
 
 
 @app.command()
-def dissolve(binding_id: str, grantor: str = typer.Option(...), by: str = typer.Option(...),
-             as_json: bool = JSON) -> None:
-    out(run(with_bus(lambda bus: bus.dissolve(binding_id, grantor, by))), as_json)
+def dissolve(binding_id: str, grantor: str = typer.Option(...), recipient: str = typer.Option(...),
+             by: str = typer.Option(...), as_json: bool = JSON) -> None:
+    """Dissolve a binding with a development consent proof of the party asking (`--by`)."""
+    out(run(with_bus(lambda bus: bus.dissolve(binding_id, grantor, recipient, by))), as_json)
 
 
 @app.command()
 def reorder(recipient: str, binding_ids: list[str], as_json: bool = JSON) -> None:
+    """Reorder a recipient's grantors with a development consent proof of the recipient."""
     out(run(with_bus(lambda bus: bus.reorder(recipient, binding_ids))), as_json)
 
 

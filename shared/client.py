@@ -20,7 +20,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from pydantic import BaseModel
 
-from contracts.binding import BindingKind, ChangeQuota, CreateBinding, DissolveBinding, Relation, ReorderGrantors
+from contracts.binding import BindingKind, ChangeQuota, CreateBinding, Relation
 from contracts.envelope import new_id
 from contracts.topics import (
     BINDING_COMMANDS,
@@ -33,7 +33,7 @@ from contracts.topics import (
 )
 from contracts.wallet import AcceptTransfer, OpenWallet, RequestTransfer
 from shared.clock import Clock, SystemClock, china_time
-from shared.consent import sign
+from shared.consent import dissolve_command, reorder_command, sign
 from shared.pii import kafka_key
 
 DEFAULT_TIMEOUT_S = 30.0
@@ -179,15 +179,12 @@ class Bus:
                             quota_fen=quota_fen, consent=proof, occurred_at=self.clock.now())
         return await self.binding_command(cmd, grantor)
 
-    async def dissolve(self, binding_id: str, grantor: str, requested_by: str) -> dict[str, Any]:
-        cmd = DissolveBinding(binding_id=binding_id, grantor_psn_no=grantor, requested_by=requested_by,
-                              occurred_at=self.clock.now())
-        return await self.binding_command(cmd, grantor)
+    async def dissolve(self, binding_id: str, grantor: str, recipient: str, requested_by: str) -> dict[str, Any]:
+        return await self.binding_command(dissolve_command(binding_id, grantor, recipient, requested_by,
+                                                           self.clock.now()), grantor)
 
     async def reorder(self, recipient: str, binding_ids: list[str]) -> dict[str, Any]:
-        return await self.binding_command(ReorderGrantors(recipient_psn_no=recipient, binding_ids=binding_ids,
-                                                                  occurred_at=self.clock.now()),
-                                          recipient)
+        return await self.binding_command(reorder_command(recipient, binding_ids, self.clock.now()), recipient)
 
     async def change_quota(self, binding_id: str, grantor: str, recipient: str, quota_fen: int) -> dict[str, Any]:
         proof = sign(grantor, recipient, "quota", quota_fen, new_id(), self.clock.now() + timedelta(minutes=5))

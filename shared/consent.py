@@ -11,7 +11,15 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from contracts.binding import ConsentProof, consent_payload
+from contracts.binding import (
+    ConsentProof,
+    DissolveBinding,
+    ReorderGrantors,
+    consent_payload,
+    dissolve_action,
+    reorder_action,
+)
+from contracts.envelope import new_id
 
 # Development identity key for local stacks, tests and the demo. Production sets CONSENT_PUBLIC_KEY
 # to the platform's real key, and this private key is never deployed.
@@ -60,3 +68,19 @@ def check_consent(
     except (InvalidSignature, ValueError):
         return "consent signature invalid"
     return None
+
+
+def dissolve_command(binding_id: str, grantor: str, recipient: str, requested_by: str, now: datetime,
+                     key: Ed25519PrivateKey | None = None) -> DissolveBinding:
+    """A dissolution as the app sends it once the identity service has verified `requested_by` (B7/B8)."""
+    proof = sign(grantor, recipient, dissolve_action(binding_id, requested_by), None, new_id(),
+                 now + timedelta(minutes=5), key)
+    return DissolveBinding(occurred_at=now, binding_id=binding_id, grantor_psn_no=grantor, requested_by=requested_by,
+                           consent=proof)
+
+
+def reorder_command(recipient: str, binding_ids: list[str], now: datetime,
+                    key: Ed25519PrivateKey | None = None) -> ReorderGrantors:
+    """A reorder as the app sends it once the identity service has verified the recipient (B7/B8)."""
+    proof = sign("", recipient, reorder_action(binding_ids), None, new_id(), now + timedelta(minutes=5), key)
+    return ReorderGrantors(occurred_at=now, recipient_psn_no=recipient, binding_ids=binding_ids, consent=proof)

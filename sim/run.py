@@ -37,7 +37,7 @@ import httpx
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from contracts.binding import BindingKind, CreateBinding, DissolveBinding, Relation
+from contracts.binding import BindingKind, CreateBinding, Relation
 from contracts.enrollment import AccountCredited, YearRolledOver
 from contracts.topics import (
     BINDING_COMMANDS,
@@ -55,7 +55,7 @@ from ops.scenario import bill, bound, person
 from services.settlement.domain import setl_id_for
 from shared.client import Bus, dumps_his, his_request
 from shared.clock import FileOffsetClock, offset_ms_to
-from shared.consent import sign
+from shared.consent import dissolve_command, sign
 from sim.faults import WALLET_TIMEOUT_MS, Injector
 from sim.model import Model, Split
 
@@ -280,8 +280,8 @@ class Run:
     # ------------------------------------------------------------ bindings and transfers
 
     async def rebind(self, grantor: dict[str, Any], recipient: dict[str, Any], binding_id: str, quota: int) -> str:
-        cmd = DissolveBinding(occurred_at=self.bus.clock.now(), binding_id=binding_id,
-                              grantor_psn_no=grantor["psn_no"], requested_by=grantor["psn_no"])
+        cmd = dissolve_command(binding_id, grantor["psn_no"], recipient["psn_no"], grantor["psn_no"],
+                               self.bus.clock.now())
         try:
             await self.bus.binding_command(cmd, grantor["psn_no"], timeout_s=ANSWER_TIMEOUT_S)
         except TimeoutError:

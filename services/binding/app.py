@@ -17,6 +17,8 @@ from contracts.binding import (
     CreateBinding,
     DissolveBinding,
     ReorderGrantors,
+    dissolve_action,
+    reorder_action,
 )
 from contracts.enrollment import EnrollmentEvent
 from contracts.topics import BINDING_COMMANDS, BINDING_EVENTS, ENROLLMENT_EVENTS, WALLET_EVENTS
@@ -75,7 +77,8 @@ class BindingService:
                 grantor, recipient = await read.person(cmd.grantor_psn_no), await read.person(cmd.recipient_psn_no)
                 active = [b for b in await read.of_grantor(cmd.grantor_psn_no) if b.active]
                 order = await read.order(cmd.recipient_psn_no)
-                problem = await self._consent_problem(read, cmd, "bind", cmd.quota_fen, now)
+                problem = await self._consent_problem(read, cmd, cmd.grantor_psn_no, cmd.recipient_psn_no, "bind",
+                                                      cmd.quota_fen, now)
                 decision = domain.decide_create(cmd, grantor, recipient, self.policies, active, order, problem, now)
                 orders = {}
                 if decision.upsert and decision.upsert[0].kind == BindingKind.MUTUAL_AID:
@@ -89,22 +92,30 @@ class BindingService:
                 if binding is not None:
                     await pipe.watch(k_order(binding.recipient_psn_no))
                 order = await read.order(binding.recipient_psn_no) if binding else []
-                decision = domain.decide_dissolve(cmd, binding, self.policies, order, now)
+                problem = None if binding is None else await self._consent_problem(
+                    read, cmd, binding.grantor_psn_no, binding.recipient_psn_no,
+                    dissolve_action(cmd.binding_id, cmd.requested_by), None, now)
+                decision = domain.decide_dissolve(cmd, binding, self.policies, order, problem, now)
                 pipe.multi()
                 self.store.stage(pipe, cmd.message_id, decision.events, decision.upsert,
-                                 orders=self._orders_of(decision))
+                                 orders=self._orders_of(decision), nonce=self._nonce(cmd, decision, now))
             elif isinstance(cmd, ReorderGrantors):
                 await pipe.watch(k_order(cmd.recipient_psn_no))
                 recipient = await read.person(cmd.recipient_psn_no)
-                decision = domain.decide_reorder(cmd, recipient, await read.order(cmd.recipient_psn_no), now)
+                problem = await self._consent_problem(read, cmd, "", cmd.recipient_psn_no,
+                                                      reorder_action(cmd.binding_ids), None, now)
+                decision = domain.decide_reorder(cmd, recipient, await read.order(cmd.recipient_psn_no), problem,
+                                                 now)
                 pipe.multi()
                 orders = {cmd.recipient_psn_no: list(cmd.binding_ids)} if not _rejected(decision) else {}
-                self.store.stage(pipe, cmd.message_id, decision.events, orders=orders)
+                self.store.stage(pipe, cmd.message_id, decision.events, orders=orders,
+                                 nonce=self._nonce(cmd, decision, now))
             elif isinstance(cmd, ChangeQuota):
                 await pipe.watch(k_binding(cmd.binding_id))
                 binding = await read.binding(cmd.binding_id)
                 recipient_psn = binding.recipient_psn_no if binding else ""
-                problem = await self._consent_problem(read, cmd, "quota", cmd.quota_fen, now, recipient_psn)
+                problem = await self._consent_problem(read, cmd, cmd.grantor_psn_no, recipient_psn, "quota",
+                                                      cmd.quota_fen, now)
                 decision = domain.decide_change_quota(cmd, binding, problem, now)
                 pipe.multi()
                 self.store.stage(pipe, cmd.message_id, decision.events, decision.upsert,
@@ -114,12 +125,11 @@ class BindingService:
             await pipe.execute()
         return decision.events
 
-    async def _consent_problem(self, read: Reader, cmd: Any, action: str, quota: int | None, now: Any,
-                               recipient: str | None = None) -> str | None:
+    async def _consent_problem(self, read: Reader, cmd: Any, grantor: str, recipient: str, action: str,
+                               quota: int | None, now: Any) -> str | None:
         proof = cmd.consent
-        problem = check_consent(proof, self.consent_key, grantor=cmd.grantor_psn_no,
-                                recipient=recipient if recipient is not None else cmd.recipient_psn_no,
-                                action=action, quota_fen=quota, now=now)
+        problem = check_consent(proof, self.consent_key, grantor=grantor, recipient=recipient, action=action,
+                                quota_fen=quota, now=now)
         if problem is None and proof is not None:
             owner = await read.nonce_owner(proof.nonce)
             if owner is not None and owner != cmd.message_id:

@@ -211,13 +211,16 @@ def decide_create(
 
 
 def decide_dissolve(
-    cmd: DissolveBinding, binding: Binding | None, policies: Policies, recipient_order: list[str], now: datetime,
+    cmd: DissolveBinding, binding: Binding | None, policies: Policies, recipient_order: list[str],
+    consent_problem: str | None, now: datetime,
 ) -> Decision:
     try:
         if binding is None or not binding.active or binding.grantor_psn_no != cmd.grantor_psn_no:
             raise BindingRuleError(RejectReason.NOT_FOUND, "no active binding with this id for this grantor")
         if cmd.requested_by not in (binding.grantor_psn_no, binding.recipient_psn_no):
             raise BindingRuleError(RejectReason.NOT_A_PARTY, "only the grantor or the recipient may dissolve")
+        if consent_problem is not None:  # B7/B8: the party who asks proves it, as for creation
+            raise BindingRuleError(RejectReason.CONSENT_INVALID, consent_problem)
         policy = policies.find(binding.grantor_admdvs)
         check_min_period(binding, policy.min_binding_days if policy else 0, now)
     except BindingRuleError as err:
@@ -234,12 +237,17 @@ def dissolve(binding: Binding, reason: DissolveReason, recipient_order: list[str
 
 
 def decide_reorder(cmd: ReorderGrantors, recipient: Person | None, current_order: list[str],
-                   now: datetime) -> Decision:
-    # B7: the recipient may reorder their grantors; the new order must be a permutation of the current one.
-    if recipient is None or sorted(cmd.binding_ids) != sorted(current_order) or len(set(cmd.binding_ids)) != len(
-            cmd.binding_ids):
-        err = BindingRuleError(RejectReason.ORDER_MISMATCH,
-                               "new order must list exactly the active mutual-aid bindings")
+                   consent_problem: str | None, now: datetime) -> Decision:
+    # B7: the recipient may reorder their grantors, with proof that it is the recipient asking; the new order
+    # must be a permutation of the current one.
+    try:
+        if recipient is None or sorted(cmd.binding_ids) != sorted(current_order) or len(set(cmd.binding_ids)) != len(
+                cmd.binding_ids):
+            raise BindingRuleError(RejectReason.ORDER_MISMATCH,
+                                   "new order must list exactly the active mutual-aid bindings")
+        if consent_problem is not None:
+            raise BindingRuleError(RejectReason.CONSENT_INVALID, consent_problem)
+    except BindingRuleError as err:
         return Decision([reject(cmd, "ReorderGrantors", err, now, None, cmd.recipient_psn_no)], [])
     event = GrantorsReordered(**cmd.caused("GrantorsReordered", now), recipient_psn_no=recipient.psn_no,
                               recipient_admdvs=recipient.admdvs, grantor_order=list(cmd.binding_ids))

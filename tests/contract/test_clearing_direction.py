@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from contracts.binding import BindingKind, DissolveBinding, Relation
+from contracts.binding import BindingKind, Relation
 from contracts.topics import BINDING_COMMANDS, HIS_RESULTS, wallet_commands
 from contracts.wallet import AcceptTransfer, OpenWallet
 from shared.client import his_request, yuan
 from shared.clock import china_time
+from shared.consent import dissolve_command
 from tests.contract.harness import harness
 from tests.contract.test_lifecycle_rules import enrol, transfer
 from tests.contract.test_service_pairs import his, send
@@ -52,8 +53,7 @@ async def test_w7_the_fund_whose_money_left_pays() -> None:
         # the relationship ends: the unspent lot goes back, Sichuan pays Jiangsu
         h.clock.advance(timedelta(minutes=1))
         created = next(e for e in h.on("binding.events.v1") if e["type"] == "BindingCreated")
-        await send(h, BINDING_COMMANDS, DissolveBinding(occurred_at=h.clock.now(), binding_id=created["binding_id"],
-                                                        grantor_psn_no="G", requested_by="G"), "G")
+        await send(h, BINDING_COMMANDS, dissolve_command(created["binding_id"], "G", "S", "G", h.clock.now()), "G")
         statement = await h.services["settlement"].clearing(day)
         pairs = {(p["payer"], p["payee"]): p for p in statement["pairs"]}
         assert pairs[("51", "32")]["lot_return"] == 30_000

@@ -9,11 +9,11 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from contracts.binding import BindingKind, ChangeQuota, Relation
+from contracts.binding import BindingKind, ChangeQuota, DissolveBinding, Relation, ReorderGrantors
 from contracts.enrollment import PersonDied, PersonTransferred
 from contracts.topics import BINDING_COMMANDS, BINDING_EVENTS, ENROLLMENT_EVENTS, WALLET_EVENTS, wallet_commands
 from contracts.wallet import AcceptTransfer, OpenWallet, RequestTransfer
-from shared.consent import sign
+from shared.consent import dissolve_command, reorder_command, sign
 from shared.policy import Policies
 from tests.contract.harness import Harness, harness
 from tests.contract.test_service_pairs import send
@@ -198,3 +198,37 @@ async def test_5_death_closes_the_wallet_returns_every_lot_and_freezes_the_accou
                                                     version=2), "D")
         account = (await wallet_view(h, "D"))["account"]
         assert (account["status"], account["reason"], account["cur"]) == ("frozen", "died", "5000")
+
+
+async def test_9_dissolution_and_reorder_carry_the_askers_consent() -> None:
+    async with harness() as h:
+        for psn, fen in (("G1", 50_000), ("G2", 50_000), ("R", 0)):
+            await enrol(h, psn, fen)
+        for g in ("G1", "G2"):
+            await send(h, BINDING_COMMANDS, create_binding(g, "R", Relation.SIBLING, quota_fen=1_000,
+                                                           now=h.clock.now()), g)
+        b1, b2 = (e["binding_id"] for e in events(h, BINDING_EVENTS, "BindingCreated"))
+        now = h.clock.now()
+
+        # unproven, proven for somebody else, proven for another binding: all refused
+        bare = DissolveBinding(occurred_at=now, binding_id=b1, grantor_psn_no="G1", requested_by="R")
+        as_grantor = dissolve_command(b1, "G1", "R", "G1", now).model_copy(update={"requested_by": "R"})
+        other = dissolve_command(b2, "G1", "R", "R", now).model_copy(update={"binding_id": b1})
+        for cmd in (bare, as_grantor, other):
+            await send(h, BINDING_COMMANDS, cmd, "G1")
+            assert events(h, BINDING_EVENTS, "BindingRejected")[-1]["reason"] == "CONSENT_INVALID"
+        unordered = ReorderGrantors(occurred_at=now, recipient_psn_no="R", binding_ids=[b2, b1])
+        await send(h, BINDING_COMMANDS, unordered, "R")
+        assert events(h, BINDING_EVENTS, "BindingRejected")[-1]["reason"] == "CONSENT_INVALID"
+        assert (await binding_view(h, "R"))["grantor_order"] == [b1, b2]
+
+        # proven by the recipient: reordered, then dissolved; a proof is used once
+        await send(h, BINDING_COMMANDS, reorder_command("R", [b2, b1], now), "R")
+        assert (await binding_view(h, "R"))["grantor_order"] == [b2, b1]
+        good = dissolve_command(b1, "G1", "R", "R", now)
+        await send(h, BINDING_COMMANDS, good, "G1")
+        assert events(h, BINDING_EVENTS, "BindingDissolved", binding_id=b1)
+        replayed = good.model_copy(update={"message_id": "another-message-id", "binding_id": b2,
+                                           "grantor_psn_no": "G2"})
+        await send(h, BINDING_COMMANDS, replayed, "G2")
+        assert events(h, BINDING_EVENTS, "BindingRejected")[-1]["reason"] == "CONSENT_INVALID"

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from contracts.binding import BindingKind, ChangeQuota, DissolveBinding, Relation, ReorderGrantors
+from contracts.binding import BindingKind, ChangeQuota, Relation
 from contracts.enrollment import PersonDied, PersonSuspended, PersonTerminated, PersonTransferred, YearRolledOver
 from contracts.his import HisResult, SetlInfo
 from contracts.registry import TOPICS
@@ -37,7 +37,7 @@ from contracts.wallet import (
 )
 from shared.client import dumps_his, his_request, yuan
 from shared.clock import CHINA_TZ
-from shared.consent import sign
+from shared.consent import dissolve_command, reorder_command, sign
 from shared.pii import kafka_key
 from tests.contract.harness import Harness, harness
 from tests.factories import T0, create_binding, credited, enrolled
@@ -94,8 +94,7 @@ async def test_every_pair_and_message_type(at: datetime) -> None:
             await send(h, BINDING_COMMANDS, c, c.grantor_psn_no)
         created = [e for e in h.on(BINDING_EVENTS) if e["type"] == "BindingCreated"]
         b1, b2 = created[0]["binding_id"], created[1]["binding_id"]
-        await send(h, BINDING_COMMANDS, ReorderGrantors(occurred_at=T0,
-                                                        recipient_psn_no="R1", binding_ids=[b2, b1]), "R1")
+        await send(h, BINDING_COMMANDS, reorder_command("R1", [b2, b1], now), "R1")
         proof = sign("G1", "R1", "quota", 5_000, "nonce-quota-1", now + timedelta(minutes=5))
         await send(h, BINDING_COMMANDS, ChangeQuota(occurred_at=T0, binding_id=b1, grantor_psn_no="G1", quota_fen=5_000,
                                                     consent=proof), "G1")
@@ -150,9 +149,7 @@ async def test_every_pair_and_message_type(at: datetime) -> None:
         assert last(h, WALLET_EVENTS, "TransferReturned")["transfer_id"] == "T3"
         h.clock.advance(timedelta(days=-1))
         wallet_rel = next(e for e in h.on(BINDING_EVENTS) if e["type"] == "BindingCreated" and e["kind"] == "wallet")
-        await send(h, BINDING_COMMANDS, DissolveBinding(occurred_at=T0,
-                                                        binding_id=wallet_rel["binding_id"], grantor_psn_no="G1",
-                                                        requested_by="S1"), "G1")
+        await send(h, BINDING_COMMANDS, dissolve_command(wallet_rel["binding_id"], "G1", "S1", "S1", now), "G1")
         assert last(h, WALLET_EVENTS, "FundsReturned")["amount_fen"] == 50_000
 
         # enrollment changes → dissolution and freezing everywhere

@@ -96,7 +96,7 @@ async def test_wallet_spent_at_hospital_then_relationship_dissolves(bus: Bus, se
     assert (info["acct_pay"], info["wlt_pay"], info["psn_cash_pay"]) == ("0.00", "300.00", "0.00")
     rel = next(b for b in bus.binding_events if b.get("recipient_psn_no") == mum["psn_no"]
                and b["type"] == "BindingCreated")
-    dissolved = await bus.dissolve(rel["binding_id"], son["psn_no"], requested_by=mum["psn_no"])
+    dissolved = await bus.dissolve(rel["binding_id"], son["psn_no"], mum["psn_no"], requested_by=mum["psn_no"])
     assert dissolved["type"] == "BindingDissolved"
     back = await bus.wallet_event(lambda e: e["type"] == "FundsReturned" and e["sender_psn_no"] == son["psn_no"],
                                   what="unspent lot back with the sender")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from pydantic import BaseModel
 
 from contracts.binding import (
     BindingCreated,
@@ -174,6 +175,10 @@ def test_b4_wallet_relationships_do_not_count_toward_mutual_aid_cap() -> None:
 
 # ------------------------------------------------------------ B5 dissolution
 
+def decide_dissolve(b: Binding, by: str, at: datetime = NOW) -> BaseModel:
+    return domain.decide_dissolve(dissolve_cmd(b, by), b, POLICIES, [], None, at).events[0]
+
+
 def dissolve_cmd(b: Binding, by: str) -> DissolveBinding:
     return DissolveBinding(occurred_at=T0, binding_id=b.binding_id, grantor_psn_no=b.grantor_psn_no, requested_by=by)
 
@@ -182,23 +187,23 @@ def test_b5_either_party_may_dissolve() -> None:
     g = person("G1")
     b = existing(g, "R1", Relation.SPOUSE)
     for by in ("G1", "R1"):
-        event = domain.decide_dissolve(dissolve_cmd(b, by), b, POLICIES, [b.binding_id], NOW).events[0]
+        event = domain.decide_dissolve(dissolve_cmd(b, by), b, POLICIES, [b.binding_id], None, NOW).events[0]
         assert isinstance(event, BindingDissolved) and event.reason == DissolveReason.REQUESTED
         assert event.grantor_order == []
-    assert reason(domain.decide_dissolve(dissolve_cmd(b, "X9"), b, POLICIES, [], NOW).events[0]) == "NOT_A_PARTY"
+    assert reason(decide_dissolve(b, "X9")) == "NOT_A_PARTY"
 
 
 def test_b5_hangzhou_minimum_period_of_90_days() -> None:
     g = person("G1", "330100")
     b = existing(g, "R1", Relation.SPOUSE, created=NOW - timedelta(days=89))
-    assert reason(domain.decide_dissolve(dissolve_cmd(b, "G1"), b, POLICIES, [], NOW).events[0]) == "MIN_PERIOD_NOT_MET"
+    assert reason(decide_dissolve(b, "G1")) == "MIN_PERIOD_NOT_MET"
     later = NOW + timedelta(days=1, seconds=1)
-    assert isinstance(domain.decide_dissolve(dissolve_cmd(b, "G1"), b, POLICIES, [], later).events[0], BindingDissolved)
+    assert isinstance(decide_dissolve(b, "G1", later), BindingDissolved)
 
 
 def test_b5_suzhou_no_minimum_period() -> None:
     b = existing(person("G1"), "R1", Relation.SPOUSE, created=NOW)
-    assert isinstance(domain.decide_dissolve(dissolve_cmd(b, "G1"), b, POLICIES, [], NOW).events[0], BindingDissolved)
+    assert isinstance(decide_dissolve(b, "G1"), BindingDissolved)
 
 
 def test_b5_termination_death_and_move_dissolve_automatically() -> None:
@@ -252,11 +257,22 @@ def test_b7_filing_order_and_reorder() -> None:
     assert second.grantor_order == [first.binding_id, second.binding_id]
     swapped = [second.binding_id, first.binding_id]
     reorder = ReorderGrantors(occurred_at=T0, recipient_psn_no="R1", binding_ids=swapped)
-    ok = domain.decide_reorder(reorder, person("R1"), second.grantor_order, T0).events[0]
+    ok = domain.decide_reorder(reorder, person("R1"), second.grantor_order, None, T0).events[0]
     assert ok.grantor_order == swapped  # type: ignore[attr-defined]
     partial = ReorderGrantors(occurred_at=T0, recipient_psn_no="R1", binding_ids=[first.binding_id])
-    bad = domain.decide_reorder(partial, person("R1"), second.grantor_order, T0).events[0]
+    bad = domain.decide_reorder(partial, person("R1"), second.grantor_order, None, T0).events[0]
     assert reason(bad) == "ORDER_MISMATCH"
+
+
+def test_b7_reorder_and_dissolution_need_the_askers_consent() -> None:
+    # issue 17 item 9: neither command carried proof of who asked
+    b = existing(person("G1"), "R1", Relation.SPOUSE)
+    unproven = domain.decide_dissolve(dissolve_cmd(b, "R1"), b, POLICIES, [b.binding_id], "consent proof missing",
+                                      NOW)
+    assert reason(unproven.events[0]) == "CONSENT_INVALID" and unproven.upsert == []
+    reorder = ReorderGrantors(occurred_at=T0, recipient_psn_no="R1", binding_ids=[b.binding_id])
+    refused = domain.decide_reorder(reorder, person("R1"), [b.binding_id], "consent signature invalid", T0)
+    assert reason(refused.events[0]) == "CONSENT_INVALID"
 
 
 # ------------------------------------------------------------ B8 consent
