@@ -87,8 +87,8 @@ async def lua_payments(url: str) -> dict[str, float]:
     store = WalletStore(client, "32", prefix=f"bench{uuid.uuid4().hex[:6]}:")
     await store.enroll("R", 1, "active", "320500")
     await store.enroll("G", 1, "active", "320500")
-    await store.credit("R", 10**9, "c1")
-    await store.credit("G", 10**9, "c2")
+    await store.credit("R", 10**9, "c1", "2026-11")
+    await store.credit("G", 10**9, "c2", "2026-11")
     await store.bind("b", "B1", "G", "R", "mutual_aid", "quota", 10**8)
     plan = FundingPlan(grantors=[GrantorSource(binding_id="B1", grantor_psn_no="G",
                                                funding_mode=FundingMode.QUOTA)],

@@ -5,7 +5,9 @@ the simulator applies the same operations here as it sends to the real stack and
 balances and every determined hospital answer.
 
 Rules modelled (DOMAIN.md ids):
-  C1  a credit lands in the current year; a rollover moves the current year into prior years.
+  C1  a credit lands in the year of its period: the account's year → current, an earlier one → prior years, the
+      next one → held for next year until the rollover, which moves current into prior years and next into
+      current (a rollover of a year the account has left moves nothing).
   B6  a quota binding earmarks the grantor's money, prior years first; a released earmark returns to prior years.
   S1  a bill is paid from the patient's own account (current year, then prior years), then the grantors' earmarks
       in the recipient's order (sequential), then wallet lots oldest first; the rest is cash.
@@ -27,6 +29,8 @@ class ModelError(Exception):
 class Account:
     cur: int = 0
     hist: int = 0
+    next: int = 0  # credits for the year after `year`, until its rollover
+    year: int | None = None  # the year `cur` belongs to; set by the first credit or rollover
 
 
 @dataclass
@@ -73,12 +77,28 @@ class Model:
     def enroll(self, psn: str) -> None:
         self.accounts.setdefault(psn, Account())
 
-    def credit(self, psn: str, fen: int) -> None:
-        self._account(psn).cur += fen
-
-    def rollover(self, psn: str) -> None:
+    def credit(self, psn: str, fen: int, year: int) -> None:
         a = self._account(psn)
-        a.hist, a.cur = a.hist + a.cur, 0
+        if a.year is None:
+            a.year = year
+        if year == a.year:
+            a.cur += fen
+        elif year < a.year:
+            a.hist += fen
+        elif year == a.year + 1:
+            a.next += fen
+        else:
+            raise ModelError(f"credit for {year} while {psn}'s account is in {a.year}")
+
+    def rollover(self, psn: str, year: int) -> None:
+        a = self._account(psn)
+        if a.year is not None and a.year > year:
+            return
+        if a.year == year:
+            a.hist, a.cur, a.next = a.hist + a.cur, a.next, 0
+        else:  # a year this account never saw as current: everything in it is past
+            a.hist, a.cur, a.next = a.hist + a.cur + a.next, 0, 0
+        a.year = year + 1
 
     def _debit(self, psn: str, amount_fen: int, first: str) -> dict[str, int]:
         """Take `amount_fen` from one bucket first, then the other; returns what each gave."""
@@ -180,6 +200,6 @@ class Model:
 
     def balances(self, psn: str) -> dict[str, int]:
         a = self.accounts.get(psn)
-        return {"cur": a.cur if a else 0, "hist": a.hist if a else 0,
+        return {"cur": a.cur if a else 0, "hist": a.hist if a else 0, "next": a.next if a else 0,
                 "earmarked": sum(q.earmark for q in self.quotas.values() if q.grantor == psn and q.active),
                 "wallet": sum(lot.amount for lot in self.lots.get(psn, []))}

@@ -232,19 +232,22 @@ class Run:
 
     # ------------------------------------------------------------ enrolment events (applied before going on)
 
-    async def credit(self, who: dict[str, Any], amount_fen: int) -> None:
-        before = await self.spendable(who)
+    async def credit(self, who: dict[str, Any], amount_fen: int, year: int) -> None:
+        """C1: a credit for this year, or for the next one arriving before this year's rollover (or after it)."""
+        before = await self.balances(who)
         await self.bus.enrollment(AccountCredited(occurred_at=self.bus.clock.now(), psn_no=who["psn_no"],
-                                                  admdvs=who["region"], amount_fen=amount_fen, period="2026-11"))
-        self.model.credit(who["psn_no"], amount_fen)
-        await self.until(lambda b: b["cur"] + b["hist"] == before + amount_fen, who, "credit applied")
+                                                  admdvs=who["region"], amount_fen=amount_fen,
+                                                  period=f"{year}-{1 if year > 2026 else 11:02d}"))
+        self.model.credit(who["psn_no"], amount_fen, year)
+        await self.until(lambda b: sum(b[k] for k in ("cur", "hist", "next")) ==
+                         sum(before[k] for k in ("cur", "hist", "next")) + amount_fen, who, "credit applied")
 
     async def rollover(self, who: dict[str, Any]) -> None:
-        total = await self.spendable(who)
         await self.bus.enrollment(YearRolledOver(occurred_at=self.bus.clock.now(), psn_no=who["psn_no"],
                                                  admdvs=who["region"], year=2026))
-        self.model.rollover(who["psn_no"])
-        await self.until(lambda b: b["cur"] == 0 and b["hist"] == total, who, "rollover applied")
+        self.model.rollover(who["psn_no"], 2026)
+        want = self.model.balances(who["psn_no"])
+        await self.until(lambda b: (b["cur"], b["next"]) == (want["cur"], want["next"]), who, "rollover applied")
 
     async def read(self, service: str, path: str, **params: str) -> Any:
         """A service's read endpoint; retried while the service is down or restarting (bounded)."""
@@ -260,7 +263,7 @@ class Run:
 
     async def balances(self, who: dict[str, Any]) -> dict[str, int]:
         b = await self.read(f"wallet-{who['province']}", "/balance", psn_no=who["psn_no"])
-        return {"cur": b["spendable_current_fen"], "hist": b["spendable_prior_fen"],
+        return {"cur": b["spendable_current_fen"], "hist": b["spendable_prior_fen"], "next": b["next_year_fen"],
                 "earmarked": sum(e["earmarked_fen"] for e in b["earmarked"]),
                 "wallet": b["wallet_balance_fen"]}
 
@@ -376,7 +379,7 @@ async def family(run: Run, rng: random.Random, kind: str, deadline: float) -> No
         kid = await person(bus, urls, "32", employee=False)
         binding = await bound(bus, urls, me, kid, Relation.CHILD, 50_000)
         run.model.enroll(me["psn_no"])
-        run.model.credit(me["psn_no"], START_FEN)
+        run.model.credit(me["psn_no"], START_FEN, 2026)
         run.model.bind_quota(binding["binding_id"], me["psn_no"], kid["psn_no"], 50_000)
         state["binding_id"] = binding["binding_id"]
         people = [me, kid]
@@ -386,13 +389,13 @@ async def family(run: Run, rng: random.Random, kind: str, deadline: float) -> No
         await bus.open_wallet(relative["psn_no"], relative["region"])
         await bound(bus, urls, me, relative, Relation.CHILD, kind=BindingKind.WALLET)
         run.model.enroll(me["psn_no"])
-        run.model.credit(me["psn_no"], START_FEN)
+        run.model.credit(me["psn_no"], START_FEN, 2026)
         people = [me, relative]
     else:  # an employee in Chengdu (also treated in Suzhou), Hangzhou or Nanning: own account
         province = {"chengdu": "51", "hangzhou": "33", "nanning": "45"}[kind]
         me = await person(bus, urls, province, balance_fen=START_FEN)
         run.model.enroll(me["psn_no"])
-        run.model.credit(me["psn_no"], START_FEN)
+        run.model.credit(me["psn_no"], START_FEN, 2026)
         people = [me]
     run.people += people
     run.ready += 1
@@ -428,7 +431,7 @@ async def one_op(run: Run, rng: random.Random, kind: str, op: str, people: list[
     elif op == "misuse":
         await run.misuse(who, part, rng)
     elif op == "credit" and who is me:
-        await run.credit(who, rng.randint(10, 200) * 100)
+        await run.credit(who, rng.randint(10, 200) * 100, rng.choice((2026, 2026, 2027)))
     elif op == "rollover" and not state["rolled"] and who is me:
         state["rolled"] = True
         await run.rollover(who)

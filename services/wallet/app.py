@@ -110,7 +110,7 @@ class WalletService:
             if e.insutype == "310" and e.has_personal_account:
                 await self.store.enroll(e.psn_no, e.version, "active", e.admdvs)
         elif isinstance(e, AccountCredited):
-            result = await self.store.credit(e.psn_no, e.amount_fen, e.message_id)
+            result = await self.store.credit(e.psn_no, e.amount_fen, e.message_id, e.period)
             if not result["ok"]:
                 raise PoisonMessage(result["reason"], result["detail"])
         elif isinstance(e, YearRolledOver):

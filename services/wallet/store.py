@@ -47,8 +47,9 @@ class WalletStore:
     async def set_status(self, psn: str, version: int, status: str, admdvs: str, reason: str = "") -> dict[str, Any]:
         return await self._call(self._accounts, "status", psn, version, status, admdvs, reason)
 
-    async def credit(self, psn: str, amount_fen: int, message_id: str) -> dict[str, Any]:
-        return await self._call(self._accounts, "credit", psn, amount_fen, message_id)
+    async def credit(self, psn: str, amount_fen: int, message_id: str, period: str) -> dict[str, Any]:
+        """C1: into the year of `period` (YYYY-MM): current, prior years, or next year until the rollover."""
+        return await self._call(self._accounts, "credit", psn, amount_fen, message_id, period)
 
     async def rollover(self, psn: str, year: int, message_id: str) -> dict[str, Any]:
         return await self._call(self._accounts, "rollover", psn, year, message_id)
@@ -141,7 +142,7 @@ class WalletStore:
         for lot_id in await self.client.lrange(f"{p}lots:{psn}", 0, -1):
             lot = await self.client.hgetall(f"{p}lot:{lot_id}")
             lots.append({"lot_id": lot_id, **lot})
-        keys = [f"acct:{psn}:cur", f"acct:{psn}:hist"]
+        keys = [f"acct:{psn}:cur", f"acct:{psn}:hist", f"acct:{psn}:next"]
         recent = []
         for entry_id, fields in await self.client.xrevrange(f"{p}ledger", count=2000):
             if fields.get("balance") in keys:
@@ -152,6 +153,7 @@ class WalletStore:
             "psn_no": psn, "province": self.province, "enrollment": await self.person_status(psn),
             "account": acct or None,
             "spendable_current_fen": int(acct.get("cur", 0)), "spendable_prior_fen": int(acct.get("hist", 0)),
+            "next_year_fen": int(acct.get("next", 0)), "current_year": int(acct["year"]) if acct.get("year") else None,
             "earmarked": earmarks, "wallet": await self.wallet_status(psn), "wallet_lots": lots,
             "may_send_to": sorted(await self.client.smembers(f"{p}wrel:{psn}")),
             "wallet_balance_fen": sum(int(lot.get("amount", 0)) for lot in lots if lot.get("status") == "active"),

@@ -10,8 +10,8 @@ from datetime import timedelta
 from typing import Any
 
 from contracts.binding import BindingKind, ChangeQuota, DissolveBinding, Relation, ReorderGrantors
-from contracts.enrollment import PersonDied, PersonTransferred
-from contracts.topics import BINDING_COMMANDS, BINDING_EVENTS, ENROLLMENT_EVENTS, WALLET_EVENTS, wallet_commands
+from contracts.enrollment import PersonDied, PersonTransferred, YearRolledOver
+from contracts.topics import BINDING_COMMANDS, BINDING_EVENTS, ENROLLMENT_EVENTS, WALLET_EVENTS, dlq, wallet_commands
 from contracts.wallet import AcceptTransfer, OpenWallet, RequestTransfer
 from shared.consent import dissolve_command, reorder_command, sign
 from shared.policy import Policies
@@ -232,3 +232,25 @@ async def test_9_dissolution_and_reorder_carry_the_askers_consent() -> None:
                                            "grantor_psn_no": "G2"})
         await send(h, BINDING_COMMANDS, replayed, "G2")
         assert events(h, BINDING_EVENTS, "BindingRejected")[-1]["reason"] == "CONSENT_INVALID"
+
+
+async def test_6_a_credit_lands_in_the_year_of_its_period() -> None:
+    async with harness() as h:
+        await enrol(h, "P")
+        for fen, period in ((1_000, "2026-12"), (500, "2027-01")):  # January's credit before December's rollover
+            await send(h, ENROLLMENT_EVENTS, credited("P", fen, period=period), "P")
+        view = await wallet_view(h, "P")
+        assert (view["spendable_current_fen"], view["next_year_fen"], view["current_year"]) == (1_000, 500, 2026)
+        await send(h, ENROLLMENT_EVENTS, YearRolledOver(occurred_at=h.clock.now(), psn_no="P", admdvs="320500",
+                                                        year=2026), "P")
+        view = await wallet_view(h, "P")
+        # main swept both into prior years: (0, 1,500)
+        assert (view["spendable_current_fen"], view["spendable_prior_fen"], view["next_year_fen"]) == (500, 1_000, 0)
+        await send(h, ENROLLMENT_EVENTS, credited("P", 300, period="2026-12"), "P")  # a late December credit
+        assert (await wallet_view(h, "P"))["spendable_prior_fen"] == 1_300
+        # a credit two years ahead of the account is a bad record: parked with a reason, nothing moved
+        await send(h, ENROLLMENT_EVENTS, credited("P", 700, period="2029-01"), "P")
+        [parked] = h.on(dlq(ENROLLMENT_EVENTS))  # (the reason, BAD_PERIOD, travels in its headers)
+        assert (parked["type"], parked["period"]) == ("AccountCredited", "2029-01")
+        view = await wallet_view(h, "P")
+        assert (view["spendable_current_fen"], view["spendable_prior_fen"], view["next_year_fen"]) == (500, 1_300, 0)

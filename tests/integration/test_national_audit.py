@@ -27,7 +27,7 @@ async def provinces(infra: Any) -> AsyncIterator[dict[str, WalletStore]]:
     run = uuid.uuid4().hex[:8]
     stores = {p: WalletStore(client, p, prefix=f"n{run}w{p}:") for p in ("32", "51")}
     await stores["32"].enroll(GRANTOR, 1, "active", "320500")
-    await stores["32"].credit(GRANTOR, 100_000, "credit-1")
+    await stores["32"].credit(GRANTOR, 100_000, "credit-1", "2026-11")
     await stores["32"].transfer_op("relate", GRANTOR, HOLDER, "1")
     for who in (HOLDER, OTHER):
         await stores["51"].transfer_op("open", who, "510100")

@@ -28,7 +28,7 @@ async def test_oom_on_real_redis_is_retried_then_applied_not_parked(infra: Any) 
     async def credit(message: bytes, _record: Any) -> list[Any]:
         nonlocal attempts
         attempts += 1
-        result = await store.credit("P", 1_000, "credit-1")
+        result = await store.credit("P", 1_000, "credit-1", "2026-11")
         assert result["ok"], result
         return []
 

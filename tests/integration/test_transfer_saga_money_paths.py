@@ -41,7 +41,7 @@ async def wallet(infra: Any) -> AsyncIterator[WalletService]:
     svc = WalletService(WalletStore(client, "32", prefix=f"x{uuid.uuid4().hex[:8]}:"),
                         Policies.load(Settings().policies_path), clock, dev_private_key().public_key())
     await svc.store.enroll(GRANTOR, 1, "active", "320500")
-    await svc.store.credit(GRANTOR, 500_000, "c1")
+    await svc.store.credit(GRANTOR, 500_000, "c1", "2026-11")
     for relative in (RELATIVE, OTHER_RELATIVE):
         await svc.store.transfer_op("relate", GRANTOR, relative, "1")
     yield svc

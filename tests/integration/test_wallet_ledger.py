@@ -34,10 +34,10 @@ async def assert_audit(store: WalletStore) -> None:
 async def set_account(store: WalletStore, psn: str, cur: int = 0, hist: int = 0) -> None:
     await store.enroll(psn, 1, "active", "320500")
     if hist:
-        await store.credit(psn, hist, f"c-hist-{psn}")
+        await store.credit(psn, hist, f"c-hist-{psn}", "2025-12")
         await store.rollover(psn, 2025, f"roll-{psn}")
     if cur:
-        await store.credit(psn, cur, f"c-cur-{psn}")
+        await store.credit(psn, cur, f"c-cur-{psn}", "2026-01")
 
 
 async def bind(store: WalletStore, b_id: str, grantor: str, recipient: str, mode: FundingMode,
@@ -184,7 +184,7 @@ async def test_refused_scripts_leave_no_partial_write(store: WalletStore) -> Non
     ledger_before = await store.client.xlen(f"{store.prefix}ledger")
     refused = await bind(store, "b", "G", "R", FundingMode.QUOTA, 5_000)
     assert refused["reason"] == "INSUFFICIENT_BALANCE" and refused["spendable"] == 1_000
-    assert (await store.credit("NOBODY", 100, "mc"))["reason"] == "NO_ACCOUNT"
+    assert (await store.credit("NOBODY", 100, "mc", "2026-11"))["reason"] == "NO_ACCOUNT"
     assert (await store.change_quota("mq", "b", 9_999))["reason"] == "INSUFFICIENT_BALANCE"
     assert await acct(store, "G") == (1_000, 0)
     assert await store.client.xlen(f"{store.prefix}ledger") == ledger_before

@@ -25,7 +25,7 @@ async def store(infra: Any) -> AsyncIterator[WalletStore]:
     client = connect(infra.redis_url)
     s = WalletStore(client, "32", prefix=f"x{uuid.uuid4().hex[:8]}:")
     await s.enroll("G", 1, "active", "320500")
-    await s.credit("G", 1_000_000, "c")
+    await s.credit("G", 1_000_000, "c", "2026-11")
     for r in ("R1", "R2", "R3", "R4"):
         await s.transfer_op("relate", "G", r, "1")
     yield s

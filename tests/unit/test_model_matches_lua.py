@@ -20,7 +20,7 @@ from contracts.wallet import FundingPlan, GrantorSource
 from services.wallet import domain
 from services.wallet.store import WalletStore
 from shared.clock import epoch_ms
-from sim.model import Account, Lot, Model, Split
+from sim.model import Account, Lot, Model, ModelError, Split
 from tests.integration.test_wallet_ledger import set_account
 from tests.integration.test_wallet_transfers import CLOCK
 
@@ -104,3 +104,41 @@ async def scenario(own_cur: int, own_hist: int, grantors: list[int], quotas: lis
 def test_model_and_lua_agree(own_cur: int, own_hist: int, grantors: list[int], quotas: list[int], lots: list[int],
                              bill: int, transfer: int) -> None:
     asyncio.run(scenario(own_cur, own_hist, grantors, quotas[:len(grantors)], lots, bill, transfer))
+
+
+async def years(steps: list[tuple[str, int, int]]) -> None:
+    store = WalletStore(fakeredis.FakeAsyncRedis(decode_responses=True), "32", prefix=f"y{uuid.uuid4().hex[:6]}:")
+    model = Model()
+    await store.enroll("P", 1, "active", "320500")
+    model.enroll("P")
+    for i, (op, year, fen) in enumerate(steps):
+        if op == "credit":
+            r = await store.credit("P", fen, f"c{i}", f"{year}-{1 + i % 12:02d}")
+            try:
+                model.credit("P", fen, year)
+            except ModelError:
+                assert (r["ok"], r["reason"]) == (False, "BAD_PERIOD")  # refused by both, nothing moved
+        else:
+            await store.rollover("P", year, f"r{i}")
+            model.rollover("P", year)
+        acct = await store.client.hgetall(f"{store.prefix}acct:P")
+        a = model.accounts["P"]
+        assert (int(acct["cur"]), int(acct["hist"]), int(acct.get("next", 0))) == (a.cur, a.hist, a.next), steps[:i + 1]
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["credit", "credit", "rollover"]), st.integers(2025, 2028),
+                          st.integers(1, 50_000)), max_size=10))
+def test_c1_credits_land_in_the_year_of_their_period_like_the_model(steps: list[tuple[str, int, int]]) -> None:
+    # issue 17 item 6: a January credit delivered before the previous year's rollover is not swept into 历年
+    asyncio.run(years(steps))
+
+
+def test_c1_a_late_rollover_leaves_next_years_credit_current() -> None:
+    asyncio.run(years([("credit", 2026, 1_000), ("credit", 2027, 500), ("rollover", 2026, 0)]))
+    model = Model()
+    model.enroll("P")
+    model.credit("P", 1_000, 2026)
+    model.credit("P", 500, 2027)
+    model.rollover("P", 2026)
+    assert (model.accounts["P"].cur, model.accounts["P"].hist) == (500, 1_000)

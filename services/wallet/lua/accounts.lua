@@ -26,39 +26,78 @@ if op == 'enroll' or op == 'status' then
   return cjson.encode({ok = true, applied = true})
 end
 
+-- C1: the account knows which year its current-year balance belongs to (`year`, set by the first credit or
+-- rollover). A credit lands in the year of its period: this year → current; an earlier year → prior years
+-- (that year has rolled over); next year, before this year's rollover arrived → `next`, which the rollover
+-- makes current, so a late rollover never sweeps next year's money into prior years. `next` is not spendable
+-- until then (it is money of a year that has not begun in this account's books).
+local function credit_bucket(held, year)
+  if not held then return 'cur' end
+  if year == held then return 'cur' end
+  if year < held then return 'hist' end
+  if year == held + 1 then return 'next' end
+  return nil
+end
+
+local function year_of(k)
+  local held = redis.call('HGET', k, 'year')
+  return (held and held ~= '') and int(held) or nil
+end
+
 if op == 'credit' then
-  -- ARGV: op, psn, amount_fen, message_id
-  local psn, amount, ref = ARGV[2], int(ARGV[3]), ARGV[4]
+  -- ARGV: op, psn, amount_fen, message_id, period (YYYY-MM)
+  local psn, amount, ref, period = ARGV[2], int(ARGV[3]), ARGV[4], ARGV[5] or ''
   local done = P .. 'done:' .. ref
   local stored = idem_get(done)
   if stored then return stored end
   local k = acct_key(psn)
   if redis.call('EXISTS', k) == 0 then return fail('NO_ACCOUNT', 'no personal account for this person here') end
   if amount <= 0 then return fail('BAD_AMOUNT', 'credit must be positive') end
+  local year = tonumber(string.sub(period, 1, 4))
+  if not year or not string.match(period, '^%d%d%d%d%-%d%d$') then
+    return fail('BAD_PERIOD', 'period must be YYYY-MM, got ' .. period)
+  end
+  local held = year_of(k)
+  local bucket = credit_bucket(held, year)
+  if not bucket then
+    return fail('BAD_PERIOD', 'credit for ' .. period .. ' but this account is still in ' .. held)
+  end
   -- validated; writes follow
-  hincr(k, 'cur', amount)
+  if not held then redis.call('HSET', k, 'year', year) end
+  hincr(k, bucket, amount)
   hincr(P .. 'totals', 'external_net', amount)
   hincr(P .. 'totals', 'credited', amount)  -- the national audit's "credits" (money that entered the system)
-  ledger(LEDGER, 'acct:' .. psn .. ':cur', amount, 'monthly_credit', ref)
-  local result = cjson.encode({ok = true, applied = true, cur = int(redis.call('HGET', k, 'cur'))})
+  ledger(LEDGER, 'acct:' .. psn .. ':' .. bucket, amount, 'monthly_credit', ref)
+  local result = cjson.encode({ok = true, applied = true, bucket = bucket,
+                               cur = int(redis.call('HGET', k, 'cur'))})
   idem_put(done, result)
   return result
 end
 
 if op == 'rollover' then
   -- ARGV: op, psn, year, message_id. Once per person and year, whatever the message id.
-  local psn, year, ref = ARGV[2], ARGV[3], ARGV[4]
+  local psn, year, ref = ARGV[2], int(ARGV[3]), ARGV[4]
   local done = P .. 'rolled:' .. psn .. ':' .. year
   local stored = idem_get(done)
   if stored then return stored end
   local k = acct_key(psn)
   if redis.call('EXISTS', k) == 0 then return fail('NO_ACCOUNT', 'no personal account for this person here') end
-  local cur = int(redis.call('HGET', k, 'cur'))
-  redis.call('HSET', k, 'cur', 0)
-  hincr(k, 'hist', cur)
-  ledger(LEDGER, 'acct:' .. psn .. ':cur', -cur, 'year_rollover', ref)
-  ledger(LEDGER, 'acct:' .. psn .. ':hist', cur, 'year_rollover', ref)
-  local result = cjson.encode({ok = true, applied = true, moved = cur})
+  local held = year_of(k)
+  local result
+  if held and held > year then
+    -- the account is already in a later year (its credits said so): this year's money was never current here
+    result = cjson.encode({ok = true, applied = false, moved = 0})
+  else
+    local cur, nxt = int(redis.call('HGET', k, 'cur')), int(redis.call('HGET', k, 'next'))
+    local to_hist, to_cur = cur, 0
+    if held == year then to_cur = nxt else to_hist = cur + nxt end  -- a missed year's `next` is past too
+    redis.call('HSET', k, 'cur', to_cur, 'next', 0, 'year', year + 1)
+    hincr(k, 'hist', to_hist)
+    ledger(LEDGER, 'acct:' .. psn .. ':cur', to_cur - cur, 'year_rollover', ref)
+    ledger(LEDGER, 'acct:' .. psn .. ':next', -nxt, 'year_rollover', ref)
+    ledger(LEDGER, 'acct:' .. psn .. ':hist', to_hist, 'year_rollover', ref)
+    result = cjson.encode({ok = true, applied = true, moved = to_hist})
+  end
   redis.call('SET', done, result)  -- forever: a year rolls over once
   return result
 end

@@ -9,6 +9,7 @@ local balances, lots, posted = {}, {}, {}
 for _, psn in ipairs(redis.call('SMEMBERS', P .. 'accts')) do
   balances['acct:' .. psn .. ':cur'] = int(h(P .. 'acct:' .. psn, 'cur'))
   balances['acct:' .. psn .. ':hist'] = int(h(P .. 'acct:' .. psn, 'hist'))
+  balances['acct:' .. psn .. ':next'] = int(h(P .. 'acct:' .. psn, 'next'))
 end
 for _, b_id in ipairs(redis.call('SMEMBERS', P .. 'binds')) do
   balances['bind:' .. b_id .. ':earmark'] = int(h(P .. 'bind:' .. b_id, 'earmark'))
