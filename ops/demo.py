@@ -124,11 +124,13 @@ class Demo:
         self.check("Hangzhou: 7 relatives bound", 7, outcomes[:7].count("BindingCreated"))
         self.check("Hangzhou: 8th relative hits the 7-member cap", "LIMIT_REACHED", outcomes[7])
         for target in ("chen", "brother"):
-            await bus.open_wallet(self.people[target]["psn_no"], self.people[target]["region"],
-                                  opened_by=self.people["wang"]["psn_no"])
             w = await bound(bus, self.urls, self.people["wang"], self.people[target],
                             Relation.MOTHER if target == "chen" else Relation.SIBLING, kind=BindingKind.WALLET)
             self.check(f"wallet relationship Wang → {target}", "BindingCreated", w["type"])
+            # W1: a bound relative may open the wallet on the holder's behalf
+            opened = await bus.open_wallet(self.people[target]["psn_no"], self.people[target]["region"],
+                                           opened_by=self.people["wang"]["psn_no"])
+            self.check(f"Wang opens {target}'s wallet", "WalletOpened", opened["type"])
 
         progress.update(task, advance=1, description="cross-province transfers")
         held = await bus.transfer(self.people["wang"]["psn_no"], "32", self.people["chen"]["psn_no"], "510100", 150_000)

@@ -104,19 +104,22 @@ def audit(services: dict[str, Any], province: str) -> dict[str, Any]:
 async def bound(bus: Bus, services: dict[str, Any], grantor: dict[str, Any], recipient: dict[str, Any],
                 relation: Relation, quota_fen: int | None = None, kind: BindingKind = BindingKind.MUTUAL_AID,
                 timeout_s: float = 30.0) -> dict[str, Any]:
-    """Create a binding and wait until settlement's read model and the wallet have both applied it."""
+    """Create a binding and wait until settlement's read model and the wallets have all applied it."""
     created = await bus.bind(grantor["psn_no"], recipient["psn_no"], relation, kind=kind, quota_fen=quota_fen)
     if created["type"] != "BindingCreated":
         return created
     b_id = created["binding_id"]
     grantor_wallet = url(services, f"wallet-{grantor['province']}")
+    recipient_wallet = url(services, f"wallet-{recipient['province']}")
     deadline = time.monotonic() + timeout_s
     async with httpx.AsyncClient(timeout=5) as http:
         while time.monotonic() < deadline:
             if kind == BindingKind.WALLET:
                 w = (await http.get(f"{grantor_wallet}/balance",
                                     params={"psn_no": grantor["psn_no"]})).json()
-                if recipient["psn_no"] in w["may_send_to"]:
+                r = (await http.get(f"{recipient_wallet}/balance",
+                                    params={"psn_no": recipient["psn_no"]})).json()
+                if recipient["psn_no"] in w["may_send_to"] and grantor["psn_no"] in r["bound_relatives"]:
                     return created
             else:
                 s = (await http.get(f"{url(services, 'settlement')}/bindings",

@@ -156,6 +156,7 @@ class WalletStore:
             "next_year_fen": int(acct.get("next", 0)), "current_year": int(acct["year"]) if acct.get("year") else None,
             "earmarked": earmarks, "wallet": await self.wallet_status(psn), "wallet_lots": lots,
             "may_send_to": sorted(await self.client.smembers(f"{p}wrel:{psn}")),
+            "bound_relatives": sorted(set(await self.client.hvals(f"{p}kin:{psn}"))),
             "wallet_balance_fen": sum(int(lot.get("amount", 0)) for lot in lots if lot.get("status") == "active"),
             "ledger": recent,
         }

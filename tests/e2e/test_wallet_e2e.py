@@ -22,10 +22,10 @@ async def family(bus: Bus, services: Any, sender_balance_fen: int = 500_000) -> 
     """A Jiangsu grantor and their Sichuan parent with a wallet and a wallet relationship."""
     son = await person(bus, services, "32", balance_fen=sender_balance_fen)
     mum = await person(bus, services, "51", employee=False)
-    opened = await bus.open_wallet(mum["psn_no"], mum["region"], opened_by=son["psn_no"])  # W1 on her behalf
-    assert opened["type"] == "WalletOpened", opened
     rel = await bound(bus, services, son, mum, Relation.MOTHER, kind=BindingKind.WALLET)
     assert rel["type"] == "BindingCreated", rel
+    opened = await bus.open_wallet(mum["psn_no"], mum["region"], opened_by=son["psn_no"])  # W1: kin, on her behalf
+    assert opened["type"] == "WalletOpened", opened
     return son, mum
 
 
