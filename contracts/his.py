@@ -20,10 +20,6 @@ Infno = Literal["2206", "2207", "2208", "2601", "3201", "3202"]
 INFNOS: tuple[str, ...] = ("2206", "2207", "2208", "2601", "3201", "3202")
 RECONCILE_PAGE_SIZE_MAX = 1_000  # 3202 reply rows per list and page: ≈ 100 B each, 3 lists ≈ 300 KB at most
 
-# Care types payable from personal accounts (S3): outpatient, chronic outpatient, inpatient, pharmacy.
-MED_TYPES_ALLOWED = frozenset({"11", "12", "13", "14", "15", "16", "21", "22", "41", "51", "52"})
-USAGE_SCOPES_ALLOWED = frozenset({"medical", "drugs", "devices", "consumables", "resident_premium", "ltc_premium"})
-USAGE_SCOPES_REFUSED = frozenset({"public_health", "fitness", "wellness", "cash_out"})
 
 
 def parse_his_json(raw: bytes) -> Any:
@@ -60,7 +56,6 @@ class SettleData(_Data):
     acct_used_flag: Literal["0", "1"]
     med_type: str = Field(min_length=2, max_length=6)
     insutype: Literal["310", "390"]
-    usage_scope: str = "medical"
     mulaid_psn_no: PsnNo | None = Field(default=None, description="grantor whose code was scanned (双码, S4)")
 
 

@@ -34,6 +34,9 @@ class RegionPolicy(BaseModel):
     funding_mode: FundingMode
     multi_grantor_mode: MultiGrantorMode
     dual_code_required: bool
+    # S3: the national medical types (med_type) a personal account may pay for here: what the account may be
+    # used for is a regional decision, so it is data, not code.
+    account_med_types: frozenset[str] = Field(min_length=1)
 
     @model_validator(mode="after")
     def _consistent(self) -> RegionPolicy:

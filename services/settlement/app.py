@@ -66,6 +66,7 @@ from services.settlement.store import Record, SettlementStore, Tx, decode_out, e
 from shared.clock import Clock, china_time, epoch_ms
 from shared.kafka import Consumer, Outgoing, PoisonMessage, model_parser, publish_all
 from shared.pii import kafka_key, keyed_hash
+from shared.policy import Policies
 from shared.service import assemble, build_app, query_one
 from shared.settings import Settings
 
@@ -120,10 +121,11 @@ def answer(rec: Record, err: str | None = None, output: dict[str, Any] | None = 
 
 
 class SettlementService:
-    def __init__(self, settings: Settings, store: SettlementStore, clock: Clock) -> None:
+    def __init__(self, settings: Settings, store: SettlementStore, clock: Clock, policies: Policies) -> None:
         self.settings = settings
         self.store = store
         self.clock = clock
+        self.policies = policies
 
     # ================================================================ hospital requests
 
@@ -184,7 +186,7 @@ class SettlementService:
         person, owner, order, views = await self.store.settle_context(d.psn_no, id_hash, card)
         try:
             domain.check_amounts(d)
-            domain.check_scope(d)
+            domain.check_scope(d, env.insuplc_admdvs, self.policies.find(env.insuplc_admdvs))
             domain.check_own_card(d, env.insuplc_admdvs, person, owner if id_hash or card else None)
         except domain.CardMisuse as exc:
             problem = str(exc)
@@ -551,7 +553,7 @@ class SettlementService:
 
 def wire(settings: Settings, redis: Any, clock: Clock) -> tuple[SettlementService, list[Consumer[Any]]]:
     """The service and what it consumes; shared by the process (create_app) and the contract tests."""
-    service = SettlementService(settings, SettlementStore(redis), clock)
+    service = SettlementService(settings, SettlementStore(redis), clock, Policies.load(settings.policies_path))
     return service, [
         Consumer(SERVICE, HIS_REQUESTS, parse_request, service.on_request),
         Consumer(SERVICE, WALLET_EVENTS, model_parser(TypeAdapter(WalletEvent)), service.on_wallet),

@@ -20,14 +20,9 @@ from pydantic import BaseModel, ConfigDict
 
 from contracts.binding import BindingKind, FundingMode, MultiGrantorMode
 from contracts.envelope import derive_id
-from contracts.his import (
-    MED_TYPES_ALLOWED,
-    USAGE_SCOPES_ALLOWED,
-    USAGE_SCOPES_REFUSED,
-    HisRequestError,
-    SettleData,
-)
+from contracts.his import HisRequestError, SettleData
 from contracts.wallet import FundingPlan, GrantorSource
+from shared.policy import RegionPolicy
 
 # States of a 2207 in which it holds its visit (mdtrt_id): a second 2207 for the visit is refused until the
 # first is cancelled (2208), reversed (2601), refused by the wallet or timed out.
@@ -71,14 +66,15 @@ def check_amounts(d: SettleData) -> None:
         raise HisRequestError("input.data: fund_pay_sumamt + psn_part_amt must equal medfee_sumamt")
 
 
-def check_scope(d: SettleData) -> None:
-    # S3: own share of care at designated institutions and premiums; never public health, fitness, cash-out.
-    if d.usage_scope in USAGE_SCOPES_REFUSED:
-        raise HisRequestError(f"input.data.usage_scope: {d.usage_scope} is not payable from personal accounts (S3)")
-    if d.usage_scope not in USAGE_SCOPES_ALLOWED:
-        raise HisRequestError(f"input.data.usage_scope: unknown scope {d.usage_scope!r}")
-    if d.med_type not in MED_TYPES_ALLOWED:
-        raise HisRequestError(f"input.data.med_type: {d.med_type!r} is not a care type payable from accounts (S3)")
+def check_scope(d: SettleData, insuplc_admdvs: str, policy: RegionPolicy | None) -> None:
+    """S3: the account pays only for the medical types the insured region allows (policy data). The national
+    interface says what a bill is for by `med_type` alone; public health, fitness or wellness have no medical
+    type an account may pay for."""
+    if policy is None:
+        raise HisRequestError(f"insuplc_admdvs: region {insuplc_admdvs} has no policy here")
+    if d.med_type not in policy.account_med_types:
+        raise HisRequestError(f"input.data.med_type: {d.med_type!r} is not payable from personal accounts in "
+                              f"{insuplc_admdvs} (S3)")
 
 
 def check_own_card(d: SettleData, insuplc_admdvs: str, person: PersonView | None, cert_owner: str | None) -> None:

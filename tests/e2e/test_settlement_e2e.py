@@ -154,7 +154,7 @@ async def test_flag_zero_pays_cash_and_invalid_requests_get_specific_errors(bus:
     p = await person(bus, services, "32", balance_fen=10_000)
     info = setl(await bus.his(bill(p, 3_000, acct_used_flag="0")))
     assert (info["acct_pay"], info["psn_cash_pay"]) == ("0.00", "30.00")
-    scope = await bus.his(bill(p, 3_000, usage_scope="fitness"))
+    scope = await bus.his(bill(p, 3_000, med_type="99"))  # not a care type accounts pay for here (S3)
     assert scope["infcode"] == -1 and "S3" in scope["err_msg"]
     wrong_region = bill(p, 3_000)
     wrong_region["insuplc_admdvs"] = "510100"

@@ -119,7 +119,7 @@ def test_b2_policy_cannot_widen_close_relatives() -> None:
         RegionPolicy(region="320500", province="32", name="x", wallet_enabled=True,
                      allowed_relations=frozenset({Relation.FATHER_IN_LAW}), min_binding_days=0,
                      funding_mode=FundingMode.QUOTA, multi_grantor_mode=MultiGrantorMode.SEQUENTIAL,
-                     dual_code_required=False)
+                     dual_code_required=False, account_med_types=frozenset({"11"}))
 
 
 # ------------------------------------------------------------ B3 region

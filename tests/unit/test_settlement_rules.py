@@ -10,6 +10,8 @@ from contracts.binding import BindingKind, FundingMode, MultiGrantorMode
 from contracts.his import HisRequestError, SettleData, setlinfo
 from services.settlement import domain
 from services.settlement.domain import BindingView, PersonView
+from shared.policy import Policies
+from shared.settings import Settings
 
 
 def data(**kw: object) -> SettleData:
@@ -50,15 +52,28 @@ def test_s5_flag_zero_touches_no_account() -> None:
     assert not plan.use_own and not plan.use_wallet and plan.grantors == []
 
 
-@pytest.mark.parametrize("scope", ["public_health", "fitness", "wellness", "cash_out"])
-def test_s3_refused_scopes(scope: str) -> None:
-    with pytest.raises(HisRequestError, match="S3"):
-        domain.check_scope(data(usage_scope=scope))
+POLICIES = Policies.load(Settings().policies_path)
 
 
-def test_s3_premiums_and_drugs_allowed() -> None:
-    for scope in ("resident_premium", "ltc_premium", "drugs", "medical"):
-        domain.check_scope(data(usage_scope=scope))
+@pytest.mark.parametrize("med_type", ["11", "14", "21", "41", "52"])
+def test_s3_care_types_the_region_allows(med_type: str) -> None:
+    domain.check_scope(data(med_type=med_type), "320500", POLICIES.find("320500"))
+
+
+@pytest.mark.parametrize("med_type", ["99", "31", "9901"])  # not care an account pays for (e.g. public health)
+def test_s3_refused_by_med_type(med_type: str) -> None:
+    with pytest.raises(HisRequestError, match=r"med_type.*\(S3\)"):
+        domain.check_scope(data(med_type=med_type), "320500", POLICIES.find("320500"))
+
+
+def test_s3_allowed_types_are_regional_policy_data() -> None:
+    # issue 17 item 11: a region that keeps pharmacy purchases (41) off accounts refuses them; its neighbour pays
+    narrow = POLICIES.by_region["320500"].model_copy(update={"account_med_types": frozenset({"11", "21"})})
+    with pytest.raises(HisRequestError, match="320500"):
+        domain.check_scope(data(med_type="41"), "320500", narrow)
+    domain.check_scope(data(med_type="41"), "329900", POLICIES.find("329900"))
+    with pytest.raises(HisRequestError, match="no policy"):
+        domain.check_scope(data(), "110100", POLICIES.find("110100"))
 
 
 PERSON = PersonView(psn_no="R1", admdvs="320500", version=1, id_hash="h", card_no="C1")
