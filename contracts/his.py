@@ -57,6 +57,8 @@ class SettleData(_Data):
     med_type: str = Field(min_length=2, max_length=6)
     insutype: Literal["310", "390"]
     mulaid_psn_no: PsnNo | None = Field(default=None, description="grantor whose code was scanned (双码, S4)")
+    mulaid_ectoken: str | None = Field(default=None, min_length=1, max_length=50,
+                                       description="the grantor's e-voucher code as scanned (双码, S4)")
 
 
 class CancelData(_Data):
@@ -164,6 +166,7 @@ class HisResult(BaseModel):
 
     infcode: Literal[0, -1]
     err_msg: str | None
+    warn_msg: str | None = Field(default=None, description="settled, but something the hospital may act on")
     msgid: str
     infno: str
     output: dict[str, Any] = Field(default_factory=dict)

@@ -26,6 +26,8 @@ class Settings(BaseSettings):
     consent_public_key: str = ""
     # Key for hashing resident ID numbers (settlement identity view). Local default is for development only.
     pii_hash_key: str = "dev-only-pii-hash-key-change-me"
+    # Key the identity service binds e-voucher codes (医保电子凭证, S4) to their person with. Development only.
+    evoucher_key: str = "dev-only-evoucher-key-change-me"
     # Settlement waits this long for the wallet before answering the hospital and reversing (see settlement docs).
     wallet_timeout_ms: int = Field(default=8000, ge=100, le=120_000)
     # Tests and demos may shift the business clock (ms); production leaves it 0.

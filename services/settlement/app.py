@@ -113,8 +113,9 @@ def booked_clearing(rec: Record) -> int:
     return 0
 
 
-def answer(rec: Record, err: str | None = None, output: dict[str, Any] | None = None) -> Outgoing:
-    result = HisResult(infcode=-1 if err else 0, err_msg=err, msgid=rec["msgid"], infno=rec["infno"],
+def answer(rec: Record, err: str | None = None, output: dict[str, Any] | None = None,
+           warn: str | None = None) -> Outgoing:
+    result = HisResult(infcode=-1 if err else 0, err_msg=err, warn_msg=warn, msgid=rec["msgid"], infno=rec["infno"],
                        output=output or {})
     rec["reply"] = result.model_dump_json()
     return reply_out(rec)
@@ -184,10 +185,16 @@ class SettlementService:
         id_hash = keyed_hash(self.settings.pii_hash_key, d.mdtrt_cert_no) if d.mdtrt_cert_type == "02" else None
         card = d.mdtrt_cert_no if d.mdtrt_cert_type == "03" else None
         person, owner, order, views = await self.store.settle_context(d.psn_no, id_hash, card)
+        now, key = self.clock.now(), self.settings.evoucher_key
+        scanned: str | None = None
+        warning: str | None = None
         try:
             domain.check_amounts(d)
             domain.check_scope(d, env.insuplc_admdvs, self.policies.find(env.insuplc_admdvs))
-            domain.check_own_card(d, env.insuplc_admdvs, person, owner if id_hash or card else None)
+            if d.mdtrt_cert_type == "01":
+                owner = domain.voucher_owner(d, now, key)
+            domain.check_own_card(d, env.insuplc_admdvs, person, owner)
+            scanned, warning = domain.dual_code(d, order, views, now, key)
         except domain.CardMisuse as exc:
             problem = str(exc)
             await self.store.flag({"msgid": env.msgid, "psn_no": d.psn_no, "fixmedins": env.fixmedins_code,
@@ -197,7 +204,7 @@ class SettlementService:
             problem = str(exc)
         if problem is not None:
             return await self._reject(env.msgid, env.infno, problem)
-        plan = domain.build_plan(d, order, views)
+        plan = domain.build_plan(d, order, views, scanned)
         setl_id = domain.setl_id_for(env.msgid)
         payment_id = setl_id if env.infno == "2207" else domain.quote_payment_id(env.msgid)
         needs_wallet = d.psn_part_amt > 0 and (plan.use_own or plan.grantors or plan.use_wallet)
@@ -216,7 +223,7 @@ class SettlementService:
                 return [out]
             rec = self._base(env, state="AWAITING_WALLET", psn_no=d.psn_no, mdtrt_id=d.mdtrt_id, setl_id=setl_id,
                              payment_id=payment_id, medfee=d.medfee_sumamt, fund=d.fund_pay_sumamt,
-                             part=d.psn_part_amt, wallet_used=bool(needs_wallet))
+                             part=d.psn_part_amt, wallet_used=bool(needs_wallet), warn=warning)
             if env.infno == "2207":
                 held_by = await tx.msgid_of(k_visit(env.fixmedins_code, d.mdtrt_id))
                 settled = await tx.get(held_by) if held_by else None
@@ -248,7 +255,8 @@ class SettlementService:
                         medfee_fen=rec["medfee"], fund_fen=rec["fund"], part_fen=rec["part"], acct_fen=split.acct_fen,
                         mulaid_fen=split.mulaid_fen, wallet_fen=split.wallet_fen, cash_fen=split.cash_fen,
                         balc_fen=split.balc_fen)
-        out = answer(rec, output={"setlinfo": info.model_dump()})
+        # S4 dual code: say so only when relatives' money could have spared the patient cash
+        out = answer(rec, output={"setlinfo": info.model_dump()}, warn=rec.get("warn") if split.cash_fen else None)
         tx.put(rec)
         tx.op(lambda p: p.zrem("s:deadlines", rec["msgid"]))
         if rec["infno"] == "2207" and rec["care"] != rec["province"]:

@@ -1,10 +1,12 @@
 """Settlement rules S1–S8 as pure functions. No I/O: handlers in app.py load state, call these, store results.
 
 Decisions where DOMAIN.md is silent (each also noted at the rule):
-- e-voucher (01) tokens are resolved upstream to the person number, so `mdtrt_cert_no` must equal `psn_no`.
-- Dual code (S4, regions 45/51): mutual aid is drawn only from the grantor whose code was scanned
-  (`mulaid_psn_no`); without it the bill is settled without relatives' money. Own account, wallet and cash
-  still apply.
+- e-voucher (01): `mdtrt_cert_no` is the code scanned from the patient's phone (shared/evoucher.py); it must be
+  a current code of `psn_no`. Someone else's or a made-up code is card misuse; an expired one is asked again.
+- Dual code (S4, regions 45/51): mutual aid is drawn only from the grantor whose e-voucher code was scanned
+  (`mulaid_psn_no` + `mulaid_ectoken`, verified like the patient's). Without it the bill is settled from the
+  patient's own account, wallet and cash, and the reply's `warn_msg` says relatives' money was not used and
+  why; a code that is not a current code of a bound grantor is refused.
 - The request's amounts must add up: `fund_pay_sumamt + psn_part_amt == medfee_sumamt`.
 - Wallet timeout: the hospital gets `infcode -1` ("nothing was charged") and a ReversePayment follows on the
   same partition as the payment, so a payment that lands late is refunded and one that has not landed yet
@@ -14,6 +16,7 @@ Decisions where DOMAIN.md is silent (each also noted at the rule):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
@@ -22,6 +25,7 @@ from contracts.binding import BindingKind, FundingMode, MultiGrantorMode
 from contracts.envelope import derive_id
 from contracts.his import HisRequestError, SettleData
 from contracts.wallet import FundingPlan, GrantorSource
+from shared import evoucher
 from shared.policy import RegionPolicy
 
 # States of a 2207 in which it holds its visit (mdtrt_id): a second 2207 for the visit is refused until the
@@ -77,6 +81,36 @@ def check_scope(d: SettleData, insuplc_admdvs: str, policy: RegionPolicy | None)
                               f"{insuplc_admdvs} (S3)")
 
 
+def voucher_owner(d: SettleData, now: datetime, key: str) -> str | None:
+    """S4: whom an e-voucher (01) code in `mdtrt_cert_no` belongs to: `psn_no` if it is a current code of theirs,
+    else None (card misuse). An expired code is the patient's to scan again, not misuse."""
+    found = evoucher.problem(d.mdtrt_cert_no, d.psn_no, now, key)
+    if found == "expired":
+        raise HisRequestError("mdtrt_cert_no: the e-voucher code has expired; scan the patient's code again")
+    return d.psn_no if found is None else None
+
+
+def dual_code(d: SettleData, order: list[str], bindings: dict[str, BindingView], now: datetime,
+              key: str) -> tuple[str | None, str | None]:
+    """S4 双码: which grantor the hospital scanned (None: none may pay) and a warning for the reply when a
+    dual-code region's bill could have used relatives' money but carried no grantor code."""
+    aid = [b for b in (bindings.get(i) for i in order) if b is not None and b.active
+           and b.kind == BindingKind.MUTUAL_AID and b.recipient_psn_no == d.psn_no and b.dual_code_required]
+    if not aid or d.acct_used_flag == "0":
+        return None, None
+    if d.mulaid_psn_no is None or d.mulaid_ectoken is None:
+        return None, ("S4 dual code: relatives' accounts were not used: this region needs the grantor's e-voucher "
+                      "code (mulaid_psn_no and mulaid_ectoken)")
+    found = evoucher.problem(d.mulaid_ectoken, d.mulaid_psn_no, now, key)
+    if found == "expired":
+        raise HisRequestError("input.data.mulaid_ectoken: the grantor's code has expired; scan it again")
+    if found is not None:
+        raise CardMisuse("input.data.mulaid_ectoken: not a code of mulaid_psn_no (冒名就医, S4); flagged")
+    if all(b.grantor_psn_no != d.mulaid_psn_no for b in aid):
+        raise HisRequestError("input.data.mulaid_psn_no: not a grantor bound to this patient (S4)")
+    return d.mulaid_psn_no, None
+
+
 def check_own_card(d: SettleData, insuplc_admdvs: str, person: PersonView | None, cert_owner: str | None) -> None:
     """S4: the patient must be the cardholder. `cert_owner` is whom the presented certificate belongs to."""
     if person is None:
@@ -85,21 +119,21 @@ def check_own_card(d: SettleData, insuplc_admdvs: str, person: PersonView | None
         raise HisRequestError(f"input.data.psn_no: enrollment status is {person.status}, not normal")
     if person.admdvs != insuplc_admdvs:
         raise HisRequestError(f"insuplc_admdvs: {insuplc_admdvs} is not the insured region of this person")
-    # e-voucher (01) tokens are resolved to psn_no upstream; ID (02) and card (03) are looked up by the caller
-    owner = d.mdtrt_cert_no if d.mdtrt_cert_type == "01" else cert_owner
-    if owner != d.psn_no:
+    if cert_owner != d.psn_no:
         raise CardMisuse("mdtrt_cert_no: certificate does not belong to psn_no (冒名就医, S4); flagged")
 
 
-def build_plan(d: SettleData, order: list[str], bindings: dict[str, BindingView]) -> FundingPlan:
-    """S1 order: own account, then grantors in the recipient's order (B7), then wallet; S5 flag honoured."""
+def build_plan(d: SettleData, order: list[str], bindings: dict[str, BindingView],
+               scanned_grantor: str | None = None) -> FundingPlan:
+    """S1 order: own account, then grantors in the recipient's order (B7), then wallet; S5 flag honoured.
+    `scanned_grantor`: in a dual-code region the only grantor who may pay (see dual_code)."""
     if d.acct_used_flag == "0":  # S5
         return FundingPlan(use_own=False, grantors=[], use_wallet=False)
     aid = [bindings[b] for b in order if b in bindings and bindings[b].active
            and bindings[b].kind == BindingKind.MUTUAL_AID and bindings[b].recipient_psn_no == d.psn_no]
     mode = aid[0].multi_grantor_mode if aid else MultiGrantorMode.SEQUENTIAL
     if aid and aid[0].dual_code_required:  # S4 dual code: only the grantor whose code was presented
-        aid = [b for b in aid if b.grantor_psn_no == d.mulaid_psn_no]
+        aid = [b for b in aid if b.grantor_psn_no == scanned_grantor]
     return FundingPlan(
         use_own=True, use_wallet=True, multi_grantor_mode=mode,
         grantors=[GrantorSource(binding_id=b.binding_id, grantor_psn_no=b.grantor_psn_no,

@@ -9,7 +9,9 @@ import pytest
 from contracts.binding import Relation
 from contracts.his import HisResult
 from ops.scenario import HOSPITAL, audit, balance, bill, bound, person, setl
+from shared import evoucher
 from shared.client import Bus, his_request, yuan
+from shared.settings import Settings
 from tests.factories import T0
 
 pytestmark = pytest.mark.e2e
@@ -82,9 +84,13 @@ async def test_dual_code_region_needs_the_grantors_code(bus: Bus, services: Any)
     kid = await person(bus, services, "51")
     mum = await person(bus, services, "51", balance_fen=50_000)
     await bound(bus, services, mum, kid, Relation.CHILD, quota_fen=20_000)
-    without = setl(await bus.his(bill(kid, 5_000)))
-    assert (without["acct_mulaid_pay"], without["psn_cash_pay"]) == ("0.00", "50.00")
-    with_code = setl(await bus.his(bill(kid, 5_000, mulaid_psn_no=mum["psn_no"])))
+    without = await bus.his(bill(kid, 5_000))
+    assert (setl(without)["acct_mulaid_pay"], setl(without)["psn_cash_pay"]) == ("0.00", "50.00")
+    assert "mulaid_ectoken" in without["warn_msg"]  # said, not silent (issue 17 item 8)
+    typed = await bus.his(bill(kid, 5_000, mulaid_psn_no=mum["psn_no"]))  # a typed number is no scanned code
+    assert setl(typed)["acct_mulaid_pay"] == "0.00"
+    code = evoucher.issue(mum["psn_no"], bus.clock.now(), Settings().evoucher_key)
+    with_code = setl(await bus.his(bill(kid, 5_000, mulaid_psn_no=mum["psn_no"], mulaid_ectoken=code)))
     assert (with_code["acct_mulaid_pay"], with_code["psn_cash_pay"]) == ("50.00", "0.00")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
@@ -10,6 +11,7 @@ from contracts.binding import BindingKind, FundingMode, MultiGrantorMode
 from contracts.his import HisRequestError, SettleData, setlinfo
 from services.settlement import domain
 from services.settlement.domain import BindingView, PersonView
+from shared import evoucher
 from shared.policy import Policies
 from shared.settings import Settings
 
@@ -43,8 +45,46 @@ def test_s1_single_mode_carried_from_region() -> None:
 def test_s4_dual_code_keeps_only_the_presented_grantor() -> None:
     views = {"b1": view("b1", "G1", dual=True), "b2": view("b2", "G2", dual=True)}
     assert domain.build_plan(data(), ["b1", "b2"], views).grantors == []
-    plan = domain.build_plan(data(mulaid_psn_no="G2"), ["b1", "b2"], views)
+    plan = domain.build_plan(data(), ["b1", "b2"], views, scanned_grantor="G2")
     assert [g.grantor_psn_no for g in plan.grantors] == ["G2"]
+
+
+KEY = "unit-evoucher-key"
+NOW = datetime(2026, 11, 23, 2, 0, tzinfo=UTC)
+DUAL = {"b1": view("b1", "G1", dual=True), "b2": view("b2", "G2", dual=True)}
+
+
+def test_s4_dual_code_is_a_verified_code_of_a_bound_grantor() -> None:
+    # issue 17 item 8: a typed mulaid_psn_no was believed; now the grantor's scanned e-voucher code is verified
+    code = evoucher.issue("G2", NOW, KEY)
+    assert domain.dual_code(data(mulaid_psn_no="G2", mulaid_ectoken=code), ["b1", "b2"], DUAL, NOW, KEY) == \
+        ("G2", None)
+    with pytest.raises(domain.CardMisuse, match="mulaid_ectoken"):  # G2's code presented as G1's
+        domain.dual_code(data(mulaid_psn_no="G1", mulaid_ectoken=code), ["b1", "b2"], DUAL, NOW, KEY)
+    with pytest.raises(HisRequestError, match="expired"):
+        domain.dual_code(data(mulaid_psn_no="G2", mulaid_ectoken=code), ["b1", "b2"], DUAL,
+                         NOW + evoucher.VALIDITY, KEY)
+    stranger = evoucher.issue("G9", NOW, KEY)
+    with pytest.raises(HisRequestError, match="not a grantor bound"):
+        domain.dual_code(data(mulaid_psn_no="G9", mulaid_ectoken=stranger), ["b1", "b2"], DUAL, NOW, KEY)
+
+
+def test_s4_dual_code_missing_is_answered_not_silent() -> None:
+    grantor, warning = domain.dual_code(data(mulaid_psn_no="G2"), ["b1", "b2"], DUAL, NOW, KEY)  # no code
+    assert grantor is None and warning is not None and "mulaid_ectoken" in warning
+    # no dual-code binding, or accounts not used: nothing to say
+    assert domain.dual_code(data(), ["b1"], {"b1": view("b1", "G1")}, NOW, KEY) == (None, None)
+    assert domain.dual_code(data(acct_used_flag="0"), ["b1", "b2"], DUAL, NOW, KEY) == (None, None)
+
+
+def test_s4_e_voucher_code_must_be_the_patients_own_and_current() -> None:
+    mine = evoucher.issue("R1", NOW, KEY)
+    assert domain.voucher_owner(data(mdtrt_cert_type="01", mdtrt_cert_no=mine), NOW, KEY) == "R1"
+    for other in ("R1", evoucher.issue("SOMEONE", NOW, KEY), mine[:-2] + "AA"):  # bare psn_no, another's, forged
+        assert domain.voucher_owner(data(mdtrt_cert_type="01", mdtrt_cert_no=other), NOW, KEY) is None
+    with pytest.raises(HisRequestError, match="expired"):
+        domain.voucher_owner(data(mdtrt_cert_type="01", mdtrt_cert_no=mine), NOW + evoucher.VALIDITY, KEY)
+    assert len(mine) <= 50  # the national mdtrt_cert_no field
 
 
 def test_s5_flag_zero_touches_no_account() -> None:
@@ -85,6 +125,9 @@ def test_s4_own_card_passes_and_other_card_is_misuse() -> None:
         domain.check_own_card(data(), "320500", PERSON, cert_owner="SOMEONE")
     with pytest.raises(domain.CardMisuse):
         domain.check_own_card(data(mdtrt_cert_type="01", mdtrt_cert_no="OTHER"), "320500", PERSON, None)
+    with pytest.raises(domain.CardMisuse):  # a bare person number is no e-voucher code
+        domain.check_own_card(data(mdtrt_cert_type="01", mdtrt_cert_no="R1"), "320500", PERSON,
+                              domain.voucher_owner(data(mdtrt_cert_type="01", mdtrt_cert_no="R1"), NOW, KEY))
 
 
 def test_s4_insured_region_must_match() -> None:
