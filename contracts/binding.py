@@ -189,6 +189,15 @@ class BindingDissolved(BindingParties):
     grantor_order: list[str]
 
 
+class BindingMoved(BindingParties):
+    """A party moved to another province (关系转移接续) and the binding follows them: wallet relationships and proxies
+    (mutual aid is dissolved instead, B3). The parties' regions are the new ones; `previous_*` the old ones."""
+
+    type: Literal["BindingMoved"] = "BindingMoved"
+    previous_grantor_admdvs: RegionCode
+    previous_recipient_admdvs: RegionCode
+
+
 class QuotaChanged(BindingParties):
     type: Literal["QuotaChanged"] = "QuotaChanged"
     quota_fen: Fen
@@ -203,6 +212,6 @@ class GrantorsReordered(Message):
 
 
 BindingEvent = Annotated[
-    BindingCreated | BindingRejected | BindingDissolved | QuotaChanged | GrantorsReordered,
+    BindingCreated | BindingRejected | BindingDissolved | BindingMoved | QuotaChanged | GrantorsReordered,
     Field(discriminator="type"),
 ]

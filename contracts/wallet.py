@@ -236,6 +236,21 @@ class ReturnFunds(Message):
     reason: str
 
 
+class ReceiveAccount(Message):
+    """C1 关系转移接续, previous province → new province: a person's personal account follows them, bucket by bucket."""
+
+    type: Literal["ReceiveAccount"] = "ReceiveAccount"
+    move_id: str
+    psn_no: PsnNo
+    admdvs: str = Field(pattern=r"^\d{6}$", description="the person's new insured region")
+    from_province: str
+    version: int = Field(ge=0, description="enrolment version of the move")
+    cur_fen: Fen
+    hist_fen: Fen
+    next_fen: Fen = Field(description="next year's credits that arrived before the year rolled over")
+    year: int | None = Field(description="the year cur_fen belongs to; None if the account never knew")
+
+
 class WalletEventBase(Message):
     province: str
 
@@ -316,17 +331,28 @@ class FundsReturned(WalletEventBase):
     sender_psn_no: PsnNo
     holder_province: str
     amount_fen: Fen
+    reason: str = ""
+
+
+class AccountMovedIn(WalletEventBase):
+    """A person's account arrived from their previous province (for clearing between the funds, W7)."""
+
+    type: Literal["AccountMovedIn"] = "AccountMovedIn"
+    move_id: str
+    psn_no: PsnNo
+    from_province: str
+    amount_fen: Fen
 
 
 WalletCommand = Annotated[
     PaySettlement | ReversePayment | OpenWallet | RequestTransfer | OfferTransfer | AcceptTransfer
-    | ResolveTransfer | CompleteTransfer | ReturnFunds,
+    | ResolveTransfer | CompleteTransfer | ReturnFunds | ReceiveAccount,
     Field(discriminator="type"),
 ]
 
 WalletEvent = Annotated[
     PaymentCompleted | PaymentRejected | PaymentReversed | QuotaEarmarked | QuotaEarmarkRejected | QuotaReleased
     | WalletOpened | WalletOpenRejected | TransferHeld | TransferRejected | TransferOffered | TransferAccepted
-    | TransferReturned | LotsReturned | FundsReturned,
+    | TransferReturned | LotsReturned | FundsReturned | AccountMovedIn,
     Field(discriminator="type"),
 ]

@@ -186,6 +186,9 @@ class BindingService:
                     upserts += decision.upsert
                     if binding.kind == BindingKind.MUTUAL_AID:
                         orders[binding.recipient_psn_no] = decision.events[0].grantor_order  # type: ignore[attr-defined]
+                relocated = domain.relocations_for(event, mine, now)
+                events += relocated.events
+                upserts += relocated.upsert
             pipe.multi()
             self.store.stage(pipe, event.message_id, events, upserts, person=updated, orders=orders)
             await pipe.execute()

@@ -7,7 +7,7 @@ Decisions taken where DOMAIN.md is silent (each also noted at the rule):
   are not capped by the regional mutual-aid limits.
 - Proxy accounts (B9) need both parties enrolled and close relatives, nothing about accounts or regions.
 - Suspension does not dissolve (it is temporary); termination, death, and for mutual aid a move to
-  another province, do (B5).
+  another province, do (B5). Wallet relationships and proxies follow a person who moves (BindingMoved).
 - Enrollment events apply only if their `version` is newer than the one held (out-of-order and
   duplicate deliveries converge); a re-enrollment never revives dissolved bindings.
 """
@@ -24,6 +24,7 @@ from contracts.binding import (
     BindingCreated,
     BindingDissolved,
     BindingKind,
+    BindingMoved,
     BindingRejected,
     ChangeQuota,
     CreateBinding,
@@ -309,6 +310,25 @@ def apply_enrollment(current: Person | None, event: EnrollmentStatusEvent) -> Pe
         "PersonTransferred": base.status,
     }[event.type]  # type: ignore[assignment]
     return base.model_copy(update={"admdvs": event.admdvs, "status": status, "version": event.version})
+
+
+def relocations_for(event: EnrollmentStatusEvent, bindings: list[Binding], now: datetime) -> Decision:
+    """A move to another province (关系转移接续): wallet relationships and proxies follow the person, so transfers,
+    returned lots and kin checks reach their new province; in-province mutual aid is dissolved instead (B3)."""
+    if not isinstance(event, PersonTransferred) or event.admdvs[:2] == event.from_admdvs[:2]:
+        return Decision([], [])
+    events: list[BaseModel] = []
+    moved: list[Binding] = []
+    for b in bindings:
+        if not b.active or b.kind == BindingKind.MUTUAL_AID:
+            continue
+        side = "grantor_admdvs" if b.grantor_psn_no == event.psn_no else "recipient_admdvs"
+        after = b.model_copy(update={side: event.admdvs})
+        moved.append(after)
+        events.append(BindingMoved(**event.caused(f"BindingMoved:{b.binding_id}", now), **_parties(after),
+                                   previous_grantor_admdvs=b.grantor_admdvs,
+                                   previous_recipient_admdvs=b.recipient_admdvs))
+    return Decision(events, moved)
 
 
 def dissolutions_for(event: EnrollmentStatusEvent, bindings: list[Binding]) -> list[tuple[Binding, DissolveReason]]:

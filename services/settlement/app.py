@@ -52,6 +52,8 @@ from contracts.topics import (
 )
 from contracts.types import fen_to_yuan
 from contracts.wallet import (
+    AccountMovedIn,
+    FundsReturned,
     LotsReturned,
     PaymentCompleted,
     PaymentRejected,
@@ -393,7 +395,8 @@ class SettlementService:
             tx.op(lambda p: p.sadd("s:clr:days", day))
 
     async def on_wallet(self, e: Any, _record: Any) -> list[Outgoing]:
-        if isinstance(e, TransferAccepted | LotsReturned):
+        if isinstance(e, TransferAccepted | LotsReturned | AccountMovedIn) or (
+                isinstance(e, FundsReturned) and e.reason == "account_moved"):
             return await self._clear_transfer(e)
         if not isinstance(e, PaymentCompleted | PaymentRejected | PaymentReversed):
             return []
@@ -451,12 +454,17 @@ class SettlementService:
 
         return await self.store.transact(e.message_id, decide)
 
-    async def _clear_transfer(self, e: TransferAccepted | LotsReturned) -> list[Outgoing]:
+    async def _clear_transfer(self, e: TransferAccepted | LotsReturned | AccountMovedIn | FundsReturned,
+                              ) -> list[Outgoing]:
         day = china_time(e.occurred_at).date().isoformat()
 
         async def decide(tx: Tx) -> list[Outgoing]:
             if isinstance(e, TransferAccepted):
                 self._clear(tx, day, e.from_province, e.province, "transfer", e.amount_fen)
+            elif isinstance(e, AccountMovedIn):  # 关系转移接续: the account's money changes fund
+                self._clear(tx, day, e.from_province, e.province, "account_move", e.amount_fen)
+            elif isinstance(e, FundsReturned):  # money that followed a person who moved
+                self._clear(tx, day, e.holder_province, e.province, "account_move", e.amount_fen)
             else:
                 for r in e.returns:
                     self._clear(tx, day, e.province, str(r["sender_prov"]), "lot_return", int(r["amount_fen"]))

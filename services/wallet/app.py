@@ -11,7 +11,15 @@ from faststream.asgi.response import JSONResponse
 from pydantic import BaseModel, TypeAdapter
 from redis.exceptions import ResponseError
 
-from contracts.binding import BindingCreated, BindingDissolved, BindingEvent, BindingKind, FundingMode, QuotaChanged
+from contracts.binding import (
+    BindingCreated,
+    BindingDissolved,
+    BindingEvent,
+    BindingKind,
+    BindingMoved,
+    FundingMode,
+    QuotaChanged,
+)
 from contracts.enrollment import (
     AccountCredited,
     EnrollmentEvent,
@@ -23,6 +31,7 @@ from contracts.envelope import derive_id
 from contracts.topics import BINDING_EVENTS, ENROLLMENT_EVENTS, WALLET_EVENTS, wallet_commands
 from contracts.wallet import (
     AcceptTransfer,
+    AccountMovedIn,
     CompleteTransfer,
     FundsReturned,
     LotsReturned,
@@ -35,6 +44,7 @@ from contracts.wallet import (
     QuotaEarmarked,
     QuotaEarmarkRejected,
     QuotaReleased,
+    ReceiveAccount,
     RequestTransfer,
     ResolveTransfer,
     ReturnFunds,
@@ -65,6 +75,7 @@ log = structlog.get_logger()
 EXPIRY_RETRY_MS = 60_000  # a transfer whose expiry failed is tried again this much later
 
 SERVICE = "wallet"
+ACCOUNT_MOVED = "account_moved"  # ReturnFunds.reason of money following a person to their new province
 EXPIRY_SCAN_MS = 250
 
 
@@ -88,11 +99,11 @@ class WalletService:
     async def on_enrollment(self, e: Any, _record: Any) -> list[Outgoing]:
         if isinstance(e, PersonTransferred):
             if self.mine(e.from_admdvs) and not self.mine(e.admdvs):
-                await self.store.set_status(e.psn_no, e.version, "frozen", e.admdvs)
-                await self.store.set_person(e.psn_no, e.admdvs, "moved", e.version)
-            elif self.mine(e.admdvs):  # a move inside the province: the region (W1 rollout) follows the person
+                return await self._move_out(e)
+            if self.mine(e.admdvs):  # into or inside the province: the region (W1 rollout) follows the person
                 status = (await self.store.person(e.psn_no)).get("status", "normal")
-                await self.store.set_person(e.psn_no, e.admdvs, status, e.version)
+                await self.store.set_person(e.psn_no, e.admdvs, "normal" if status == "moved" else status, e.version,
+                                            arrived_from=e.from_admdvs)
             return []
         if not self.mine(e.admdvs):
             return []
@@ -111,8 +122,13 @@ class WalletService:
                 await self.store.enroll(e.psn_no, e.version, "active", e.admdvs)
         elif isinstance(e, AccountCredited):
             result = await self.store.credit(e.psn_no, e.amount_fen, e.message_id, e.period)
+            if result.get("reason") == "NO_ACCOUNT" and (await self.store.person(e.psn_no)).get("arrived_from"):
+                # moved here from another province; the first credit came before their account (ReceiveAccount)
+                await self.store.enroll(e.psn_no, 0, "active", e.admdvs)
+                result = await self.store.credit(e.psn_no, e.amount_fen, e.message_id, e.period)
             if not result["ok"]:
                 raise PoisonMessage(result["reason"], result["detail"])
+            return await self.forward(e.psn_no, e.message_id)  # a late credit for someone who has moved
         elif isinstance(e, YearRolledOver):
             result = await self.store.rollover(e.psn_no, e.year, e.message_id)
             if not result["ok"]:
@@ -121,9 +137,40 @@ class WalletService:
             await self.store.set_status(e.psn_no, e.version, "frozen", e.admdvs)
         return []
 
+    async def _move_out(self, e: PersonTransferred) -> list[Outgoing]:
+        """关系转移接续 (C1, W6): the account follows the person to their new province; a wallet held here closes and
+        its lots go back to their senders (a wallet belongs to the insured region, W1); wallet relationships
+        follow through the binding service (BindingMoved)."""
+        await self.store.set_person(e.psn_no, e.admdvs, "moved", e.version)
+        r = await self.store.move_out(e.psn_no, e.message_id, e.admdvs, e.version)
+        out: list[Outgoing] = []
+        if r["applied"]:
+            receive = ReceiveAccount(message_id=derive_id("ReceiveAccount", e.message_id), occurred_at=self.clock.now(),
+                                     correlation_id=e.message_id, causation_id=e.message_id, move_id=e.message_id,
+                                     psn_no=e.psn_no, admdvs=e.admdvs, from_province=self.province,
+                                     version=e.version, cur_fen=r["cur"], hist_fen=r["hist"], next_fen=r["next"],
+                                     year=r["year"])
+            out.append(Outgoing.of(wallet_commands(e.admdvs[:2]), kafka_key(e.psn_no), receive))
+        await self.store.transfer_op("close", e.psn_no, "moved")
+        return out + await self.return_lots(e.psn_no, "", f"moved:{e.message_id}", "holder_moved")
+
+    async def forward(self, psn: str, trigger_id: str) -> list[Outgoing]:
+        """Money that reached the account of someone who moved away follows them (a ReturnFunds keyed by the
+        person, so it queues behind their ReceiveAccount)."""
+        forward_id = f"fwd:{trigger_id}:{psn}"
+        r = await self.store.forward(psn, forward_id)
+        if not r["amount"]:
+            return []
+        cmd = ReturnFunds(message_id=derive_id("ReturnFunds", forward_id), occurred_at=self.clock.now(),
+                          return_id=forward_id, sender_psn_no=psn, holder_psn_no=psn, holder_province=self.province,
+                          amount_fen=r["amount"], reason=ACCOUNT_MOVED)
+        return [Outgoing.of(wallet_commands(r["to_prov"]), kafka_key(psn), cmd)]
+
     # ------------------------------------------------------------ bindings and quotas (B6, C3)
 
     async def on_binding(self, e: Any, _record: Any) -> list[Outgoing]:
+        if isinstance(e, BindingMoved):
+            return await self._binding_moved(e)
         if not isinstance(e, BindingCreated | BindingDissolved | QuotaChanged):
             return []
         if isinstance(e, BindingCreated | BindingDissolved):  # any kind, proxy included: who counts as kin (W1)
@@ -145,12 +192,29 @@ class WalletService:
             return [self._quota_event(env, e.binding_id, e.grantor_psn_no, e.quota_fen or 0, r)]
         if isinstance(e, QuotaChanged):
             r = await self.store.change_quota(e.message_id, e.binding_id, e.quota_fen)
-            return [self._quota_event(env, e.binding_id, e.grantor_psn_no, e.quota_fen, r)]
+            return [self._quota_event(env, e.binding_id, e.grantor_psn_no, e.quota_fen, r),
+                    *await self.forward(e.grantor_psn_no, e.message_id)]
         r = await self.store.dissolve(e.message_id, e.binding_id)
         if r.get("released", 0) == 0:
             return []
         return [self.out(e.grantor_psn_no, QuotaReleased(**env, binding_id=e.binding_id,
-                                                         grantor_psn_no=e.grantor_psn_no, released_fen=r["released"]))]
+                                                         grantor_psn_no=e.grantor_psn_no, released_fen=r["released"])),
+                *await self.forward(e.grantor_psn_no, e.message_id)]
+
+    async def _binding_moved(self, e: BindingMoved) -> list[Outgoing]:
+        """A party moved: kin is known where each party now lives, and a wallet relationship is kept by the
+        sender's current province (transfers are requested there)."""
+        for person, relative, now_in, was_in in (
+                (e.grantor_psn_no, e.recipient_psn_no, e.grantor_admdvs, e.previous_grantor_admdvs),
+                (e.recipient_psn_no, e.grantor_psn_no, e.recipient_admdvs, e.previous_recipient_admdvs)):
+            if now_in != was_in and (self.mine(now_in) or self.mine(was_in)):
+                await self.store.set_kin(e.binding_id, person, relative, self.mine(now_in))
+        if e.kind == BindingKind.WALLET and e.grantor_admdvs != e.previous_grantor_admdvs:
+            if self.mine(e.grantor_admdvs):
+                await self.store.transfer_op("relate", e.grantor_psn_no, e.recipient_psn_no, "1")
+            elif self.mine(e.previous_grantor_admdvs):
+                await self.store.transfer_op("relate", e.grantor_psn_no, e.recipient_psn_no, "0")
+        return []
 
     async def _wallet_relationship(self, e: Any) -> list[Outgoing]:
         """The sender's province records who may receive transfers; on dissolution the recipient's province
@@ -165,7 +229,7 @@ class WalletService:
                 r = await self.store.transfer_op("void", pending, f"dissolved:{e.binding_id}",
                                                  TransferReason.RELATIONSHIP_DISSOLVED.value)
                 if r["ok"]:
-                    out += self._resolved(pending, r, e.caused(f"void:{pending}", self.clock.now()))
+                    out += await self._resolved(pending, r, e.caused(f"void:{pending}", self.clock.now()))
         if isinstance(e, BindingDissolved) and self.mine(e.recipient_admdvs):
             out += await self.return_lots(e.recipient_psn_no, e.grantor_psn_no, f"dissolved:{e.binding_id}",
                                           "relationship_dissolved")
@@ -225,6 +289,10 @@ class WalletService:
             followers = r.get("to_sender") or []
             sent = self._send_back(cmd.psn_no, followers if isinstance(followers, list) else [],
                                    f"refund:{cmd.payment_id}", "refund_after_lot_returned")
+            parts = r["parts"] if isinstance(r["parts"], list) else []
+            owners = sorted({p["owner_psn_no"] for p in parts if p.get("source") != "wallet"})
+            for owner in owners:  # a refund to someone who has moved away since follows them
+                sent += await self.forward(owner, cmd.message_id)
             return [self.out(cmd.payment_id, event), *sent]
         return await self.on_wallet_command(cmd)
 
@@ -282,7 +350,7 @@ class WalletService:
             r = await self.store.transfer_op(cmd.outcome, cmd.transfer_id, cmd.message_id, cmd.reason or "accepted")
             if not r["ok"]:
                 raise PoisonMessage(r["reason"], r["detail"])
-            return self._resolved(cmd.transfer_id, r, cmd.caused("Resolved", now))
+            return await self._resolved(cmd.transfer_id, r, cmd.caused("Resolved", now))
         if isinstance(cmd, CompleteTransfer):
             r = await self.store.transfer_op("complete", cmd.transfer_id, cmd.outcome, cmd.message_id)
             if not r["ok"] or r["status"] != "accepted":
@@ -295,12 +363,22 @@ class WalletService:
                 **cmd.caused("TransferAccepted", now, province=prov), transfer_id=cmd.transfer_id,
                 from_psn_no=r["from"], from_province=r["from_prov"], to_psn_no=r["to"], amount_fen=r["amount"]))]
         if isinstance(cmd, ReturnFunds):
-            r = await self.store.transfer_op("receive_return", cmd.return_id, cmd.sender_psn_no, cmd.amount_fen)
+            r = await self.store.transfer_op("receive_return", cmd.return_id, cmd.sender_psn_no, cmd.amount_fen,
+                                             "1" if cmd.reason == ACCOUNT_MOVED else "0")
             if not r["ok"]:
                 raise PoisonMessage(r["reason"], r["detail"])
             return [self.out(cmd.sender_psn_no, FundsReturned(
                 **cmd.caused("FundsReturned", now, province=prov), return_id=cmd.return_id,
-                sender_psn_no=cmd.sender_psn_no, holder_province=cmd.holder_province, amount_fen=cmd.amount_fen))]
+                sender_psn_no=cmd.sender_psn_no, holder_province=cmd.holder_province, amount_fen=cmd.amount_fen,
+                reason=cmd.reason)),
+                *await self.forward(cmd.sender_psn_no, cmd.message_id)]  # the sender moved on meanwhile
+        if isinstance(cmd, ReceiveAccount):
+            r = await self.store.move_in(cmd.psn_no, cmd.move_id, cmd.admdvs, cmd.version, cmd.cur_fen,
+                                         cmd.hist_fen, cmd.next_fen, cmd.year)
+            await self.store.set_person(cmd.psn_no, cmd.admdvs, "normal", cmd.version)
+            return [self.out(cmd.psn_no, AccountMovedIn(
+                **cmd.caused("AccountMovedIn", now, province=prov), move_id=cmd.move_id, psn_no=cmd.psn_no,
+                from_province=cmd.from_province, amount_fen=r["amount"]))]
         raise TypeError(type(cmd))  # pragma: no cover
 
     async def _request_transfer(self, cmd: RequestTransfer) -> list[Outgoing]:
@@ -338,7 +416,7 @@ class WalletService:
         return [self.out(cmd.transfer_id, held),
                 Outgoing.of(wallet_commands(cmd.to_admdvs[:2]), kafka_key(cmd.transfer_id), offer)]
 
-    def _resolved(self, transfer_id: str, r: dict[str, Any], env: dict[str, Any]) -> list[Outgoing]:
+    async def _resolved(self, transfer_id: str, r: dict[str, Any], env: dict[str, Any]) -> list[Outgoing]:
         """Source decided post or void: tell the destination, and announce a return."""
         complete = CompleteTransfer(**{**env, "message_id": derive_id("CompleteTransfer", transfer_id)},
                                     transfer_id=transfer_id, outcome=r["outcome"], reason=r.get("reason", ""))
@@ -353,6 +431,7 @@ class WalletService:
                 correlation_id=env["correlation_id"],
                 causation_id=env["causation_id"], province=self.province, transfer_id=transfer_id,
                 from_psn_no=r["from"], to_psn_no=r["to"], amount_fen=r["amount"], reason=r.get("reason", ""))))
+            out += await self.forward(r["from"], f"void:{transfer_id}")  # the sender moved away meanwhile
         return out
 
     async def expire_due(self, broker: Any) -> int:
@@ -367,7 +446,7 @@ class WalletService:
                 if r["ok"]:
                     env = {"correlation_id": transfer_id, "causation_id": f"expiry:{transfer_id}",
                            "occurred_at": self.clock.now()}
-                    await publish_all(broker, self._resolved(transfer_id, r, env))
+                    await publish_all(broker, await self._resolved(transfer_id, r, env))
             except (ValueError, KeyError, ResponseError):
                 # One bad item never stops the loop: it is tried again later, and every other transfer expires.
                 # (Redis or Kafka being away is not caught here: the tick retries everything then.)

@@ -51,6 +51,19 @@ class WalletStore:
         """C1: into the year of `period` (YYYY-MM): current, prior years, or next year until the rollover."""
         return await self._call(self._accounts, "credit", psn, amount_fen, message_id, period)
 
+    async def move_out(self, psn: str, move_id: str, admdvs: str, version: int) -> dict[str, Any]:
+        """C1 关系转移接续: empty the account into flight to the person's new province (earmarks released first)."""
+        return await self._call(self._accounts, "move_out", psn, move_id, admdvs, version)
+
+    async def move_in(self, psn: str, move_id: str, admdvs: str, version: int, cur_fen: int, hist_fen: int,
+                      next_fen: int, year: int | None) -> dict[str, Any]:
+        return await self._call(self._accounts, "move_in", psn, move_id, admdvs, version, cur_fen, hist_fen,
+                                next_fen, "" if year is None else year)
+
+    async def forward(self, psn: str, forward_id: str) -> dict[str, Any]:
+        """Money that reached a moved account leaves for the person's current province (nothing otherwise)."""
+        return await self._call(self._accounts, "forward", psn, forward_id)
+
     async def rollover(self, psn: str, year: int, message_id: str) -> dict[str, Any]:
         return await self._call(self._accounts, "rollover", psn, year, message_id)
 
@@ -109,12 +122,16 @@ class WalletStore:
         found: dict[str, str] = await self.client.hgetall(f"{self.prefix}person:{psn}")
         return found
 
-    async def set_person(self, psn: str, admdvs: str, status: str, version: int) -> None:
-        """Non-money view of people enrolled here (any scheme), for wallet opening (W1)."""
+    async def set_person(self, psn: str, admdvs: str, status: str, version: int, arrived_from: str = "") -> None:
+        """Non-money view of people enrolled here (any scheme), for wallet opening (W1); `arrived_from`: the
+        region of a person who moved here from another province (their account follows, ReceiveAccount)."""
         key = f"{self.prefix}person:{psn}"
         current = await self.client.hget(key, "version")
         if current is None or int(current) < version:
-            await self.client.hset(key, mapping={"admdvs": admdvs, "status": status, "version": version})
+            fields: dict[str, str | int] = {"admdvs": admdvs, "status": status, "version": version}
+            if arrived_from:
+                fields["arrived_from"] = arrived_from
+            await self.client.hset(key, mapping=fields)
 
     async def person_status(self, psn: str) -> str | None:
         status: str | None = await self.client.hget(f"{self.prefix}person:{psn}", "status")

@@ -13,6 +13,9 @@ from contracts.binding import BindingKind, ChangeQuota, DissolveBinding, Relatio
 from contracts.enrollment import PersonDied, PersonTransferred, YearRolledOver
 from contracts.topics import BINDING_COMMANDS, BINDING_EVENTS, ENROLLMENT_EVENTS, WALLET_EVENTS, dlq, wallet_commands
 from contracts.wallet import AcceptTransfer, OpenWallet, RequestTransfer
+from ops.national_audit import national_audit
+from services.wallet.audit import audit
+from shared.clock import china_time
 from shared.consent import dissolve_command, reorder_command, sign
 from shared.policy import Policies
 from tests.contract.harness import Harness, harness
@@ -254,3 +257,86 @@ async def test_6_a_credit_lands_in_the_year_of_its_period() -> None:
         assert (parked["type"], parked["period"]) == ("AccountCredited", "2029-01")
         view = await wallet_view(h, "P")
         assert (view["spendable_current_fen"], view["spendable_prior_fen"], view["next_year_fen"]) == (500, 1_300, 0)
+
+
+async def test_3_what_follows_a_grantor_who_moves_to_another_province() -> None:
+    async with harness() as h:
+        await enrol(h, "G", 100_000)  # Suzhou, Jiangsu
+        await enrol(h, "R")
+        await enrol(h, "S", admdvs="510100")
+        await send(h, BINDING_COMMANDS, create_binding("G", "R", Relation.SPOUSE, quota_fen=2_000,
+                                                       now=h.clock.now()), "G")
+        await send(h, BINDING_COMMANDS, create_binding("G", "S", Relation.CHILD, BindingKind.WALLET, None,
+                                                       now=h.clock.now()), "G")
+        aid, rel = (e["binding_id"] for e in events(h, BINDING_EVENTS, "BindingCreated"))
+        await send(h, wallet_commands("51"), OpenWallet(occurred_at=h.clock.now(), psn_no="S", admdvs="510100",
+                                                        opened_by="S"), "S")
+        await transfer(h, "T1", "G", "S", 30_000)
+        await send(h, wallet_commands("51"), AcceptTransfer(occurred_at=h.clock.now(), transfer_id="T1",
+                                                            to_psn_no="S"), "T1")
+        await transfer(h, "T2", "G", "S", 10_000)  # still unaccepted when G moves
+
+        # G moves to Nanning, Guangxi
+        await send(h, ENROLLMENT_EVENTS, PersonTransferred(occurred_at=h.clock.now(), psn_no="G", admdvs="450100",
+                                                           from_admdvs="320500", version=2), "G")
+        assert events(h, BINDING_EVENTS, "BindingDissolved", binding_id=aid)[-1]["reason"] == "transferred"  # B3
+        [moved] = events(h, BINDING_EVENTS, "BindingMoved", binding_id=rel)  # the wallet relationship follows
+        assert (moved["grantor_admdvs"], moved["previous_grantor_admdvs"]) == ("450100", "320500")
+        old, new = await wallet_view(h, "G", "32"), await wallet_view(h, "G", "45")
+        assert old["account"]["status"] == "moved" and old["spendable_current_fen"] + old["spendable_prior_fen"] == 0
+        # the balance came along: 100,000 - 30,000 sent - 10,000 held; the released 2,000 quota is prior-years
+        assert (new["spendable_current_fen"], new["spendable_prior_fen"]) == (58_000, 2_000)
+
+        # transfers go on from the new province; main refused them (NO_RELATIONSHIP) and refused re-binding
+        await transfer(h, "T3", "G", "S", 5_000)
+        await send(h, wallet_commands("51"), AcceptTransfer(occurred_at=h.clock.now(), transfer_id="T3",
+                                                            to_psn_no="S"), "T3")
+        assert events(h, WALLET_EVENTS, "TransferAccepted")[-1]["transfer_id"] == "T3"
+
+        # money that comes back later follows G: the voided T2, then both lots when the relationship ends
+        h.clock.advance(timedelta(days=1))
+        await h.services["wallet-32"].expire_due(h.broker)
+        await send(h, BINDING_COMMANDS, dissolve_command(rel, "G", "S", "S", h.clock.now()), "G")
+        new = await wallet_view(h, "G", "45")
+        assert (new["spendable_current_fen"], new["spendable_prior_fen"]) == (58_000 - 5_000, 2_000 + 10_000 + 35_000)
+        old = await wallet_view(h, "G", "32")
+        assert old["spendable_current_fen"] + old["spendable_prior_fen"] == 0  # nothing stranded in Jiangsu
+
+        # every fen accounted for nationally, nothing in flight, and the funds cleared the move
+        reports = {p: (await audit(h.redis, p)).__dict__ for p in ("32", "33", "45", "51")}
+        national = national_audit(reports)
+        assert national.discrepancies == []
+        assert (national.transfers_in_flight_fen, national.returns_in_flight_fen) == (0, 0)
+        assert national.balances_fen == national.credited_fen - national.paid_fen == 100_000
+        statement = await h.services["settlement"].clearing(china_time(h.clock.now()).date().isoformat())
+        pairs = {(p["payer"], p["payee"]): p for p in statement["pairs"]}
+        assert pairs[("32", "45")]["account_move"] == 10_000 + 30_000  # T2 and T1's lot, forwarded
+
+
+async def test_3_a_wallet_holder_who_moves_opens_a_new_wallet_and_the_old_lots_go_home() -> None:
+    async with harness() as h:
+        await enrol(h, "G", 100_000)
+        await enrol(h, "S", admdvs="510100")
+        await send(h, BINDING_COMMANDS, create_binding("G", "S", Relation.CHILD, BindingKind.WALLET, None,
+                                                       now=h.clock.now()), "G")
+        await send(h, wallet_commands("51"), OpenWallet(occurred_at=h.clock.now(), psn_no="S", admdvs="510100",
+                                                        opened_by="G"), "S")
+        await transfer(h, "T1", "G", "S", 30_000)
+        await send(h, wallet_commands("51"), AcceptTransfer(occurred_at=h.clock.now(), transfer_id="T1",
+                                                            to_psn_no="S"), "T1")
+        await send(h, ENROLLMENT_EVENTS, PersonTransferred(occurred_at=h.clock.now(), psn_no="S", admdvs="450100",
+                                                           from_admdvs="510100", version=2), "S")
+        # a wallet belongs to the insured region (W1): the old one closes and its lots go back to their senders
+        old = await wallet_view(h, "S", "51")
+        assert (old["wallet"], old["wallet_balance_fen"]) == ("closed", 0)
+        g = await wallet_view(h, "G")
+        assert g["spendable_current_fen"] + g["spendable_prior_fen"] == 100_000
+        # the relationship followed S: G may open S's wallet in Guangxi and send to it
+        await send(h, wallet_commands("45"), OpenWallet(occurred_at=h.clock.now(), psn_no="S", admdvs="450100",
+                                                        opened_by="G"), "S")
+        assert events(h, WALLET_EVENTS, "WalletOpened")[-1]["province"] == "45"
+        h.clock.advance(timedelta(days=1))
+        await transfer(h, "T2", "G", "S", 8_000, to_admdvs="450100")
+        await send(h, wallet_commands("45"), AcceptTransfer(occurred_at=h.clock.now(), transfer_id="T2",
+                                                            to_psn_no="S"), "T2")
+        assert (await wallet_view(h, "S", "45"))["wallet_balance_fen"] == 8_000

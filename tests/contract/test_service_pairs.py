@@ -152,7 +152,10 @@ async def test_every_pair_and_message_type(at: datetime) -> None:
         await send(h, BINDING_COMMANDS, dissolve_command(wallet_rel["binding_id"], "G1", "S1", "S1", now), "G1")
         assert last(h, WALLET_EVENTS, "FundsReturned")["amount_fen"] == 50_000
 
-        # enrollment changes → dissolution and freezing everywhere
+        # enrollment changes → dissolution, moving and freezing everywhere (D1's proxy follows D1 to Sichuan,
+        # D1's account too: ReceiveAccount, AccountMovedIn)
+        await send(h, BINDING_COMMANDS, create_binding("D1", "R1", Relation.SIBLING, BindingKind.PROXY, None,
+                                                       now=now), "D1")
         for e in (PersonSuspended(occurred_at=T0, psn_no="D1", admdvs="320500", version=2),
                   PersonTransferred(occurred_at=T0, psn_no="D1", admdvs="510100", from_admdvs="320500", version=3),
                   PersonTerminated(occurred_at=T0, psn_no="G2", admdvs="320500", version=2),
@@ -179,16 +182,17 @@ async def test_every_pair_and_message_type(at: datetime) -> None:
             matrix[topic] = types_on(h, topic)
         assert matrix[BINDING_COMMANDS] == {"CreateBinding", "ReorderGrantors", "ChangeQuota", "DissolveBinding"}
         assert matrix[BINDING_EVENTS] == {"BindingCreated", "BindingRejected", "BindingDissolved", "QuotaChanged",
-                                          "GrantorsReordered"}
+                                          "GrantorsReordered", "BindingMoved"}
         assert matrix[ENROLLMENT_EVENTS] == {"PersonEnrolled", "AccountCredited", "YearRolledOver", "PersonSuspended",
                                              "PersonTransferred", "PersonTerminated", "PersonDied"}
         assert matrix[WALLET_EVENTS] == {"PaymentCompleted", "PaymentRejected", "PaymentReversed", "QuotaEarmarked",
                                          "QuotaEarmarkRejected", "QuotaReleased", "WalletOpened", "WalletOpenRejected",
                                          "TransferHeld", "TransferRejected", "TransferOffered", "TransferAccepted",
-                                         "TransferReturned", "LotsReturned", "FundsReturned"}
+                                         "TransferReturned", "LotsReturned", "FundsReturned", "AccountMovedIn"}
         assert matrix[wallet_commands("32")] == {"PaySettlement", "ReversePayment", "RequestTransfer",
                                                  "ResolveTransfer", "ReturnFunds"}
-        assert matrix[wallet_commands("51")] == {"OpenWallet", "OfferTransfer", "AcceptTransfer", "CompleteTransfer"}
+        assert matrix[wallet_commands("51")] == {"OpenWallet", "OfferTransfer", "AcceptTransfer", "CompleteTransfer",
+                                                 "ReceiveAccount"}
         day = h.clock.now().astimezone(CHINA_TZ).date().isoformat()
         statement = await h.services["settlement"].clearing(day)
         assert statement["sum_of_nets_fen"] == 0 and statement["pairs"]

@@ -102,4 +102,106 @@ if op == 'rollover' then
   return result
 end
 
+-- 关系转移接续 (C1): a person who moves to another province takes the account with them. The source empties it
+-- (after releasing what it earmarked for bindings, which B3 ends anyway), marks it `moved`, and records the
+-- money as in flight to the destination (`rout`, matched by the national audit); the destination opens or
+-- reactivates the account with the same buckets (`rin`). Money that reaches a moved account later (a refund,
+-- a voided transfer, a returned lot, a late credit) is forwarded the same way (op forward).
+local function empty_into_flight(k, psn, id, reason)
+  local cur, hist, nxt = int(redis.call('HGET', k, 'cur')), int(redis.call('HGET', k, 'hist')),
+      int(redis.call('HGET', k, 'next'))
+  local total = cur + hist + nxt
+  redis.call('HSET', k, 'cur', 0, 'hist', 0, 'next', 0)
+  ledger(LEDGER, 'acct:' .. psn .. ':cur', -cur, reason, id)
+  ledger(LEDGER, 'acct:' .. psn .. ':hist', -hist, reason, id)
+  ledger(LEDGER, 'acct:' .. psn .. ':next', -nxt, reason, id)
+  if total > 0 then
+    hincr(P .. 'totals', 'external_net', -total)
+    hincr(P .. 'rout', id, total)
+  end
+  return cur, hist, nxt, total
+end
+
+if op == 'move_out' then
+  -- ARGV: op, psn, move_id, new admdvs, version
+  local psn, id, admdvs, version = ARGV[2], ARGV[3], ARGV[4], int(ARGV[5])
+  local done = P .. 'done:' .. id
+  local stored = idem_get(done)
+  if stored then return stored end
+  local k = acct_key(psn)
+  local result
+  if redis.call('EXISTS', k) == 0 or redis.call('HGET', k, 'status') == 'moved' then
+    result = cjson.encode({ok = true, applied = false})
+  else
+    for _, b_id in ipairs(redis.call('SMEMBERS', P .. 'gbinds:' .. psn)) do
+      local bk = P .. 'bind:' .. b_id
+      local earmark = int(redis.call('HGET', bk, 'earmark'))
+      if redis.call('HGET', bk, 'status') == 'active' then
+        redis.call('HSET', bk, 'status', 'dissolved', 'earmark', 0)
+        hincr(k, 'hist', earmark)
+        ledger(LEDGER, 'bind:' .. b_id .. ':earmark', -earmark, 'grantor_moved', id)
+        ledger(LEDGER, 'acct:' .. psn .. ':hist', earmark, 'grantor_moved', id)
+      end
+    end
+    local year = redis.call('HGET', k, 'year')
+    local cur, hist, nxt = empty_into_flight(k, psn, 'move:' .. id, 'account_moved_out')
+    redis.call('HSET', k, 'status', 'moved', 'moved_to', admdvs, 'version', math.max(version, int(redis.call('HGET', k, 'version'))))
+    result = cjson.encode({ok = true, applied = true, cur = cur, hist = hist, next = nxt,
+                           year = (year and year ~= '') and int(year) or cjson.null})
+  end
+  idem_put(done, result)
+  return result
+end
+
+if op == 'move_in' then
+  -- ARGV: op, psn, move_id, admdvs, version, cur, hist, next, year ('' = unknown)
+  local psn, id, admdvs, version = ARGV[2], ARGV[3], ARGV[4], int(ARGV[5])
+  local cur, hist, nxt, year = int(ARGV[6]), int(ARGV[7]), int(ARGV[8]), ARGV[9]
+  local done = P .. 'done:movein:' .. id
+  local stored = idem_get(done)
+  if stored then return stored end
+  local k = acct_key(psn)
+  if redis.call('EXISTS', k) == 0 then
+    redis.call('HSET', k, 'cur', 0, 'hist', 0)
+    redis.call('SADD', P .. 'accts', psn)
+  end
+  local held = year_of(k)
+  if year ~= '' and held and int(year) ~= held then
+    hist, cur, nxt = hist + cur + nxt, 0, 0  -- books in another year here: what arrives is past money
+  end
+  if year ~= '' and not held then redis.call('HSET', k, 'year', year) end
+  hincr(k, 'cur', cur)
+  hincr(k, 'hist', hist)
+  hincr(k, 'next', nxt)
+  ledger(LEDGER, 'acct:' .. psn .. ':cur', cur, 'account_moved_in', id)
+  ledger(LEDGER, 'acct:' .. psn .. ':hist', hist, 'account_moved_in', id)
+  ledger(LEDGER, 'acct:' .. psn .. ':next', nxt, 'account_moved_in', id)
+  local total = cur + hist + nxt
+  hincr(P .. 'totals', 'external_net', total)
+  if total > 0 then hincr(P .. 'rin', 'move:' .. id, total) end
+  redis.call('HSET', k, 'status', 'active', 'admdvs', admdvs, 'reason', '',
+             'version', math.max(version, int(redis.call('HGET', k, 'version'))))
+  local result = cjson.encode({ok = true, applied = true, amount = total})
+  idem_put(done, result)
+  return result
+end
+
+if op == 'forward' then
+  -- ARGV: op, psn, forward_id. Whatever sits in a moved account leaves for the person's current province.
+  local psn, id = ARGV[2], ARGV[3]
+  local done = P .. 'done:' .. id
+  local stored = idem_get(done)
+  if stored then return stored end
+  local k = acct_key(psn)
+  local result
+  if redis.call('HGET', k, 'status') ~= 'moved' then
+    result = cjson.encode({ok = true, amount = 0})
+  else
+    local _, _, _, total = empty_into_flight(k, psn, id, 'forwarded_after_move')
+    result = cjson.encode({ok = true, amount = total, to_prov = string.sub(redis.call('HGET', k, 'moved_to'), 1, 2)})
+  end
+  idem_put(done, result)
+  return result
+end
+
 return fail('BAD_OP', op)

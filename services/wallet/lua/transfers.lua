@@ -249,12 +249,17 @@ if op == 'return_lots' then
 end
 
 if op == 'receive_return' then
-  -- ARGV: op, return_id, sender, amount. The sender's account takes its money back (prior-years).
+  -- ARGV: op, return_id, sender, amount, may_open ('1': money following a person who moved here may arrive
+  -- before their account does; the account is opened for it). The sender's account takes it (prior-years).
   local done = P .. 'done:return:' .. ARGV[2]
   local stored = idem_get(done)
   if stored then return stored end
   local ak = P .. 'acct:' .. ARGV[3]
-  if redis.call('EXISTS', ak) == 0 then return fail('NO_ACCOUNT', 'sender has no account here') end
+  if redis.call('EXISTS', ak) == 0 then
+    if ARGV[5] ~= '1' then return fail('NO_ACCOUNT', 'sender has no account here') end
+    redis.call('HSET', ak, 'cur', 0, 'hist', 0, 'status', 'active', 'version', 0)
+    redis.call('SADD', P .. 'accts', ARGV[3])
+  end
   local amount = int(ARGV[4])
   hincr(ak, 'hist', amount)
   hincr(P .. 'totals', 'external_net', amount)
