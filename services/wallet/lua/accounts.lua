@@ -102,11 +102,11 @@ if op == 'rollover' then
   return result
 end
 
--- 关系转移接续 (C1): a person who moves to another province takes the account with them. The source empties it
--- (after releasing what it earmarked for bindings, which B3 ends anyway), marks it `moved`, and records the
--- money as in flight to the destination (`rout`, matched by the national audit); the destination opens or
--- reactivates the account with the same buckets (`rin`). Money that reaches a moved account later (a refund,
--- a voided transfer, a returned lot, a late credit) is forwarded the same way (op forward).
+-- 关系转移接续 (C1): a person who moves to another province takes the account with them. The source empties it,
+-- marks it `moved`, and records the money as in flight to the destination (`rout`, matched by the national
+-- audit); the destination opens or reactivates the account with the same buckets (`rin`). Money that reaches a
+-- moved account later (a released earmark when B3 dissolves the mutual aid, a refund, a voided transfer, a
+-- returned lot, a late credit) is forwarded the same way (op forward).
 local function empty_into_flight(k, psn, id, reason)
   local cur, hist, nxt = int(redis.call('HGET', k, 'cur')), int(redis.call('HGET', k, 'hist')),
       int(redis.call('HGET', k, 'next'))
@@ -133,16 +133,6 @@ if op == 'move_out' then
   if redis.call('EXISTS', k) == 0 or redis.call('HGET', k, 'status') == 'moved' then
     result = cjson.encode({ok = true, applied = false})
   else
-    for _, b_id in ipairs(redis.call('SMEMBERS', P .. 'gbinds:' .. psn)) do
-      local bk = P .. 'bind:' .. b_id
-      local earmark = int(redis.call('HGET', bk, 'earmark'))
-      if redis.call('HGET', bk, 'status') == 'active' then
-        redis.call('HSET', bk, 'status', 'dissolved', 'earmark', 0)
-        hincr(k, 'hist', earmark)
-        ledger(LEDGER, 'bind:' .. b_id .. ':earmark', -earmark, 'grantor_moved', id)
-        ledger(LEDGER, 'acct:' .. psn .. ':hist', earmark, 'grantor_moved', id)
-      end
-    end
     local year = redis.call('HGET', k, 'year')
     local cur, hist, nxt = empty_into_flight(k, psn, 'move:' .. id, 'account_moved_out')
     redis.call('HSET', k, 'status', 'moved', 'moved_to', admdvs, 'version', math.max(version, int(redis.call('HGET', k, 'version'))))

@@ -59,7 +59,6 @@ if op == 'bind' then
     redis.call('HSET', bk, 'grantor', grantor, 'recipient', recipient, 'kind', kind, 'mode', mode,
                'status', 'active', 'quota', outcome.ok and quota or 0, 'earmark', 0)
     redis.call('SADD', P .. 'binds', b_id)
-    redis.call('SADD', P .. 'gbinds:' .. grantor, b_id)  -- a grantor's bindings, for a move out (accounts.lua)
     if outcome.ok and mode == 'quota' and kind == 'mutual_aid' and quota > 0 then
       take_spendable(grantor, quota, ARGV[2], 'quota_earmark')
       redis.call('HSET', bk, 'earmark', quota)
