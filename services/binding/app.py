@@ -22,7 +22,7 @@ from contracts.binding import (
 )
 from contracts.enrollment import EnrollmentEvent
 from contracts.topics import BINDING_COMMANDS, BINDING_EVENTS, ENROLLMENT_EVENTS, WALLET_EVENTS
-from contracts.wallet import QuotaEarmarkRejected, WalletEvent
+from contracts.wallet import QuotaEarmarked, QuotaEarmarkRejected, WalletEvent
 from services.binding import domain
 from services.binding.store import BindingStore, Reader, k_binding, k_of_grantor, k_order, k_person
 from shared.clock import Clock
@@ -198,19 +198,19 @@ class BindingService:
     # ------------------------------------------------------------ the wallet's answer to a quota (B6, C3)
 
     async def on_wallet_event(self, event: Any, _record: Any) -> list[Outgoing]:
-        if not isinstance(event, QuotaEarmarkRejected):
+        if not isinstance(event, QuotaEarmarked | QuotaEarmarkRejected):
             return []  # every other wallet event is money the binding registry does not keep
         stored = await self.store.done(event.message_id)
         if stored is not None:
             return self.publish(stored)
         for _ in range(MAX_CAS_ATTEMPTS):
             try:
-                return self.publish(await self._earmark_refused(event))
+                return self.publish(await self._quota_answer(event))
             except WatchError:
                 continue
         raise TimeoutError("binding state kept changing under this event")
 
-    async def _earmark_refused(self, event: QuotaEarmarkRejected) -> list[BaseModel]:
+    async def _quota_answer(self, event: QuotaEarmarked | QuotaEarmarkRejected) -> list[BaseModel]:
         now = self.clock.now()
         async with self.store.pipeline() as pipe:
             read = Reader(pipe)
@@ -220,7 +220,7 @@ class BindingService:
             if binding is not None:
                 await pipe.watch(k_order(binding.recipient_psn_no))
                 order = await read.order(binding.recipient_psn_no)
-            decision = domain.decide_earmark_refused(event, binding, order, now)
+            decision = domain.decide_quota_answer(event, binding, order, now)
             pipe.multi()
             self.store.stage(pipe, event.message_id, decision.events, decision.upsert,
                              orders=self._orders_of(decision))

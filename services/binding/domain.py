@@ -46,7 +46,7 @@ from contracts.enrollment import (
     PersonTransferred,
 )
 from contracts.envelope import derive_id
-from contracts.wallet import QuotaEarmarkRejected
+from contracts.wallet import QuotaEarmarked, QuotaEarmarkRejected
 from shared.policy import CLOSE_RELATIVES, Policies
 
 PersonStatus = Literal["normal", "suspended", "terminated", "died"]
@@ -81,8 +81,10 @@ class Binding(BaseModel):
     active: bool = True
     dissolved_at: datetime | None = None
     dissolve_reason: DissolveReason | None = None
-    # The quota before the last change, until the wallet has earmarked the new one; None at creation.
-    previous_quota_fen: int | None = None
+    # B6/C3: what the grantor's wallet last confirmed holding (QuotaEarmarked; None: nothing yet), and the event
+    # that asked it for the current `quota_fen` (only a refusal of that one is current).
+    funded_quota_fen: int | None = None
+    quota_event_id: str | None = None
 
 
 class BindingRuleError(Exception):
@@ -208,7 +210,7 @@ def decide_create(
                            quota_fen=quota, funding_mode=binding.funding_mode,
                            multi_grantor_mode=binding.multi_grantor_mode,
                            dual_code_required=binding.dual_code_required, grantor_order=order)
-    return Decision([event], [binding])
+    return Decision([event], [binding.model_copy(update={"quota_event_id": event.message_id})])
 
 
 def decide_dissolve(
@@ -267,26 +269,31 @@ def decide_change_quota(cmd: ChangeQuota, binding: Binding | None, consent_probl
     except BindingRuleError as err:
         return Decision([reject(cmd, "ChangeQuota", err, now, cmd.grantor_psn_no, None, cmd.binding_id)], [])
     previous = binding.quota_fen or 0
-    updated = binding.model_copy(update={"quota_fen": cmd.quota_fen, "previous_quota_fen": previous})
     event = QuotaChanged(**cmd.caused("QuotaChanged", now), **_parties(binding), quota_fen=cmd.quota_fen,
                          previous_quota_fen=previous)
+    updated = binding.model_copy(update={"quota_fen": cmd.quota_fen, "quota_event_id": event.message_id})
     return Decision([event], [updated])
 
 
-def decide_earmark_refused(event: QuotaEarmarkRejected, binding: Binding | None, recipient_order: list[str],
-                           now: datetime) -> Decision:
-    """B6/C3: the grantor's wallet could not hold the quota. Binding and wallet must agree on what is promised:
-    a binding whose first quota was refused is dissolved (a quota binding with nothing held is a promise nobody
-    keeps); a refused change puts the binding back to its previous quota, which the wallet still holds.
-    A refusal of anything but the binding's current quota is stale (a later change superseded it): ignored."""
-    if binding is None or not binding.active or binding.quota_fen != event.requested_fen:
+def decide_quota_answer(event: QuotaEarmarked | QuotaEarmarkRejected, binding: Binding | None,
+                        recipient_order: list[str], now: datetime) -> Decision:
+    """B6/C3: binding and grantor's wallet agree on what is promised. The wallet answers every quota it is asked
+    for, in order (one partition per grantor), and a refusal changes nothing there; so what it last earmarked is
+    what it holds. A refusal of the binding's current quota request puts the binding back to that, or dissolves
+    it if the wallet never held any (a quota binding with nothing held is a promise nobody keeps). A refusal of an
+    older request is stale: a later request superseded it."""
+    if binding is None or not binding.active:
+        return Decision([], [])
+    if isinstance(event, QuotaEarmarked):
+        return Decision([], [binding.model_copy(update={"funded_quota_fen": event.quota_fen})])
+    if event.causation_id != binding.quota_event_id:
         return Decision([], [])
     envelope = event.caused(f"EarmarkRefused:{binding.binding_id}", now)
-    if binding.previous_quota_fen is None:
+    if binding.funded_quota_fen is None:
         return dissolve(binding, DissolveReason.QUOTA_NOT_EARMARKED, recipient_order, now, envelope)
-    reverted = binding.model_copy(update={"quota_fen": binding.previous_quota_fen, "previous_quota_fen": None})
-    back = QuotaChanged(**envelope, **_parties(binding), quota_fen=binding.previous_quota_fen,
+    back = QuotaChanged(**envelope, **_parties(binding), quota_fen=binding.funded_quota_fen,
                         previous_quota_fen=event.requested_fen)
+    reverted = binding.model_copy(update={"quota_fen": binding.funded_quota_fen, "quota_event_id": back.message_id})
     return Decision([back], [reverted])
 
 

@@ -132,8 +132,8 @@ def build_plan(d: SettleData, order: list[str], bindings: dict[str, BindingView]
     aid = [bindings[b] for b in order if b in bindings and bindings[b].active
            and bindings[b].kind == BindingKind.MUTUAL_AID and bindings[b].recipient_psn_no == d.psn_no]
     mode = aid[0].multi_grantor_mode if aid else MultiGrantorMode.SEQUENTIAL
-    if aid and aid[0].dual_code_required:  # S4 dual code: only the grantor whose code was presented
-        aid = [b for b in aid if b.grantor_psn_no == scanned_grantor]
+    # S4 dual code, binding by binding (each carries its region's flag): only the grantor whose code was scanned
+    aid = [b for b in aid if not b.dual_code_required or b.grantor_psn_no == scanned_grantor]
     return FundingPlan(
         use_own=True, use_wallet=True, multi_grantor_mode=mode,
         grantors=[GrantorSource(binding_id=b.binding_id, grantor_psn_no=b.grantor_psn_no,

@@ -104,9 +104,12 @@ class WalletService:
                 status = (await self.store.person(e.psn_no)).get("status", "normal")
                 await self.store.set_person(e.psn_no, e.admdvs, "normal" if status == "moved" else status, e.version,
                                             arrived_from=e.from_admdvs)
+                await self.store.arrive(e.psn_no, e.version, e.admdvs)
             return []
         if not self.mine(e.admdvs):
             return []
+        if e.type in ("PersonTerminated", "PersonDied") and e.version < await self.store.person_version(e.psn_no):
+            return []  # an old event redelivered after the person came back: it closes nothing any more
         if not isinstance(e, AccountCredited | YearRolledOver):
             status = {"PersonEnrolled": "normal", "PersonSuspended": "suspended", "PersonTerminated": "terminated",
                       "PersonDied": "died"}[e.type]
@@ -131,6 +134,10 @@ class WalletService:
             return await self.forward(e.psn_no, e.message_id)  # a late credit for someone who has moved
         elif isinstance(e, YearRolledOver):
             result = await self.store.rollover(e.psn_no, e.year, e.message_id)
+            if result.get("reason") == "NO_ACCOUNT" and (await self.store.person(e.psn_no)).get("arrived_from"):
+                # moved here; the rollover came before their account (ReceiveAccount): it still marks the year
+                await self.store.enroll(e.psn_no, 0, "active", e.admdvs)
+                result = await self.store.rollover(e.psn_no, e.year, e.message_id)
             if not result["ok"]:
                 raise PoisonMessage(result["reason"], result["detail"])
         else:  # suspended, terminated, died: the account stops paying out (B1, C1)
@@ -141,6 +148,8 @@ class WalletService:
         """关系转移接续 (C1, W6): the account follows the person to their new province; a wallet held here closes and
         its lots go back to their senders (a wallet belongs to the insured region, W1); wallet relationships
         follow through the binding service (BindingMoved)."""
+        if e.version < await self.store.person_version(e.psn_no):
+            return []  # an older move, redelivered or late, after the person came back: nothing leaves
         await self.store.set_person(e.psn_no, e.admdvs, "moved", e.version)
         r = await self.store.move_out(e.psn_no, e.message_id, e.admdvs, e.version)
         out: list[Outgoing] = []
@@ -375,10 +384,16 @@ class WalletService:
         if isinstance(cmd, ReceiveAccount):
             r = await self.store.move_in(cmd.psn_no, cmd.move_id, cmd.admdvs, cmd.version, cmd.cur_fen,
                                          cmd.hist_fen, cmd.next_fen, cmd.year)
-            await self.store.set_person(cmd.psn_no, cmd.admdvs, "normal", cmd.version)
-            return [self.out(cmd.psn_no, AccountMovedIn(
+            arrived = self.out(cmd.psn_no, AccountMovedIn(
                 **cmd.caused("AccountMovedIn", now, province=prov), move_id=cmd.move_id, psn_no=cmd.psn_no,
-                from_province=cmd.from_province, amount_fen=r["amount"]))]
+                from_province=cmd.from_province, amount_fen=r["amount"]))
+            if "onward_id" not in r:
+                return [arrived]
+            # the person moved on before their account got here: it follows them, buckets intact
+            onward = cmd.model_copy(update={**cmd.caused("ReceiveAccount", now), "move_id": r["onward_id"],
+                                            "admdvs": r["to_admdvs"], "from_province": prov,
+                                            "version": r["version"]})
+            return [arrived, Outgoing.of(wallet_commands(r["to_admdvs"][:2]), kafka_key(cmd.psn_no), onward)]
         raise TypeError(type(cmd))  # pragma: no cover
 
     async def _request_transfer(self, cmd: RequestTransfer) -> list[Outgoing]:

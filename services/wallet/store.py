@@ -60,6 +60,14 @@ class WalletStore:
         return await self._call(self._accounts, "move_in", psn, move_id, admdvs, version, cur_fen, hist_fen,
                                 next_fen, "" if year is None else year)
 
+    async def arrive(self, psn: str, version: int, admdvs: str) -> dict[str, Any]:
+        """The person moved (back) here: an account left `moved` by an older move is theirs again."""
+        return await self._call(self._accounts, "arrive", psn, version, admdvs)
+
+    async def person_version(self, psn: str) -> int:
+        version = await self.client.hget(f"{self.prefix}person:{psn}", "version")
+        return int(version or 0)
+
     async def forward(self, psn: str, forward_id: str) -> dict[str, Any]:
         """Money that reached a moved account leaves for the person's current province (nothing otherwise)."""
         return await self._call(self._accounts, "forward", psn, forward_id)

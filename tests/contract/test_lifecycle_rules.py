@@ -10,13 +10,14 @@ from datetime import timedelta
 from typing import Any
 
 from contracts.binding import BindingKind, ChangeQuota, DissolveBinding, Relation, ReorderGrantors
-from contracts.enrollment import PersonDied, PersonTransferred, YearRolledOver
+from contracts.enrollment import PersonDied, PersonTerminated, PersonTransferred, YearRolledOver
 from contracts.topics import BINDING_COMMANDS, BINDING_EVENTS, ENROLLMENT_EVENTS, WALLET_EVENTS, dlq, wallet_commands
 from contracts.wallet import AcceptTransfer, OpenWallet, RequestTransfer
 from ops.national_audit import national_audit
 from services.wallet.audit import audit
 from shared.clock import china_time
 from shared.consent import dissolve_command, reorder_command, sign
+from shared.kafka import publish_all
 from shared.policy import Policies
 from tests.contract.harness import Harness, harness
 from tests.contract.test_service_pairs import send
@@ -85,6 +86,28 @@ async def test_1_a_quota_the_wallet_cannot_hold_dissolves_the_binding_and_a_refu
         assert (earmark["quota_fen"], earmark["earmarked_fen"]) == (8_000, 8_000)
         view = await wallet_view(h, "G")
         assert view["spendable_current_fen"] + view["spendable_prior_fen"] == 60_000 - 8_000
+
+
+async def test_1_two_refused_changes_in_flight_leave_the_binding_at_what_the_wallet_holds() -> None:
+    # review finding: comparing amounts took the refusal of 60,000 for the current one and reverted to 50,000,
+    # whose refusal then dissolved a funded binding
+    async with harness() as h:
+        await enrol(h, "G", 10_000)
+        await enrol(h, "R")
+        await send(h, BINDING_COMMANDS, create_binding("G", "R", Relation.SPOUSE, quota_fen=3_000,
+                                                       now=h.clock.now()), "G")
+        b_id = events(h, BINDING_EVENTS, "BindingCreated")[-1]["binding_id"]
+        binding = h.services["binding"]
+        outs = []  # both changes accepted by the binding service before the wallet answers either
+        for quota, nonce in ((50_000, "nonce-a-000001"), (60_000, "nonce-b-000002")):
+            proof = sign("G", "R", "quota", quota, nonce, h.clock.now() + timedelta(minutes=5))
+            outs += await binding.on_command(ChangeQuota(occurred_at=h.clock.now(), binding_id=b_id,
+                                                         grantor_psn_no="G", quota_fen=quota, consent=proof), None)
+        await publish_all(h.broker, outs)
+        assert not events(h, BINDING_EVENTS, "BindingDissolved", binding_id=b_id)
+        [active] = [b for b in (await binding_view(h, "G"))["as_grantor"] if b["active"]]
+        [earmark] = (await wallet_view(h, "G"))["earmarked"]
+        assert active["quota_fen"] == earmark["quota_fen"] == earmark["earmarked_fen"] == 3_000
 
 
 async def test_2_a_grantor_who_loses_the_personal_account_stops_granting() -> None:
@@ -340,3 +363,77 @@ async def test_3_a_wallet_holder_who_moves_opens_a_new_wallet_and_the_old_lots_g
         await send(h, wallet_commands("45"), AcceptTransfer(occurred_at=h.clock.now(), transfer_id="T2",
                                                             to_psn_no="S"), "T2")
         assert (await wallet_view(h, "S", "45"))["wallet_balance_fen"] == 8_000
+
+
+def moving(h: Harness, psn: str, frm: str, to: str, version: int) -> PersonTransferred:
+    return PersonTransferred(occurred_at=h.clock.now(), psn_no=psn, admdvs=to, from_admdvs=frm, version=version)
+
+
+async def hear(h: Harness, province: str, *events_: Any) -> None:
+    """One wallet deployment consumes these enrolment events now (others may lag); what it sends flows on."""
+    for e in events_:
+        await publish_all(h.broker, await h.services[f"wallet-{province}"].on_enrollment(e, None))
+
+
+async def spendable(h: Harness, psn: str, province: str) -> int:
+    v = await wallet_view(h, psn, province)
+    return int(v["spendable_current_fen"] + v["spendable_prior_fen"] + v["next_year_fen"])
+
+
+async def national_ok(h: Harness) -> None:
+    reports = {p: (await audit(h.redis, p)).__dict__ for p in ("32", "33", "45", "51")}
+    national = national_audit(reports)
+    assert national.discrepancies == []
+    assert (national.transfers_in_flight_fen, national.returns_in_flight_fen) == (0, 0)
+
+
+async def test_3_there_and_back_while_the_old_province_lags_keeps_the_account_where_the_person_lives() -> None:
+    # review finding: the account landed in the province G had already left, active, and stayed there
+    async with harness() as h:
+        await enrol(h, "G", 100_000)
+        there, back = moving(h, "G", "320500", "450100", 2), moving(h, "G", "450100", "320500", 3)
+        await hear(h, "45", there, back)
+        await hear(h, "32", there, back)
+        assert (await wallet_view(h, "G", "32"))["account"]["status"] == "active"
+        assert await spendable(h, "G", "32") == 100_000
+        assert await spendable(h, "G", "45") == 0
+        await send(h, ENROLLMENT_EVENTS, credited("G", 7_000, period="2026-11"), "G")
+        assert await spendable(h, "G", "32") == 107_000  # later credits stay home too
+        await national_ok(h)
+
+
+async def test_3_a_chain_of_moves_with_the_first_province_lagging_ends_where_the_person_is() -> None:
+    async with harness() as h:
+        await enrol(h, "G", 100_000)
+        ab, bc = moving(h, "G", "320500", "450100", 2), moving(h, "G", "450100", "510100", 3)
+        await hear(h, "45", ab, bc)
+        await hear(h, "51", ab, bc)
+        await hear(h, "32", ab, bc)
+        assert [await spendable(h, "G", p) for p in ("32", "45", "51")] == [0, 0, 100_000]
+        account = (await wallet_view(h, "G", "51"))["account"]
+        assert (account["status"], account["cur"]) == ("active", "100000")  # buckets intact, not swept to hist
+        await national_ok(h)
+
+
+async def test_3_a_rollover_that_arrives_before_the_account_still_rolls_the_year() -> None:
+    async with harness() as h:
+        await enrol(h, "G", 100_000)  # period 2026-10
+        move = moving(h, "G", "320500", "450100", 2)
+        await hear(h, "45", move, YearRolledOver(occurred_at=h.clock.now(), psn_no="G", admdvs="450100", year=2026))
+        await hear(h, "32", move)  # the account arrives: 2026 money, already rolled over here
+        await hear(h, "45", credited("G", 5_000, admdvs="450100", period="2027-01"))
+        view = await wallet_view(h, "G", "45")
+        assert (view["current_year"], view["spendable_current_fen"], view["spendable_prior_fen"]) == \
+            (2027, 5_000, 100_000)
+        await national_ok(h)
+
+
+async def test_5_a_termination_redelivered_after_re_enrolment_closes_nothing() -> None:
+    async with harness() as h:
+        await enrol(h, "S", admdvs="510100")
+        term = PersonTerminated(occurred_at=h.clock.now(), psn_no="S", admdvs="510100", version=2)
+        await hear(h, "51", term, enrolled("S", admdvs="510100", version=3))
+        await send(h, wallet_commands("51"), OpenWallet(occurred_at=h.clock.now(), psn_no="S", admdvs="510100",
+                                                        opened_by="S"), "S")
+        await hear(h, "51", term)  # at-least-once: the old event again
+        assert (await wallet_view(h, "S", "51"))["wallet"] == "active"

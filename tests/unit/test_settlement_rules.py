@@ -47,6 +47,8 @@ def test_s4_dual_code_keeps_only_the_presented_grantor() -> None:
     assert domain.build_plan(data(), ["b1", "b2"], views).grantors == []
     plan = domain.build_plan(data(), ["b1", "b2"], views, scanned_grantor="G2")
     assert [g.grantor_psn_no for g in plan.grantors] == ["G2"]
+    mixed = {"b1": view("b1", "G1"), "b2": view("b2", "G2", dual=True)}  # flags differ binding by binding
+    assert [g.grantor_psn_no for g in domain.build_plan(data(), ["b2", "b1"], mixed).grantors] == ["G1"]
 
 
 KEY = "unit-evoucher-key"

@@ -122,6 +122,10 @@ local function empty_into_flight(k, psn, id, reason)
   return cur, hist, nxt, total
 end
 
+-- Enrolment events reach each province's wallet on its own schedule, so a person may have moved on (or back)
+-- by the time money for them arrives. The account's `version` (enrolment version of its last status change)
+-- decides: a move older than the account's state is stale, and money arriving for an account that has since
+-- moved on passes through to where the person went (never landing in a province they have left).
 if op == 'move_out' then
   -- ARGV: op, psn, move_id, new admdvs, version
   local psn, id, admdvs, version = ARGV[2], ARGV[3], ARGV[4], int(ARGV[5])
@@ -130,17 +134,34 @@ if op == 'move_out' then
   if stored then return stored end
   local k = acct_key(psn)
   local result
-  if redis.call('EXISTS', k) == 0 or redis.call('HGET', k, 'status') == 'moved' then
+  if redis.call('EXISTS', k) == 0 then
+    -- no account here (yet): remember where the person went, so an account that arrives late follows them
+    redis.call('HSET', k, 'cur', 0, 'hist', 0, 'status', 'moved', 'moved_to', admdvs, 'version', version)
+    redis.call('SADD', P .. 'accts', psn)
     result = cjson.encode({ok = true, applied = false})
+  elseif int(redis.call('HGET', k, 'version')) >= version then
+    result = cjson.encode({ok = true, applied = false, stale = true})
   else
     local year = redis.call('HGET', k, 'year')
     local cur, hist, nxt = empty_into_flight(k, psn, 'move:' .. id, 'account_moved_out')
-    redis.call('HSET', k, 'status', 'moved', 'moved_to', admdvs, 'version', math.max(version, int(redis.call('HGET', k, 'version'))))
+    redis.call('HSET', k, 'status', 'moved', 'moved_to', admdvs, 'version', version)
     result = cjson.encode({ok = true, applied = true, cur = cur, hist = hist, next = nxt,
                            year = (year and year ~= '') and int(year) or cjson.null})
   end
   idem_put(done, result)
   return result
+end
+
+if op == 'arrive' then
+  -- ARGV: op, psn, version, admdvs. The person moved (back) here: an account left `moved` by an older move is
+  -- theirs again, so money stops being forwarded away from where they live.
+  local psn, version, admdvs = ARGV[2], int(ARGV[3]), ARGV[4]
+  local k = acct_key(psn)
+  if redis.call('EXISTS', k) == 1 and int(redis.call('HGET', k, 'version')) < version then
+    if redis.call('HGET', k, 'status') == 'moved' then redis.call('HSET', k, 'status', 'active', 'reason', '') end
+    redis.call('HSET', k, 'version', version, 'admdvs', admdvs)
+  end
+  return cjson.encode({ok = true})
 end
 
 if op == 'move_in' then
@@ -151,27 +172,43 @@ if op == 'move_in' then
   local stored = idem_get(done)
   if stored then return stored end
   local k = acct_key(psn)
-  if redis.call('EXISTS', k) == 0 then
-    redis.call('HSET', k, 'cur', 0, 'hist', 0)
-    redis.call('SADD', P .. 'accts', psn)
-  end
-  local held = year_of(k)
-  if year ~= '' and held and int(year) ~= held then
-    hist, cur, nxt = hist + cur + nxt, 0, 0  -- books in another year here: what arrives is past money
-  end
-  if year ~= '' and not held then redis.call('HSET', k, 'year', year) end
-  hincr(k, 'cur', cur)
-  hincr(k, 'hist', hist)
-  hincr(k, 'next', nxt)
-  ledger(LEDGER, 'acct:' .. psn .. ':cur', cur, 'account_moved_in', id)
-  ledger(LEDGER, 'acct:' .. psn .. ':hist', hist, 'account_moved_in', id)
-  ledger(LEDGER, 'acct:' .. psn .. ':next', nxt, 'account_moved_in', id)
   local total = cur + hist + nxt
-  hincr(P .. 'totals', 'external_net', total)
-  if total > 0 then hincr(P .. 'rin', 'move:' .. id, total) end
-  redis.call('HSET', k, 'status', 'active', 'admdvs', admdvs, 'reason', '',
-             'version', math.max(version, int(redis.call('HGET', k, 'version'))))
-  local result = cjson.encode({ok = true, applied = true, amount = total})
+  local result
+  if redis.call('HGET', k, 'status') == 'moved' and int(redis.call('HGET', k, 'version')) > version then
+    -- the person has already moved on from here: the account passes through, buckets intact
+    local onward = id .. '>' .. string.sub(redis.call('HGET', k, 'moved_to'), 1, 2)
+    if total > 0 then
+      hincr(P .. 'rin', 'move:' .. id, total)
+      hincr(P .. 'rout', 'move:' .. onward, total)
+    end
+    result = cjson.encode({ok = true, applied = true, amount = total, onward_id = onward,
+                           to_admdvs = redis.call('HGET', k, 'moved_to'),
+                           version = int(redis.call('HGET', k, 'version'))})
+  else
+    if redis.call('EXISTS', k) == 0 then
+      redis.call('HSET', k, 'cur', 0, 'hist', 0)
+      redis.call('SADD', P .. 'accts', psn)
+    end
+    -- each bucket lands in the year it belongs to here (as a credit would): cur is year `year`, next `year`+1
+    local held = year_of(k)
+    local y = year ~= '' and int(year) or held
+    if not held and y then redis.call('HSET', k, 'year', y); held = y end
+    local into = {cur = 0, hist = hist, next = 0}
+    for bucket, fen in pairs({cur = cur, next = nxt}) do
+      local of_year = y and (bucket == 'cur' and y or y + 1) or held
+      local lands = (of_year and credit_bucket(held, of_year)) or (bucket == 'cur' and 'cur' or 'next')
+      into[lands] = into[lands] + fen
+    end
+    for bucket, fen in pairs(into) do
+      hincr(k, bucket, fen)
+      ledger(LEDGER, 'acct:' .. psn .. ':' .. bucket, fen, 'account_moved_in', id)
+    end
+    hincr(P .. 'totals', 'external_net', total)
+    if total > 0 then hincr(P .. 'rin', 'move:' .. id, total) end
+    redis.call('HSET', k, 'status', 'active', 'admdvs', admdvs, 'reason', '',
+               'version', math.max(version, int(redis.call('HGET', k, 'version'))))
+    result = cjson.encode({ok = true, applied = true, amount = total})
+  end
   idem_put(done, result)
   return result
 end
