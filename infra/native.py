@@ -113,6 +113,28 @@ def redis_server_binary() -> str:
     return debian_binary("redis-server", "redis-server")
 
 
+TOXIPROXY_MODULE = "github.com/Shopify/toxiproxy/v2/cmd/server"
+TOXIPROXY_VERSION = "latest"
+TOXIPROXY_BIN = ROOT / "infra" / ".cache" / "bin" / "toxiproxy-server"
+
+
+def toxiproxy_binary() -> str:
+    """Shopify's Toxiproxy (the simulator's network faults), built once with `go install` from the Go proxy."""
+    if TOXIPROXY_BIN.exists():
+        return str(TOXIPROXY_BIN)
+    go = shutil.which("go")
+    if go is None:
+        raise StackError("toxiproxy needs Go to build it (`go install " + TOXIPROXY_MODULE + "`); go not found")
+    gobin = TOXIPROXY_BIN.parent
+    gobin.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run([go, "install", f"{TOXIPROXY_MODULE}@{TOXIPROXY_VERSION}"], capture_output=True, text=True,
+                          check=False, env={**os.environ, "GOBIN": str(gobin)}, timeout=900)
+    if done.returncode != 0 or not (gobin / "server").exists():
+        raise StackError(f"go install {TOXIPROXY_MODULE} failed: {done.stderr[-1500:]}")
+    (gobin / "server").rename(TOXIPROXY_BIN)
+    return str(TOXIPROXY_BIN)
+
+
 def prepare() -> None:
     ensure_kafka_jars()
     redis_server_binary()
@@ -218,19 +240,26 @@ def restart_redis(info: StackInfo) -> StackInfo:
     return info
 
 
-def write_kafka_properties(state: Path, broker_port: int, controller_port: int) -> Path:
+def write_kafka_properties(state: Path, broker_port: int, controller_port: int,
+                           proxied: dict[str, tuple[int, int]] | None = None) -> Path:
+    """`proxied`: extra listeners, name → (port the broker listens on, port it advertises), so that clients
+    bootstrapping through a fault proxy keep talking through it (the simulator's network faults)."""
     data = state / "kafka-data"
     data.mkdir(parents=True, exist_ok=True)
     props = state / "server.properties"
+    extra = proxied or {}
+    listen = "".join(f",{n}://127.0.0.1:{port}" for n, (port, _) in extra.items())
+    advertise = "".join(f",{n}://127.0.0.1:{port}" for n, (_, port) in extra.items())
+    protocols = "".join(f",{n}:PLAINTEXT" for n in extra)
     props.write_text("\n".join([
         "process.roles=broker,controller",
         "node.id=1",
         f"controller.quorum.bootstrap.servers=127.0.0.1:{controller_port}",
-        f"listeners=PLAINTEXT://127.0.0.1:{broker_port},CONTROLLER://127.0.0.1:{controller_port}",
-        f"advertised.listeners=PLAINTEXT://127.0.0.1:{broker_port}",
+        f"listeners=PLAINTEXT://127.0.0.1:{broker_port},CONTROLLER://127.0.0.1:{controller_port}{listen}",
+        f"advertised.listeners=PLAINTEXT://127.0.0.1:{broker_port}{advertise}",
         "controller.listener.names=CONTROLLER",
         "inter.broker.listener.name=PLAINTEXT",
-        "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        f"listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT{protocols}",
         f"log.dirs={data}",
         "num.partitions=4",
         "offsets.topic.replication.factor=1",

@@ -65,6 +65,9 @@ class Layout:
     redis_port: int
     http_ports: dict[str, int]
     provinces: list[str] = field(default_factory=lambda: list(PROVINCES))
+    # Only the simulator's stacks: a Toxiproxy between each service and Kafka / Redis (network faults).
+    # {"api_port": p, "links": {service: {"kafka_listener": p, "kafka_proxy": p, "redis_proxy": p}}}
+    network: dict[str, Any] = field(default_factory=dict)
 
     @property
     def kafka_bootstrap(self) -> str:
@@ -120,6 +123,51 @@ def free_ports_env() -> dict[str, str]:
             DEFAULT_PORTS["redis"][0]: str(singles[2]), DEFAULT_PORTS["http"][0]: str(base)}
 
 
+def _network(layout: Layout) -> dict[str, Any]:
+    """Ports for a fault proxy per service: the broker gets a listener per service that advertises the proxy's
+    port, so a client bootstrapped through its proxy stays behind it for every broker connection."""
+    import random
+    import socket
+
+    taken = {layout.kafka_port, layout.controller_port, layout.redis_port, *layout.http_ports.values()}
+
+    def free() -> int:
+        for _ in range(2_000):
+            port = random.randrange(*STABLE_PORT_RANGE)
+            if port in taken:
+                continue
+            with socket.socket() as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    sock.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            taken.add(port)
+            return port
+        raise StackError("no free port for the fault proxy")
+
+    return {"api_port": free(), "links": {name: {"kafka_listener": free(), "kafka_proxy": free(),
+                                                   "redis_proxy": free()} for name in layout.service_names()}}
+
+
+def _kafka_proxied(layout: Layout) -> dict[str, tuple[int, int]]:
+    return {"SVC_" + name.upper().replace("-", "_"): (link["kafka_listener"], link["kafka_proxy"])
+            for name, link in layout.network.get("links", {}).items()}
+
+
+def write_proxies(state: Path, layout: Layout) -> Path:
+    """Toxiproxy's start-up configuration: every proxy exists whenever it (re)starts."""
+    proxies = []
+    for name, link in layout.network["links"].items():
+        proxies += [{"name": f"{name}-kafka", "listen": f"127.0.0.1:{link['kafka_proxy']}",
+                     "upstream": f"127.0.0.1:{link['kafka_listener']}", "enabled": True},
+                    {"name": f"{name}-redis", "listen": f"127.0.0.1:{link['redis_proxy']}",
+                     "upstream": f"127.0.0.1:{layout.redis_port}", "enabled": True}]
+    path = state / "proxies.json"
+    path.write_text(json.dumps(proxies, indent=2))
+    return path
+
+
 def open_layout(state: Path) -> tuple[Layout, bool]:
     """The stack's layout, created for an empty folder; (layout, created). Refuses damaged or foreign data."""
     layout_file = state / "layout.json"
@@ -161,7 +209,7 @@ def create(state: Path, layout: Layout) -> None:
     native.prepare()
     (state / "redis").mkdir(parents=True, exist_ok=True)
     (state / "logs").mkdir(parents=True, exist_ok=True)
-    props = native.write_kafka_properties(state, layout.kafka_port, layout.controller_port)
+    props = native.write_kafka_properties(state, layout.kafka_port, layout.controller_port, _kafka_proxied(layout))
     native.format_kafka(props, layout.cluster_id)
     (state / "layout.json").write_text(json.dumps(asdict(layout), indent=2))
 
@@ -202,13 +250,22 @@ def service_env(layout: Layout, state: Path, name: str, extra: dict[str, str]) -
     env = {"KAFKA_BOOTSTRAP_SERVERS": layout.kafka_bootstrap, "REDIS_URL": layout.redis_url,
            "HTTP_PORT": str(layout.http_ports[name]), "PYTHONPATH": str(ROOT),
            "CLOCK_FILE": str(state / "clock_offset_ms"), **extra}
+    link = layout.network.get("links", {}).get(name)
+    if link:  # behind its own fault proxy
+        env["KAFKA_BOOTSTRAP_SERVERS"] = f"127.0.0.1:{link['kafka_proxy']}"
+        env["REDIS_URL"] = f"redis://127.0.0.1:{link['redis_proxy']}/0"
     if name.startswith("wallet-"):
         env["PROVINCE"] = name.removeprefix("wallet-")
     return env
 
 
 def write_config(state: Path, layout: Layout, extra_env: dict[str, str]) -> Path:
-    props = native.write_kafka_properties(state, layout.kafka_port, layout.controller_port)
+    props = native.write_kafka_properties(state, layout.kafka_port, layout.controller_port, _kafka_proxied(layout))
+    proxy: list[str] = []
+    if layout.network:
+        proxy = [_program("toxiproxy", [native.toxiproxy_binary(), "-host", "127.0.0.1", "-port",
+                                        str(layout.network["api_port"]), "-config",
+                                        str(write_proxies(state, layout))], state, priority=15, autostart=True)]
     python = sys.executable
     modules = {"binding": "services.binding", "settlement": "services.settlement"}
     sections = [
@@ -220,6 +277,7 @@ def write_config(state: Path, layout: Layout, extra_env: dict[str, str]) -> Path
         _program("redis", native.redis_command(layout.redis_port, state / "redis", None), state,
                  priority=10, autostart=True),
         _program("kafka", native.kafka_command(props), state, priority=20, autostart=True, stop_wait_s=60),
+        *proxy,
         # Services start once Kafka and Redis answer (start_services), so they never race the broker's boot.
         *(_program(name, [python, "-m", modules.get(name, "services.wallet")], state, priority=100, autostart=False,
                    env=service_env(layout, state, name, extra_env))
@@ -289,21 +347,28 @@ def _start_if_stopped(state: Path, names: list[str]) -> None:
                 supervisor.startProcess(name, False)
 
 
-def _health_ok(url: str) -> bool:
+def _answers(url: str, status: int = 200) -> bool:
     import httpx
 
     try:
-        return httpx.get(f"{url}/health", timeout=2).status_code == 204
+        return httpx.get(url, timeout=2).status_code == status
     except httpx.HTTPError:
         return False
 
 
-def up(state: Path | None = None, extra_env: dict[str, str] | None = None) -> Layout:
-    """Start whatever is not running, on the existing data; create the stack if the folder is new."""
+def _health_ok(url: str) -> bool:
+    return _answers(f"{url}/health", 204)
+
+
+def up(state: Path | None = None, extra_env: dict[str, str] | None = None, network: bool = False) -> Layout:
+    """Start whatever is not running, on the existing data; create the stack if the folder is new (`network`:
+    with a fault proxy between each service and Kafka / Redis, for the simulator)."""
     state = state or state_dir()
     state.mkdir(parents=True, exist_ok=True)
     layout, created = open_layout(state)
     if created:
+        if network:
+            layout.network = _network(layout)
         create(state, layout)
     else:
         native.prepare()
@@ -318,8 +383,11 @@ def up(state: Path | None = None, extra_env: dict[str, str] | None = None) -> La
     else:
         _launch_supervisord(conf, state)
     logs = state / "logs"
-    _start_if_stopped(state, list(INFRA))
+    _start_if_stopped(state, [*INFRA, *(["toxiproxy"] if layout.network else [])])
     _wait_until(lambda: native._redis_ping_ok(layout.redis_url), "redis", state, logs / "redis.log")
+    if layout.network:
+        api = f"http://127.0.0.1:{layout.network['api_port']}/version"
+        _wait_until(lambda: _answers(api), "toxiproxy", state, logs / "toxiproxy.log")
     _wait_until(lambda: native.kafka_ready(layout.kafka_bootstrap), "kafka", state, logs / "kafka.log")
     _start_if_stopped(state, layout.service_names())
     for name in layout.service_names():

@@ -13,14 +13,16 @@ yet committed — so a crash lands mid-batch instead of in an idle moment. Kinds
   redis_oom             maxmemory below what is used: every write answers OOM
   redis_readonly        REPLICAOF a dead master: every write answers READONLY
   clock_jump            the business clock moves forward (deadlines and expiries fall due at once)
-
-Not here yet: network faults through Toxiproxy (latency, resets, bandwidth). See the README.
+  net_<svc>_kafka_<t>   through Toxiproxy, between settlement / wallet-51 and the broker: latency (400 ± 200 ms),
+                        reset (connections reset by peer), timeout (bytes silently dropped), bandwidth (16 KB/s)
+  net_<svc>_redis_<t>   between the same services and Redis: down (connections refused), latency (250 ms)
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import random
 import signal
@@ -30,6 +32,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
@@ -41,6 +44,11 @@ WALLET_TIMEOUT_MS = 1_500  # short, so pauses past it really time payments out
 SESSION_PAUSE_S = 14.0  # beyond aiokafka's default session timeout (10 s)
 IN_FLIGHT_WAIT_S = 4.0  # how long a fault waits for work in flight before striking anyway
 HEAL_TIMEOUT_S = 60.0  # a healing step is retried this long
+NET_SERVICES = ("settlement", "wallet-51")  # each behind its own Toxiproxy (supervised.up(network=True))
+# toxic → (toxiproxy type, attributes, seconds it stays)
+KAFKA_TOXICS: dict[str, tuple[str, dict[str, int], float]] = {
+    "latency": ("latency", {"latency": 400, "jitter": 200}, 8.0), "reset": ("reset_peer", {"timeout": 0}, 2.0),
+    "timeout": ("timeout", {"timeout": 0}, 5.0), "bandwidth": ("bandwidth", {"rate": 16}, 8.0)}
 WATCHED_GROUPS = ("settlement.his.settlement.requests.v1", "wallet-32.wallet.32.commands.v1",
                   "wallet-51.wallet.51.commands.v1", "settlement.wallet.events.v1")
 
@@ -71,6 +79,14 @@ class Injector:
         k["redis_oom"] = self.redis_oom
         k["redis_readonly"] = self.redis_readonly
         k["clock_jump"] = self.clock_jump
+        if self.layout.network:
+            for svc in NET_SERVICES:
+                for name, (toxic, attributes, hold_s) in KAFKA_TOXICS.items():
+                    k[f"net_{svc}_kafka_{name}"] = functools.partial(self.toxic, f"{svc}-kafka", toxic, attributes,
+                                                                     hold_s)
+                k[f"net_{svc}_redis_latency"] = functools.partial(self.toxic, f"{svc}-redis", "latency",
+                                                                  {"latency": 250}, 6.0)
+                k[f"net_{svc}_redis_down"] = functools.partial(self.proxy_down, f"{svc}-redis", 3.0)
         return k
 
     async def strike(self, kind: str) -> None:
@@ -194,6 +210,42 @@ class Injector:
             await asyncio.sleep(1.5)
         finally:
             await self._redis("REPLICAOF", "NO", "ONE", must=True)
+
+    # ------------------------------------------------------------ the network (Toxiproxy)
+
+    async def _toxiproxy(self, method: str, path: str, body: dict[str, object] | None = None) -> None:
+        """One Toxiproxy API call; a removal (DELETE, or enabling again) is retried until it is taken (bounded)."""
+        url = f"http://127.0.0.1:{self.layout.network['api_port']}{path}"
+        healing = method == "DELETE" or body == {"enabled": True}
+        deadline = asyncio.get_running_loop().time() + HEAL_TIMEOUT_S
+        async with httpx.AsyncClient(timeout=5) as http:
+            while True:
+                try:
+                    response = await http.request(method, url, json=body)
+                    if response.status_code < 300 or (method == "DELETE" and response.status_code == 404):
+                        return
+                    raise RuntimeError(f"toxiproxy {method} {path}: {response.status_code} {response.text}")
+                except httpx.HTTPError:
+                    if not healing or asyncio.get_running_loop().time() > deadline:
+                        raise
+                    await asyncio.sleep(0.3)
+
+    async def toxic(self, proxy: str, toxic: str, attributes: dict[str, int], hold_s: float) -> None:
+        name = f"sim-{toxic}"
+        await self._toxiproxy("POST", f"/proxies/{proxy}/toxics",
+                              {"name": name, "type": toxic, "stream": "downstream", "toxicity": 1.0,
+                               "attributes": attributes})
+        try:
+            await asyncio.sleep(hold_s)
+        finally:
+            await self._toxiproxy("DELETE", f"/proxies/{proxy}/toxics/{name}")
+
+    async def proxy_down(self, proxy: str, hold_s: float) -> None:
+        await self._toxiproxy("POST", f"/proxies/{proxy}", {"enabled": False})
+        try:
+            await asyncio.sleep(hold_s)
+        finally:
+            await self._toxiproxy("POST", f"/proxies/{proxy}", {"enabled": True})
 
     # ------------------------------------------------------------ business time
 

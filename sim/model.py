@@ -47,6 +47,7 @@ class Lot:
     lot_id: str
     sender: str
     amount: int
+    returned: bool = False  # gone home to its sender (W6): a refund of money taken from it follows it there
 
 
 @dataclass(frozen=True)
@@ -173,6 +174,8 @@ class Model:
                     q.earmark += fen
                 else:  # the binding ended meanwhile: the grantor gets it back (as a release would)
                     self._account(q.grantor).hist += fen
+            elif self._lot(ref).returned:
+                self._account(self._lot(ref).sender).hist += fen
             else:
                 self._lot(ref).amount += fen
         return sum(p[3] for p in parts)
@@ -195,6 +198,15 @@ class Model:
         a = self._account(sender)
         for _, _, bucket, fen in parts:
             setattr(a, bucket, getattr(a, bucket) + fen)
+
+    def return_lots(self, holder: str, sender: str) -> int:
+        """W6: what is left in `holder`'s lots from `sender` goes back to the sender's prior years."""
+        back = 0
+        for lot in self.lots.get(holder, []):
+            if lot.sender == sender and not lot.returned:
+                back, lot.amount, lot.returned = back + lot.amount, 0, True
+        self._account(sender).hist += back
+        return back
 
     # ------------------------------------------------------------ what the stack is compared with
 

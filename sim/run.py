@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import copy
 import json
 import os
 import random
@@ -131,6 +132,23 @@ class Run:
             return None
         self.diverged(f"2207 {request['msgid']} refused: {answer['err_msg']}")
         return None
+
+    async def quote(self, who: dict[str, Any], part_fen: int) -> None:
+        """A 2206: the split a 2207 would get now, and nothing moves (S1, dry run)."""
+        request = bill(who, part_fen, infno="2206")
+        answer = await self.his(request)
+        if answer is None:
+            return
+        if answer["infcode"] != 0:
+            if TIMED_OUT not in (answer["err_msg"] or ""):
+                self.diverged(f"2206 {request['msgid']} refused: {answer['err_msg']}")
+            return
+        info = answer["output"]["setlinfo"]
+        got = Split(fen(info["acct_pay"]), fen(info["acct_mulaid_pay"]), fen(info["wlt_pay"]),
+                    fen(info["psn_cash_pay"]))
+        predicted = copy.deepcopy(self.model).pay(request["msgid"], who["psn_no"], part_fen)  # nothing applied
+        if got != predicted:
+            self.diverged(f"2206 {request['msgid']} for {who['psn_no']}: stack {got} != model {predicted}")
 
     async def undo(self, infno: str, paid: dict[str, Any], who: dict[str, Any]) -> None:
         """2208 (cancel by setl_id) or 2601 (reversal by msgid) of a paid 2207, by the hospital that settled it."""
@@ -335,6 +353,54 @@ class Run:
                 await self.bus.wallet_command(recipient["province"], _accept(self.bus, t_id, recipient), t_id)
             await self.settle_transfers(ANSWER_TIMEOUT_S, only=t_id)  # the lot exists before the next bill
 
+    async def part_ways(self, sender: dict[str, Any], holder: dict[str, Any]) -> None:
+        """W6: the wallet relationship ends (the holder asks) and the sender's unspent lots go home; then the two
+        bind again, so the family goes on."""
+        created = [e for e in self.bus.binding_events if e.get("type") == "BindingCreated"
+                   and e.get("grantor_psn_no") == sender["psn_no"] and e.get("recipient_psn_no") == holder["psn_no"]]
+        if not created:
+            return
+        cmd = dissolve_command(str(created[-1]["binding_id"]), sender["psn_no"], holder["psn_no"], holder["psn_no"],
+                               self.bus.clock.now())
+        try:
+            done = await self.bus.binding_command(cmd, sender["psn_no"], timeout_s=ANSWER_TIMEOUT_S)
+        except TimeoutError:
+            self.diverged(f"dissolution of the wallet relationship {sender['psn_no']} → {holder['psn_no']} unanswered")
+            return
+        if done["type"] != "BindingDissolved":
+            self.diverged(f"wallet relationship not dissolved: {done}")
+            return
+        for t_id, (recipient, _province) in list(self.pending_transfers.items()):
+            if recipient == holder["psn_no"]:  # an unaccepted one between the two is voided by the dissolution
+                await self.settle_transfers(ANSWER_TIMEOUT_S, only=t_id)
+        returned = self.model.return_lots(holder["psn_no"], sender["psn_no"])
+        self.oplog.append({"t": round(time.monotonic(), 3), "parted": sender["psn_no"], "holder": holder["psn_no"],
+                           "model_returned_fen": returned})
+        await self.until(lambda b: b["wallet"] == 0, holder, "lots returned")
+        await self.until(lambda b: b["cur"] + b["hist"] == sum(self.model.balances(sender["psn_no"])[k]
+                                                                for k in ("cur", "hist")), sender,
+                         f"{returned} fen of lots back with the sender")
+        proof = sign(sender["psn_no"], holder["psn_no"], "bind", None, uuid.uuid4().hex,
+                     self.bus.clock.now() + timedelta(minutes=5))
+        again = CreateBinding(occurred_at=self.bus.clock.now(), grantor_psn_no=sender["psn_no"],
+                              recipient_psn_no=holder["psn_no"], relation=Relation.CHILD, kind=BindingKind.WALLET,
+                              quota_fen=None, consent=proof)
+        try:
+            rebound = await self.bus.binding_command(again, sender["psn_no"], timeout_s=ANSWER_TIMEOUT_S)
+        except TimeoutError:
+            self.diverged(f"wallet relationship {sender['psn_no']} → {holder['psn_no']} not re-created")
+            return
+        if rebound["type"] != "BindingCreated":
+            self.diverged(f"wallet relationship refused: {rebound}")
+            return
+        deadline = time.monotonic() + ANSWER_TIMEOUT_S  # the sender's province may send again
+        while holder["psn_no"] not in (await self.read(f"wallet-{sender['province']}", "/balance",
+                                                       psn_no=sender["psn_no"]))["may_send_to"]:
+            if time.monotonic() > deadline:
+                self.diverged(f"wallet relationship {sender['psn_no']} → {holder['psn_no']} never applied")
+                return
+            await asyncio.sleep(0.2)
+
     async def settle_transfers(self, timeout_s: float, only: str | None = None) -> None:
         """Apply each pending transfer's final outcome (accepted → a lot; returned → back to the sender)."""
         for t_id, (recipient, _province) in list(self.pending_transfers.items()):
@@ -351,6 +417,7 @@ class Run:
                 self.model.post(t_id, recipient)
             else:
                 self.model.void(t_id)
+            self.oplog.append({"t": round(time.monotonic(), 3), "transfer": t_id, "outcome": final["type"]})
             del self.pending_transfers[t_id]
 
     async def poison(self, rng: random.Random) -> None:
@@ -400,8 +467,8 @@ async def family(run: Run, rng: random.Random, kind: str, deadline: float) -> No
     run.people += people
     run.ready += 1
     while time.monotonic() < deadline:
-        op = rng.choices(["pay", "cancel", "reverse", "overtaken", "repeat", "misuse", "credit", "rollover",
-                          "special", "poison"], weights=[30, 8, 8, 6, 6, 6, 6, 2, 10, 2])[0]
+        op = rng.choices(["pay", "quote", "cancel", "reverse", "overtaken", "repeat", "misuse", "credit", "rollover",
+                          "special", "poison"], weights=[30, 5, 8, 8, 6, 6, 6, 6, 2, 10, 2])[0]
         try:
             await one_op(run, rng, kind, op, people, state)
         except Exception as exc:  # a broken step is a finding, reported with the rest: the run goes on
@@ -420,6 +487,8 @@ async def one_op(run: Run, rng: random.Random, kind: str, op: str, people: list[
     if op == "pay":
         treated = "32" if kind == "chengdu" and rng.random() < 0.5 else None
         await run.settle(who, part, treated_in=treated)
+    elif op == "quote":
+        await run.quote(who, part)
     elif op in ("cancel", "reverse"):
         paid = await run.settle(who, part)
         if paid is not None:
@@ -441,6 +510,8 @@ async def one_op(run: Run, rng: random.Random, kind: str, op: str, people: list[
     elif op == "special" and kind == "wallet":
         if rng.random() < 0.6:
             await run.transfer(me, people[1], rng.randint(1, 20) * 100, accept=rng.random() < 0.8)
+        elif rng.random() < 0.3:
+            await run.part_ways(me, people[1])
         else:
             await run.settle(people[1], part)  # paid from the wallet's lots, oldest first
     elif op == "poison":
@@ -536,7 +607,8 @@ async def simulate(seed: int, duration_s: float, keep: bool) -> dict[str, Any]:
         clock_file = state / "clock_offset_ms"
         clock_file.write_text(str(offset_ms_to(clock_time(9, 0))))  # a morning: transfers allowed
         layout = await asyncio.to_thread(supervised.up, state, {"LOG_LEVEL": "WARNING",
-                                                               "WALLET_TIMEOUT_MS": str(WALLET_TIMEOUT_MS)})
+                                                               "WALLET_TIMEOUT_MS": str(WALLET_TIMEOUT_MS)},
+                                         True)  # a fault proxy between each service and Kafka / Redis
         urls = {n: f"http://127.0.0.1:{p}" for n, p in layout.http_ports.items()}
         injector = Injector(state, layout, random.Random(rng.random()), clock_file)
         async with Bus(layout.kafka_bootstrap, clock=FileOffsetClock(str(clock_file))) as bus:
