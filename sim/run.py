@@ -2,10 +2,12 @@
 
 The real services run under supervisord over the real Kafka and Redis (a stack of its own, in a temporary folder
 on free ports). From one seed: families in four provinces settle bills (own account, relatives' quota, wallet,
-cross-province care), cancel, reverse (also before the original arrives), repeat msgids, receive credits and a
-year rollover, re-bind, transfer money into a relative's wallet in another province and accept it or leave it
-to expire, and send poison — while the fault injector (sim/faults.py) crashes, pauses and restarts processes,
-degrades Redis and moves the business clock. Every operation is applied to the reference model (sim/model.py).
+cross-province care), ask for 2206 quotes, cancel, reverse (also before the original arrives), repeat msgids,
+receive credits (this year's and next year's) and a year rollover, re-bind, transfer money into a relative's
+wallet in another province and accept it or leave it to expire, end the wallet relationship (lots go home) and
+bind again, and send poison — while the fault injector (sim/faults.py) crashes, pauses and restarts processes,
+degrades Redis, cuts and slows the network through Toxiproxy and moves the business clock. Every operation is
+applied to the reference model (sim/model.py).
 
 After the faults heal: every request answered, every repeated answer identical, every balance equal to the
 model, the national audit exact, no saga unresolved, nothing in a DLQ but the injected poison, no process left.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from faststream.asgi import AsgiResponse, Request, get
@@ -55,17 +56,21 @@ class BindingService:
 
     # ------------------------------------------------------------ commands
 
-    async def on_command(self, cmd: Any, _record: Any) -> list[Outgoing]:
-        stored = await self.store.done(cmd.message_id)
-        if stored is not None:  # at-least-once: a redelivered command republishes the same events
+    async def once(self, message_id: str, decide: Callable[[], Awaitable[list[BaseModel]]]) -> list[Outgoing]:
+        """Decide and commit one message as an optimistic transaction, retried while the state it read changes;
+        at-least-once: a redelivered message republishes the events it produced the first time."""
+        stored = await self.store.done(message_id)
+        if stored is not None:
             return self.publish(stored)
         for _ in range(MAX_CAS_ATTEMPTS):
             try:
-                events = await self._decide_and_commit(cmd)
-                return self.publish(events)
+                return self.publish(await decide())
             except WatchError:
                 continue
-        raise TimeoutError("binding state kept changing under this command")
+        raise TimeoutError(f"binding state kept changing under message {message_id}")
+
+    async def on_command(self, cmd: Any, _record: Any) -> list[Outgoing]:
+        return await self.once(cmd.message_id, lambda: self._decide_and_commit(cmd))
 
     async def _decide_and_commit(self, cmd: Any) -> list[BaseModel]:
         now = self.clock.now()
@@ -152,15 +157,7 @@ class BindingService:
     async def on_enrollment(self, event: Any, _record: Any) -> list[Outgoing]:
         if event.type in ("AccountCredited", "YearRolledOver"):
             return []  # account money is the wallet's business
-        stored = await self.store.done(event.message_id)
-        if stored is not None:
-            return self.publish(stored)
-        for _ in range(MAX_CAS_ATTEMPTS):
-            try:
-                return self.publish(await self._apply_enrollment(event))
-            except WatchError:
-                continue
-        raise TimeoutError("enrollment state kept changing under this event")
+        return await self.once(event.message_id, lambda: self._apply_enrollment(event))
 
     async def _apply_enrollment(self, event: Any) -> list[BaseModel]:
         now = self.clock.now()
@@ -200,15 +197,7 @@ class BindingService:
     async def on_wallet_event(self, event: Any, _record: Any) -> list[Outgoing]:
         if not isinstance(event, QuotaEarmarked | QuotaEarmarkRejected):
             return []  # every other wallet event is money the binding registry does not keep
-        stored = await self.store.done(event.message_id)
-        if stored is not None:
-            return self.publish(stored)
-        for _ in range(MAX_CAS_ATTEMPTS):
-            try:
-                return self.publish(await self._quota_answer(event))
-            except WatchError:
-                continue
-        raise TimeoutError("binding state kept changing under this event")
+        return await self.once(event.message_id, lambda: self._quota_answer(event))
 
     async def _quota_answer(self, event: QuotaEarmarked | QuotaEarmarkRejected) -> list[BaseModel]:
         now = self.clock.now()

@@ -124,25 +124,23 @@ class WalletService:
             if e.insutype == "310" and e.has_personal_account:
                 await self.store.enroll(e.psn_no, e.version, "active", e.admdvs)
         elif isinstance(e, AccountCredited):
-            result = await self.store.credit(e.psn_no, e.amount_fen, e.message_id, e.period)
-            if result.get("reason") == "NO_ACCOUNT" and (await self.store.person(e.psn_no)).get("arrived_from"):
-                # moved here from another province; the first credit came before their account (ReceiveAccount)
-                await self.store.enroll(e.psn_no, 0, "active", e.admdvs)
-                result = await self.store.credit(e.psn_no, e.amount_fen, e.message_id, e.period)
-            if not result["ok"]:
-                raise PoisonMessage(result["reason"], result["detail"])
+            await self._on_account(e, lambda: self.store.credit(e.psn_no, e.amount_fen, e.message_id, e.period))
             return await self.forward(e.psn_no, e.message_id)  # a late credit for someone who has moved
         elif isinstance(e, YearRolledOver):
-            result = await self.store.rollover(e.psn_no, e.year, e.message_id)
-            if result.get("reason") == "NO_ACCOUNT" and (await self.store.person(e.psn_no)).get("arrived_from"):
-                # moved here; the rollover came before their account (ReceiveAccount): it still marks the year
-                await self.store.enroll(e.psn_no, 0, "active", e.admdvs)
-                result = await self.store.rollover(e.psn_no, e.year, e.message_id)
-            if not result["ok"]:
-                raise PoisonMessage(result["reason"], result["detail"])
+            await self._on_account(e, lambda: self.store.rollover(e.psn_no, e.year, e.message_id))
         else:  # suspended, terminated, died: the account stops paying out (B1, C1)
             await self.store.set_status(e.psn_no, e.version, "frozen", e.admdvs)
         return []
+
+    async def _on_account(self, e: AccountCredited | YearRolledOver, apply: Any) -> None:
+        result = await apply()
+        if result.get("reason") == "NO_ACCOUNT" and (await self.store.person(e.psn_no)).get("arrived_from"):
+            # moved here from another province, and this came before their account did (ReceiveAccount): the
+            # account opens now and the move's buckets join it when they arrive
+            await self.store.enroll(e.psn_no, 0, "active", e.admdvs)
+            result = await apply()
+        if not result["ok"]:
+            raise PoisonMessage(result["reason"], result["detail"])
 
     async def _move_out(self, e: PersonTransferred) -> list[Outgoing]:
         """关系转移接续 (C1, W6): the account follows the person to their new province; a wallet held here closes and
