@@ -52,12 +52,13 @@ from contracts.topics import (
     dlq,
     wallet_commands,
 )
+from contracts.wallet import RequestTransfer
 from infra import supervised
 from ops.national_audit import national_audit
 from ops.scenario import bill, bound, person
 from services.settlement.domain import setl_id_for
 from shared.client import Bus, dumps_his, his_request
-from shared.clock import FileOffsetClock, offset_ms_to
+from shared.clock import FileOffsetClock, china_time, offset_ms_to
 from shared.consent import dissolve_command, sign
 from sim.faults import WALLET_TIMEOUT_MS, Injector
 from sim.model import Model, Split
@@ -89,6 +90,7 @@ class Run:
     divergences: list[str] = field(default_factory=list)
     repeats: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     pending_transfers: dict[str, tuple[str, str]] = field(default_factory=dict)  # id → (recipient, province)
+    care_booked: dict[str, int] = field(default_factory=dict)  # msgid → fen cross-province care owes (W7)
     poison_sent: int = 0
     oplog: list[dict[str, Any]] = field(default_factory=list)
     people: list[dict[str, Any]] = field(default_factory=list)
@@ -127,6 +129,8 @@ class Run:
             predicted = self.model.pay(request["msgid"], who["psn_no"], part_fen)
             if got != predicted:
                 self.diverged(f"2207 {request['msgid']} for {who['psn_no']}: stack {got} != model {predicted}")
+            if treated_in and treated_in != who["province"]:  # W7: the insured province owes the care province
+                self.care_booked[request["msgid"]] = predicted.acct_fen + predicted.wallet_fen
             return request
         if TIMED_OUT in (answer["err_msg"] or ""):
             # nothing was charged; wait for the reversal so the next bill sees the money back (as the model does)
@@ -167,6 +171,7 @@ class Run:
             self.diverged(f"{infno} of {paid['msgid']} refused: {answer['err_msg']}")
             return
         refunded = self.model.refund(paid["msgid"])
+        self.care_booked.pop(paid["msgid"], None)
         if fen(answer["output"]["refunded"]) != refunded:
             self.diverged(f"{infno} of {paid['msgid']}: refunded {answer['output']['refunded']}, model {refunded}")
 
@@ -210,9 +215,10 @@ class Run:
                 self.diverged(f"unanswered: absurd amount {absurd['msgid']}")
         await self.undo("2601", paid, who)  # the genuine one is reversed by its own institution: back to before
 
-    async def overtaken(self, who: dict[str, Any], part_fen: int) -> None:
-        """A 2601 right behind its 2207 on the same partition: whatever happens, nothing stays charged."""
-        request = bill(who, part_fen)
+    async def overtaken(self, who: dict[str, Any], part_fen: int, treated_in: str | None = None) -> None:
+        """A 2601 right behind its 2207 on the same partition: whatever happens, nothing stays charged (nor
+        booked into clearing, when the care was in another province)."""
+        request = bill(who, part_fen, treated_in=treated_in)
         reversal = his_request("2601", request["fixmedins_code"], request["insuplc_admdvs"],
                                request["mdtrtarea_admvs"],
                                {"psn_no": who["psn_no"], "omsgid": request["msgid"], "oinfno": "2207"})
@@ -355,6 +361,40 @@ class Run:
                 await self.bus.wallet_command(recipient["province"], _accept(self.bus, t_id, recipient), t_id)
             await self.settle_transfers(ANSWER_TIMEOUT_S, only=t_id)  # the lot exists before the next bill
 
+    async def transfer_misuse(self, sender: dict[str, Any], recipient: dict[str, Any], rng: random.Random) -> None:
+        """A transfer to a region that does not exist (refused before anything is held, W2), or one
+        request delivered twice (the same answer both times, held once, W3/W4)."""
+        amount = rng.randint(1, 20) * 100
+        unknown = rng.random() < 0.5
+        to_admdvs = "990000" if unknown else recipient["region"]  # no such province (GB/T 2260)
+        t_id = f"T{uuid.uuid4().hex[:20].upper()}"
+        proof = sign(sender["psn_no"], recipient["psn_no"], f"transfer:{t_id}", amount, uuid.uuid4().hex,
+                     self.bus.clock.now() + timedelta(minutes=5))
+        cmd = RequestTransfer(occurred_at=self.bus.clock.now(), transfer_id=t_id, from_psn_no=sender["psn_no"],
+                              to_psn_no=recipient["psn_no"], to_admdvs=to_admdvs, amount_fen=amount, consent=proof)
+        for _ in range(1 if unknown else 2):
+            await self.bus.wallet_command(sender["province"], cmd, t_id)
+
+        def answers() -> list[dict[str, Any]]:
+            return [e for e in self.bus.wallet_events if e.get("causation_id") == cmd.message_id
+                    and e["type"] in ("TransferHeld", "TransferRejected")]
+
+        try:
+            await self.bus.wait_for(lambda: len(answers()) >= (1 if unknown else 2) or None, ANSWER_TIMEOUT_S,
+                                    "transfer answers")
+        except TimeoutError:
+            self.diverged(f"transfer {t_id} ({'unknown destination' if unknown else 'delivered twice'}) unanswered")
+            return
+        first = answers()[0]
+        if unknown and (first["type"], first.get("reason")) != ("TransferRejected", "DESTINATION_NOT_SUPPORTED"):
+            self.diverged(f"transfer {t_id} to a region that does not exist not refused as such: {first}")
+        if any({k: v for k, v in a.items() if k != "occurred_at"} != {k: v for k, v in first.items()
+                                                                       if k != "occurred_at"} for a in answers()):
+            self.diverged(f"transfer {t_id} delivered twice answered differently: {answers()}")
+        if first["type"] == "TransferHeld":  # left to expire at 06:00 (or voided if the two part ways)
+            self.model.hold(t_id, sender["psn_no"], amount)
+            self.pending_transfers[t_id] = (recipient["psn_no"], recipient["province"])
+
     async def part_ways(self, sender: dict[str, Any], holder: dict[str, Any]) -> None:
         """W6: the wallet relationship ends (the holder asks) and the sender's unspent lots go home; then the two
         bind again, so the family goes on."""
@@ -496,7 +536,7 @@ async def one_op(run: Run, rng: random.Random, kind: str, op: str, people: list[
         if paid is not None:
             await run.undo("2208" if op == "cancel" else "2601", paid, who)
     elif op == "overtaken":
-        await run.overtaken(who, part)
+        await run.overtaken(who, part, treated_in="32" if kind == "chengdu" and rng.random() < 0.5 else None)
     elif op == "repeat":
         await run.repeat(who, part)
     elif op == "misuse":
@@ -512,8 +552,10 @@ async def one_op(run: Run, rng: random.Random, kind: str, op: str, people: list[
     elif op == "special" and kind == "wallet":
         if rng.random() < 0.6:
             await run.transfer(me, people[1], rng.randint(1, 20) * 100, accept=rng.random() < 0.8)
-        elif rng.random() < 0.3:
+        elif rng.random() < 0.25:
             await run.part_ways(me, people[1])
+        elif rng.random() < 0.3:
+            await run.transfer_misuse(me, people[1], rng)
         else:
             await run.settle(people[1], part)  # paid from the wallet's lots, oldest first
     elif op == "poison":
@@ -574,6 +616,24 @@ async def dlq_records(bootstrap: str) -> tuple[int, int]:
     finally:
         await consumer.stop()
     return total, unexpected
+
+
+async def check_clearing(run: Run) -> None:
+    """W7: every month's statement nets to zero and books no negative amount (a refund unbooks only what its
+    payment booked; the money-paths issue found −20,000 booked for a reversal that overtook its payment)."""
+    now = china_time(run.bus.clock.now()).date()
+    care = 0
+    for month in sorted({f"{now:%Y-%m}", f"{now.replace(day=1) - timedelta(days=1):%Y-%m}"}):
+        statement = await run.read("settlement", "/clearing", month=month)
+        if statement["sum_of_nets_fen"] != 0:
+            run.diverged(f"clearing {month}: nets sum to {statement['sum_of_nets_fen']} fen")
+        for pair in statement["pairs"]:
+            care += pair.get("care", 0)
+            negative = {k: v for k, v in pair.items() if k not in ("payer", "payee") and v < 0}
+            if negative:
+                run.diverged(f"clearing {month} {pair['payer']}>{pair['payee']}: negative {negative}")
+    if care != sum(run.care_booked.values()):  # what still stands paid, nothing for timed-out or reversed bills
+        run.diverged(f"clearing books {care} fen of cross-province care, the model {sum(run.care_booked.values())}")
 
 
 async def compare_balances(run: Run, people: list[dict[str, Any]]) -> None:
@@ -642,6 +702,7 @@ async def simulate(seed: int, duration_s: float, keep: bool) -> dict[str, Any]:
             await run.settle_transfers(ANSWER_TIMEOUT_S)
             await asyncio.sleep(3)  # last reversals and releases land
             await compare_balances(run, run.people)
+            await check_clearing(run)
         async with httpx.AsyncClient(timeout=60) as http:
             reports = {p: (await http.get(f"{urls['wallet-' + p]}/audit")).json() for p in ("32", "51", "33", "45")}
         national = national_audit(reports)
