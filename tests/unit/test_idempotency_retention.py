@@ -22,3 +22,15 @@ async def test_ttls() -> None:
     assert (await store.credit("P", 500, "credit-1", "2026-11"))["applied"] is True  # replay: the stored result
     assert (await store.balance("P"))["spendable_prior_fen"] == 400 and (await store.balance("P"))[
         "spendable_current_fen"] == 0
+
+
+async def test_a_refused_transfer_is_kept_as_long_as_a_redelivery_and_no_longer() -> None:
+    # session-2 review finding: stored refusals (issue 12 item 9) never expired
+    store = WalletStore(fakeredis.FakeAsyncRedis(decode_responses=True), "32", prefix="ttl:")
+    await store.enroll("G", 1, "active", "320500")
+    refused = await store.transfer_op("request", "T1", "G", "R", "51", 100, "2026-11-23", 2**40, 3, "m-T1",
+                                      "account", "", "")
+    assert (refused["ok"], refused["reason"]) == (False, "NO_RELATIONSHIP")
+    assert 0 < await store.client.ttl("ttl:xfer:T1") <= DAYS_35
+    assert await store.transfer_op("request", "T1", "G", "R", "51", 100, "2026-11-23", 2**40, 3, "m-T1",
+                                   "account", "", "") == refused  # a redelivery gets the stored answer

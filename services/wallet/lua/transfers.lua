@@ -67,6 +67,7 @@ if op == 'request' then
   if reason then
     local r = cjson.encode({ok = false, reason = reason, detail = detail ~= '' and detail or nil})
     redis.call('HSET', xk, 'status', 'rejected', 'result', r)
+    redis.call('EXPIRE', xk, IDEMPOTENCY_TTL_S)  -- a refusal holds no money: kept as long as any redelivery
     return r
   end
   -- validated; writes follow. From an account: current-year money first, then prior-years (as for payments);
