@@ -89,10 +89,25 @@ class Outgoing:
                    {"content-type": "application/json", "message-type": type(message).__name__})
 
 
-def model_parser(adapter: TypeAdapter[T]) -> Callable[[bytes], T]:
-    """Parse bytes into a contract union; refuse versions we do not know instead of guessing."""
+class _Kind(BaseModel):
+    type: str
 
-    def parse(raw: bytes) -> T:
+
+_KIND = TypeAdapter(_Kind)
+
+
+def model_parser(adapter: TypeAdapter[T], only: frozenset[str] | None = None) -> Callable[[bytes], T | None]:
+    """Parse bytes into a contract union; refuse versions we do not know instead of guessing. With `only`, a
+    message of any other type is skipped (None) after reading just its type: a consumer that acts on a few types
+    of a busy topic does not build every payment event it will drop (their own consumers judge them)."""
+
+    def parse(raw: bytes) -> T | None:
+        if only is not None:
+            try:
+                if _KIND.validate_json(raw).type not in only:
+                    return None
+            except ValidationError:
+                pass  # not even a type: the full parse below says what is wrong
         try:
             value = adapter.validate_json(raw)
         except ValidationError as exc:

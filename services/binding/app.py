@@ -35,6 +35,9 @@ from shared.service import assemble, build_app, query_one
 from shared.settings import Settings
 
 SERVICE = "binding"
+# What the registry reads of busy topics; every other type is skipped after reading only its type.
+PERSON_EVENTS = frozenset({"PersonEnrolled", "PersonSuspended", "PersonTerminated", "PersonDied", "PersonTransferred"})
+QUOTA_ANSWERS = frozenset({"QuotaEarmarked", "QuotaEarmarkRejected"})
 MAX_CAS_ATTEMPTS = 20  # optimistic transaction retries before the message is retried as transient
 
 
@@ -155,7 +158,7 @@ class BindingService:
     # ------------------------------------------------------------ enrollment
 
     async def on_enrollment(self, event: Any, _record: Any) -> list[Outgoing]:
-        if event.type in ("AccountCredited", "YearRolledOver"):
+        if event is None or event.type not in PERSON_EVENTS:
             return []  # account money is the wallet's business
         return await self.once(event.message_id, lambda: self._apply_enrollment(event))
 
@@ -227,8 +230,10 @@ def wire(settings: Settings, redis: Any, clock: Clock) -> tuple[BindingService, 
     service = BindingService(settings, BindingStore(redis), policies, clock)
     return service, [
         Consumer(SERVICE, BINDING_COMMANDS, model_parser(TypeAdapter(BindingCommand)), service.on_command),
-        Consumer(SERVICE, ENROLLMENT_EVENTS, model_parser(TypeAdapter(EnrollmentEvent)), service.on_enrollment),
-        Consumer(SERVICE, WALLET_EVENTS, model_parser(TypeAdapter(WalletEvent)), service.on_wallet_event),
+        Consumer(SERVICE, ENROLLMENT_EVENTS, model_parser(TypeAdapter(EnrollmentEvent), PERSON_EVENTS),
+                 service.on_enrollment),
+        Consumer(SERVICE, WALLET_EVENTS, model_parser(TypeAdapter(WalletEvent), QUOTA_ANSWERS),
+                 service.on_wallet_event),
     ]
 
 
