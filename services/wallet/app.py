@@ -124,15 +124,17 @@ class WalletService:
             if e.insutype == "310" and e.has_personal_account:
                 await self.store.enroll(e.psn_no, e.version, "active", e.admdvs)
         elif isinstance(e, AccountCredited):
-            await self._on_account(e, lambda: self.store.credit(e.psn_no, e.amount_fen, e.message_id, e.period))
-            return await self.forward(e.psn_no, e.message_id)  # a late credit for someone who has moved
+            credited = await self._on_account(e, lambda: self.store.credit(e.psn_no, e.amount_fen, e.message_id,
+                                                                            e.period))
+            if credited.get("moved"):  # a late credit for someone who has left: it follows them
+                return await self.forward(e.psn_no, e.message_id)
         elif isinstance(e, YearRolledOver):
             await self._on_account(e, lambda: self.store.rollover(e.psn_no, e.year, e.message_id))
         else:  # suspended, terminated, died: the account stops paying out (B1, C1)
             await self.store.set_status(e.psn_no, e.version, "frozen", e.admdvs)
         return []
 
-    async def _on_account(self, e: AccountCredited | YearRolledOver, apply: Any) -> None:
+    async def _on_account(self, e: AccountCredited | YearRolledOver, apply: Any) -> dict[str, Any]:
         result = await apply()
         if result.get("reason") == "NO_ACCOUNT" and (await self.store.person(e.psn_no)).get("arrived_from"):
             # moved here from another province, and this came before their account did (ReceiveAccount): the
@@ -141,6 +143,7 @@ class WalletService:
             result = await apply()
         if not result["ok"]:
             raise PoisonMessage(result["reason"], result["detail"])
+        return result  # type: ignore[no-any-return]
 
     async def _move_out(self, e: PersonTransferred) -> list[Outgoing]:
         """关系转移接续 (C1, W6): the account follows the person to their new province; a wallet held here closes and

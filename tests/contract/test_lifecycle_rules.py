@@ -412,6 +412,8 @@ async def test_3_a_chain_of_moves_with_the_first_province_lagging_ends_where_the
         assert [await spendable(h, "G", p) for p in ("32", "45", "51")] == [0, 0, 100_000]
         account = (await wallet_view(h, "G", "51"))["account"]
         assert (account["status"], account["cur"]) == ("active", "100000")  # buckets intact, not swept to hist
+        await send(h, ENROLLMENT_EVENTS, credited("G", 1_000), "G")  # a late credit from the first province
+        assert [await spendable(h, "G", p) for p in ("32", "45", "51")] == [0, 0, 101_000]
         await national_ok(h)
 
 

@@ -68,8 +68,9 @@ if op == 'credit' then
   hincr(P .. 'totals', 'external_net', amount)
   hincr(P .. 'totals', 'credited', amount)  -- the national audit's "credits" (money that entered the system)
   ledger(LEDGER, 'acct:' .. psn .. ':' .. bucket, amount, 'monthly_credit', ref)
-  local result = cjson.encode({ok = true, applied = true, bucket = bucket,
-                               cur = int(redis.call('HGET', k, 'cur'))})
+  -- `moved`: the person has left this province, so the caller forwards the credit after them
+  local result = cjson.encode({ok = true, applied = true, bucket = bucket, cur = int(redis.call('HGET', k, 'cur')),
+                               moved = redis.call('HGET', k, 'status') == 'moved'})
   idem_put(done, result)
   return result
 end
