@@ -10,16 +10,13 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from contracts.binding import BindingKind, Relation
-from contracts.topics import BINDING_COMMANDS, HIS_RESULTS, wallet_commands
-from contracts.wallet import AcceptTransfer, OpenWallet
+from contracts.topics import BINDING_COMMANDS, HIS_RESULTS
 from shared.client import his_request, yuan
 from shared.clock import china_time
 from shared.consent import dissolve_command
 from tests.contract.harness import harness
-from tests.contract.test_lifecycle_rules import enrol, transfer
+from tests.contract.test_lifecycle_rules import accept, enrol, open_wallet, relate, transfer
 from tests.contract.test_service_pairs import his, send
-from tests.factories import create_binding
 
 
 async def test_w7_the_fund_whose_money_left_pays() -> None:
@@ -39,13 +36,10 @@ async def test_w7_the_fund_whose_money_left_pays() -> None:
         assert statement["net_fen"] == {"32": 12_000, "51": -12_000}
 
         # G sends 30,000 to S's wallet: Jiangsu pays Sichuan
-        await send(h, BINDING_COMMANDS, create_binding("G", "S", Relation.CHILD, BindingKind.WALLET, None,
-                                                       now=h.clock.now()), "G")
-        await send(h, wallet_commands("51"), OpenWallet(occurred_at=h.clock.now(), psn_no="S", admdvs="510100",
-                                                        opened_by="S"), "S")
+        await relate(h, "G", "S")
+        await open_wallet(h, "S")
         await transfer(h, "T1", "G", "S", 30_000)
-        await send(h, wallet_commands("51"), AcceptTransfer(occurred_at=h.clock.now(), transfer_id="T1",
-                                                            to_psn_no="S"), "T1")
+        await accept(h, "T1", "S")
         statement = await h.services["settlement"].clearing(day)
         pairs = {(p["payer"], p["payee"]): p for p in statement["pairs"]}
         assert pairs[("32", "51")]["transfer"] == 30_000

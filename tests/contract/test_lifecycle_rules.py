@@ -50,6 +50,22 @@ async def change_quota(h: Harness, binding_id: str, grantor: str, recipient: str
                                                 grantor_psn_no=grantor, quota_fen=quota_fen, consent=proof), grantor)
 
 
+async def relate(h: Harness, sender: str, holder: str, relation: Relation = Relation.CHILD) -> None:
+    """A wallet relationship (W2), with the sender's consent."""
+    await send(h, BINDING_COMMANDS, create_binding(sender, holder, relation, BindingKind.WALLET, None,
+                                                   now=h.clock.now()), sender)
+
+
+async def open_wallet(h: Harness, holder: str, admdvs: str = "510100", by: str | None = None) -> None:
+    await send(h, wallet_commands(admdvs[:2]), OpenWallet(occurred_at=h.clock.now(), psn_no=holder, admdvs=admdvs,
+                                                          opened_by=by or holder), holder)
+
+
+async def accept(h: Harness, t_id: str, holder: str, province: str = "51") -> None:
+    await send(h, wallet_commands(province), AcceptTransfer(occurred_at=h.clock.now(), transfer_id=t_id,
+                                                            to_psn_no=holder), t_id)
+
+
 async def test_1_a_quota_the_wallet_cannot_hold_dissolves_the_binding_and_a_refused_change_reverts() -> None:
     async with harness() as h:
         await enrol(h, "G", 1_000)
@@ -154,19 +170,15 @@ async def test_4_a_wallet_opens_only_in_its_holders_region_and_only_by_kin() -> 
         service.policies = Policies({**service.policies.by_region, "510200": pending})
         await send(h, ENROLLMENT_EVENTS, PersonTransferred(occurred_at=h.clock.now(), psn_no="S", admdvs="510200",
                                                            from_admdvs="510100", version=2), "S")
-        await send(h, wallet_commands("51"), OpenWallet(occurred_at=h.clock.now(), psn_no="S", admdvs="510100",
-                                                        opened_by="S"), "S")
+        await open_wallet(h, "S")
         assert events(h, WALLET_EVENTS, "WalletOpenRejected")[-1]["reason"] == "REGION_NOT_ENABLED"
         # a stranger cannot open a wallet for somebody; a bound relative can
         await enrol(h, "T", admdvs="510100")
         await enrol(h, "K", 10_000)
-        await send(h, wallet_commands("51"), OpenWallet(occurred_at=h.clock.now(), psn_no="T", admdvs="510100",
-                                                        opened_by="STRANGER"), "T")
+        await open_wallet(h, "T", by="STRANGER")
         assert events(h, WALLET_EVENTS, "WalletOpenRejected")[-1]["reason"] == "NOT_A_RELATIVE"
-        await send(h, BINDING_COMMANDS, create_binding("K", "T", Relation.SIBLING, BindingKind.WALLET, None,
-                                                       now=h.clock.now()), "K")
-        await send(h, wallet_commands("51"), OpenWallet(occurred_at=h.clock.now(), psn_no="T", admdvs="510100",
-                                                        opened_by="K"), "T")
+        await relate(h, "K", "T", Relation.SIBLING)
+        await open_wallet(h, "T", by="K")
         assert events(h, WALLET_EVENTS, "WalletOpened")[-1]["opened_by"] == "K"
 
 
@@ -174,15 +186,11 @@ async def test_5_death_closes_the_wallet_returns_every_lot_and_freezes_the_accou
     async with harness() as h:
         await enrol(h, "G", 100_000)
         await enrol(h, "S", admdvs="510100")
-        await send(h, BINDING_COMMANDS, create_binding("G", "S", Relation.CHILD, BindingKind.WALLET, None,
-                                                       now=h.clock.now()), "G")
-        await send(h, wallet_commands("51"), OpenWallet(occurred_at=h.clock.now(), psn_no="S", admdvs="510100",
-                                                        opened_by="S"), "S")
+        await relate(h, "G", "S")
+        await open_wallet(h, "S")
         await transfer(h, "T1", "G", "S", 30_000)
-        await send(h, wallet_commands("51"), AcceptTransfer(occurred_at=h.clock.now(), transfer_id="T1",
-                                                            to_psn_no="S"), "T1")
-        await send(h, wallet_commands("51"), AcceptTransfer(occurred_at=h.clock.now(), transfer_id="T1",
-                                                            to_psn_no="S"), "T1")  # redelivered: one lot
+        await accept(h, "T1", "S")
+        await accept(h, "T1", "S")  # redelivered: one lot
         assert (await wallet_view(h, "S", "51"))["wallet_balance_fen"] == 30_000
         # T2: accepted and posted by the source, but the completion is still on its way when S dies (the
         # accept's redelivery carries it later)
@@ -192,8 +200,7 @@ async def test_5_death_closes_the_wallet_returns_every_lot_and_freezes_the_accou
         assert (await h.services["wallet-32"].store.transfer_op("post", "T2", "post-T2", "accepted"))["ok"]
         # T3: offered by a second relative and not accepted when S dies (one pending transfer per pair, W3)
         await enrol(h, "H", 100_000)
-        await send(h, BINDING_COMMANDS, create_binding("H", "S", Relation.SPOUSE, BindingKind.WALLET, None,
-                                                       now=h.clock.now()), "H")
+        await relate(h, "H", "S", Relation.SPOUSE)
         await transfer(h, "T3", "H", "S", 10_000)
         assert (await wallet_view(h, "G"))["spendable_current_fen"] == 100_000 - 50_000
         assert (await wallet_view(h, "H"))["spendable_current_fen"] == 100_000 - 10_000
@@ -203,15 +210,13 @@ async def test_5_death_closes_the_wallet_returns_every_lot_and_freezes_the_accou
         await h.services["wallet-51"].on_enrollment(died, None)
         view = await wallet_view(h, "S", "51")
         assert (view["wallet"], view["wallet_balance_fen"]) == ("closed", 0)
-        await send(h, wallet_commands("51"), AcceptTransfer(occurred_at=h.clock.now(), transfer_id="T3",
-                                                            to_psn_no="S"), "T3")
+        await accept(h, "T3", "S")
         assert events(h, WALLET_EVENTS, "TransferRejected", transfer_id="T3")[-1]["reason"] == \
             "DESTINATION_WALLET_INACTIVE"
         # now everybody hears of it (the wallet's own redelivery sends the same returns); the binding service
         # dissolves both relationships and the source voids T3
         await send(h, ENROLLMENT_EVENTS, died, "S")
-        await send(h, wallet_commands("51"), AcceptTransfer(occurred_at=h.clock.now(), transfer_id="T2",
-                                                            to_psn_no="S"), "T2")
+        await accept(h, "T2", "S")
         view = await wallet_view(h, "S", "51")
         assert view["wallet_balance_fen"] == 0
         assert sorted(lot["status"] for lot in view["wallet_lots"]) == ["returned", "returned"]
@@ -289,14 +294,11 @@ async def test_3_what_follows_a_grantor_who_moves_to_another_province() -> None:
         await enrol(h, "S", admdvs="510100")
         await send(h, BINDING_COMMANDS, create_binding("G", "R", Relation.SPOUSE, quota_fen=2_000,
                                                        now=h.clock.now()), "G")
-        await send(h, BINDING_COMMANDS, create_binding("G", "S", Relation.CHILD, BindingKind.WALLET, None,
-                                                       now=h.clock.now()), "G")
+        await relate(h, "G", "S")
         aid, rel = (e["binding_id"] for e in events(h, BINDING_EVENTS, "BindingCreated"))
-        await send(h, wallet_commands("51"), OpenWallet(occurred_at=h.clock.now(), psn_no="S", admdvs="510100",
-                                                        opened_by="S"), "S")
+        await open_wallet(h, "S")
         await transfer(h, "T1", "G", "S", 30_000)
-        await send(h, wallet_commands("51"), AcceptTransfer(occurred_at=h.clock.now(), transfer_id="T1",
-                                                            to_psn_no="S"), "T1")
+        await accept(h, "T1", "S")
         await transfer(h, "T2", "G", "S", 10_000)  # still unaccepted when G moves
 
         # G moves to Nanning, Guangxi
@@ -312,8 +314,7 @@ async def test_3_what_follows_a_grantor_who_moves_to_another_province() -> None:
 
         # transfers go on from the new province; main refused them (NO_RELATIONSHIP) and refused re-binding
         await transfer(h, "T3", "G", "S", 5_000)
-        await send(h, wallet_commands("51"), AcceptTransfer(occurred_at=h.clock.now(), transfer_id="T3",
-                                                            to_psn_no="S"), "T3")
+        await accept(h, "T3", "S")
         assert events(h, WALLET_EVENTS, "TransferAccepted")[-1]["transfer_id"] == "T3"
 
         # money that comes back later follows G: the voided T2, then both lots when the relationship ends
@@ -340,13 +341,10 @@ async def test_3_a_wallet_holder_who_moves_opens_a_new_wallet_and_the_old_lots_g
     async with harness() as h:
         await enrol(h, "G", 100_000)
         await enrol(h, "S", admdvs="510100")
-        await send(h, BINDING_COMMANDS, create_binding("G", "S", Relation.CHILD, BindingKind.WALLET, None,
-                                                       now=h.clock.now()), "G")
-        await send(h, wallet_commands("51"), OpenWallet(occurred_at=h.clock.now(), psn_no="S", admdvs="510100",
-                                                        opened_by="G"), "S")
+        await relate(h, "G", "S")
+        await open_wallet(h, "S", by="G")
         await transfer(h, "T1", "G", "S", 30_000)
-        await send(h, wallet_commands("51"), AcceptTransfer(occurred_at=h.clock.now(), transfer_id="T1",
-                                                            to_psn_no="S"), "T1")
+        await accept(h, "T1", "S")
         await send(h, ENROLLMENT_EVENTS, PersonTransferred(occurred_at=h.clock.now(), psn_no="S", admdvs="450100",
                                                            from_admdvs="510100", version=2), "S")
         # a wallet belongs to the insured region (W1): the old one closes and its lots go back to their senders
@@ -355,13 +353,11 @@ async def test_3_a_wallet_holder_who_moves_opens_a_new_wallet_and_the_old_lots_g
         g = await wallet_view(h, "G")
         assert g["spendable_current_fen"] + g["spendable_prior_fen"] == 100_000
         # the relationship followed S: G may open S's wallet in Guangxi and send to it
-        await send(h, wallet_commands("45"), OpenWallet(occurred_at=h.clock.now(), psn_no="S", admdvs="450100",
-                                                        opened_by="G"), "S")
+        await open_wallet(h, "S", "450100", by="G")
         assert events(h, WALLET_EVENTS, "WalletOpened")[-1]["province"] == "45"
         h.clock.advance(timedelta(days=1))
         await transfer(h, "T2", "G", "S", 8_000, to_admdvs="450100")
-        await send(h, wallet_commands("45"), AcceptTransfer(occurred_at=h.clock.now(), transfer_id="T2",
-                                                            to_psn_no="S"), "T2")
+        await accept(h, "T2", "S", "45")
         assert (await wallet_view(h, "S", "45"))["wallet_balance_fen"] == 8_000
 
 
@@ -435,7 +431,6 @@ async def test_5_a_termination_redelivered_after_re_enrolment_closes_nothing() -
         await enrol(h, "S", admdvs="510100")
         term = PersonTerminated(occurred_at=h.clock.now(), psn_no="S", admdvs="510100", version=2)
         await hear(h, "51", term, enrolled("S", admdvs="510100", version=3))
-        await send(h, wallet_commands("51"), OpenWallet(occurred_at=h.clock.now(), psn_no="S", admdvs="510100",
-                                                        opened_by="S"), "S")
+        await open_wallet(h, "S")
         await hear(h, "51", term)  # at-least-once: the old event again
         assert (await wallet_view(h, "S", "51"))["wallet"] == "active"
