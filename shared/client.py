@@ -173,11 +173,11 @@ class Bus:
             timeout_s, f"binding event for {cmd.__class__.__name__}")
 
     async def bind(self, grantor: str, recipient: str, relation: Relation, kind: BindingKind = BindingKind.MUTUAL_AID,
-                   quota_fen: int | None = None) -> dict[str, Any]:
+                   quota_fen: int | None = None, timeout_s: float = DEFAULT_TIMEOUT_S) -> dict[str, Any]:
         proof = sign(grantor, recipient, "bind", quota_fen, new_id(), self.clock.now() + timedelta(minutes=5))
         cmd = CreateBinding(grantor_psn_no=grantor, recipient_psn_no=recipient, relation=relation, kind=kind,
                             quota_fen=quota_fen, consent=proof, occurred_at=self.clock.now())
-        return await self.binding_command(cmd, grantor)
+        return await self.binding_command(cmd, grantor, timeout_s)
 
     async def dissolve(self, binding_id: str, grantor: str, recipient: str, requested_by: str) -> dict[str, Any]:
         return await self.binding_command(dissolve_command(binding_id, grantor, recipient, requested_by,

@@ -30,6 +30,7 @@ import tempfile
 import time
 import traceback
 import uuid
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from datetime import time as clock_time
 from datetime import timedelta
@@ -40,7 +41,7 @@ import httpx
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from contracts.binding import BindingKind, CreateBinding, Relation
+from contracts.binding import BindingKind, Relation
 from contracts.enrollment import AccountCredited, YearRolledOver
 from contracts.topics import (
     BINDING_COMMANDS,
@@ -308,29 +309,30 @@ class Run:
 
     # ------------------------------------------------------------ bindings and transfers
 
+    async def expect(self, answer: Awaitable[dict[str, Any]], wanted: str, what: str) -> dict[str, Any] | None:
+        """A binding command's answer, which must be `wanted`; anything else is a divergence (None)."""
+        try:
+            event = await answer
+        except TimeoutError:
+            self.diverged(f"{what}: unanswered")
+            return None
+        if event["type"] != wanted:
+            self.diverged(f"{what}: {event}")
+            return None
+        return event
+
     async def rebind(self, grantor: dict[str, Any], recipient: dict[str, Any], binding_id: str, quota: int) -> str:
         cmd = dissolve_command(binding_id, grantor["psn_no"], recipient["psn_no"], grantor["psn_no"],
                                self.bus.clock.now())
-        try:
-            await self.bus.binding_command(cmd, grantor["psn_no"], timeout_s=ANSWER_TIMEOUT_S)
-        except TimeoutError:
-            self.diverged(f"dissolution of {binding_id} unanswered")
+        if not await self.expect(self.bus.binding_command(cmd, grantor["psn_no"], ANSWER_TIMEOUT_S),
+                                 "BindingDissolved", f"dissolution of {binding_id}"):
             return binding_id
         self.model.dissolve(binding_id)
         await self.until(lambda b: b["earmarked"] == 0, grantor, "earmark released")
-        proof = sign(grantor["psn_no"], recipient["psn_no"], "bind", quota, uuid.uuid4().hex,
-                     self.bus.clock.now() + timedelta(minutes=5))
-        create = CreateBinding(occurred_at=self.bus.clock.now(), grantor_psn_no=grantor["psn_no"],
-                               recipient_psn_no=recipient["psn_no"], relation=Relation.CHILD, quota_fen=quota,
-                               kind=BindingKind.MUTUAL_AID,
-                               consent=proof)
-        try:
-            created = await self.bus.binding_command(create, grantor["psn_no"], timeout_s=ANSWER_TIMEOUT_S)
-        except TimeoutError:
-            self.diverged(f"binding {grantor['psn_no']} → {recipient['psn_no']} unanswered")
-            return binding_id
-        if created["type"] != "BindingCreated":
-            self.diverged(f"re-binding refused: {created}")
+        created = await self.expect(self.bus.bind(grantor["psn_no"], recipient["psn_no"], Relation.CHILD,
+                                                  quota_fen=quota, timeout_s=ANSWER_TIMEOUT_S),
+                                    "BindingCreated", f"re-binding {grantor['psn_no']} → {recipient['psn_no']}")
+        if created is None:
             return binding_id
         new_id = str(created["binding_id"])
         self.model.bind_quota(new_id, grantor["psn_no"], recipient["psn_no"], quota)
@@ -404,13 +406,9 @@ class Run:
             return
         cmd = dissolve_command(str(created[-1]["binding_id"]), sender["psn_no"], holder["psn_no"], holder["psn_no"],
                                self.bus.clock.now())
-        try:
-            done = await self.bus.binding_command(cmd, sender["psn_no"], timeout_s=ANSWER_TIMEOUT_S)
-        except TimeoutError:
-            self.diverged(f"dissolution of the wallet relationship {sender['psn_no']} → {holder['psn_no']} unanswered")
-            return
-        if done["type"] != "BindingDissolved":
-            self.diverged(f"wallet relationship not dissolved: {done}")
+        pair = f"{sender['psn_no']} → {holder['psn_no']}"
+        if not await self.expect(self.bus.binding_command(cmd, sender["psn_no"], ANSWER_TIMEOUT_S),
+                                 "BindingDissolved", f"ending wallet relationship {pair}"):
             return
         for t_id, (recipient, _province) in list(self.pending_transfers.items()):
             if recipient == holder["psn_no"]:  # an unaccepted one between the two is voided by the dissolution
@@ -422,18 +420,9 @@ class Run:
         await self.until(lambda b: b["cur"] + b["hist"] == sum(self.model.balances(sender["psn_no"])[k]
                                                                 for k in ("cur", "hist")), sender,
                          f"{returned} fen of lots back with the sender")
-        proof = sign(sender["psn_no"], holder["psn_no"], "bind", None, uuid.uuid4().hex,
-                     self.bus.clock.now() + timedelta(minutes=5))
-        again = CreateBinding(occurred_at=self.bus.clock.now(), grantor_psn_no=sender["psn_no"],
-                              recipient_psn_no=holder["psn_no"], relation=Relation.CHILD, kind=BindingKind.WALLET,
-                              quota_fen=None, consent=proof)
-        try:
-            rebound = await self.bus.binding_command(again, sender["psn_no"], timeout_s=ANSWER_TIMEOUT_S)
-        except TimeoutError:
-            self.diverged(f"wallet relationship {sender['psn_no']} → {holder['psn_no']} not re-created")
-            return
-        if rebound["type"] != "BindingCreated":
-            self.diverged(f"wallet relationship refused: {rebound}")
+        if not await self.expect(self.bus.bind(sender["psn_no"], holder["psn_no"], Relation.CHILD, BindingKind.WALLET,
+                                               timeout_s=ANSWER_TIMEOUT_S),
+                                 "BindingCreated", f"wallet relationship {pair} again"):
             return
         deadline = time.monotonic() + ANSWER_TIMEOUT_S  # the sender's province may send again
         while holder["psn_no"] not in (await self.read(f"wallet-{sender['province']}", "/balance",
