@@ -36,7 +36,7 @@ test-fast: setup ## unit and contract tests only (no servers)
 
 lint: setup
 	@.venv/bin/ruff check .
-	@.venv/bin/mypy contracts shared services infra ops sim
+	@.venv/bin/mypy contracts shared services infra ops sim bench
 
 bench: setup ## throughput and latency over the real local stack, with raw Kafka/Redis capacity for scale
 	@$(PY) -m bench.run

@@ -7,6 +7,7 @@ string, a dict with "url" or an object with `.url`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from typing import Any
@@ -43,7 +44,7 @@ _ids = iter(range(1, 10_000_000))
 
 
 async def person(bus: Bus, services: dict[str, Any], province: str, *, employee: bool = True,
-                 balance_fen: int = 0, region: str | None = None) -> dict[str, Any]:
+                 balance_fen: int = 0, region: str | None = None, timeout_s: float = 30.0) -> dict[str, Any]:
     """Enroll someone and credit their account; returns what a hospital needs to bill them."""
     p = psn(province)
     region = region or REGION[province]
@@ -55,7 +56,7 @@ async def person(bus: Bus, services: dict[str, Any], province: str, *, employee:
     if balance_fen:
         await bus.enrollment(AccountCredited(psn_no=p, admdvs=region, amount_fen=balance_fen, period="2026-11",
                                               occurred_at=bus.clock.now()))
-    await until_known(services, province, p, balance_fen if employee else None)
+    await until_known(services, province, p, balance_fen if employee else None, timeout_s)
     return {"psn_no": p, "region": region, "province": province, "id_no": id_no, "card_no": card}
 
 
@@ -64,14 +65,20 @@ async def until_known(services: dict[str, Any], province: str, psn_no: str, bala
     """Wait until binding, settlement and the wallet have each applied the person's enrollment."""
     deadline = time.monotonic() + timeout_s
     async with httpx.AsyncClient(timeout=5) as http:
-        while time.monotonic() < deadline:
+
+        async def known() -> bool:
             b = (await http.get(f"{url(services, 'binding')}/bindings", params={"psn_no": psn_no})).json()
             s = await http.get(f"{url(services, 'settlement')}/person", params={"psn_no": psn_no})
             w = (await http.get(f"{url(services, f'wallet-{province}')}/balance", params={"psn_no": psn_no})).json()
             spendable = w["spendable_current_fen"] + w["spendable_prior_fen"]
             wallet_ok = balance_fen is None or (w["account"] is not None and spendable == balance_fen)
-            if b["enrollment"] is not None and s.status_code == 200 and wallet_ok and w["enrollment"] == "normal":
-                return
+            return bool(b["enrollment"] is not None and s.status_code == 200 and wallet_ok
+                        and w["enrollment"] == "normal")
+
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError, ValueError):  # a service restarting: ask again
+                if await known():
+                    return
             await asyncio.sleep(0.1)
     raise TimeoutError(f"enrollment of {psn_no} not applied by every service within {timeout_s}s")
 
@@ -113,20 +120,19 @@ async def bound(bus: Bus, services: dict[str, Any], grantor: dict[str, Any], rec
     recipient_wallet = url(services, f"wallet-{recipient['province']}")
     deadline = time.monotonic() + timeout_s
     async with httpx.AsyncClient(timeout=5) as http:
-        while time.monotonic() < deadline:
+
+        async def applied() -> bool:
+            w = (await http.get(f"{grantor_wallet}/balance", params={"psn_no": grantor["psn_no"]})).json()
             if kind == BindingKind.WALLET:
-                w = (await http.get(f"{grantor_wallet}/balance",
-                                    params={"psn_no": grantor["psn_no"]})).json()
-                r = (await http.get(f"{recipient_wallet}/balance",
-                                    params={"psn_no": recipient["psn_no"]})).json()
-                if recipient["psn_no"] in w["may_send_to"] and grantor["psn_no"] in r["bound_relatives"]:
-                    return created
-            else:
-                s = (await http.get(f"{url(services, 'settlement')}/bindings",
-                                    params={"psn_no": recipient["psn_no"]})).json()
-                w = (await http.get(f"{grantor_wallet}/balance",
-                                    params={"psn_no": grantor["psn_no"]})).json()
-                if b_id in s["grantor_order"] and any(e["binding_id"] == b_id for e in w["earmarked"]):
+                r = (await http.get(f"{recipient_wallet}/balance", params={"psn_no": recipient["psn_no"]})).json()
+                return recipient["psn_no"] in w["may_send_to"] and grantor["psn_no"] in r["bound_relatives"]
+            s = (await http.get(f"{url(services, 'settlement')}/bindings",
+                                params={"psn_no": recipient["psn_no"]})).json()
+            return b_id in s["grantor_order"] and any(e["binding_id"] == b_id for e in w["earmarked"])
+
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError, ValueError):  # a service restarting: ask again
+                if await applied():
                     return created
             await asyncio.sleep(0.1)
     raise TimeoutError(f"binding {b_id} not applied by settlement and wallet within {timeout_s}s")

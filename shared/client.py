@@ -195,10 +195,11 @@ class Bus:
     async def wallet_command(self, province: str, cmd: BaseModel, key: str) -> None:
         await self.send(wallet_commands(province), key, cmd)
 
-    async def open_wallet(self, psn_no: str, admdvs: str, opened_by: str | None = None) -> dict[str, Any]:
+    async def open_wallet(self, psn_no: str, admdvs: str, opened_by: str | None = None,
+                          timeout_s: float = DEFAULT_TIMEOUT_S) -> dict[str, Any]:
         cmd = OpenWallet(psn_no=psn_no, admdvs=admdvs, opened_by=opened_by or psn_no, occurred_at=self.clock.now())
         await self.wallet_command(admdvs[:2], cmd, psn_no)
-        return await self.wallet_event(lambda e: e.get("causation_id") == cmd.message_id, what="wallet opening")
+        return await self.wallet_event(lambda e: e.get("causation_id") == cmd.message_id, timeout_s, "wallet opening")
 
     async def transfer(self, from_psn: str, from_province: str, to_psn: str, to_admdvs: str, amount_fen: int,
                        transfer_id: str | None = None, source: str = "account",

@@ -8,12 +8,19 @@ Rules modelled (DOMAIN.md ids):
   C1  a credit lands in the year of its period: the account's year → current, an earlier one → prior years, the
       next one → held for next year until the rollover, which moves current into prior years and next into
       current (a rollover of a year the account has left moves nothing).
-  B6  a quota binding earmarks the grantor's money, prior years first; a released earmark returns to prior years.
-  S1  a bill is paid from the patient's own account (current year, then prior years), then the grantors' earmarks
-      in the recipient's order (sequential), then wallet lots oldest first; the rest is cash.
+  B6  a quota binding earmarks the grantor's money, prior years first; a released earmark returns to prior years;
+      a quota change keeps what was used and holds (or releases) the difference, refused when the grantor cannot
+      hold it. Without quota: historical_only pays from the grantor's prior years, full_balance from current
+      year then prior years, both at the moment of the bill.
+  S1  a bill is paid from the patient's own account (current year, then prior years), then the grantors in the
+      recipient's order (sequential; single: only the first that gives anything), then wallet lots oldest first;
+      the rest is cash.
   S6  a cancel or reversal puts every fen back exactly where it came from.
-  W2  a transfer from an account holds current-year money first, then prior years; posted, it becomes a lot in
-      the recipient's wallet; voided, every fen goes back where it was taken.
+  W2  a transfer from an account holds current-year money first, then prior years; from a wallet, lots oldest
+      first; posted, it becomes a lot in the recipient's wallet; voided, every fen goes back where it was taken,
+      except into a lot that has gone home meanwhile: that money follows the lot to its sender (W6).
+  W6  when the relationship ends or the holder dies, what is left in the holder's lots goes to each sender's
+      prior years.
 """
 
 from __future__ import annotations
@@ -35,11 +42,15 @@ class Account:
 
 @dataclass
 class Quota:
+    """A mutual-aid binding; `earmark` and `quota` are used in funding mode "quota" only."""
+
     binding_id: str
     grantor: str
     recipient: str
     earmark: int
     active: bool = True
+    mode: str = "quota"  # or "historical_only", "full_balance"
+    quota: int = 0
 
 
 @dataclass
@@ -72,6 +83,7 @@ class Model:
     lots: dict[str, list[Lot]] = field(default_factory=dict)  # holder → lots, oldest first
     payments: dict[str, list[Part]] = field(default_factory=dict)  # payment key → what it took
     holds: dict[str, tuple[str, list[Part]]] = field(default_factory=dict)  # transfer id → (sender, parts)
+    single: set[str] = field(default_factory=set)  # recipients whose region pays from one grantor only (S1)
 
     # ------------------------------------------------------------ accounts (C1)
 
@@ -122,8 +134,36 @@ class Model:
 
     def bind_quota(self, binding_id: str, grantor: str, recipient: str, quota_fen: int) -> None:
         self._debit(grantor, quota_fen, first="hist")
-        self.quotas[binding_id] = Quota(binding_id, grantor, recipient, quota_fen)
+        self.quotas[binding_id] = Quota(binding_id, grantor, recipient, quota_fen, quota=quota_fen)
         self.order.setdefault(recipient, []).append(binding_id)
+
+    def bind(self, binding_id: str, grantor: str, recipient: str, mode: str) -> None:
+        """A binding without quota: the grantor's account pays at the moment of the bill (B6)."""
+        if mode not in ("historical_only", "full_balance"):
+            raise ModelError(f"bind() is for bindings without quota, not {mode}")
+        self.quotas[binding_id] = Quota(binding_id, grantor, recipient, 0, mode=mode)
+        self.order.setdefault(recipient, []).append(binding_id)
+
+    def change_quota(self, binding_id: str, quota_fen: int) -> bool:
+        """B6: what was used stays used; the unused rest of the new quota is held. False: refused, nothing moved."""
+        q = self.quotas[binding_id]
+        used = max(0, q.quota - q.earmark)
+        delta = max(0, quota_fen - used) - q.earmark
+        a = self._account(q.grantor)
+        if delta > a.cur + a.hist:
+            return False
+        if delta > 0:
+            self._debit(q.grantor, delta, first="hist")
+        else:
+            a.hist -= delta
+        q.earmark += delta
+        q.quota = quota_fen
+        return True
+
+    def reorder(self, recipient: str, binding_ids: list[str]) -> None:
+        if sorted(binding_ids) != sorted(self.order.get(recipient, [])):
+            raise ModelError(f"reorder of {recipient} names {binding_ids}, not {self.order.get(recipient)}")
+        self.order[recipient] = list(binding_ids)
 
     def dissolve(self, binding_id: str) -> None:
         q = self.quotas[binding_id]
@@ -150,22 +190,37 @@ class Model:
         if own is not None:
             own.cur -= take("own", psn, "cur", own.cur)
             own.hist -= take("own", psn, "hist", own.hist)
+        grantors_used = 0
         for binding_id in self.order.get(psn, []):
+            if psn in self.single and grantors_used:
+                break
             q = self.quotas[binding_id]
-            q.earmark -= take("quota", binding_id, "earmark", q.earmark)
+            before = remaining
+            if q.mode == "quota":
+                q.earmark -= take("quota", binding_id, "earmark", q.earmark)
+            else:
+                g = self._account(q.grantor)
+                if q.mode == "full_balance":
+                    g.cur -= take("grant", q.grantor, "cur", g.cur)
+                g.hist -= take("grant", q.grantor, "hist", g.hist)
+            grantors_used += remaining < before
         for lot in self.lots.get(psn, []):
             lot.amount -= take("lot", lot.lot_id, "amount", lot.amount)
         self.payments[key] = parts
         own_fen = sum(p[3] for p in parts if p[0] == "own")
-        mulaid = sum(p[3] for p in parts if p[0] == "quota")
+        mulaid = sum(p[3] for p in parts if p[0] in ("quota", "grant"))
         wallet = sum(p[3] for p in parts if p[0] == "lot")
         return Split(own_fen + mulaid, mulaid, wallet, remaining)
 
     def refund(self, key: str) -> int:
         """S6: every fen back where it came from; returns the fen refunded (0 when nothing was paid)."""
         parts = self.payments.pop(key, [])
+        self._put_back(parts)
+        return sum(p[3] for p in parts)
+
+    def _put_back(self, parts: list[Part]) -> None:
         for where, ref, bucket, fen in parts:
-            if where == "own":
+            if where in ("own", "grant", "hold"):
                 a = self._account(ref)
                 setattr(a, bucket, getattr(a, bucket) + fen)
             elif where == "quota":
@@ -174,11 +229,10 @@ class Model:
                     q.earmark += fen
                 else:  # the binding ended meanwhile: the grantor gets it back (as a release would)
                     self._account(q.grantor).hist += fen
-            elif self._lot(ref).returned:
+            elif self._lot(ref).returned:  # the lot went home meanwhile: the money follows it (W6)
                 self._account(self._lot(ref).sender).hist += fen
             else:
                 self._lot(ref).amount += fen
-        return sum(p[3] for p in parts)
 
     def _lot(self, lot_id: str) -> Lot:
         return next(lot for lots in self.lots.values() for lot in lots if lot.lot_id == lot_id)
@@ -189,23 +243,35 @@ class Model:
         taken = self._debit(sender, amount_fen, first="cur")
         self.holds[transfer_id] = (sender, [("hold", sender, bucket, fen) for bucket, fen in taken.items()])
 
+    def hold_from_wallet(self, transfer_id: str, holder: str, amount_fen: int) -> None:
+        lots = [lot for lot in self.lots.get(holder, []) if not lot.returned and lot.amount > 0]
+        if sum(lot.amount for lot in lots) < amount_fen:
+            raise ModelError(f"{holder}'s wallet cannot give {amount_fen}")
+        parts: list[Part] = []
+        left = amount_fen
+        for lot in lots:
+            taken = min(lot.amount, left)
+            if taken:
+                lot.amount, left = lot.amount - taken, left - taken
+                parts.append(("lot", lot.lot_id, "amount", taken))
+        self.holds[transfer_id] = (holder, parts)
+
     def post(self, transfer_id: str, recipient: str) -> None:
         sender, parts = self.holds.pop(transfer_id)
         self.lots.setdefault(recipient, []).append(Lot(transfer_id, sender, sum(p[3] for p in parts)))
 
     def void(self, transfer_id: str) -> None:
-        sender, parts = self.holds.pop(transfer_id)
-        a = self._account(sender)
-        for _, _, bucket, fen in parts:
-            setattr(a, bucket, getattr(a, bucket) + fen)
+        _sender, parts = self.holds.pop(transfer_id)
+        self._put_back(parts)
 
-    def return_lots(self, holder: str, sender: str) -> int:
-        """W6: what is left in `holder`'s lots from `sender` goes back to the sender's prior years."""
+    def return_lots(self, holder: str, sender: str | None = None) -> int:
+        """W6: what is left in `holder`'s lots from `sender` (from everyone: the holder died) goes back to each
+        sender's prior years."""
         back = 0
         for lot in self.lots.get(holder, []):
-            if lot.sender == sender and not lot.returned:
+            if (sender is None or lot.sender == sender) and not lot.returned:
+                self._account(lot.sender).hist += lot.amount
                 back, lot.amount, lot.returned = back + lot.amount, 0, True
-        self._account(sender).hist += back
         return back
 
     # ------------------------------------------------------------ what the stack is compared with
