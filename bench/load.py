@@ -8,15 +8,17 @@ import asyncio
 import re
 import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
 
 from contracts.topics import HIS_REQUESTS, HIS_RESULTS, PARTITIONS
 from ops.scenario import bill
-from shared.client import dumps_his
+from shared.client import dumps_his, msgid_for
 from shared.pii import kafka_key
 
 RATES = (250, 500, 1_000, 2_000, 4_000)  # offered settlements/s, lowest first
@@ -25,6 +27,7 @@ DRAIN_S = 12.0  # after the last intended send, answers are awaited this long at
 GIVE_UP_P99_MS = 5_000.0  # a rate this far beyond its target ends the climb: higher ones only queue more
 TARGET_P99_MS = 500.0
 SEND_TICK_S = 0.002
+IDLE_SAMPLES = 50
 MSGID = re.compile(rb'"msgid":\s*"([^"]+)"')
 
 
@@ -70,7 +73,14 @@ class Answers:
 async def offered_rate(producer: AIOKafkaProducer, answers: Answers, rate: int,
                        make: Callable[[int], dict[str, Any]]) -> dict[str, Any]:
     count = int(rate * STEADY_S)
-    requests = [make(i) for i in range(count)]
+    # msgids carry their send second and a 4-digit sequence (10,000 a second at most): stamped with the intended
+    # send time, as a hospital stamps its own, so a rate's msgids never collide however fast they are built
+    start = datetime.now(UTC)
+    requests = []
+    for i in range(count):
+        request = make(i)
+        request["msgid"] = msgid_for(request["fixmedins_code"], start + timedelta(seconds=i / rate))
+        requests.append(request)
     bodies = [(r["msgid"].encode(), dumps_his(r), kafka_key(r["input"]["data"]["mdtrt_id"])) for r in requests]
     intended: dict[bytes, float] = {}
     futures = []
@@ -101,14 +111,29 @@ async def offered_rate(producer: AIOKafkaProducer, answers: Answers, rate: int,
             "generator_late_p99_ms": pct(late_ms, 99)}
 
 
+async def idle(producer: AIOKafkaProducer, answers: Answers, make: Callable[[int], dict[str, Any]]) -> list[float]:
+    """One request at a time: the latency of a settlement with nothing else going on (ms)."""
+    latencies = []
+    for i in range(IDLE_SAMPLES):
+        request = make(i)
+        msgid = request["msgid"].encode()
+        started = time.perf_counter()
+        await producer.send_and_wait(HIS_REQUESTS, dumps_his(request), key=kafka_key(request["msgid"]))
+        while msgid not in answers.at and time.perf_counter() - started < DRAIN_S:  # noqa: ASYNC110
+            await asyncio.sleep(0.001)
+        latencies.append((answers.at.get(msgid, float("inf")) - started) * 1000)
+    return latencies
+
+
 async def climb(bootstrap: str, make: Callable[[int], dict[str, Any]],
-                between: Callable[[], Awaitable[None]]) -> list[dict[str, Any]]:
-    """Each rate in turn until one is far past the target (then higher rates would only queue)."""
+                between: Callable[[], Awaitable[None]]) -> tuple[list[float], list[dict[str, Any]]]:
+    """Idle latency, then each rate in turn until one is far past the target (higher rates would only queue)."""
     rows = []
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=2)
     await producer.start()
     try:
         async with Answers(bootstrap) as answers:
+            alone = await idle(producer, answers, make)
             for rate in RATES:
                 row = await offered_rate(producer, answers, rate, make)
                 rows.append(row)
@@ -117,7 +142,7 @@ async def climb(bootstrap: str, make: Callable[[int], dict[str, Any]],
                 await between()
     finally:
         await producer.stop()
-    return rows
+    return alone, rows
 
 
 def held(rows: list[dict[str, Any]]) -> int:
@@ -134,23 +159,30 @@ async def quiet(bootstrap: str, timeout_s: float = 120.0, topics: tuple[str, ...
     await probe.start()
     started = time.perf_counter()
     try:
-        groups = [g for g, _ in await admin.list_consumer_groups() if not g.startswith("relay.")
-                  and (topics is None or g.split(".", 1)[-1] in topics)]
         while time.perf_counter() - started < timeout_s:
-            lag = 0
-            for group in groups:
-                committed = await admin.list_consumer_group_offsets(group)
-                topic = group.split(".", 1)[1]
-                parts = [TopicPartition(topic, p) for p in range(PARTITIONS)]
-                ends = await probe.end_offsets(parts)
-                lag += sum(ends[tp] - (committed[tp].offset if tp in committed else 0) for tp in parts)
-            if lag == 0:
-                return time.perf_counter() - started
+            try:
+                if await _lag(admin, probe, topics) == 0:
+                    return time.perf_counter() - started
+            except KafkaError as exc:  # a coordinator still loading after the stack started: ask again
+                if not exc.retriable:
+                    raise
             await asyncio.sleep(0.1)
         raise TimeoutError(f"consumer groups still behind after {timeout_s}s")
     finally:
         await probe.stop()
         await admin.close()
+
+
+async def _lag(admin: AIOKafkaAdminClient, probe: AIOKafkaConsumer, topics: tuple[str, ...] | None) -> int:
+    groups = [g for g, _ in await admin.list_consumer_groups() if not g.startswith("relay.")
+              and (topics is None or g.split(".", 1)[-1] in topics)]
+    lag = 0
+    for group in groups:
+        committed = await admin.list_consumer_group_offsets(group)
+        parts = [TopicPartition(group.split(".", 1)[1], p) for p in range(PARTITIONS)]
+        ends = await probe.end_offsets(parts)
+        lag += sum(ends[tp] - (committed[tp].offset if tp in committed else 0) for tp in parts)
+    return lag
 
 
 def mixed_bills(patients: list[dict[str, Any]]) -> Callable[[int], dict[str, Any]]:

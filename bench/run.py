@@ -25,18 +25,17 @@ from rich.table import Table
 
 from bench import ceilings
 from bench.ingest import ingestion
-from bench.load import climb, held, mixed_bills, quiet
+from bench.load import climb, held, mixed_bills, pct, quiet
 from bench.transfers import transfers
 from contracts.binding import Relation
 from infra import supervised
-from ops.scenario import bill, bound, person
+from ops.scenario import bound, person
 from shared.client import Bus
 from shared.clock import FileOffsetClock, offset_ms_to
 
 console = Console()
 OWN_PATIENTS = 40  # spread over the wallet's partitions, as real patients are
 FAMILIES = 8  # a child paid for by a parent's quota
-IDLE_SAMPLES = 50
 PHASE_TIMEOUT_S = 180
 RESULTS = Path(".local/bench/last.json")
 
@@ -55,16 +54,13 @@ async def patients(bus: Bus, urls: dict[str, str]) -> list[dict[str, Any]]:
 async def settlements(bootstrap: str, urls: dict[str, str], clock: FileOffsetClock) -> dict[str, Any]:
     async with Bus(bootstrap, clock=clock) as bus:
         who = await patients(bus, urls)
-        idle = []
-        for i in range(IDLE_SAMPLES):
-            started = time.perf_counter()
-            await bus.his(bill(who[i % len(who)], 1_000))
-            idle.append((time.perf_counter() - started) * 1000)
+    await quiet(bootstrap)
+
     async def drained() -> None:  # the next rate starts on an empty system
         await quiet(bootstrap)
 
-    rows = await climb(bootstrap, mixed_bills(who), drained)
-    return {"idle_p50_ms": statistics.median(idle), "idle_p99_ms": max(idle), "rates": rows}
+    idle, rows = await climb(bootstrap, mixed_bills(who), drained)
+    return {"idle_p50_ms": statistics.median(idle), "idle_p99_ms": pct(idle, 99), "rates": rows}
 
 
 async def main() -> dict[str, Any]:

@@ -13,3 +13,4 @@ BATCH_SECONDS = Histogram(
     ["service", "topic"], buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
 RETRIES = Counter("mutualaid_transient_retries_total", "Transient errors retried", ["service", "topic"])
+PUBLISHED = Counter("mutualaid_published_total", "Messages published, by topic", ["topic"])

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import structlog
+import uvloop
 from faststream.asgi import AsgiFastStream, make_ping_asgi
 from faststream.kafka import KafkaBroker
 from faststream.kafka.opentelemetry import KafkaTelemetryMiddleware
@@ -117,7 +118,8 @@ def build_app(parts: Assembled[Any], service: str, routes: Sequence[tuple[str, A
 def serve(create_app: Callable[[Settings], AsgiFastStream]) -> None:
     """`python -m services.<name>`: settings from the environment, then run until stopped."""
     settings = Settings()
-    asyncio.run(run(create_app(settings), settings))
+    # uvloop: the services spend their time in the event loop's socket and callback machinery (issue 14)
+    uvloop.run(run(create_app(settings), settings))
 
 
 async def run(app: AsgiFastStream, settings: Settings) -> None:

@@ -16,6 +16,7 @@ Every request gets exactly one reply content; redelivered or repeated requests r
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -64,7 +65,7 @@ from contracts.wallet import (
     WalletEvent,
 )
 from services.settlement import domain
-from services.settlement.store import Record, SettlementStore, Tx, decode_out, encode_out, k_day, k_visit
+from services.settlement.store import Record, SettlementStore, Tx, decode_out, encode_out, k_day, k_req, k_visit
 from shared.clock import Clock, china_time, epoch_ms
 from shared.kafka import Consumer, Outgoing, PoisonMessage, model_parser, publish_all
 from shared.pii import kafka_key, keyed_hash
@@ -227,7 +228,7 @@ class SettlementService:
                              payment_id=payment_id, medfee=d.medfee_sumamt, fund=d.fund_pay_sumamt,
                              part=d.psn_part_amt, wallet_used=bool(needs_wallet), warn=warning)
             if env.infno == "2207":
-                held_by = await tx.msgid_of(k_visit(env.fixmedins_code, d.mdtrt_id))
+                held_by = await tx.value(k_visit(env.fixmedins_code, d.mdtrt_id))
                 settled = await tx.get(held_by) if held_by else None
                 if settled is not None and settled["state"] in domain.VISIT_HELD_STATES:
                     rec["state"] = "REJECTED"
@@ -236,11 +237,11 @@ class SettlementService:
                                       "before settling the visit again")
                     tx.put(rec)
                     return [out]
-                tx.op(lambda p: p.set(k_visit(env.fixmedins_code, d.mdtrt_id), env.msgid))
-                tx.op(lambda p: p.set(f"s:setl:{setl_id}", env.msgid))
+                tx.set_value(k_visit(env.fixmedins_code, d.mdtrt_id), env.msgid)
+                tx.set_value(f"s:setl:{setl_id}", env.msgid)
             if not needs_wallet:  # S5 or nothing to pay: all cash, no wallet round trip
                 return [self._paid(tx, rec, domain.cash_only(d.psn_part_amt))]
-            tx.op(lambda p: p.set(f"s:pay:{payment_id}", env.msgid))
+            tx.set_value(f"s:pay:{payment_id}", env.msgid)
             tx.op(lambda p: p.zadd("s:deadlines", {env.msgid: deadline_ms}))
             cmd = PaySettlement(message_id=derive_id("PaySettlement", env.msgid), correlation_id=env.msgid,
                                 causation_id=env.msgid, occurred_at=self.clock.now(), payment_id=payment_id,
@@ -278,7 +279,7 @@ class SettlementService:
 
     async def _cancel(self, env: HisEnvelope, d: CancelData) -> list[Outgoing]:
         # S6: 2208 by setl_id returns every fen to where it came from.
-        orig_msgid = await self.store.client.get(f"s:setl:{d.setl_id}")
+        orig_msgid = await self.store.value(f"s:setl:{d.setl_id}")
 
         async def decide(tx: Tx) -> list[Outgoing]:
             me = await tx.get(env.msgid)
@@ -385,6 +386,48 @@ class SettlementService:
 
         return await self.store.transact(None, decide)
 
+    # ================================================================ batches (hot path)
+
+    async def prefetch_requests(self, tx: Tx, requests: list[dict[str, Any]]) -> None:
+        """Read what a batch of hospital requests will look at, in a few round trips: their records, the visit
+        and setl_id indexes and the records those point to, and every 2206/2207's person and bindings. Taken
+        from the raw requests before validation: a wrong hint costs a read later, never a wrong answer."""
+        keys: list[str] = []
+        contexts: list[tuple[str, str | None, str | None]] = []
+        for obj in requests:
+            keys.append(k_req(obj["msgid"]))
+            data = obj.get("input", {}).get("data") if isinstance(obj.get("input"), dict) else None
+            if not isinstance(data, dict):
+                continue
+            text = {k: v for k, v in data.items() if isinstance(v, str)}
+            infno, fixmedins = obj.get("infno"), obj.get("fixmedins_code")
+            if infno in ("2206", "2207") and "psn_no" in text:
+                cert, cert_no = text.get("mdtrt_cert_type"), text.get("mdtrt_cert_no", "")
+                id_hash = keyed_hash(self.settings.pii_hash_key, cert_no) if cert == "02" else None
+                contexts.append((text["psn_no"], id_hash, cert_no if cert == "03" else None))
+                if infno == "2207" and isinstance(fixmedins, str) and "mdtrt_id" in text:
+                    keys.append(k_visit(fixmedins, text["mdtrt_id"]))
+            elif infno == "2208" and "setl_id" in text:
+                keys.append(f"s:setl:{text['setl_id']}")
+            elif infno == "2601" and "omsgid" in text:
+                keys.append(k_req(text["omsgid"]))
+
+
+        async def records() -> None:  # watched, on the transaction's connection
+            await tx.prefetch(keys)
+            await tx.prefetch(k_req(v) for k in keys if not k.startswith("s:req:") and (v := tx.values.get(k)))
+
+        async def read_models() -> None:  # not watched, on another connection meanwhile
+            tx.memo.update(await self.store.settle_contexts(contexts))
+
+        await asyncio.gather(records(), read_models())
+
+    async def prefetch_wallet(self, tx: Tx, events: list[Any]) -> None:
+        payments = [e for e in events if isinstance(e, PaymentCompleted | PaymentRejected | PaymentReversed)]
+        index = [f"s:pay:{e.payment_id}" for e in payments]
+        await tx.prefetch([*index, *(f"s:done:{e.message_id}" for e in payments)])
+        await tx.prefetch(k_req(v) for k in index if (v := tx.values.get(k)))
+
     # ================================================================ wallet answers
 
     @staticmethod
@@ -400,9 +443,10 @@ class SettlementService:
             return await self._clear_transfer(e)
         if not isinstance(e, PaymentCompleted | PaymentRejected | PaymentReversed):
             return []
-        stored, msgid = await self.store.client.mget(f"s:done:{e.message_id}", f"s:pay:{e.payment_id}")
+        stored = await self.store.done(e.message_id)
         if stored is not None:
-            return decode_out(stored)
+            return stored
+        msgid = await self.store.value(f"s:pay:{e.payment_id}")
         if msgid is None:
             return []  # not ours (another settlement instance's test data) or already purged
 
@@ -571,8 +615,10 @@ def wire(settings: Settings, redis: Any, clock: Clock) -> tuple[SettlementServic
     """The service and what it consumes; shared by the process (create_app) and the contract tests."""
     service = SettlementService(settings, SettlementStore(redis), clock, Policies.load(settings.policies_path))
     return service, [
-        Consumer(SERVICE, HIS_REQUESTS, parse_request, service.on_request),
-        Consumer(SERVICE, WALLET_EVENTS, model_parser(TypeAdapter(WalletEvent)), service.on_wallet),
+        Consumer(SERVICE, HIS_REQUESTS, parse_request, service.on_request, batch=service.store.batch,
+                 prefetch=service.prefetch_requests),
+        Consumer(SERVICE, WALLET_EVENTS, model_parser(TypeAdapter(WalletEvent)), service.on_wallet,
+                 batch=service.store.batch, prefetch=service.prefetch_wallet),
         Consumer(SERVICE, BINDING_EVENTS, model_parser(TypeAdapter(BindingEvent)), service.on_binding),
         Consumer(SERVICE, ENROLLMENT_EVENTS, model_parser(TypeAdapter(EnrollmentEvent)), service.on_enrollment),
     ]
