@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 import uuid
 from typing import Any
@@ -46,20 +47,23 @@ async def publish(bootstrap: str, topic: str, messages: list[tuple[str, bytes]])
         await producer.stop()
 
 
-async def volatile_bytes(client: Any) -> int:
-    """Memory held by keys with a time to live (idempotency records, refusals): gone after their TTL."""
-    total = 0
+ID = re.compile(rb"[0-9A-Z]{12,}|[0-9a-f-]{32,}|\d{6,}")
+
+
+async def memory_by_family(client: Any) -> dict[str, tuple[int, int]]:
+    """Bytes held per key family (ids replaced by *): (all, with a time to live — gone after it)."""
+    families: dict[str, list[int]] = {}
     async for keys in _chunks(client):
         pipe = client.pipeline(transaction=False)
         for k in keys:
             pipe.ttl(k)
-        ttls = await pipe.execute()
-        volatile = [k for k, ttl in zip(keys, ttls, strict=True) if ttl > 0]
-        pipe = client.pipeline(transaction=False)
-        for k in volatile:
             pipe.memory_usage(k, samples=0)
-        total += sum(v or 0 for v in await pipe.execute())
-    return total
+        replies = await pipe.execute()
+        for k, ttl, used in zip(keys, replies[::2], replies[1::2], strict=True):
+            family = families.setdefault(ID.sub(b"*", k).decode(errors="replace"), [0, 0])
+            family[0] += used or 0
+            family[1] += (used or 0) if ttl > 0 else 0
+    return {f: (v[0], v[1]) for f, v in families.items()}
 
 
 async def _chunks(client: Any) -> Any:
@@ -76,16 +80,20 @@ async def ingestion(bootstrap: str, redis_url: str) -> dict[str, Any]:
     client = aioredis.Redis.from_url(redis_url)
     await quiet(bootstrap)
     used_before = (await client.info("memory"))["used_memory"]
-    volatile_before = await volatile_bytes(client)
+    before = await memory_by_family(client)
     messages = people_events(PERSONS)
     started = time.perf_counter()
     await publish(bootstrap, ENROLLMENT_EVENTS, messages)
     await quiet(bootstrap, topics=(ENROLLMENT_EVENTS,))
     elapsed = time.perf_counter() - started
     used_after = (await client.info("memory"))["used_memory"]
-    volatile_after = await volatile_bytes(client)
+    after = await memory_by_family(client)
     await client.aclose()
     per_person = (used_after - used_before) / PERSONS
-    expiring = (volatile_after - volatile_before) / PERSONS
+    grown = {f: ((a - before.get(f, (0, 0))[0]) / PERSONS, (v - before.get(f, (0, 0))[1]) / PERSONS)
+             for f, (a, v) in after.items()}
+    expiring = sum(v for _, v in grown.values())
+    by_family = {f: round(a) for f, (a, _) in sorted(grown.items(), key=lambda kv: -kv[1][0]) if a >= 1}
     return {"enrolment_events": len(messages), "enrolment_events_s": len(messages) / elapsed,
-            "redis_bytes_per_person": per_person, "redis_bytes_per_person_after_35_days": per_person - expiring}
+            "redis_bytes_per_person": per_person, "redis_bytes_per_person_after_35_days": per_person - expiring,
+            "redis_bytes_per_person_by_key": by_family}

@@ -125,6 +125,12 @@ def report(r: dict[str, Any]) -> None:
     for name, value in rows:
         table.add_row(name, value if isinstance(value, str) else f"{value:,.0f}")
     console.print(table)
+    keys = Table(title="Redis bytes per person after enrolment and a credit, by key family (the largest)")
+    keys.add_column("key family")
+    keys.add_column("bytes/person", justify="right")
+    for family, size in list(r["redis_bytes_per_person_by_key"].items())[:10]:
+        keys.add_row(family, f"{size:,}")
+    console.print(keys)
 
 
 if __name__ == "__main__":

@@ -65,6 +65,7 @@ from contracts.wallet import (
     WalletEvent,
 )
 from services.settlement import domain
+from services.settlement.domain import State
 from services.settlement.store import Record, SettlementStore, Tx, decode_out, encode_out, k_day, k_req, k_visit
 from shared.clock import Clock, china_time, epoch_ms
 from shared.kafka import Consumer, Outgoing, PoisonMessage, model_parser, publish_all
@@ -167,9 +168,9 @@ class SettlementService:
             rec = await tx.get(msgid)
             if rec is not None and rec.get("reply"):
                 return [reply_out(rec)]
-            if rec is not None and rec.get("state") != "VOIDED":
+            if rec is not None and rec.get("state") != State.VOIDED:
                 return []  # a valid request with this msgid is in flight; its answer stands
-            new = {"msgid": msgid, "infno": infno, "state": "REJECTED"}
+            new = {"msgid": msgid, "infno": infno, "state": State.REJECTED}
             out = answer(new, err)
             tx.put(new)
             return [out]
@@ -218,20 +219,20 @@ class SettlementService:
             if rec is not None:
                 if rec.get("reply"):
                     return [reply_out(rec)]
-                if rec["state"] != "VOIDED":
+                if rec["state"] != State.VOIDED:
                     return resend(rec)  # in flight: repeat our command (idempotent); the answer is on its way
-                rec.update(self._base(env, state="VOIDED"))
+                rec.update(self._base(env, state=State.VOIDED))
                 out = answer(rec, f"request was reversed by 2601 {rec.get('reversed_by', '')} before it arrived")
                 tx.put(rec)
                 return [out]
-            rec = self._base(env, state="AWAITING_WALLET", psn_no=d.psn_no, mdtrt_id=d.mdtrt_id, setl_id=setl_id,
+            rec = self._base(env, state=State.AWAITING_WALLET, psn_no=d.psn_no, mdtrt_id=d.mdtrt_id, setl_id=setl_id,
                              payment_id=payment_id, medfee=d.medfee_sumamt, fund=d.fund_pay_sumamt,
                              part=d.psn_part_amt, wallet_used=bool(needs_wallet), warn=warning)
             if env.infno == "2207":
                 held_by = await tx.value(k_visit(env.fixmedins_code, d.mdtrt_id))
                 settled = await tx.get(held_by) if held_by else None
                 if settled is not None and settled["state"] in domain.VISIT_HELD_STATES:
-                    rec["state"] = "REJECTED"
+                    rec["state"] = State.REJECTED
                     out = answer(rec, f"input.data.mdtrt_id: visit {d.mdtrt_id} is already settled as setl_id "
                                       f"{settled['setl_id']} ({settled['state'].lower()}); cancel it with 2208 "
                                       "before settling the visit again")
@@ -252,7 +253,7 @@ class SettlementService:
         return await self.store.transact(None, decide)
 
     def _paid(self, tx: Tx, rec: Record, split: domain.Split) -> Outgoing:
-        rec["state"] = "PAID" if rec["infno"] == "2207" else "QUOTED"
+        rec["state"] = State.PAID if rec["infno"] == "2207" else State.QUOTED
         rec["split"] = split.__dict__
         info = setlinfo(setl_id=rec["setl_id"], psn_no=rec["psn_no"], mdtrt_id=rec["mdtrt_id"],
                         medfee_fen=rec["medfee"], fund_fen=rec["fund"], part_fen=rec["part"], acct_fen=split.acct_fen,
@@ -285,29 +286,29 @@ class SettlementService:
             me = await tx.get(env.msgid)
             if me is not None:
                 return [reply_out(me)] if me.get("reply") else resend(me)
-            me = self._base(env, state="REJECTED")
+            me = self._base(env, state=State.REJECTED)
             orig = await tx.get(orig_msgid) if orig_msgid else None
             if (orig is None or orig.get("psn_no") != d.psn_no or orig.get("mdtrt_id") != d.mdtrt_id
                     or orig.get("fixmedins") != env.fixmedins_code):  # only the institution that settled it
                 out = answer(me, "input.data.setl_id: no settlement with this setl_id for this psn_no and mdtrt_id")
-            elif orig["state"] in ("CANCELLING", "REVERSING"):
-                me["state"] = "AWAITING_REVERSAL"
+            elif orig["state"] in (State.CANCELLING, State.REVERSING):
+                me["state"] = State.AWAITING_REVERSAL
                 orig["waiting"].append(env.msgid)
                 tx.put(orig)
                 tx.put(me)
                 return []
-            elif orig["state"] != "PAID":
+            elif orig["state"] != State.PAID:
                 out = answer(me, f"setl_id: settlement is {orig['state'].lower()}, nothing to cancel")
             elif not orig["wallet_used"]:
-                orig["state"] = "CANCELLED"
+                orig["state"] = State.CANCELLED
                 tx.put(orig)
                 tx.op(lambda p: p.hdel(k_day(orig["fixmedins"], orig["day"]), orig["setl_id"]))
-                me["state"] = "DONE"
+                me["state"] = State.DONE
                 out = answer(me, output={"setl_id": d.setl_id, "refunded": "0.00"})
             else:
-                orig["state"] = "CANCELLING"
+                orig["state"] = State.CANCELLING
                 orig["waiting"].append(env.msgid)
-                me["state"] = "AWAITING_REVERSAL"
+                me["state"] = State.AWAITING_REVERSAL
                 tx.put(orig)
                 return remember(tx, me, [self._reverse_cmd(orig, env.msgid)])
             tx.put(me)
@@ -321,9 +322,9 @@ class SettlementService:
             me = await tx.get(env.msgid)
             if me is not None:
                 return [reply_out(me)] if me.get("reply") else resend(me)
-            me = self._base(env, state="DONE")
+            me = self._base(env, state=State.DONE)
             if d.oinfno == "2208":
-                me["state"] = "REJECTED"
+                me["state"] = State.REJECTED
                 out = answer(me, "input.data.oinfno: reversing a cancel is not supported; settle again with 2207")
                 tx.put(me)
                 return [out]
@@ -333,31 +334,31 @@ class SettlementService:
                                                                   != d.psn_no):
                 # Only the institution that sent a request may reverse it, and only for the same person; the
                 # answer does not say whether another institution's msgid exists.
-                me["state"] = "REJECTED"
+                me["state"] = State.REJECTED
                 out = answer(me, "input.data.omsgid: no request with this msgid from this institution for this "
                                  "psn_no")
                 tx.put(me)
                 return [out]
             if orig is None:  # never arrived: void it so a late arrival is refused
-                tx.put({"msgid": d.omsgid, "infno": d.oinfno, "state": "VOIDED", "reversed_by": env.msgid,
+                tx.put({"msgid": d.omsgid, "infno": d.oinfno, "state": State.VOIDED, "reversed_by": env.msgid,
                         "waiting": []})
                 outs.append(answer(me, output={"omsgid": d.omsgid, "result": "voided_before_arrival"}))
-            elif orig["state"] in ("AWAITING_WALLET", "PAID") and orig.get("wallet_used"):
-                if orig["state"] == "AWAITING_WALLET":  # the original is answered now, definitely
+            elif orig["state"] in (State.AWAITING_WALLET, State.PAID) and orig.get("wallet_used"):
+                if orig["state"] == State.AWAITING_WALLET:  # the original is answered now, definitely
                     outs.append(answer(orig, f"reversed by 2601 {env.msgid}"))
                     tx.op(lambda p: p.zrem("s:deadlines", orig["msgid"]))
-                orig["state"] = "REVERSING"
+                orig["state"] = State.REVERSING
                 orig["waiting"].append(env.msgid)
                 tx.put(orig)
-                me["state"] = "AWAITING_REVERSAL"
+                me["state"] = State.AWAITING_REVERSAL
                 outs.append(self._reverse_cmd(orig, env.msgid))
-            elif orig["state"] in ("CANCELLING", "REVERSING"):
+            elif orig["state"] in (State.CANCELLING, State.REVERSING):
                 orig["waiting"].append(env.msgid)
                 tx.put(orig)
-                me["state"] = "AWAITING_REVERSAL"
+                me["state"] = State.AWAITING_REVERSAL
             else:
-                if orig["state"] == "PAID":  # cash only: nothing moved in accounts
-                    orig["state"] = "REVERSED"
+                if orig["state"] == State.PAID:  # cash only: nothing moved in accounts
+                    orig["state"] = State.REVERSED
                     tx.put(orig)
                     tx.op(lambda p: p.hdel(k_day(orig["fixmedins"], orig["day"]), orig["setl_id"]))
                 outs.append(answer(me, output={"omsgid": d.omsgid, "result": orig["state"].lower()}))
@@ -379,7 +380,7 @@ class SettlementService:
             me = await tx.get(env.msgid)
             if me is not None and me.get("reply"):
                 return [reply_out(me)]
-            me = self._base(env, state="DONE")
+            me = self._base(env, state=State.DONE)
             out = answer(me, output=output)
             tx.put(me)
             return [out]
@@ -455,7 +456,7 @@ class SettlementService:
             if rec is None:
                 return []
             if isinstance(e, PaymentCompleted):
-                if rec["state"] != "AWAITING_WALLET":
+                if rec["state"] != State.AWAITING_WALLET:
                     return []  # timed out or reversed meanwhile; the ReversePayment settles the money
                 split = domain.Split(e.acct_pay_fen, e.mulaid_pay_fen, e.wallet_pay_fen, e.cash_fen,
                                      e.own_balance_after_fen)
@@ -463,15 +464,15 @@ class SettlementService:
                     raise PoisonMessage("AMOUNT_MISMATCH", "wallet paid a different amount than requested")
                 return [self._paid(tx, rec, split)]
             if isinstance(e, PaymentRejected):
-                if rec["state"] != "AWAITING_WALLET":
+                if rec["state"] != State.AWAITING_WALLET:
                     return []
-                rec["state"] = "REFUSED"
+                rec["state"] = State.REFUSED
                 out = answer(rec, f"wallet refused the payment: {e.reason} {e.detail}".strip())
                 tx.put(rec)
                 tx.op(lambda p: p.zrem("s:deadlines", rec["msgid"]))
                 return [out]
             # PaymentReversed: finish whatever asked for it and answer everyone waiting
-            final = {"CANCELLING": "CANCELLED", "REVERSING": "REVERSED"}.get(rec["state"], rec["state"])
+            final = {State.CANCELLING: State.CANCELLED, State.REVERSING: State.REVERSED}.get(rec["state"], rec["state"])
             rec["state"] = final
             rec["refunded_fen"] = e.refunded_fen
             outs: list[Outgoing] = []
@@ -479,7 +480,7 @@ class SettlementService:
                 w = await tx.get(waiting)
                 if w is None or w.get("reply"):
                     continue
-                w["state"] = "DONE"
+                w["state"] = State.DONE
                 outs.append(answer(w, output={"setl_id": rec.get("setl_id"), "omsgid": rec["msgid"],
                                               "refunded": fen_to_yuan(e.refunded_fen)}))
                 tx.put(w)
@@ -537,9 +538,9 @@ class SettlementService:
             async def decide(tx: Tx, msgid: str = msgid) -> list[Outgoing]:
                 rec = await tx.get(msgid)
                 tx.op(lambda p: p.zrem("s:deadlines", msgid))
-                if rec is None or rec["state"] != "AWAITING_WALLET":
+                if rec is None or rec["state"] != State.AWAITING_WALLET:
                     return []
-                rec["state"] = "TIMED_OUT"
+                rec["state"] = State.TIMED_OUT
                 ms = self.settings.wallet_timeout_ms
                 out = [answer(rec, f"wallet of province {rec['province']} did not answer within {ms} ms; "
                                    "nothing was charged, settle again or pay cash")]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
@@ -28,9 +29,28 @@ from contracts.wallet import FundingPlan, GrantorSource
 from shared import evoucher
 from shared.policy import RegionPolicy
 
+
 # States of a 2207 in which it holds its visit (mdtrt_id): a second 2207 for the visit is refused until the
 # first is cancelled (2208), reversed (2601), refused by the wallet or timed out.
-VISIT_HELD_STATES = frozenset({"AWAITING_WALLET", "PAID", "CANCELLING", "REVERSING"})
+class State(StrEnum):
+    """Where a settlement record is (see the state machine in app.py); stored by value."""
+
+    AWAITING_WALLET = "AWAITING_WALLET"
+    PAID = "PAID"
+    QUOTED = "QUOTED"  # a 2206 answered
+    CANCELLING = "CANCELLING"
+    CANCELLED = "CANCELLED"
+    REVERSING = "REVERSING"
+    REVERSED = "REVERSED"
+    REFUSED = "REFUSED"  # the wallet refused the payment
+    TIMED_OUT = "TIMED_OUT"
+    REJECTED = "REJECTED"  # the request itself was refused
+    VOIDED = "VOIDED"  # reversed by a 2601 before it arrived
+    DONE = "DONE"  # a 2208/2601/3201/3202 answered
+    AWAITING_REVERSAL = "AWAITING_REVERSAL"  # a 2208/2601 waiting for the wallet's refund
+
+
+VISIT_HELD_STATES = frozenset({State.AWAITING_WALLET, State.PAID, State.CANCELLING, State.REVERSING})
 
 
 class BindingView(BaseModel):
