@@ -28,7 +28,7 @@ import random
 import signal
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,6 +43,7 @@ from infra.native import ROOT, free_port
 WALLET_TIMEOUT_MS = 1_500  # short, so pauses past it really time payments out
 SESSION_PAUSE_S = 14.0  # beyond aiokafka's default session timeout (10 s)
 IN_FLIGHT_WAIT_S = 4.0  # how long a fault waits for work in flight before striking anyway
+JUMP_WAIT_S = 20.0  # how long a clock jump waits for signed commands to be answered
 HEAL_TIMEOUT_S = 60.0  # a healing step is retried this long
 NET_SERVICES = ("settlement", "wallet-51")  # each behind its own Toxiproxy (supervised.up(network=True))
 # toxic → (toxiproxy type, attributes, seconds it stays)
@@ -51,6 +52,46 @@ KAFKA_TOXICS: dict[str, tuple[str, dict[str, int], float]] = {
     "timeout": ("timeout", {"timeout": 0}, 5.0), "bandwidth": ("bandwidth", {"rate": 16}, 8.0)}
 WATCHED_GROUPS = ("settlement.his.settlement.requests.v1", "wallet-32.wallet.32.commands.v1",
                   "wallet-51.wallet.51.commands.v1", "settlement.wallet.events.v1")
+
+
+class ClockGate:
+    """Consent-signed commands and business-clock jumps take turns. A proof is signed by the app's clock and
+    checked by the service's; a jump of up to 90 minutes between the two would make a valid proof look expired
+    (or, to a service that has not re-read the clock yet, valid for too long). A real clock does not leap while an
+    app waits for its answer, so the simulator's does not either."""
+
+    def __init__(self) -> None:
+        self.signing_now = 0
+        self.jumping = False
+        self.changed = asyncio.Condition()
+
+    @contextlib.asynccontextmanager
+    async def signing(self) -> AsyncIterator[None]:
+        async with self.changed:
+            await self.changed.wait_for(lambda: not self.jumping)
+            self.signing_now += 1
+        try:
+            yield
+        finally:
+            async with self.changed:
+                self.signing_now -= 1
+                self.changed.notify_all()
+
+    async def jump(self, apply: Callable[[], Awaitable[None]]) -> bool:
+        """Apply a jump once no signed command is in flight (bounded wait: False if none came)."""
+        async with self.changed:
+            try:
+                await asyncio.wait_for(self.changed.wait_for(lambda: self.signing_now == 0), JUMP_WAIT_S)
+            except TimeoutError:
+                return False
+            self.jumping = True
+        try:
+            await apply()
+        finally:
+            async with self.changed:
+                self.jumping = False
+                self.changed.notify_all()
+        return True
 
 
 @dataclass
@@ -62,6 +103,7 @@ class Injector:
     counts: dict[str, int] = field(default_factory=dict)
     struck_in_flight: int = 0
     log: list[str] = field(default_factory=list)
+    gate: ClockGate = field(default_factory=ClockGate)
 
     def kinds(self) -> dict[str, Callable[[], Awaitable[None]]]:
         k: dict[str, Callable[[], Awaitable[None]]] = {}
@@ -251,5 +293,10 @@ class Injector:
 
     async def clock_jump(self) -> None:
         jump_ms = self.rng.randint(20, 90) * 60_000
-        self.clock_file.write_text(str(int(self.clock_file.read_text() or 0) + jump_ms))
-        await asyncio.sleep(0.3)
+
+        async def apply() -> None:
+            self.clock_file.write_text(str(int(self.clock_file.read_text() or 0) + jump_ms))
+            await asyncio.sleep(0.3)  # every process re-reads its clock file at least every 100 ms
+
+        if not await self.gate.jump(apply):
+            self.log.append("clock_jump skipped: a signed command stayed in flight")

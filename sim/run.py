@@ -30,7 +30,7 @@ import tempfile
 import time
 import traceback
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import time as clock_time
 from datetime import timedelta
@@ -64,7 +64,7 @@ from shared.client import Bus, dumps_his, his_request, msgid_for
 from shared.clock import FileOffsetClock, china_time, offset_ms_to
 from shared.consent import dissolve_command, sign
 from shared.pii import kafka_key
-from sim.faults import WALLET_TIMEOUT_MS, Injector
+from sim.faults import WALLET_TIMEOUT_MS, ClockGate, Injector
 from sim.model import Model, Split
 
 ANSWER_TIMEOUT_S = 150.0  # long enough to ride out a broker restart plus redelivery
@@ -103,6 +103,7 @@ class Run:
     people: list[dict[str, Any]] = field(default_factory=list)
     ready: int = 0  # families enrolled and bound; faults start when all are
     gzip_producer: AIOKafkaProducer | None = None  # for requests over 1 MiB uncompressed
+    gate: ClockGate = field(default_factory=ClockGate)  # shared with the fault injector's clock jumps
 
     def note(self, kind: str, **detail: Any) -> None:
         self.ops[kind] = self.ops.get(kind, 0) + 1
@@ -330,16 +331,22 @@ class Run:
             return None
         return event
 
+    async def signed(self, command: Callable[[], Awaitable[dict[str, Any]]], wanted: str,
+                     what: str) -> dict[str, Any] | None:
+        """A consent-signed binding command, signed and answered on one side of any business-clock jump."""
+        async with self.gate.signing():
+            return await self.expect(command(), wanted, what)
+
     async def rebind(self, grantor: dict[str, Any], recipient: dict[str, Any], binding_id: str, quota: int) -> str:
-        cmd = dissolve_command(binding_id, grantor["psn_no"], recipient["psn_no"], grantor["psn_no"],
-                               self.bus.clock.now())
-        if not await self.expect(self.bus.binding_command(cmd, grantor["psn_no"], ANSWER_TIMEOUT_S),
-                                 "BindingDissolved", f"dissolution of {binding_id}"):
+        if not await self.signed(lambda: self.bus.binding_command(
+                dissolve_command(binding_id, grantor["psn_no"], recipient["psn_no"], grantor["psn_no"],
+                                 self.bus.clock.now()), grantor["psn_no"], ANSWER_TIMEOUT_S),
+                "BindingDissolved", f"dissolution of {binding_id}"):
             return binding_id
         self.model.dissolve(binding_id)
         await self.until(lambda b: b["earmarked"] == 0, grantor, "earmark released")
-        created = await self.expect(self.bus.bind(grantor["psn_no"], recipient["psn_no"], Relation.CHILD,
-                                                  quota_fen=quota, timeout_s=ANSWER_TIMEOUT_S),
+        created = await self.signed(lambda: self.bus.bind(grantor["psn_no"], recipient["psn_no"], Relation.CHILD,
+                                                          quota_fen=quota, timeout_s=ANSWER_TIMEOUT_S),
                                     "BindingCreated", f"re-binding {grantor['psn_no']} → {recipient['psn_no']}")
         if created is None:
             return binding_id
@@ -360,9 +367,10 @@ class Run:
         comma once split a list of them wrong and destroyed money (issue 12 item 7)."""
         t_id = f"T{',' if rng.random() < 0.5 else ''}{uuid.uuid4().hex[:20].upper()}"
         try:
-            held = await self.bus.transfer(sender["psn_no"], sender["province"], recipient["psn_no"],
-                                           recipient["region"], amount, transfer_id=t_id, source=source,
-                                           timeout_s=ANSWER_TIMEOUT_S)
+            async with self.gate.signing():
+                held = await self.bus.transfer(sender["psn_no"], sender["province"], recipient["psn_no"],
+                                               recipient["region"], amount, transfer_id=t_id, source=source,
+                                               timeout_s=ANSWER_TIMEOUT_S)
         except TimeoutError:
             self.diverged(f"transfer from {sender['psn_no']} unanswered")
             return
@@ -386,6 +394,11 @@ class Run:
         unknown = rng.random() < 0.5
         to_admdvs = "990000" if unknown else recipient["region"]  # no such province (GB/T 2260)
         t_id = f"T{uuid.uuid4().hex[:20].upper()}"
+        async with self.gate.signing():
+            await self._misdeliver(sender, recipient, t_id, amount, unknown, to_admdvs)
+
+    async def _misdeliver(self, sender: dict[str, Any], recipient: dict[str, Any], t_id: str, amount: int,
+                          unknown: bool, to_admdvs: str) -> None:
         proof = sign(sender["psn_no"], recipient["psn_no"], f"transfer:{t_id}", amount, uuid.uuid4().hex,
                      self.bus.clock.now() + timedelta(minutes=5))
         cmd = RequestTransfer(occurred_at=self.bus.clock.now(), transfer_id=t_id, from_psn_no=sender["psn_no"],
@@ -420,11 +433,12 @@ class Run:
                    and e.get("grantor_psn_no") == sender["psn_no"] and e.get("recipient_psn_no") == holder["psn_no"]]
         if not created:
             return
-        cmd = dissolve_command(str(created[-1]["binding_id"]), sender["psn_no"], holder["psn_no"], holder["psn_no"],
-                               self.bus.clock.now())
+        binding_id = str(created[-1]["binding_id"])
         pair = f"{sender['psn_no']} → {holder['psn_no']}"
-        if not await self.expect(self.bus.binding_command(cmd, sender["psn_no"], ANSWER_TIMEOUT_S),
-                                 "BindingDissolved", f"ending wallet relationship {pair}"):
+        if not await self.signed(lambda: self.bus.binding_command(
+                dissolve_command(binding_id, sender["psn_no"], holder["psn_no"], holder["psn_no"],
+                                 self.bus.clock.now()), sender["psn_no"], ANSWER_TIMEOUT_S),
+                "BindingDissolved", f"ending wallet relationship {pair}"):
             return
         for t_id, (recipient, _province) in list(self.pending_transfers.items()):
             if recipient == holder["psn_no"]:  # an unaccepted one between the two is voided by the dissolution
@@ -436,8 +450,8 @@ class Run:
         await self.until(lambda b: b["cur"] + b["hist"] == sum(self.model.balances(sender["psn_no"])[k]
                                                                 for k in ("cur", "hist")), sender,
                          f"{returned} fen of lots back with the sender")
-        if not await self.expect(self.bus.bind(sender["psn_no"], holder["psn_no"], Relation.CHILD, BindingKind.WALLET,
-                                               timeout_s=ANSWER_TIMEOUT_S),
+        if not await self.signed(lambda: self.bus.bind(sender["psn_no"], holder["psn_no"], Relation.CHILD,
+                                                       BindingKind.WALLET, timeout_s=ANSWER_TIMEOUT_S),
                                  "BindingCreated", f"wallet relationship {pair} again"):
             return
         deadline = time.monotonic() + ANSWER_TIMEOUT_S  # the sender's province may send again
@@ -474,8 +488,9 @@ class Run:
         if opened["type"] != "WalletOpened":
             self.diverged(f"wallet of {heir['psn_no']} not opened: {opened}")
             return None
-        created = await bound(self.bus, self.urls, sender, heir, Relation.CHILD, kind=BindingKind.WALLET,
-                              timeout_s=ANSWER_TIMEOUT_S)
+        async with self.gate.signing():
+            created = await bound(self.bus, self.urls, sender, heir, Relation.CHILD, kind=BindingKind.WALLET,
+                                  timeout_s=ANSWER_TIMEOUT_S)
         if created.get("type") != "BindingCreated":
             self.diverged(f"wallet relationship {sender['psn_no']} → {heir['psn_no']}: {created}")
             return None
@@ -486,8 +501,8 @@ class Run:
         """B7: the recipient changes the order their grantors pay in; settlement pays in the new order."""
         order = list(self.model.order.get(recipient["psn_no"], []))
         rng.shuffle(order)
-        if len(order) < 2 or not await self.expect(self.bus.reorder(recipient["psn_no"], order), "GrantorsReordered",
-                                                   f"reorder of {recipient['psn_no']}'s grantors"):
+        if len(order) < 2 or not await self.signed(lambda: self.bus.reorder(recipient["psn_no"], order),
+                                                   "GrantorsReordered", f"reorder of {recipient['psn_no']}'s grantors"):
             return
         self.model.reorder(recipient["psn_no"], order)
         await self.settlement_knows(recipient, order)
@@ -504,8 +519,9 @@ class Run:
                            quota: int) -> None:
         """B6: a new quota keeps what was used and holds the difference; the wallet refuses what it cannot hold
         (and the binding goes back to what it had)."""
-        changed = await self.expect(self.bus.change_quota(binding_id, grantor["psn_no"], recipient["psn_no"], quota),
-                                    "QuotaChanged", f"quota change of {binding_id}")
+        changed = await self.signed(
+            lambda: self.bus.change_quota(binding_id, grantor["psn_no"], recipient["psn_no"], quota),
+            "QuotaChanged", f"quota change of {binding_id}")
         if changed is None:
             return
         try:
@@ -850,7 +866,7 @@ async def simulate(seed: int, duration_s: float, keep: bool) -> dict[str, Any]:
         async with (Bus(layout.kafka_bootstrap, clock=FileOffsetClock(str(clock_file))) as bus,
                     AIOKafkaProducer(bootstrap_servers=layout.kafka_bootstrap, acks="all", enable_idempotence=True,
                                      compression_type="gzip", max_request_size=8 << 20) as gzip_producer):
-            run = Run(seed, bus, urls, gzip_producer=gzip_producer)
+            run = Run(seed, bus, urls, gzip_producer=gzip_producer, gate=injector.gate)
             kinds = ["suzhou", "wallet", "chengdu", "hangzhou", "nanning", "suzhou", "wallet", "chengdu"]
             deadline = time.monotonic() + duration_s
             actors = [asyncio.create_task(family(run, random.Random(rng.random()), k, deadline)) for k in kinds]
