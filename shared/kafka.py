@@ -28,6 +28,7 @@ from faststream.exceptions import IncorrectState
 from faststream.kafka import KafkaBroker, KafkaMessage
 from opentelemetry import propagate
 from pydantic import BaseModel, TypeAdapter, ValidationError
+from redis.exceptions import WatchError
 
 from contracts.topics import dlq
 from shared.metrics import BATCH_SECONDS, DLQ, MESSAGES, PUBLISHED, RETRIES
@@ -225,11 +226,18 @@ class Consumer(Generic[T]):
             try:
                 out = await self._in_one_transaction(self.batch, records)
             except BatchConflict as exc:
+                # Message by message, each still its own unit of work (same outcomes, OUTPUT_TOO_LARGE rolled
+                # back the same way); only a message that keeps conflicting alone takes the plain path.
                 log.info("batch conflicted; deciding its messages one by one", topic=self.topic, detail=str(exc))
-            else:
-                await publish_all(broker, out)
-                BATCH_SECONDS.labels(self.service, self.topic).observe(time.perf_counter() - started)
-                return
+                out = []
+                for record in records:
+                    try:
+                        out += await self._in_one_transaction(self.batch, [record])
+                    except BatchConflict:
+                        out += await self._one(record)
+            await publish_all(broker, out)
+            BATCH_SECONDS.labels(self.service, self.topic).observe(time.perf_counter() - started)
+            return
         await self._key_by_key(broker, records)
         BATCH_SECONDS.labels(self.service, self.topic).observe(time.perf_counter() - started)
 
@@ -247,7 +255,14 @@ class Consumer(Generic[T]):
         async def decide_all(uow: UnitOfWork) -> list[Outgoing]:
             outcomes.clear()
             if self.prefetch is not None:
-                await self.prefetch(uow, [m for _, m in parsed if not isinstance(m, PoisonMessage)])
+                try:
+                    await self.prefetch(uow, [m for _, m in parsed if not isinstance(m, PoisonMessage)])
+                except Exception as exc:
+                    if infrastructure_fault(exc) or isinstance(exc, BatchConflict | WatchError):
+                        raise
+                    # hints only: a message that cannot be read ahead fails on its own below, and is parked alone
+                    log.warning("prefetch failed; reading as the messages go", topic=self.topic,
+                                error=repr(exc)[:DETAIL_MAX_CHARS])
             out: list[Outgoing] = []
             for record, message in parsed:
                 if isinstance(message, PoisonMessage):
@@ -267,7 +282,9 @@ class Consumer(Generic[T]):
                     out.append(self._dlq_entry(record, exc.reason, exc.detail))
                     continue
                 except Exception as exc:
-                    if infrastructure_fault(exc):
+                    # WatchError: a watched key changed, or the connection dropped and took every WATCH with it
+                    # (redis-py resets the pipeline): the whole attempt is void, never this message alone
+                    if infrastructure_fault(exc) or isinstance(exc, WatchError):
                         raise
                     uow.rollback(savepoint)
                     log.exception("handler failed; message parked in DLQ", topic=self.topic, offset=record.offset)

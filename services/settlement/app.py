@@ -68,7 +68,7 @@ from services.settlement import domain
 from services.settlement.domain import State
 from services.settlement.store import Record, SettlementStore, Tx, decode_out, encode_out, k_day, k_req, k_visit
 from shared.clock import Clock, china_time, epoch_ms
-from shared.kafka import Consumer, Outgoing, PoisonMessage, model_parser, publish_all
+from shared.kafka import BatchConflict, Consumer, Outgoing, PoisonMessage, model_parser, publish_all
 from shared.pii import kafka_key, keyed_hash
 from shared.policy import Policies
 from shared.service import assemble, build_app, query_one
@@ -395,18 +395,24 @@ class SettlementService:
         from the raw requests before validation: a wrong hint costs a read later, never a wrong answer."""
         keys: list[str] = []
         contexts: list[tuple[str, str | None, str | None]] = []
+        if any(obj.get("infno") in ("3201", "3202") for obj in requests):
+            # a reconciliation reads the day's rows, which earlier requests of the batch may change: such a
+            # (rare) batch is decided one message per transaction
+            raise BatchConflict("a reconciliation in the batch")
         for obj in requests:
-            keys.append(k_req(obj["msgid"]))
+            if obj["msgid"].isascii():
+                keys.append(k_req(obj["msgid"]))
             data = obj.get("input", {}).get("data") if isinstance(obj.get("input"), dict) else None
             if not isinstance(data, dict):
                 continue
-            text = {k: v for k, v in data.items() if isinstance(v, str)}
+            # ids are ASCII; anything else is not read ahead and fails in its own message, alone
+            text = {k: v for k, v in data.items() if isinstance(v, str) and v.isascii()}
             infno, fixmedins = obj.get("infno"), obj.get("fixmedins_code")
             if infno in ("2206", "2207") and "psn_no" in text:
                 cert, cert_no = text.get("mdtrt_cert_type"), text.get("mdtrt_cert_no", "")
                 id_hash = keyed_hash(self.settings.pii_hash_key, cert_no) if cert == "02" else None
                 contexts.append((text["psn_no"], id_hash, cert_no if cert == "03" else None))
-                if infno == "2207" and isinstance(fixmedins, str) and "mdtrt_id" in text:
+                if infno == "2207" and isinstance(fixmedins, str) and fixmedins.isascii() and "mdtrt_id" in text:
                     keys.append(k_visit(fixmedins, text["mdtrt_id"]))
             elif infno == "2208" and "setl_id" in text:
                 keys.append(f"s:setl:{text['setl_id']}")

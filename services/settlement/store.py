@@ -199,14 +199,13 @@ class SettlementStore:
                 token = _BATCH.set(tx)
                 try:
                     result = await decide_all(tx)
-                finally:
-                    _BATCH.reset(token)
-                tx.commit_ops(pipe)
-                try:
+                    tx.commit_ops(pipe)
                     await pipe.execute()
                     return result
-                except WatchError:
+                except WatchError:  # changed under us, or the connection dropped and reset every WATCH
                     continue
+                finally:
+                    _BATCH.reset(token)
         raise BatchConflict(f"keys changed under this batch {MAX_BATCH_ATTEMPTS} times")
 
     # ---------------------------------------------------------------- outbox (deadline scanner)
