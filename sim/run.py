@@ -46,6 +46,7 @@ from contracts.enrollment import AccountCredited, PersonDied, YearRolledOver
 from contracts.his import RECONCILE_PAGE_SIZE_MAX
 from contracts.topics import (
     BINDING_COMMANDS,
+    BINDING_EVENTS,
     ENROLLMENT_EVENTS,
     HIS_REQUESTS,
     HIS_RESULTS,
@@ -71,8 +72,8 @@ ANSWER_TIMEOUT_S = 150.0  # long enough to ride out a broker restart plus redeli
 FAULT_GAP_S = (0.5, 3.0)  # pause between two faults of one lane
 FAULT_LANES = 2
 POISON_MARK = "SIMPOISON"
-POISON_TOPICS = (HIS_REQUESTS, ENROLLMENT_EVENTS, BINDING_COMMANDS, WALLET_EVENTS, wallet_commands("32"),
-                 wallet_commands("51"))
+POISON_TOPICS = (HIS_REQUESTS, ENROLLMENT_EVENTS, BINDING_COMMANDS, BINDING_EVENTS, WALLET_EVENTS,
+                 *(wallet_commands(p) for p in ("32", "51", "33", "45")))  # every topic a service consumes
 START_FEN = 300_000
 # A 3202 listing this many rows the centre never settled: unpaged, its reply would pass Kafka's 1 MiB limit (issue
 # 12 item 5: a day of ~12,000 settlements). Sent gzip-compressed, as a hospital's client must at that size.
