@@ -177,6 +177,15 @@ async def publish_all(broker: KafkaBroker, outgoing: Sequence[Outgoing]) -> None
         PUBLISHED.labels(topic).inc(count)
 
 
+def check_sizes(out: list[Outgoing]) -> list[Outgoing]:
+    """A message we could never publish (over the broker's limit) is the input's fault: PoisonMessage."""
+    too_large = [o for o in out if len(o.body) + len(o.key) > MAX_MESSAGE_BYTES]
+    if too_large:
+        raise PoisonMessage("OUTPUT_TOO_LARGE", f"{too_large[0].topic} message of {len(too_large[0].body)} bytes "
+                            f"exceeds {MAX_MESSAGE_BYTES}")
+    return out
+
+
 def connected_producer(broker: KafkaBroker) -> AIOKafkaProducer | None:
     """The aiokafka producer under a started FastStream broker (None for the in-memory test broker)."""
     try:
@@ -271,11 +280,9 @@ class Consumer(Generic[T]):
                     continue
                 savepoint = uow.savepoint()
                 try:
-                    produced = await self.handle(message, record)
-                    too_large = [o for o in produced if len(o.body) + len(o.key) > MAX_MESSAGE_BYTES]
-                    if too_large:  # its effects are undone with it: nothing is left that no one was told of
-                        raise PoisonMessage("OUTPUT_TOO_LARGE", f"{too_large[0].topic} message of "
-                                            f"{len(too_large[0].body)} bytes exceeds {MAX_MESSAGE_BYTES}")
+                    # an oversized output raises here: its effects are undone with it (nothing is left that no
+                    # one was told of)
+                    produced = check_sizes(await self.handle(message, record))
                 except PoisonMessage as exc:
                     uow.rollback(savepoint)
                     outcomes.append(exc.reason)
@@ -299,15 +306,10 @@ class Consumer(Generic[T]):
             try:
                 out = await batch(decide_all)
                 break
-            except BatchConflict:
-                raise
             except Exception as exc:
-                if not infrastructure_fault(exc) or attempt == TRANSIENT_ATTEMPTS - 1:
-                    raise  # the batch is rewound and redelivered
-                RETRIES.labels(self.service, self.topic).inc()
-                log.warning("infrastructure error; retrying the batch", topic=self.topic, attempt=attempt + 1,
-                            error=repr(exc)[:DETAIL_MAX_CHARS])
-                await asyncio.sleep(min(BACKOFF_MAX_MS, BACKOFF_BASE_MS * 2**attempt) / 1000)
+                if not infrastructure_fault(exc):  # BatchConflict among them: the caller goes message by message
+                    raise
+                await self._pause_or_give_up(attempt, exc)
         for reason in outcomes:  # counted once the batch committed (a batch decided twice is counted once)
             if reason:
                 MESSAGES.labels(self.service, self.topic, "dlq").inc()
@@ -344,12 +346,7 @@ class Consumer(Generic[T]):
             return [self._to_dlq(record, exc.reason, exc.detail)]
         for attempt in range(TRANSIENT_ATTEMPTS):
             try:
-                out = await self.handle(message, record)
-                too_large = [o for o in out if len(o.body) + len(o.key) > MAX_MESSAGE_BYTES]
-                if too_large:
-                    return [self._to_dlq(record, "OUTPUT_TOO_LARGE",
-                                         f"{too_large[0].topic} message of {len(too_large[0].body)} bytes exceeds "
-                                         f"{MAX_MESSAGE_BYTES}")]
+                out = check_sizes(await self.handle(message, record))
                 MESSAGES.labels(self.service, self.topic, "ok").inc()
                 return out
             except PoisonMessage as exc:
@@ -358,16 +355,20 @@ class Consumer(Generic[T]):
                 if not infrastructure_fault(exc):  # a bug or an unforeseen input: park it, keep the partition moving
                     log.exception("handler failed; message parked in DLQ", topic=self.topic, offset=record.offset)
                     return [self._to_dlq(record, "HANDLER_ERROR", f"{type(exc).__name__}: {exc}")]
-                RETRIES.labels(self.service, self.topic).inc()
-                if attempt == TRANSIENT_ATTEMPTS - 1:
-                    # Give up on this batch, not on the message: the batch is rewound and redelivered.
-                    log.warning("infrastructure error persists; batch will be redelivered", topic=self.topic,
-                                error=repr(exc)[:DETAIL_MAX_CHARS])
-                    raise
-                log.warning("infrastructure error; retrying", topic=self.topic, attempt=attempt + 1,
-                            error=repr(exc)[:DETAIL_MAX_CHARS])
-                await asyncio.sleep(min(BACKOFF_MAX_MS, BACKOFF_BASE_MS * 2**attempt) / 1000)
+                await self._pause_or_give_up(attempt, exc)
         raise AssertionError("unreachable: the loop returns or raises")
+
+    async def _pause_or_give_up(self, attempt: int, exc: Exception) -> None:
+        """An infrastructure error: wait (growing pauses) and let the caller try again, or after the last attempt
+        re-raise it — the batch is rewound and redelivered, the message is never given up on."""
+        RETRIES.labels(self.service, self.topic).inc()
+        if attempt == TRANSIENT_ATTEMPTS - 1:
+            log.warning("infrastructure error persists; batch will be redelivered", topic=self.topic,
+                        error=repr(exc)[:DETAIL_MAX_CHARS])
+            raise exc
+        log.warning("infrastructure error; retrying", topic=self.topic, attempt=attempt + 1,
+                    error=repr(exc)[:DETAIL_MAX_CHARS])
+        await asyncio.sleep(min(BACKOFF_MAX_MS, BACKOFF_BASE_MS * 2**attempt) / 1000)
 
     def _to_dlq(self, record: Any, reason: str, detail: str) -> Outgoing:
         MESSAGES.labels(self.service, self.topic, "dlq").inc()

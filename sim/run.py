@@ -354,12 +354,7 @@ class Run:
         new_id = str(created["binding_id"])
         self.model.bind_quota(new_id, grantor["psn_no"], recipient["psn_no"], quota)
         await self.until(lambda b: b["earmarked"] == quota, grantor, "earmark made")
-        deadline = time.monotonic() + ANSWER_TIMEOUT_S  # and settlement's read model knows the new order
-        while new_id not in (await self.read("settlement", "/bindings", psn_no=recipient["psn_no"]))["grantor_order"]:
-            if time.monotonic() > deadline:
-                self.diverged(f"settlement never learned binding {new_id}")
-                break
-            await asyncio.sleep(0.2)
+        await self.settlement_knows(recipient)
         return new_id
 
     async def transfer(self, sender: dict[str, Any], recipient: dict[str, Any], amount: int, accept: bool,
@@ -506,9 +501,11 @@ class Run:
                                                    "GrantorsReordered", f"reorder of {recipient['psn_no']}'s grantors"):
             return
         self.model.reorder(recipient["psn_no"], order)
-        await self.settlement_knows(recipient, order)
+        await self.settlement_knows(recipient)
 
-    async def settlement_knows(self, recipient: dict[str, Any], order: list[str]) -> None:
+    async def settlement_knows(self, recipient: dict[str, Any]) -> None:
+        """Wait until settlement's read model has the recipient's grantor order the model has (B7)."""
+        order = self.model.order.get(recipient["psn_no"], [])
         deadline = time.monotonic() + ANSWER_TIMEOUT_S
         while (await self.read("settlement", "/bindings", psn_no=recipient["psn_no"]))["grantor_order"] != order:
             if time.monotonic() > deadline:

@@ -54,6 +54,15 @@ def model_balances(model: Model) -> dict[str, dict[str, int]]:
     return out
 
 
+async def hold(store: WalletStore, transfer_id: str, to: str, amount: int, source: str) -> None:
+    """R sends `amount` to a relative in Sichuan from its account or its wallet: the money is held (W2)."""
+    await store.transfer_op("relate", "R", to, "1")
+    now = CLOCK.now()
+    held = await store.transfer_op("request", transfer_id, "R", to, "51", amount, domain.business_day(now),
+                                   epoch_ms(domain.expires_at(now)), 3, f"m{transfer_id}", source)
+    assert held["ok"], held
+
+
 async def scenario(own_cur: int, own_hist: int, grantors: list[tuple[int, FundingMode]], quotas: list[int],
                    single: bool, lots: list[int], bill: int, transfer: int, wallet_send: int) -> None:
     store = WalletStore(fakeredis.FakeAsyncRedis(decode_responses=True), "32", prefix=f"m{uuid.uuid4().hex[:6]}:")
@@ -100,11 +109,7 @@ async def scenario(own_cur: int, own_hist: int, grantors: list[tuple[int, Fundin
     sendable = own_cur + own_hist
     amount = min(transfer, sendable)
     if amount > 0:
-        await store.transfer_op("relate", "R", "X", "1")
-        now = CLOCK.now()
-        held = await store.transfer_op("request", "T1", "R", "X", "51", amount, domain.business_day(now),
-                                       epoch_ms(domain.expires_at(now)), 3, "mt", "account")
-        assert held["ok"], held
+        await hold(store, "T1", "X", amount, "account")
         model.hold("T1", "R", amount)
         assert await stack_balances(store, model) == model_balances(model)
         await store.transfer_op("void", "T1", "mv", "EXPIRED")
@@ -114,11 +119,7 @@ async def scenario(own_cur: int, own_hist: int, grantors: list[tuple[int, Fundin
     in_wallet = sum(lot.amount for lot in model.lots.get("R", []))
     amount = min(wallet_send, in_wallet)
     if amount > 0:  # W2 from the wallet, then S1's lots go home (W6), then the transfer is voided
-        await store.transfer_op("relate", "R", "Y", "1")
-        now = CLOCK.now()
-        held = await store.transfer_op("request", "T2", "R", "Y", "51", amount, domain.business_day(now),
-                                       epoch_ms(domain.expires_at(now)), 3, "mt2", "wallet")
-        assert held["ok"], held
+        await hold(store, "T2", "Y", amount, "wallet")
         model.hold_from_wallet("T2", "R", amount)
         assert await stack_balances(store, model) == model_balances(model)
         await store.transfer_op("return_lots", "R", SENDERS[0], "dissolved:x")
