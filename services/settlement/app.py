@@ -1,15 +1,7 @@
-"""Settlement service: hospital requests (2206/2207/2208/2601/3201/3202), wallet answers, read models.
-
-State machine of a 2207 record (key `s:req:<msgid>`):
-
-    AWAITING_WALLET ──PaymentCompleted──▶ PAID ──2208──▶ CANCELLING ──PaymentReversed──▶ CANCELLED
-          │  │                              └────2601──▶ REVERSING  ──PaymentReversed──▶ REVERSED
-          │  ├──PaymentRejected──▶ REFUSED
-          │  ├──deadline─────────▶ TIMED_OUT (answered -1, ReversePayment sent) ──PaymentReversed──▶ TIMED_OUT
-          │  └──2601─────────────▶ REVERSING (original answered -1)
-    (no account money needed) ────▶ PAID (cash only)
-    (validation failed) ──────────▶ REJECTED
-    (2601 before the request) ────▶ VOIDED (the request, if it ever arrives, is answered -1)
+"""Settlement service: wiring. Hospital requests (2206/2207/2208/2601/3201/3202) and wallet answers are decided
+by the pure state machine in machine.py over records loaded through store.py; the effects it returns become
+Kafka messages here and writes of the same transaction in store.py. Read models of bindings and identities are
+kept from their events.
 
 Every request gets exactly one reply content; redelivered or repeated requests republish the stored reply.
 """
@@ -27,13 +19,11 @@ from pydantic import TypeAdapter, ValidationError
 
 from contracts.binding import BindingCreated, BindingDissolved, BindingEvent, BindingKind, GrantorsReordered
 from contracts.enrollment import AccountCredited, EnrollmentEvent, PersonEnrolled, PersonTransferred, YearRolledOver
-from contracts.envelope import derive_id
 from contracts.his import (
     CancelData,
     DetailData,
     HisEnvelope,
     HisRequestError,
-    HisResult,
     ReversalData,
     SettleData,
     TotalsData,
@@ -41,7 +31,6 @@ from contracts.his import (
     first_error,
     parse_data,
     parse_his_json,
-    setlinfo,
 )
 from contracts.topics import (
     BINDING_EVENTS,
@@ -51,7 +40,6 @@ from contracts.topics import (
     WALLET_EVENTS,
     wallet_commands,
 )
-from contracts.types import fen_to_yuan
 from contracts.wallet import (
     AccountMovedIn,
     FundsReturned,
@@ -59,14 +47,12 @@ from contracts.wallet import (
     PaymentCompleted,
     PaymentRejected,
     PaymentReversed,
-    PaySettlement,
-    ReversePayment,
     TransferAccepted,
     WalletEvent,
 )
-from services.settlement import domain
-from services.settlement.domain import State
-from services.settlement.store import Record, SettlementStore, Tx, decode_out, encode_out, k_day, k_req, k_visit
+from services.settlement import domain, machine
+from services.settlement.machine import Command, Effect, KeepSent, Record, Reply, Resend, State
+from services.settlement.store import SettlementStore, Tx, decode_out, encode_out
 from shared.clock import Clock, china_time, epoch_ms
 from shared.kafka import BatchConflict, Consumer, Outgoing, PoisonMessage, model_parser, publish_all
 from shared.pii import kafka_key, keyed_hash
@@ -91,38 +77,40 @@ def parse_request(raw: bytes) -> dict[str, Any]:
 
 
 def reply_out(rec: Record) -> Outgoing:
-    return Outgoing(HIS_RESULTS, kafka_key(rec["msgid"]), rec["reply"].encode(),
+    if rec.reply is None:
+        raise ValueError(f"record {rec.msgid} has no reply to send")
+    return Outgoing(HIS_RESULTS, kafka_key(rec.msgid), rec.reply.encode(),
                     {"content-type": "application/json", "message-type": "HisResult"})
 
 
-def remember(tx: Tx, rec: Record, out: list[Outgoing]) -> list[Outgoing]:
-    """Store a request's outgoing commands with its record: if the process dies after the commit but before
-    Kafka confirmed them, the redelivered request sends them again (the wallet is idempotent)."""
-    rec["resend"] = encode_out(out)
-    tx.put(rec)
+def execute(tx: Tx, effects: list[Effect]) -> list[Outgoing]:
+    """Carry out a transition's effects: messages are returned to be published after the commit, writes join
+    the transaction. A record marked KeepSent is stored with the messages, to be sent again on redelivery."""
+    out: list[Outgoing] = []
+    keep: list[Record] = []
+    for effect in effects:
+        match effect:
+            case Reply(rec):
+                out.append(reply_out(rec))
+            case Resend(rec):
+                out.extend(decode_out(rec.resend) if rec.resend else [])
+            case Command(province, cmd):
+                out.append(Outgoing.of(wallet_commands(province), kafka_key(cmd.payment_id), cmd))
+            case KeepSent(rec):
+                keep.append(rec)
+            case _:
+                tx.apply(effect)
+    for rec in keep:
+        if out:
+            tx.put(rec.model_copy(update={"resend": encode_out(out)}))
     return out
 
 
-def resend(rec: Record) -> list[Outgoing]:
-    return decode_out(rec["resend"]) if rec.get("resend") else []
-
-
-def booked_clearing(rec: Record) -> int:
-    """Fen this settlement booked into W7 clearing and has not unbooked. Records paid before `cleared_fen`
-    existed booked their account and wallet parts when cross-province."""
-    if "cleared_fen" in rec:
-        return int(rec["cleared_fen"])
-    if rec.get("infno") == "2207" and rec.get("split") and rec.get("care") != rec.get("province"):
-        return int(rec["split"]["acct_fen"]) + int(rec["split"]["wallet_fen"])  # `split` is set once paid
-    return 0
-
-
-def answer(rec: Record, err: str | None = None, output: dict[str, Any] | None = None,
-           warn: str | None = None) -> Outgoing:
-    result = HisResult(infcode=-1 if err else 0, err_msg=err, warn_msg=warn, msgid=rec["msgid"], infno=rec["infno"],
-                       output=output or {})
-    rec["reply"] = result.model_dump_json()
-    return reply_out(rec)
+def received(env: HisEnvelope, state: State = State.DONE, **fields: Any) -> Record:
+    """A request's record as received, before any transition."""
+    return Record(msgid=env.msgid, infno=env.infno, state=state, fixmedins=env.fixmedins_code,
+                  day=env.inf_time[:10], insuplc=env.insuplc_admdvs, province=env.insuplc_admdvs[:2],
+                  care=env.mdtrtarea_admvs[:2], **fields)
 
 
 class SettlementService:
@@ -143,10 +131,9 @@ class SettlementService:
         try:
             env = HisEnvelope.model_validate(obj)
             check_sender(env)
-        except ValidationError as exc:
-            return [answer({"msgid": msgid, "infno": infno}, first_error(exc))]
-        except HisRequestError as exc:
-            return [answer({"msgid": msgid, "infno": infno}, str(exc))]
+        except (ValidationError, HisRequestError) as exc:
+            err = first_error(exc) if isinstance(exc, ValidationError) else str(exc)
+            return [reply_out(machine.answered(Record(msgid=msgid, infno=infno, state=State.REJECTED), err))]
         try:
             data = parse_data(env)
         except HisRequestError as exc:
@@ -165,23 +152,9 @@ class SettlementService:
 
     async def _reject(self, msgid: str, infno: str, err: str) -> list[Outgoing]:
         async def decide(tx: Tx) -> list[Outgoing]:
-            rec = await tx.get(msgid)
-            if rec is not None and rec.get("reply"):
-                return [reply_out(rec)]
-            if rec is not None and rec.get("state") != State.VOIDED:
-                return []  # a valid request with this msgid is in flight; its answer stands
-            new = {"msgid": msgid, "infno": infno, "state": State.REJECTED}
-            out = answer(new, err)
-            tx.put(new)
-            return [out]
+            return execute(tx, machine.reject(await tx.get(msgid), msgid, infno, err))
 
         return await self.store.transact(None, decide)
-
-    def _base(self, env: HisEnvelope, **fields: Any) -> Record:
-        return {"msgid": env.msgid, "infno": env.infno, "fixmedins": env.fixmedins_code,
-                "day": env.inf_time[:10], "insuplc": env.insuplc_admdvs, "province": env.insuplc_admdvs[:2],
-                "care": env.mdtrtarea_admvs[:2],
-                "waiting": [], **fields}
 
     async def _settle(self, env: HisEnvelope, d: SettleData) -> list[Outgoing]:
         # Validation reads only read models; the record itself is written in one transaction below.
@@ -210,159 +183,38 @@ class SettlementService:
             return await self._reject(env.msgid, env.infno, problem)
         plan = domain.build_plan(d, order, views, scanned)
         setl_id = domain.setl_id_for(env.msgid)
-        payment_id = setl_id if env.infno == "2207" else domain.quote_payment_id(env.msgid)
-        needs_wallet = d.psn_part_amt > 0 and (plan.use_own or plan.grantors or plan.use_wallet)
-        deadline_ms = epoch_ms(self.clock.now()) + self.settings.wallet_timeout_ms
+        needs_wallet = d.psn_part_amt > 0 and bool(plan.use_own or plan.grantors or plan.use_wallet)
+        new = received(env, State.AWAITING_WALLET, psn_no=d.psn_no, mdtrt_id=d.mdtrt_id, setl_id=setl_id,
+                       payment_id=setl_id if env.infno == "2207" else domain.quote_payment_id(env.msgid),
+                       medfee=d.medfee_sumamt, fund=d.fund_pay_sumamt, part=d.psn_part_amt, wallet_used=needs_wallet,
+                       warn=warning)
+        deadline_ms = epoch_ms(now) + self.settings.wallet_timeout_ms
 
         async def decide(tx: Tx) -> list[Outgoing]:
-            rec = await tx.get(env.msgid)
-            if rec is not None:
-                if rec.get("reply"):
-                    return [reply_out(rec)]
-                if rec["state"] != State.VOIDED:
-                    return resend(rec)  # in flight: repeat our command (idempotent); the answer is on its way
-                rec.update(self._base(env, state=State.VOIDED))
-                out = answer(rec, f"request was reversed by 2601 {rec.get('reversed_by', '')} before it arrived")
-                tx.put(rec)
-                return [out]
-            rec = self._base(env, state=State.AWAITING_WALLET, psn_no=d.psn_no, mdtrt_id=d.mdtrt_id, setl_id=setl_id,
-                             payment_id=payment_id, medfee=d.medfee_sumamt, fund=d.fund_pay_sumamt,
-                             part=d.psn_part_amt, wallet_used=bool(needs_wallet), warn=warning)
-            if env.infno == "2207":
-                held_by = await tx.value(k_visit(env.fixmedins_code, d.mdtrt_id))
-                settled = await tx.get(held_by) if held_by else None
-                if settled is not None and settled["state"] in domain.VISIT_HELD_STATES:
-                    rec["state"] = State.REJECTED
-                    out = answer(rec, f"input.data.mdtrt_id: visit {d.mdtrt_id} is already settled as setl_id "
-                                      f"{settled['setl_id']} ({settled['state'].lower()}); cancel it with 2208 "
-                                      "before settling the visit again")
-                    tx.put(rec)
-                    return [out]
-                tx.set_value(k_visit(env.fixmedins_code, d.mdtrt_id), env.msgid)
-                tx.set_value(f"s:setl:{setl_id}", env.msgid)
-            if not needs_wallet:  # S5 or nothing to pay: all cash, no wallet round trip
-                return [self._paid(tx, rec, domain.cash_only(d.psn_part_amt))]
-            tx.set_value(f"s:pay:{payment_id}", env.msgid)
-            tx.op(lambda p: p.zadd("s:deadlines", {env.msgid: deadline_ms}))
-            cmd = PaySettlement(message_id=derive_id("PaySettlement", env.msgid), correlation_id=env.msgid,
-                                causation_id=env.msgid, occurred_at=self.clock.now(), payment_id=payment_id,
-                                psn_no=d.psn_no,
-                                amount_fen=d.psn_part_amt, plan=plan, dry_run=env.infno == "2206")
-            return remember(tx, rec, [Outgoing.of(wallet_commands(rec["province"]), kafka_key(payment_id), cmd)])
+            existing = await tx.get(env.msgid)
+            holder = await tx.visit_holder(env.fixmedins_code, d.mdtrt_id) if (
+                existing is None and env.infno == "2207") else None
+            return execute(tx, machine.settle(existing, new, holder, plan if needs_wallet else None, now,
+                                              deadline_ms))
 
         return await self.store.transact(None, decide)
 
-    def _paid(self, tx: Tx, rec: Record, split: domain.Split) -> Outgoing:
-        rec["state"] = State.PAID if rec["infno"] == "2207" else State.QUOTED
-        rec["split"] = split.__dict__
-        info = setlinfo(setl_id=rec["setl_id"], psn_no=rec["psn_no"], mdtrt_id=rec["mdtrt_id"],
-                        medfee_fen=rec["medfee"], fund_fen=rec["fund"], part_fen=rec["part"], acct_fen=split.acct_fen,
-                        mulaid_fen=split.mulaid_fen, wallet_fen=split.wallet_fen, cash_fen=split.cash_fen,
-                        balc_fen=split.balc_fen)
-        # S4 dual code: say so only when relatives' money could have spared the patient cash
-        out = answer(rec, output={"setlinfo": info.model_dump()}, warn=rec.get("warn") if split.cash_fen else None)
-        tx.put(rec)
-        tx.op(lambda p: p.zrem("s:deadlines", rec["msgid"]))
-        if rec["infno"] == "2207" and rec["care"] != rec["province"]:
-            rec["cleared_fen"] = split.acct_fen + split.wallet_fen  # what a refund may take back from clearing
-            self._clear(tx, rec["day"], rec["province"], rec["care"], "care", rec["cleared_fen"])
-        if rec["infno"] == "2207":
-            row = {"setl_id": rec["setl_id"], "msgid": rec["msgid"], "medfee_fen": rec["medfee"],
-                   "acct_fen": split.acct_fen}
-            tx.op(lambda p: p.hset(k_day(rec["fixmedins"], rec["day"]), rec["setl_id"], json.dumps(row)))
-        return out
-
-    def _reverse_cmd(self, rec: Record, why: str) -> Outgoing:
-        cmd = ReversePayment(message_id=derive_id("ReversePayment", rec["payment_id"]), correlation_id=rec["msgid"],
-                             causation_id=why, occurred_at=self.clock.now(), payment_id=rec["payment_id"],
-                             psn_no=rec["psn_no"])
-        return Outgoing.of(wallet_commands(rec["province"]), kafka_key(rec["payment_id"]), cmd)
-
     async def _cancel(self, env: HisEnvelope, d: CancelData) -> list[Outgoing]:
         # S6: 2208 by setl_id returns every fen to where it came from.
-        orig_msgid = await self.store.value(f"s:setl:{d.setl_id}")
-
         async def decide(tx: Tx) -> list[Outgoing]:
-            me = await tx.get(env.msgid)
-            if me is not None:
-                return [reply_out(me)] if me.get("reply") else resend(me)
-            me = self._base(env, state=State.REJECTED)
-            orig = await tx.get(orig_msgid) if orig_msgid else None
-            if (orig is None or orig.get("psn_no") != d.psn_no or orig.get("mdtrt_id") != d.mdtrt_id
-                    or orig.get("fixmedins") != env.fixmedins_code):  # only the institution that settled it
-                out = answer(me, "input.data.setl_id: no settlement with this setl_id for this psn_no and mdtrt_id")
-            elif orig["state"] in (State.CANCELLING, State.REVERSING):
-                me["state"] = State.AWAITING_REVERSAL
-                orig["waiting"].append(env.msgid)
-                tx.put(orig)
-                tx.put(me)
-                return []
-            elif orig["state"] != State.PAID:
-                out = answer(me, f"setl_id: settlement is {orig['state'].lower()}, nothing to cancel")
-            elif not orig["wallet_used"]:
-                orig["state"] = State.CANCELLED
-                tx.put(orig)
-                tx.op(lambda p: p.hdel(k_day(orig["fixmedins"], orig["day"]), orig["setl_id"]))
-                me["state"] = State.DONE
-                out = answer(me, output={"setl_id": d.setl_id, "refunded": "0.00"})
-            else:
-                orig["state"] = State.CANCELLING
-                orig["waiting"].append(env.msgid)
-                me["state"] = State.AWAITING_REVERSAL
-                tx.put(orig)
-                return remember(tx, me, [self._reverse_cmd(orig, env.msgid)])
-            tx.put(me)
-            return [out]
+            existing = await tx.get(env.msgid)
+            orig = await tx.settlement(d.setl_id) if existing is None else None
+            return execute(tx, machine.cancel(existing, received(env), orig, d.psn_no, d.mdtrt_id, self.clock.now()))
 
         return await self.store.transact(None, decide)
 
     async def _reverse(self, env: HisEnvelope, d: ReversalData) -> list[Outgoing]:
         # S6: 2601 by original msgid, whatever state it reached, including "never arrived".
         async def decide(tx: Tx) -> list[Outgoing]:
-            me = await tx.get(env.msgid)
-            if me is not None:
-                return [reply_out(me)] if me.get("reply") else resend(me)
-            me = self._base(env, state=State.DONE)
-            if d.oinfno == "2208":
-                me["state"] = State.REJECTED
-                out = answer(me, "input.data.oinfno: reversing a cancel is not supported; settle again with 2207")
-                tx.put(me)
-                return [out]
-            orig = await tx.get(d.omsgid)
-            outs: list[Outgoing] = []
-            if not d.omsgid.startswith(env.fixmedins_code) or (orig is not None and orig.get("psn_no", d.psn_no)
-                                                                  != d.psn_no):
-                # Only the institution that sent a request may reverse it, and only for the same person; the
-                # answer does not say whether another institution's msgid exists.
-                me["state"] = State.REJECTED
-                out = answer(me, "input.data.omsgid: no request with this msgid from this institution for this "
-                                 "psn_no")
-                tx.put(me)
-                return [out]
-            if orig is None:  # never arrived: void it so a late arrival is refused
-                tx.put({"msgid": d.omsgid, "infno": d.oinfno, "state": State.VOIDED, "reversed_by": env.msgid,
-                        "waiting": []})
-                outs.append(answer(me, output={"omsgid": d.omsgid, "result": "voided_before_arrival"}))
-            elif orig["state"] in (State.AWAITING_WALLET, State.PAID) and orig.get("wallet_used"):
-                if orig["state"] == State.AWAITING_WALLET:  # the original is answered now, definitely
-                    outs.append(answer(orig, f"reversed by 2601 {env.msgid}"))
-                    tx.op(lambda p: p.zrem("s:deadlines", orig["msgid"]))
-                orig["state"] = State.REVERSING
-                orig["waiting"].append(env.msgid)
-                tx.put(orig)
-                me["state"] = State.AWAITING_REVERSAL
-                outs.append(self._reverse_cmd(orig, env.msgid))
-            elif orig["state"] in (State.CANCELLING, State.REVERSING):
-                orig["waiting"].append(env.msgid)
-                tx.put(orig)
-                me["state"] = State.AWAITING_REVERSAL
-            else:
-                if orig["state"] == State.PAID:  # cash only: nothing moved in accounts
-                    orig["state"] = State.REVERSED
-                    tx.put(orig)
-                    tx.op(lambda p: p.hdel(k_day(orig["fixmedins"], orig["day"]), orig["setl_id"]))
-                outs.append(answer(me, output={"omsgid": d.omsgid, "result": orig["state"].lower()}))
-            return remember(tx, me, outs)
+            existing = await tx.get(env.msgid)
+            orig = await tx.get(d.omsgid) if existing is None and d.oinfno != "2208" else None
+            return execute(tx, machine.reverse(existing, received(env), d.omsgid, d.oinfno, d.psn_no, orig,
+                                               self.clock.now()))
 
         return await self.store.transact(None, decide)
 
@@ -377,13 +229,7 @@ class SettlementService:
             output = domain.reconcile_details(ours, theirs, d.page_num, d.page_size)
 
         async def decide(tx: Tx) -> list[Outgoing]:
-            me = await tx.get(env.msgid)
-            if me is not None and me.get("reply"):
-                return [reply_out(me)]
-            me = self._base(env, state=State.DONE)
-            out = answer(me, output=output)
-            tx.put(me)
-            return [out]
+            return execute(tx, machine.reconciled(await tx.get(env.msgid), received(env), output))
 
         return await self.store.transact(None, decide)
 
@@ -393,15 +239,15 @@ class SettlementService:
         """Read what a batch of hospital requests will look at, in a few round trips: their records, the visit
         and setl_id indexes and the records those point to, and every 2206/2207's person and bindings. Taken
         from the raw requests before validation: a wrong hint costs a read later, never a wrong answer."""
-        keys: list[str] = []
-        contexts: list[tuple[str, str | None, str | None]] = []
         if any(obj.get("infno") in ("3201", "3202") for obj in requests):
             # a reconciliation reads the day's rows, which earlier requests of the batch may change: such a
             # (rare) batch is decided one message per transaction
             raise BatchConflict("a reconciliation in the batch")
+        msgids = [obj["msgid"] for obj in requests if obj["msgid"].isascii()]
+        visits: list[tuple[str, str]] = []
+        setl_ids: list[str] = []
+        contexts: list[tuple[str, str | None, str | None]] = []
         for obj in requests:
-            if obj["msgid"].isascii():
-                keys.append(k_req(obj["msgid"]))
             data = obj.get("input", {}).get("data") if isinstance(obj.get("input"), dict) else None
             if not isinstance(data, dict):
                 continue
@@ -413,36 +259,22 @@ class SettlementService:
                 id_hash = keyed_hash(self.settings.pii_hash_key, cert_no) if cert == "02" else None
                 contexts.append((text["psn_no"], id_hash, cert_no if cert == "03" else None))
                 if infno == "2207" and isinstance(fixmedins, str) and fixmedins.isascii() and "mdtrt_id" in text:
-                    keys.append(k_visit(fixmedins, text["mdtrt_id"]))
+                    visits.append((fixmedins, text["mdtrt_id"]))
             elif infno == "2208" and "setl_id" in text:
-                keys.append(f"s:setl:{text['setl_id']}")
+                setl_ids.append(text["setl_id"])
             elif infno == "2601" and "omsgid" in text:
-                keys.append(k_req(text["omsgid"]))
-
-
-        async def records() -> None:  # watched, on the transaction's connection
-            await tx.prefetch(keys)
-            await tx.prefetch(k_req(v) for k in keys if not k.startswith("s:req:") and (v := tx.values.get(k)))
+                msgids.append(text["omsgid"])
 
         async def read_models() -> None:  # not watched, on another connection meanwhile
             tx.memo.update(await self.store.settle_contexts(contexts))
 
-        await asyncio.gather(records(), read_models())
+        await asyncio.gather(tx.prefetch_requests(msgids, visits, setl_ids), read_models())
 
     async def prefetch_wallet(self, tx: Tx, events: list[Any]) -> None:
         payments = [e for e in events if isinstance(e, PaymentCompleted | PaymentRejected | PaymentReversed)]
-        index = [f"s:pay:{e.payment_id}" for e in payments]
-        await tx.prefetch([*index, *(f"s:done:{e.message_id}" for e in payments)])
-        await tx.prefetch(k_req(v) for k in index if (v := tx.values.get(k)))
+        await tx.prefetch_payments([e.payment_id for e in payments], [e.message_id for e in payments])
 
     # ================================================================ wallet answers
-
-    @staticmethod
-    def _clear(tx: Tx, day: str, payer: str, payee: str, kind: str, fen: int) -> None:
-        """W7: money that crossed provinces, booked per day and province pair."""
-        if fen and payer != payee:
-            tx.op(lambda p: p.hincrby(f"s:clr:{day}", f"{payer}>{payee}:{kind}", fen))
-            tx.op(lambda p: p.sadd("s:clr:days", day))
 
     async def on_wallet(self, e: Any, _record: Any) -> list[Outgoing]:
         if isinstance(e, TransferAccepted | LotsReturned | AccountMovedIn) or (
@@ -453,7 +285,7 @@ class SettlementService:
         stored = await self.store.done(e.message_id)
         if stored is not None:
             return stored
-        msgid = await self.store.value(f"s:pay:{e.payment_id}")
+        msgid = await self.store.payment_msgid(e.payment_id)
         if msgid is None:
             return []  # not ours (another settlement instance's test data) or already purged
 
@@ -462,46 +294,14 @@ class SettlementService:
             if rec is None:
                 return []
             if isinstance(e, PaymentCompleted):
-                if rec["state"] != State.AWAITING_WALLET:
-                    return []  # timed out or reversed meanwhile; the ReversePayment settles the money
-                split = domain.Split(e.acct_pay_fen, e.mulaid_pay_fen, e.wallet_pay_fen, e.cash_fen,
-                                     e.own_balance_after_fen)
-                if e.amount_fen != rec["part"]:
-                    raise PoisonMessage("AMOUNT_MISMATCH", "wallet paid a different amount than requested")
-                return [self._paid(tx, rec, split)]
+                try:
+                    return execute(tx, machine.payment_completed(rec, e))
+                except machine.AmountMismatch as exc:
+                    raise PoisonMessage("AMOUNT_MISMATCH", str(exc)) from None
             if isinstance(e, PaymentRejected):
-                if rec["state"] != State.AWAITING_WALLET:
-                    return []
-                rec["state"] = State.REFUSED
-                out = answer(rec, f"wallet refused the payment: {e.reason} {e.detail}".strip())
-                tx.put(rec)
-                tx.op(lambda p: p.zrem("s:deadlines", rec["msgid"]))
-                return [out]
-            # PaymentReversed: finish whatever asked for it and answer everyone waiting
-            final = {State.CANCELLING: State.CANCELLED, State.REVERSING: State.REVERSED}.get(rec["state"], rec["state"])
-            rec["state"] = final
-            rec["refunded_fen"] = e.refunded_fen
-            outs: list[Outgoing] = []
-            for waiting in rec["waiting"]:
-                w = await tx.get(waiting)
-                if w is None or w.get("reply"):
-                    continue
-                w["state"] = State.DONE
-                outs.append(answer(w, output={"setl_id": rec.get("setl_id"), "omsgid": rec["msgid"],
-                                              "refunded": fen_to_yuan(e.refunded_fen)}))
-                tx.put(w)
-            rec["waiting"] = []
-            # W7: a refund takes back only what this settlement booked into clearing. A payment that was never
-            # answered as paid (timed out, or reversed by an early 2601) booked nothing, so it unbooks nothing.
-            booked = booked_clearing(rec)
-            unbooked = min(e.refunded_fen, booked)
-            if unbooked:
-                rec["cleared_fen"] = booked - unbooked
-                self._clear(tx, rec["day"], rec["province"], rec["care"], "care", -unbooked)
-            tx.put(rec)
-            if rec.get("setl_id"):
-                tx.op(lambda p: p.hdel(k_day(rec["fixmedins"], rec["day"]), rec["setl_id"]))
-            return outs
+                return execute(tx, machine.payment_rejected(rec, e))
+            waiting = {m: await tx.get(m) for m in rec.waiting}
+            return execute(tx, machine.payment_reversed(rec, e, waiting))
 
         return await self.store.transact(e.message_id, decide)
 
@@ -510,16 +310,7 @@ class SettlementService:
         day = china_time(e.occurred_at).date().isoformat()
 
         async def decide(tx: Tx) -> list[Outgoing]:
-            if isinstance(e, TransferAccepted):
-                self._clear(tx, day, e.from_province, e.province, "transfer", e.amount_fen)
-            elif isinstance(e, AccountMovedIn):  # 关系转移接续: the account's money changes fund
-                self._clear(tx, day, e.from_province, e.province, "account_move", e.amount_fen)
-            elif isinstance(e, FundsReturned):  # money that followed a person who moved
-                self._clear(tx, day, e.holder_province, e.province, "account_move", e.amount_fen)
-            else:
-                for r in e.returns:
-                    self._clear(tx, day, e.province, str(r["sender_prov"]), "lot_return", int(r["amount_fen"]))
-            return []
+            return execute(tx, machine.transfer_cleared(e, day))
 
         if await self.store.done(e.message_id) is not None:
             return []
@@ -527,13 +318,7 @@ class SettlementService:
 
     async def clearing(self, period: str) -> dict[str, Any]:
         """W7 statement for a day (YYYY-MM-DD) or the monthly roll-up of its days (YYYY-MM)."""
-        days = [period] if len(period) == 10 else sorted(
-            d for d in await self.store.client.smembers("s:clr:days") if d.startswith(period + "-"))
-        totals: dict[str, int] = {}
-        for day in days:
-            for k, v in (await self.store.client.hgetall(f"s:clr:{day}")).items():
-                totals[k] = totals.get(k, 0) + int(v)
-        return domain.clearing_statement(period, totals)
+        return domain.clearing_statement(period, await self.store.clearing_totals(period))
 
     # ================================================================ deadlines (wallet timeout)
 
@@ -542,18 +327,8 @@ class SettlementService:
         timed_out = 0
         for msgid in await self.store.due(epoch_ms(self.clock.now())):
             async def decide(tx: Tx, msgid: str = msgid) -> list[Outgoing]:
-                rec = await tx.get(msgid)
-                tx.op(lambda p: p.zrem("s:deadlines", msgid))
-                if rec is None or rec["state"] != State.AWAITING_WALLET:
-                    return []
-                rec["state"] = State.TIMED_OUT
-                ms = self.settings.wallet_timeout_ms
-                out = [answer(rec, f"wallet of province {rec['province']} did not answer within {ms} ms; "
-                                   "nothing was charged, settle again or pay cash")]
-                tx.put(rec)
-                if rec["infno"] == "2207":
-                    out.append(self._reverse_cmd(rec, "timeout"))
-                return out
+                return execute(tx, machine.timed_out(msgid, await tx.get(msgid), self.settings.wallet_timeout_ms,
+                                                     self.clock.now()))
 
             if await self.store.transact(None, decide, outbox=True):
                 timed_out += 1
@@ -567,29 +342,17 @@ class SettlementService:
     # ================================================================ read models
 
     async def on_binding(self, e: Any, _record: Any) -> list[Outgoing]:
-        c = self.store.client
+        aid = getattr(e, "kind", None) == BindingKind.MUTUAL_AID
         if isinstance(e, BindingCreated):
             view = domain.BindingView(binding_id=e.binding_id, grantor_psn_no=e.grantor_psn_no,
                                       recipient_psn_no=e.recipient_psn_no, kind=e.kind, funding_mode=e.funding_mode,
                                       multi_grantor_mode=e.multi_grantor_mode,
                                       dual_code_required=e.dual_code_required)
-            async with c.pipeline(transaction=True) as p:
-                p.set(f"s:rm:b:{e.binding_id}", view.model_dump_json())
-                p.sadd(f"s:rm:of:{e.recipient_psn_no}", e.binding_id)
-                if e.kind == BindingKind.MUTUAL_AID:
-                    p.set(f"s:rm:order:{e.recipient_psn_no}", json.dumps(e.grantor_order))
-                await p.execute()
+            await self.store.save_binding(view, e.grantor_order if aid else None)
         elif isinstance(e, BindingDissolved):
-            raw = await c.get(f"s:rm:b:{e.binding_id}")
-            async with c.pipeline(transaction=True) as p:
-                if raw:
-                    view = domain.BindingView.model_validate_json(raw).model_copy(update={"active": False})
-                    p.set(f"s:rm:b:{e.binding_id}", view.model_dump_json())
-                if e.kind == BindingKind.MUTUAL_AID:
-                    p.set(f"s:rm:order:{e.recipient_psn_no}", json.dumps(e.grantor_order))
-                await p.execute()
+            await self.store.end_binding(e.binding_id, e.recipient_psn_no, e.grantor_order if aid else None)
         elif isinstance(e, GrantorsReordered):
-            await c.set(f"s:rm:order:{e.recipient_psn_no}", json.dumps(e.grantor_order))
+            await self.store.save_order(e.recipient_psn_no, e.grantor_order)
         return []
 
     async def on_enrollment(self, e: Any, _record: Any) -> list[Outgoing]:
@@ -598,23 +361,17 @@ class SettlementService:
         current = await self.store.person(e.psn_no)
         if current is not None and e.version <= current.version:
             return []  # stale or duplicate (same rule as the binding service)
-        c = self.store.client
-        async with c.pipeline(transaction=True) as p:
-            if isinstance(e, PersonEnrolled):
-                view = domain.PersonView(psn_no=e.psn_no, admdvs=e.admdvs, version=e.version,
-                                         id_hash=keyed_hash(self.settings.pii_hash_key, e.id_no), card_no=e.card_no)
-                p.set(f"s:idn:{view.id_hash}", e.psn_no)
-                if e.card_no:
-                    p.set(f"s:card:{e.card_no}", e.psn_no)
-            elif current is None:
-                return []
-            else:
-                status = {"PersonSuspended": "suspended", "PersonTerminated": "terminated",
-                          "PersonDied": "died"}.get(e.type, current.status)
-                view = current.model_copy(update={"admdvs": e.admdvs if isinstance(e, PersonTransferred)
-                                                  else current.admdvs, "status": status, "version": e.version})
-            p.set(f"s:psn:{e.psn_no}", view.model_dump_json())
-            await p.execute()
+        if isinstance(e, PersonEnrolled):
+            view = domain.PersonView(psn_no=e.psn_no, admdvs=e.admdvs, version=e.version,
+                                     id_hash=keyed_hash(self.settings.pii_hash_key, e.id_no), card_no=e.card_no)
+        elif current is None:
+            return []
+        else:
+            status = {"PersonSuspended": "suspended", "PersonTerminated": "terminated",
+                      "PersonDied": "died"}.get(e.type, current.status)
+            view = current.model_copy(update={"admdvs": e.admdvs if isinstance(e, PersonTransferred)
+                                              else current.admdvs, "status": status, "version": e.version})
+        await self.store.save_person(view, enrolled=isinstance(e, PersonEnrolled))
         return []
 
 
@@ -642,7 +399,7 @@ def create_app(settings: Settings | None = None) -> Any:
     @get
     async def settlement(request: Request) -> AsgiResponse:
         msgid = query_one(request, "msgid")
-        raw = await parts.redis.get(f"s:req:{msgid}")
+        raw = await service.store.record_json(msgid)
         return JSONResponse(json.loads(raw) if raw else {"error": "unknown msgid"}, status_code=200 if raw else 404)
 
     @get

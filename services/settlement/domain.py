@@ -1,4 +1,5 @@
-"""Settlement rules S1–S8 as pure functions. No I/O: handlers in app.py load state, call these, store results.
+"""Settlement rules S1–S8 as pure functions (validation, funding plan, reconciliation, clearing); the record's
+state machine is in machine.py. No I/O: handlers in app.py load state, call these, store results.
 
 Decisions where DOMAIN.md is silent (each also noted at the rule):
 - e-voucher (01): `mdtrt_cert_no` is the code scanned from the patient's phone (shared/evoucher.py); it must be
@@ -15,9 +16,7 @@ Decisions where DOMAIN.md is silent (each also noted at the rule):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
-from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
@@ -28,29 +27,6 @@ from contracts.his import HisRequestError, SettleData
 from contracts.wallet import FundingPlan, GrantorSource
 from shared import evoucher
 from shared.policy import RegionPolicy
-
-
-# States of a 2207 in which it holds its visit (mdtrt_id): a second 2207 for the visit is refused until the
-# first is cancelled (2208), reversed (2601), refused by the wallet or timed out.
-class State(StrEnum):
-    """Where a settlement record is (see the state machine in app.py); stored by value."""
-
-    AWAITING_WALLET = "AWAITING_WALLET"
-    PAID = "PAID"
-    QUOTED = "QUOTED"  # a 2206 answered
-    CANCELLING = "CANCELLING"
-    CANCELLED = "CANCELLED"
-    REVERSING = "REVERSING"
-    REVERSED = "REVERSED"
-    REFUSED = "REFUSED"  # the wallet refused the payment
-    TIMED_OUT = "TIMED_OUT"
-    REJECTED = "REJECTED"  # the request itself was refused
-    VOIDED = "VOIDED"  # reversed by a 2601 before it arrived
-    DONE = "DONE"  # a 2208/2601/3201/3202 answered
-    AWAITING_REVERSAL = "AWAITING_REVERSAL"  # a 2208/2601 waiting for the wallet's refund
-
-
-VISIT_HELD_STATES = frozenset({State.AWAITING_WALLET, State.PAID, State.CANCELLING, State.REVERSING})
 
 
 class BindingView(BaseModel):
@@ -167,19 +143,6 @@ def setl_id_for(msgid: str) -> str:
 
 def quote_payment_id(msgid: str) -> str:
     return "Q" + derive_id("quote", msgid).replace("-", "")[:24].upper()
-
-
-@dataclass(frozen=True)
-class Split:
-    acct_fen: int
-    mulaid_fen: int
-    wallet_fen: int
-    cash_fen: int
-    balc_fen: int
-
-
-def cash_only(part_fen: int, balc_fen: int = 0) -> Split:
-    return Split(0, 0, 0, part_fen, balc_fen)
 
 
 # ---------------------------------------------------------------- reconciliation (S7)

@@ -25,6 +25,19 @@ from redis.asyncio.client import Pipeline
 from redis.exceptions import WatchError
 
 from services.settlement.domain import BindingView, PersonView
+from services.settlement.machine import (
+    BookDay,
+    Clear,
+    Effect,
+    HoldVisit,
+    IndexPayment,
+    IndexSettlement,
+    Record,
+    Save,
+    StartDeadline,
+    StopDeadline,
+    UnbookDay,
+)
 from shared.kafka import BatchConflict, Outgoing
 
 # (person, whom the certificate belongs to, grantor order, binding views) of one 2206/2207
@@ -34,7 +47,6 @@ MAX_CAS_ATTEMPTS = 20
 MAX_BATCH_ATTEMPTS = 3  # a batch whose keys keep changing under it goes message by message instead
 IDEMPOTENCY_TTL_S = 35 * 86400  # longer than Kafka retention: every redelivery still finds its record
 
-Record = dict[str, Any]
 T = TypeVar("T")
 
 
@@ -50,6 +62,28 @@ def k_visit(fixmedins: str, mdtrt_id: str) -> str:
 
 def k_day(fixmedins: str, day: str) -> str:
     return f"s:day:{fixmedins}:{day}"
+
+
+def k_setl(setl_id: str) -> str:
+    return f"s:setl:{setl_id}"
+
+
+def k_pay(payment_id: str) -> str:
+    return f"s:pay:{payment_id}"
+
+
+def k_done(message_id: str) -> str:
+    return f"s:done:{message_id}"
+
+
+def k_clearing(day: str) -> str:
+    return f"s:clr:{day}"
+
+
+K_CLEARING_DAYS = "s:clr:days"
+K_DEADLINES = "s:deadlines"
+K_OUTBOX = "s:outbox"
+K_FLAGS = "s:flags"
 
 
 def encode_out(out: list[Outgoing]) -> str:
@@ -68,7 +102,7 @@ class Tx:
     def __init__(self, pipe: Pipeline) -> None:
         self.pipe = pipe
         self.values: dict[str, str | None] = {}  # key → its value as this transaction sees it (JSON for records)
-        self.dirty: dict[str, Record] = {}  # records put: serialised at commit, so later changes are included
+        self.dirty: dict[str, Record] = {}  # records saved: serialised at commit
         self.ops: list[Callable[[Pipeline], Any]] = []
         self.journal: list[tuple[str, bool, Any]] = []  # (key, was_dirty, previous) for rollback to a savepoint
         self.memo: dict[Any, Any] = {}  # read models fetched for the batch (not watched: read models)
@@ -82,26 +116,48 @@ class Tx:
         for key, raw in zip(missing, await self.pipe.mget(missing), strict=True):
             self.values[key] = raw
 
+    async def prefetch_requests(self, msgids: Iterable[str], visits: Iterable[tuple[str, str]],
+                                setl_ids: Iterable[str]) -> None:
+        """A batch of hospital requests: their records, the visit and setl_id indexes and the records those point
+        to (2601s name the records they reverse among `msgids`)."""
+        indexes = [*(k_visit(f, m) for f, m in visits), *(k_setl(s) for s in setl_ids)]
+        await self.prefetch([*(k_req(m) for m in msgids), *indexes])
+        await self.prefetch(k_req(v) for k in indexes if (v := self.values.get(k)))
+
+    async def prefetch_payments(self, payment_ids: Iterable[str], message_ids: Iterable[str]) -> None:
+        """A batch of wallet answers: whether each was seen, the payment index and the records it points to."""
+        index = [k_pay(p) for p in payment_ids]
+        await self.prefetch([*index, *(k_done(m) for m in message_ids)])
+        await self.prefetch(k_req(v) for k in index if (v := self.values.get(k)))
+
     async def get(self, msgid: str) -> Record | None:
-        """A copy of the record: changes count only once `put`, so a message rolled back leaves no trace."""
+        """The record as this transaction sees it (records are immutable: a change is a new record saved)."""
         key = k_req(msgid)
         if key in self.dirty:
-            return orjson.loads(orjson.dumps(self.dirty[key]))  # type: ignore[no-any-return]
+            return self.dirty[key]
         if key not in self.values:
             await self.prefetch([key])
         raw = self.values[key]
-        return orjson.loads(raw) if raw else None  # type: ignore[no-any-return]
+        return Record.model_validate_json(raw) if raw else None
 
     async def value(self, key: str) -> str | None:
         if key not in self.values:
             await self.prefetch([key])
         return self.values[key]
 
+    async def visit_holder(self, fixmedins: str, mdtrt_id: str) -> Record | None:
+        msgid = await self.value(k_visit(fixmedins, mdtrt_id))
+        return await self.get(msgid) if msgid else None
+
+    async def settlement(self, setl_id: str) -> Record | None:
+        msgid = await self.value(k_setl(setl_id))
+        return await self.get(msgid) if msgid else None
+
     def put(self, record: Record) -> None:
-        key = k_req(record["msgid"])
+        key = k_req(record.msgid)
         self._remember(key)
         self.dirty[key] = record
-        self.ops.append(lambda p: p.set(key, orjson.dumps(self.dirty[key])))
+        self.ops.append(lambda p: p.set(key, self.dirty[key].to_json()))
 
     def set_value(self, key: str, value: str, ex: int | None = None) -> None:
         self._remember(key)
@@ -112,6 +168,32 @@ class Tx:
     def op(self, fn: Callable[[Pipeline], Any]) -> None:
         """A write nothing in this transaction reads back (a hash field, a sorted set, a counter)."""
         self.ops.append(fn)
+
+    def apply(self, effect: Effect) -> None:
+        """A state-machine effect that is a write (the others are messages: app.py)."""
+        match effect:
+            case Save(record):
+                self.put(record)
+            case HoldVisit(fixmedins, mdtrt_id, msgid):
+                self.set_value(k_visit(fixmedins, mdtrt_id), msgid)
+            case IndexSettlement(setl_id, msgid):
+                self.set_value(k_setl(setl_id), msgid)
+            case IndexPayment(payment_id, msgid):
+                self.set_value(k_pay(payment_id), msgid)
+            case StartDeadline(msgid, at_ms):
+                self.op(lambda p: p.zadd(K_DEADLINES, {msgid: at_ms}))
+            case StopDeadline(msgid):
+                self.op(lambda p: p.zrem(K_DEADLINES, msgid))
+            case BookDay(fixmedins, day, setl_id, row):
+                raw = orjson.dumps(row)
+                self.op(lambda p: p.hset(k_day(fixmedins, day), setl_id, raw))
+            case UnbookDay(fixmedins, day, setl_id):
+                self.op(lambda p: p.hdel(k_day(fixmedins, day), setl_id))
+            case Clear(day, payer, payee, kind, fen):
+                self.op(lambda p: p.hincrby(k_clearing(day), f"{payer}>{payee}:{kind}", fen))
+                self.op(lambda p: p.sadd(K_CLEARING_DAYS, day))
+            case _:
+                raise TypeError(f"not a write: {effect!r}")
 
     def _remember(self, key: str) -> None:
         if key in self.dirty:
@@ -151,15 +233,20 @@ class SettlementStore:
 
     async def done(self, message_id: str) -> list[Outgoing] | None:
         batch = _BATCH.get()
-        key = f"s:done:{message_id}"
+        key = k_done(message_id)
         raw = await batch.value(key) if batch is not None else await self.client.get(key)
         return decode_out(raw) if raw else None
 
-    async def value(self, key: str) -> str | None:
-        """An index (visit, setl_id, payment id → msgid): through the batch's transaction when there is one."""
+    async def payment_msgid(self, payment_id: str) -> str | None:
+        """The request a payment was made for: through the batch's transaction when there is one."""
         batch = _BATCH.get()
+        key = k_pay(payment_id)
         found: str | None = await batch.value(key) if batch is not None else await self.client.get(key)
         return found
+
+    async def record_json(self, msgid: str) -> bytes | None:
+        raw: bytes | None = await self.client.get(k_req(msgid))
+        return raw
 
     async def transact(self, message_id: str | None, decide: Callable[[Tx], Awaitable[list[Outgoing]]],
                        outbox: bool = False) -> list[Outgoing]:
@@ -186,10 +273,10 @@ class SettlementStore:
     @staticmethod
     def _outputs(tx: Tx, message_id: str | None, out: list[Outgoing], outbox: bool) -> None:
         if message_id is not None:
-            tx.set_value(f"s:done:{message_id}", encode_out(out), ex=IDEMPOTENCY_TTL_S)
+            tx.set_value(k_done(message_id), encode_out(out), ex=IDEMPOTENCY_TTL_S)
         if outbox and out:
             encoded = encode_out(out)
-            tx.op(lambda p: p.rpush("s:outbox", encoded))
+            tx.op(lambda p: p.rpush(K_OUTBOX, encoded))
 
     async def batch(self, decide_all: Callable[[Tx], Awaitable[T]]) -> T:
         """Decide a whole batch in one transaction (see the module doc); BatchConflict when it kept conflicting."""
@@ -211,16 +298,16 @@ class SettlementStore:
     # ---------------------------------------------------------------- outbox (deadline scanner)
 
     async def outbox_head(self) -> str | None:
-        head: str | None = await self.client.lindex("s:outbox", 0)
+        head: str | None = await self.client.lindex(K_OUTBOX, 0)
         return head
 
     async def outbox_pop(self, raw: str) -> None:
-        await self.client.lrem("s:outbox", 1, raw)
+        await self.client.lrem(K_OUTBOX, 1, raw)
 
     # ---------------------------------------------------------------- deadlines
 
     async def due(self, now_ms: int, limit: int = 100) -> list[str]:
-        due: list[str] = await self.client.zrangebyscore("s:deadlines", 0, now_ms, start=0, num=limit)
+        due: list[str] = await self.client.zrangebyscore(K_DEADLINES, 0, now_ms, start=0, num=limit)
         return due
 
     # ---------------------------------------------------------------- read models
@@ -278,8 +365,52 @@ class SettlementStore:
         raw = json.dumps(entry)
         batch = _BATCH.get()
         if batch is not None:  # with the batch: a batch decided again flags once
-            batch.op(lambda p: p.rpush("s:flags", raw))
-            batch.op(lambda p: p.ltrim("s:flags", -10_000, -1))
+            batch.op(lambda p: p.rpush(K_FLAGS, raw))
+            batch.op(lambda p: p.ltrim(K_FLAGS, -10_000, -1))
             return
-        await self.client.rpush("s:flags", raw)
-        await self.client.ltrim("s:flags", -10_000, -1)  # bounded: the newest 10,000 flags
+        await self.client.rpush(K_FLAGS, raw)
+        await self.client.ltrim(K_FLAGS, -10_000, -1)  # bounded: the newest 10,000 flags
+
+    async def clearing_totals(self, period: str) -> dict[str, int]:
+        """W7 `payer>payee:kind` → fen over a day (YYYY-MM-DD) or the days of a month (YYYY-MM)."""
+        days = [period] if len(period) == 10 else sorted(
+            d for d in await self.client.smembers(K_CLEARING_DAYS) if d.startswith(period + "-"))
+        totals: dict[str, int] = {}
+        for day in days:
+            for k, v in (await self.client.hgetall(k_clearing(day))).items():
+                totals[k] = totals.get(k, 0) + int(v)
+        return totals
+
+    # ---------------------------------------------------------------- read models (written by their events)
+
+    async def save_binding(self, view: BindingView, grantor_order: list[str] | None) -> None:
+        """A binding's view and, for mutual aid, the recipient's grantor order as the event carries it."""
+        async with self.client.pipeline(transaction=True) as p:
+            p.set(f"s:rm:b:{view.binding_id}", view.model_dump_json())
+            p.sadd(f"s:rm:of:{view.recipient_psn_no}", view.binding_id)
+            if grantor_order is not None:
+                p.set(f"s:rm:order:{view.recipient_psn_no}", json.dumps(grantor_order))
+            await p.execute()
+
+    async def end_binding(self, binding_id: str, recipient: str, grantor_order: list[str] | None) -> None:
+        raw = await self.client.get(f"s:rm:b:{binding_id}")
+        async with self.client.pipeline(transaction=True) as p:
+            if raw:
+                view = BindingView.model_validate_json(raw).model_copy(update={"active": False})
+                p.set(f"s:rm:b:{binding_id}", view.model_dump_json())
+            if grantor_order is not None:
+                p.set(f"s:rm:order:{recipient}", json.dumps(grantor_order))
+            await p.execute()
+
+    async def save_order(self, recipient: str, grantor_order: list[str]) -> None:
+        await self.client.set(f"s:rm:order:{recipient}", json.dumps(grantor_order))
+
+    async def save_person(self, view: PersonView, enrolled: bool) -> None:
+        """A person's identity view; on enrolment also whom the ID hash and the card number belong to."""
+        async with self.client.pipeline(transaction=True) as p:
+            if enrolled:
+                p.set(f"s:idn:{view.id_hash}", view.psn_no)
+                if view.card_no:
+                    p.set(f"s:card:{view.card_no}", view.psn_no)
+            p.set(f"s:psn:{view.psn_no}", view.model_dump_json())
+            await p.execute()
