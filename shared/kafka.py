@@ -196,6 +196,7 @@ def connected_producer(broker: KafkaBroker) -> AIOKafkaProducer | None:
 
 
 Handler = Callable[[T, Any], Awaitable[list[Outgoing]]]
+_UNPARSED = object()
 
 
 class BatchConflict(Exception):
@@ -321,16 +322,27 @@ class Consumer(Generic[T]):
     async def _key_by_key(self, broker: KafkaBroker, records: Sequence[Any]) -> None:
         """Records with the same key run in order; different keys run concurrently (bounded), because the
         work is mostly waiting on Redis round trips."""
-        by_key: dict[bytes, list[Any]] = {}
+        by_key: dict[bytes, list[tuple[Any, Any]]] = {}
+        skipped = 0
         for record in records:
-            by_key.setdefault(record.key or b"", []).append(record)
+            message: T | PoisonMessage
+            try:
+                message = self.parse(record.value or b"")
+            except PoisonMessage as exc:
+                message = exc
+            if message is None:  # a type this consumer does not act on: no task, no handler call
+                skipped += 1
+                continue
+            by_key.setdefault(record.key or b"", []).append((record, message))
+        if skipped:
+            MESSAGES.labels(self.service, self.topic, "ok").inc(skipped)
         limit = asyncio.Semaphore(MAX_CONCURRENT_KEYS)
 
-        async def in_order(group: list[Any]) -> list[Outgoing]:
+        async def in_order(group: list[tuple[Any, Any]]) -> list[Outgoing]:
             out: list[Outgoing] = []
             async with limit:
-                for record in group:
-                    out += await self._one(record)
+                for record, message in group:
+                    out += await self._one(record, message)
             return out
 
         results = await asyncio.gather(*(in_order(g) for g in by_key.values()), return_exceptions=True)
@@ -339,11 +351,14 @@ class Consumer(Generic[T]):
                 raise result  # the batch is rewound and redelivered; handlers are idempotent
         await publish_all(broker, [o for result in results for o in result])  # type: ignore[union-attr]
 
-    async def _one(self, record: Any) -> list[Outgoing]:
-        try:
-            message = self.parse(record.value or b"")
-        except PoisonMessage as exc:
-            return [self._to_dlq(record, exc.reason, exc.detail)]
+    async def _one(self, record: Any, message: Any = _UNPARSED) -> list[Outgoing]:
+        if message is _UNPARSED:
+            try:
+                message = self.parse(record.value or b"")
+            except PoisonMessage as exc:
+                message = exc
+        if isinstance(message, PoisonMessage):
+            return [self._to_dlq(record, message.reason, message.detail)]
         for attempt in range(TRANSIENT_ATTEMPTS):
             try:
                 out = check_sizes(await self.handle(message, record))

@@ -3,10 +3,14 @@ reading their type, and still parks what it cannot read."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+from typing import Any
+
 import pytest
 from pydantic import TypeAdapter
 
 from contracts.wallet import QuotaEarmarked, WalletEvent
+from shared import kafka
 from shared.kafka import PoisonMessage, model_parser
 from tests.factories import T0
 
@@ -28,3 +32,26 @@ def test_another_type_is_skipped_without_being_built() -> None:
 def test_what_cannot_be_read_is_still_poison(raw: bytes) -> None:
     with pytest.raises(PoisonMessage):
         PARSE(raw)
+
+
+async def test_a_skipped_type_never_reaches_the_handler(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the binding service reads every wallet event for two types; the rest must cost a parse of `type` only
+    handled: list[Any] = []
+
+    async def handle(message: Any, _record: Any) -> list[kafka.Outgoing]:
+        handled.append(message)
+        return []
+
+    async def publish_all(_broker: Any, _out: Any) -> None:
+        return None
+
+    monkeypatch.setattr(kafka, "publish_all", publish_all)
+    consumer = kafka.Consumer("test", "wallet.events.v1", PARSE, handle)
+    wanted = QuotaEarmarked(occurred_at=T0, province="32", binding_id="b1", grantor_psn_no="G1", quota_fen=1,
+                            earmarked_fen=1)
+    records = [SimpleNamespace(value=v, key=k, topic="wallet.events.v1", partition=0, offset=i, headers=[])
+               for i, (k, v) in enumerate([(b"p1", b'{"type": "PaymentCompleted"}'),
+                                           (b"b1", wanted.model_dump_json().encode()),
+                                           (b"p2", b'{"type": "PaymentReversed"}')])]
+    await consumer._key_by_key(None, records)  # type: ignore[arg-type]
+    assert handled == [wanted]
