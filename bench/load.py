@@ -16,6 +16,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
 
+from bench.cpu import per_unit_ms
 from contracts.topics import HIS_REQUESTS, HIS_RESULTS, PARTITIONS
 from ops.scenario import bill
 from shared.client import dumps_his, msgid_for
@@ -125,9 +126,11 @@ async def idle(producer: AIOKafkaProducer, answers: Answers, make: Callable[[int
     return latencies
 
 
-async def climb(bootstrap: str, make: Callable[[int], dict[str, Any]],
-                between: Callable[[], Awaitable[None]]) -> tuple[list[float], list[dict[str, Any]]]:
-    """Idle latency, then each rate in turn until one is far past the target (higher rates would only queue)."""
+async def climb(bootstrap: str, make: Callable[[int], dict[str, Any]], between: Callable[[], Awaitable[None]],
+                cpu: Callable[[], dict[str, float]]) -> tuple[list[float], list[dict[str, Any]]]:
+    """Idle latency, then each rate in turn until one is far past the target (higher rates would only queue).
+    Each rate's row has the CPU each process spent per answered settlement, from its first send until
+    every consumer caught up (`between`)."""
     rows = []
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=2)
     await producer.start()
@@ -135,11 +138,13 @@ async def climb(bootstrap: str, make: Callable[[int], dict[str, Any]],
         async with Answers(bootstrap) as answers:
             alone = await idle(producer, answers, make)
             for rate in RATES:
+                before = cpu()
                 row = await offered_rate(producer, answers, rate, make)
+                await between()
+                row["cpu_ms_per_settlement"] = per_unit_ms(before, cpu(), row["answered"])
                 rows.append(row)
                 if row["p99_ms_all"] > GIVE_UP_P99_MS:
                     break
-                await between()
     finally:
         await producer.stop()
     return alone, rows

@@ -23,7 +23,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from bench import ceilings
+from bench import ceilings, cpu
 from bench.ingest import ingestion
 from bench.load import climb, held, mixed_bills, pct, quiet
 from bench.transfers import transfers
@@ -51,7 +51,8 @@ async def patients(bus: Bus, urls: dict[str, str]) -> list[dict[str, Any]]:
     return [*own, *kids]
 
 
-async def settlements(bootstrap: str, urls: dict[str, str], clock: FileOffsetClock) -> dict[str, Any]:
+async def settlements(bootstrap: str, urls: dict[str, str], clock: FileOffsetClock,
+                      state: Path) -> dict[str, Any]:
     async with Bus(bootstrap, clock=clock) as bus:
         who = await patients(bus, urls)
     await quiet(bootstrap)
@@ -59,7 +60,8 @@ async def settlements(bootstrap: str, urls: dict[str, str], clock: FileOffsetClo
     async def drained() -> None:  # the next rate starts on an empty system
         await quiet(bootstrap)
 
-    idle, rows = await climb(bootstrap, mixed_bills(who), drained)
+    pids = cpu.stack_processes(state)
+    idle, rows = await climb(bootstrap, mixed_bills(who), drained, lambda: cpu.cpu_seconds(pids))
     return {"idle_p50_ms": statistics.median(idle), "idle_p99_ms": pct(idle, 99), "rates": rows}
 
 
@@ -80,7 +82,7 @@ async def main() -> dict[str, Any]:
                   ("raw Kafka", ceilings.raw_kafka(layout.kafka_bootstrap)),
                   ("raw three-hop relay", ceilings.relay_three_hops(layout.kafka_bootstrap)),
                   ("payment script", ceilings.lua_payments(layout.redis_url)),
-                  ("settlements at fixed offered rates", settlements(layout.kafka_bootstrap, urls, clock)))
+                  ("settlements at fixed offered rates", settlements(layout.kafka_bootstrap, urls, clock, state)))
         for name, phase in phases:
             with console.status(f"measuring {name}…"):
                 results.update(await asyncio.wait_for(phase, PHASE_TIMEOUT_S))
@@ -125,6 +127,15 @@ def report(r: dict[str, Any]) -> None:
     for name, value in rows:
         table.add_row(name, value if isinstance(value, str) else f"{value:,.0f}")
     console.print(table)
+    cpu_rows = [row for row in r["rates"] if "cpu_ms_per_settlement" in row]
+    names = list(cpu_rows[-1]["cpu_ms_per_settlement"]) if cpu_rows else []
+    spent = Table(title="CPU ms per answered settlement by process (offered rate; the steadier number to compare)")
+    spent.add_column("process")
+    for row in cpu_rows:
+        spent.add_column(f"{row['offered_per_s']:,}/s", justify="right")
+    for name in names:
+        spent.add_row(name, *(f"{row['cpu_ms_per_settlement'].get(name, 0):.3f}" for row in cpu_rows))
+    console.print(spent)
     keys = Table(title="Redis bytes per person after enrolment and a credit, by key family (the largest)")
     keys.add_column("key family")
     keys.add_column("bytes/person", justify="right")
