@@ -271,7 +271,7 @@ def write_kafka_properties(state: Path, broker_port: int, controller_port: int,
         "min.insync.replicas=1",
         "default.replication.factor=1",
         "group.initial.rebalance.delay.ms=0",
-        "auto.create.topics.enable=true",
+        "auto.create.topics.enable=false",  # topics are created with their shape (shared/kafka.ensure_topics)
         "log.flush.interval.messages=1",
         "",
     ]))

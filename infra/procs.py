@@ -72,7 +72,7 @@ class ServiceProc:
 
 def service_set(stack_env: dict[str, str], log_dir: Path, provinces: tuple[str, ...] = ("32", "51", "33", "45"),
                 extra_env: dict[str, str] | None = None) -> list[ServiceProc]:
-    env = {**stack_env, **(extra_env or {})}
+    env = {"MODE": "development", **stack_env, **(extra_env or {})}  # test and bench stacks: development keys
     procs = [
         ServiceProc("binding", "services.binding", free_port(), env, log_dir / "binding.log"),
         ServiceProc("settlement", "services.settlement", free_port(), env, log_dir / "settlement.log"),

@@ -247,7 +247,8 @@ def _program(name: str, command: list[str], state: Path, *, priority: int, autos
 
 
 def service_env(layout: Layout, state: Path, name: str, extra: dict[str, str]) -> dict[str, str]:
-    env = {"KAFKA_BOOTSTRAP_SERVERS": layout.kafka_bootstrap, "REDIS_URL": layout.redis_url,
+    # development mode: the local stack runs on the repository's public development keys (README "Production")
+    env = {"MODE": "development", "KAFKA_BOOTSTRAP_SERVERS": layout.kafka_bootstrap, "REDIS_URL": layout.redis_url,
            "HTTP_PORT": str(layout.http_ports[name]), "PYTHONPATH": str(ROOT),
            "CLOCK_FILE": str(state / "clock_offset_ms"), **extra}
     link = layout.network.get("links", {}).get(name)

@@ -28,6 +28,7 @@ from ops.national_audit import national_audit
 from ops.scenario import HOSPITAL, REGION
 from shared.client import Bus, his_request, yuan
 from shared.clock import SystemClock
+from shared.settings import operator_headers
 
 app = typer.Typer(help="Operate the family mutual-aid stack (家庭共济).", no_args_is_help=True)
 dlq_app = typer.Typer(help="Inspect and replay dead-letter queues.", no_args_is_help=True)
@@ -151,7 +152,8 @@ def reorder(recipient: str, binding_ids: list[str], as_json: bool = JSON) -> Non
 @app.command()
 def bindings(psn_no: str, as_json: bool = JSON) -> None:
     """A person's bindings as grantor and as recipient, with order, quota and status."""
-    out(httpx.get(f"{services()['binding']}/bindings", params={"psn_no": psn_no}, timeout=10).json(), as_json)
+    out(httpx.get(f"{services()['binding']}/bindings", params={"psn_no": psn_no}, timeout=10,
+                  headers=operator_headers()).json(), as_json)
 
 
 # ---------------------------------------------------------------- hospital side
@@ -240,7 +242,7 @@ def balance(psn_no: str, province: str = typer.Option(None), as_json: bool = JSO
     svc = services().get(f"wallet-{prov}")
     if svc is None:
         fail(f"no wallet deployment for province {prov}")
-    out(httpx.get(f"{svc}/balance", params={"psn_no": psn_no}, timeout=10).json(), as_json)
+    out(httpx.get(f"{svc}/balance", params={"psn_no": psn_no}, timeout=10, headers=operator_headers()).json(), as_json)
 
 
 @app.command()
@@ -250,7 +252,7 @@ def audit(province: list[str] = typer.Option(None), as_json: bool = JSON) -> Non
     urls = services()
     reports = {}
     for p in track(province or list(DEPLOYED_PROVINCES), description="auditing", disable=as_json):
-        reports[p] = httpx.get(f"{urls[f'wallet-{p}']}/audit", timeout=120).json()
+        reports[p] = httpx.get(f"{urls[f'wallet-{p}']}/audit", timeout=120, headers=operator_headers()).json()
     national = national_audit(reports)
     if as_json:
         out({"ok": national.ok, "national": national.__dict__,
@@ -284,7 +286,8 @@ def clearing(day: str = typer.Option(None, help="YYYY-MM-DD, default today (Chin
              month: str = typer.Option(None, help="YYYY-MM: the monthly roll-up"), as_json: bool = JSON) -> None:
     """W7: per province pair and day (or month), with net positions that sum to zero."""
     params = {"month": month} if month else {"day": day or ""}
-    out(httpx.get(f"{services()['settlement']}/clearing", params=params, timeout=10).json(), as_json)
+    out(httpx.get(f"{services()['settlement']}/clearing", params=params, timeout=10,
+                  headers=operator_headers()).json(), as_json)
 
 
 # ---------------------------------------------------------------- DLQ

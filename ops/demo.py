@@ -27,6 +27,7 @@ from ops import stack
 from ops.scenario import HOSPITAL, audit, balance, bill, bound, person, url
 from shared.client import Bus, his_request
 from shared.clock import FileOffsetClock, offset_ms_to
+from shared.settings import operator_headers
 
 console = Console(width=None if sys.stdout.isatty() else 160)  # logs and CI get full tables
 
@@ -183,7 +184,7 @@ class Demo:
         self.audits = {p: await asyncio.to_thread(audit, self.urls, p) for p in ("32", "51", "33", "45")}
         for p, a in self.audits.items():
             self.check(f"audit province {p}", True, a["ok"])
-        async with httpx.AsyncClient(timeout=10) as http:
+        async with httpx.AsyncClient(timeout=10, headers=operator_headers()) as http:
             self.clearing = (await http.get(f"{url(self.urls, 'settlement')}/clearing")).json()
         self.check("clearing nets sum to zero", 0, self.clearing["sum_of_nets_fen"])
         progress.update(task, advance=2, description="done")

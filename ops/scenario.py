@@ -18,6 +18,7 @@ from contracts.binding import BindingKind, Relation
 from contracts.enrollment import AccountCredited, PersonEnrolled
 from contracts.types import resident_id_check_char
 from shared.client import Bus, his_request, yuan
+from shared.settings import operator_headers
 
 
 def url(services: dict[str, Any], name: str) -> str:
@@ -64,7 +65,7 @@ async def until_known(services: dict[str, Any], province: str, psn_no: str, bala
                       timeout_s: float = 30.0) -> None:
     """Wait until binding, settlement and the wallet have each applied the person's enrollment."""
     deadline = time.monotonic() + timeout_s
-    async with httpx.AsyncClient(timeout=5) as http:
+    async with httpx.AsyncClient(timeout=5, headers=operator_headers()) as http:
 
         async def known() -> bool:
             b = (await http.get(f"{url(services, 'binding')}/bindings", params={"psn_no": psn_no})).json()
@@ -101,11 +102,11 @@ def setl(result: dict[str, Any]) -> dict[str, str]:
 
 def balance(services: dict[str, Any], province: str, psn_no: str) -> dict[str, Any]:
     return httpx.get(f"{url(services, f'wallet-{province}')}/balance", params={"psn_no": psn_no},
-                     timeout=10).json()  # type: ignore[no-any-return]
+                     timeout=10, headers=operator_headers()).json()  # type: ignore[no-any-return]
 
 
 def audit(services: dict[str, Any], province: str) -> dict[str, Any]:
-    return httpx.get(f"{url(services, f'wallet-{province}')}/audit", timeout=30).json()  # type: ignore[no-any-return]
+    return httpx.get(f"{url(services, f'wallet-{province}')}/audit", timeout=30, headers=operator_headers()).json()  # type: ignore[no-any-return]
 
 
 async def bound(bus: Bus, services: dict[str, Any], grantor: dict[str, Any], recipient: dict[str, Any],
@@ -119,7 +120,7 @@ async def bound(bus: Bus, services: dict[str, Any], grantor: dict[str, Any], rec
     grantor_wallet = url(services, f"wallet-{grantor['province']}")
     recipient_wallet = url(services, f"wallet-{recipient['province']}")
     deadline = time.monotonic() + timeout_s
-    async with httpx.AsyncClient(timeout=5) as http:
+    async with httpx.AsyncClient(timeout=5, headers=operator_headers()) as http:
 
         async def applied() -> bool:
             w = (await http.get(f"{grantor_wallet}/balance", params={"psn_no": grantor["psn_no"]})).json()

@@ -30,7 +30,7 @@ from opentelemetry import propagate
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from redis.exceptions import WatchError
 
-from contracts.topics import dlq
+from contracts.topics import dlq, retention_ms
 from shared.metrics import BATCH_SECONDS, DLQ, MESSAGES, PUBLISHED, RETRIES
 from shared.pii import mask_bytes, mask_text
 
@@ -413,16 +413,24 @@ async def _skip_decoding(msg: Any) -> None:
     return None
 
 
-async def ensure_topics(bootstrap: str, topics: Sequence[str], partitions: int) -> None:
-    """Create topics we own if missing (idempotent); auto-creation would give them the wrong shape."""
+async def ensure_topics(bootstrap: str, topics: Sequence[str], partitions: int, replication_factor: int = 1,
+                        min_insync_replicas: int = 1, **client: Any) -> None:
+    """Create topics we own if missing (idempotent), with their replication, `min.insync.replicas` and retention
+    set on each topic: the broker never auto-creates one (it would get the broker's defaults). An existing topic
+    is left as it is; changing one is an operator's decision (kafka-configs)."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
     from aiokafka.errors import TopicAlreadyExistsError
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    if not 1 <= min_insync_replicas <= replication_factor:
+        raise ValueError(f"min.insync.replicas {min_insync_replicas} must be within 1..{replication_factor}")
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **client)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        missing = [NewTopic(t, partitions, 1) for t in topics if t not in existing]
+        missing = [NewTopic(t, partitions, replication_factor,
+                            topic_configs={"min.insync.replicas": str(min_insync_replicas),
+                                           "retention.ms": str(retention_ms(t))})
+                   for t in topics if t not in existing]
         if missing:
             try:
                 await admin.create_topics(missing)

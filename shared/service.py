@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
+import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -77,6 +79,24 @@ def assemble(settings: Settings, name: str,
 Tick = tuple[str, Callable[[], Awaitable[Any]], int]  # (what, periodic work, interval in ms)
 
 
+def operator_only(app: Any, token: str) -> Any:
+    """An ASGI app that answers 401 unless the request carries `Authorization: Bearer <token>`: balances, audits
+    and bindings are an operator's question, not anyone's who reaches the port."""
+    expected = f"Bearer {token}".encode()
+
+    async def guarded(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        given = dict(scope.get("headers") or []).get(b"authorization", b"")
+        if not token or not hmac.compare_digest(given, expected):
+            await send({"type": "http.response.start", "status": 401,
+                        "headers": [(b"content-type", b"application/json"), (b"www-authenticate", b"Bearer")]})
+            await send({"type": "http.response.body",
+                        "body": b'{"error": "operator bearer token required (Authorization: Bearer ...)"}'})
+            return
+        await app(scope, receive, send)
+
+    return guarded
+
+
 def build_app(parts: Assembled[Any], service: str, routes: Sequence[tuple[str, Any]] = (),
               ticks: Sequence[Tick] = ()) -> AsgiFastStream:
     """The process: consumers, HTTP routes, and periodic work (durable schedules) that runs while it lives."""
@@ -103,12 +123,14 @@ def build_app(parts: Assembled[Any], service: str, routes: Sequence[tuple[str, A
         await parts.redis.aclose()
 
     async def create_topics() -> None:
-        await ensure_topics(settings.kafka_bootstrap_servers, all_topics(), PARTITIONS)
+        await ensure_topics(settings.kafka_bootstrap_servers, all_topics(), PARTITIONS,
+                            settings.kafka_replication_factor, settings.kafka_min_insync_replicas)
 
     return AsgiFastStream(
         broker,
         logger=logging.getLogger(f"mutualaid.{service}"),
-        asgi_routes=[("/health", make_ping_asgi(broker, timeout=5.0)), ("/metrics", make_asgi_app()), *routes],
+        asgi_routes=[("/health", make_ping_asgi(broker, timeout=5.0)), ("/metrics", make_asgi_app()),
+                     *((path, operator_only(app, settings.bearer_token())) for path, app in routes)],
         on_startup=[create_topics],
         after_startup=[start_ticks],
         on_shutdown=[stop],
@@ -116,8 +138,16 @@ def build_app(parts: Assembled[Any], service: str, routes: Sequence[tuple[str, A
 
 
 def serve(create_app: Callable[[Settings], AsgiFastStream]) -> None:
-    """`python -m services.<name>`: settings from the environment, then run until stopped."""
+    """`python -m services.<name>`: settings from the environment, then run until stopped. In production mode a
+    development key or missing credentials stop it here, before it touches Kafka or Redis (exit status 2)."""
     settings = Settings()
+    problems = settings.production_problems()
+    if problems:
+        print("refusing to start in production mode (MODE=production, the default):", file=sys.stderr)
+        for problem in problems:
+            print(f"  - {problem}", file=sys.stderr)
+        print("local stacks, demos and tests run with MODE=development", file=sys.stderr)
+        sys.exit(2)
     # uvloop: the services spend their time in the event loop's socket and callback machinery (issue 14)
     uvloop.run(run(create_app(settings), settings))
 

@@ -2,19 +2,44 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.consent import dev_private_key, public_key_b64
+
 ROOT = Path(__file__).resolve().parent.parent
+
+
+# Development defaults: public in this repository, so a production process refuses every one of them.
+DEV_PII_HASH_KEY = "dev-only-pii-hash-key-change-me"
+DEV_EVOUCHER_KEY = "dev-only-evoucher-key-change-me"
+DEV_OPERATOR_TOKEN = "dev-only-operator-token"
+MIN_SECRET_CHARS = 32  # a keyed hash over ~10^9 plausible ID numbers needs a key nobody can guess
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="", extra="ignore")
 
+    # production (the default): refuses to start on a development key or without credentials (see
+    # `production_problems`). development: the local stacks, the demo and the tests, which use the public
+    # development keys below.
+    mode: Literal["production", "development"] = "production"
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    # SASL/SCRAM-SHA-512 principal of this process on the broker (empty: no authentication; development only)
+    kafka_username: str = ""
+    kafka_password: str = ""
+    # Operators' bearer token for the read endpoints (/balance, /audit, /bindings, …); /health and /metrics
+    # stay open. Empty in development = DEV_OPERATOR_TOKEN.
+    operator_token: str = ""
+    # Topic shape when a service creates the topics it needs (an existing topic is left as it is): 1 / 1 on a
+    # single broker, 3 / 2 on the three-broker cluster (a write survives one broker down; two down stop writes).
+    kafka_replication_factor: int = Field(default=1, ge=1, le=5)
+    kafka_min_insync_replicas: int = Field(default=1, ge=1, le=5)
     redis_url: str = "redis://127.0.0.1:6379/0"
     # Wallet deployments: which province this process serves (2-digit GB/T 2260 code).
     province: str = Field(default="32", pattern=r"^\d{2}$")
@@ -25,9 +50,9 @@ class Settings(BaseSettings):
     # Empty = the development key in shared/consent.py (local stacks only; never in production).
     consent_public_key: str = ""
     # Key for hashing resident ID numbers (settlement identity view). Local default is for development only.
-    pii_hash_key: str = "dev-only-pii-hash-key-change-me"
+    pii_hash_key: str = DEV_PII_HASH_KEY
     # Key the identity service binds e-voucher codes (医保电子凭证, S4) to their person with. Development only.
-    evoucher_key: str = "dev-only-evoucher-key-change-me"
+    evoucher_key: str = DEV_EVOUCHER_KEY
     # Settlement waits this long for the wallet before answering the hospital and reversing (see settlement docs).
     wallet_timeout_ms: int = Field(default=8000, ge=100, le=120_000)
     # Tests and demos may shift the business clock (ms); production leaves it 0.
@@ -38,6 +63,38 @@ class Settings(BaseSettings):
     consumer_max_records: int = Field(default=500, ge=1, le=5000)
 
 
+    def bearer_token(self) -> str:
+        """The token read endpoints require (never empty: development falls back to the public one)."""
+        return self.operator_token or (DEV_OPERATOR_TOKEN if self.mode == "development" else "")
+
+    def production_problems(self) -> list[str]:
+        """Why this configuration must not run in production mode, one line per setting (empty: fine)."""
+        if self.mode != "production":
+            return []
+        problems = []
+        if self.consent_public_key in ("", public_key_b64(dev_private_key().public_key())):
+            problems.append("CONSENT_PUBLIC_KEY: unset or the development key, whose private half is in the "
+                            "repository (anyone could forge consent); set the platform identity service's key")
+        for name, value, dev in (("PII_HASH_KEY", self.pii_hash_key, DEV_PII_HASH_KEY),
+                                 ("EVOUCHER_KEY", self.evoucher_key, DEV_EVOUCHER_KEY),
+                                 ("OPERATOR_TOKEN", self.operator_token, DEV_OPERATOR_TOKEN)):
+            if value == dev or len(value) < MIN_SECRET_CHARS:
+                problems.append(f"{name}: unset, the development default or shorter than {MIN_SECRET_CHARS} "
+                                "characters; set a random secret")
+        if not self.kafka_username or not self.kafka_password:
+            problems.append("KAFKA_USERNAME/KAFKA_PASSWORD: no Kafka credentials; every production client "
+                            "authenticates (SASL/SCRAM-SHA-512)")
+        if self.clock_offset_ms or self.clock_file:
+            problems.append("CLOCK_OFFSET_MS/CLOCK_FILE: shifting business time is for tests and demos")
+        return problems
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     return Settings()
+
+
+def operator_headers() -> dict[str, str]:
+    """What an operator's tool (CLI, demo, simulator, tests) sends to the read endpoints: OPERATOR_TOKEN from
+    the environment, or the development token the local stacks accept."""
+    return {"Authorization": f"Bearer {os.environ.get('OPERATOR_TOKEN') or DEV_OPERATOR_TOKEN}"}

@@ -39,6 +39,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from infra import supervised
 from infra.native import ROOT, free_port
+from shared.settings import operator_headers
 
 WALLET_TIMEOUT_MS = 1_500  # short, so pauses past it really time payments out
 SESSION_PAUSE_S = 14.0  # beyond aiokafka's default session timeout (10 s)
@@ -260,7 +261,7 @@ class Injector:
         url = f"http://127.0.0.1:{self.layout.network['api_port']}{path}"
         healing = method == "DELETE" or body == {"enabled": True}
         deadline = asyncio.get_running_loop().time() + HEAL_TIMEOUT_S
-        async with httpx.AsyncClient(timeout=5) as http:
+        async with httpx.AsyncClient(timeout=5, headers=operator_headers()) as http:
             while True:
                 try:
                     response = await http.request(method, url, json=body)

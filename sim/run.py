@@ -65,6 +65,7 @@ from shared.client import Bus, dumps_his, his_request, msgid_for
 from shared.clock import FileOffsetClock, china_time, offset_ms_to
 from shared.consent import dissolve_command, sign
 from shared.pii import kafka_key
+from shared.settings import operator_headers
 from sim.faults import WALLET_TIMEOUT_MS, ClockGate, Injector
 from sim.model import Model, Split
 
@@ -290,7 +291,7 @@ class Run:
     async def read(self, service: str, path: str, **params: str) -> Any:
         """A service's read endpoint; retried while the service is down or restarting (bounded)."""
         deadline = time.monotonic() + ANSWER_TIMEOUT_S
-        async with httpx.AsyncClient(timeout=10) as http:
+        async with httpx.AsyncClient(timeout=10, headers=operator_headers()) as http:
             while True:
                 try:
                     return (await http.get(f"{self.urls[service]}{path}", params=params)).json()
@@ -893,7 +894,7 @@ async def simulate(seed: int, duration_s: float, keep: bool) -> dict[str, Any]:
             await asyncio.sleep(3)  # last reversals and releases land
             await compare_balances(run, run.people)
             await check_clearing(run)
-        async with httpx.AsyncClient(timeout=60) as http:
+        async with httpx.AsyncClient(timeout=60, headers=operator_headers()) as http:
             reports = {p: (await http.get(f"{urls['wallet-' + p]}/audit")).json() for p in ("32", "51", "33", "45")}
         national = national_audit(reports)
         if not national.ok:

@@ -13,6 +13,7 @@ from contracts.binding import BindingKind, Relation
 from contracts.wallet import RequestTransfer
 from ops.scenario import HOSPITAL, audit, balance, bill, bound, person, setl
 from shared.client import Bus, his_request
+from shared.settings import operator_headers
 from tests.factories import T0
 
 pytestmark = pytest.mark.e2e
@@ -41,7 +42,7 @@ async def test_transfer_accepted(bus: Bus, services: Any) -> None:
     assert done["type"] == "TransferAccepted" and done["amount_fen"] == 150_000
     assert balance(services, "51", mum["psn_no"])["wallet_balance_fen"] == 150_000
     assert audit(services, "32")["ok"] and audit(services, "51")["ok"]
-    async with httpx.AsyncClient(timeout=10) as http:
+    async with httpx.AsyncClient(timeout=10, headers=operator_headers()) as http:
         statement = (await http.get(f"{services['settlement'].url}/clearing")).json()
     transfers = next(p for p in statement["pairs"] if (p["payer"], p["payee"]) == ("32", "51"))
     assert statement["sum_of_nets_fen"] == 0 and transfers["transfer"] >= 150_000

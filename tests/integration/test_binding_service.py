@@ -13,6 +13,7 @@ from contracts.topics import BINDING_COMMANDS, dlq
 from ops.scenario import person
 from shared.client import Bus
 from shared.pii import kafka_key
+from shared.settings import operator_headers
 from tests.factories import T0, create_binding
 from tests.helpers import headers, read_topic
 
@@ -25,7 +26,8 @@ async def test_create_emits_event_and_view(bus: Bus, services: Any) -> None:
     created = await bus.bind(g["psn_no"], r["psn_no"], Relation.SPOUSE, quota_fen=5_000)
     assert created["type"] == "BindingCreated"
     assert (created["grantor_admdvs"], created["recipient_admdvs"], created["quota_fen"]) == ("320500", "320500", 5000)
-    view = httpx.get(f"{services['binding'].url}/bindings", params={"psn_no": r["psn_no"]}).json()
+    view = httpx.get(f"{services['binding'].url}/bindings", params={"psn_no": r["psn_no"]},
+                     headers=operator_headers()).json()
     assert [b["binding_id"] for b in view["as_recipient"]] == [created["binding_id"]]
     assert view["as_recipient"][0]["order"] == 1
 
@@ -39,7 +41,8 @@ async def test_same_command_twice_gives_one_binding_and_identical_event(bus: Bus
     events = await bus.wait_for(lambda: (lambda es: es if len(es) == 2 else None)(
         [e for e in bus.binding_events if e.get("causation_id") == cmd.message_id]), what="two deliveries answered")
     assert events[0] == events[1] and events[0]["type"] == "BindingCreated"
-    view = httpx.get(f"{services['binding'].url}/bindings", params={"psn_no": g["psn_no"]}).json()
+    view = httpx.get(f"{services['binding'].url}/bindings", params={"psn_no": g["psn_no"]},
+                     headers=operator_headers()).json()
     assert len(view["as_grantor"]) == 1
 
 
@@ -107,3 +110,17 @@ async def test_consent_proof_is_single_use(bus: Bus, services: Any) -> None:
     other = ChangeQuota(occurred_at=T0,
                         binding_id=created["binding_id"], grantor_psn_no=g["psn_no"], quota_fen=2_000, consent=forged)
     assert (await bus.binding_command(other, g["psn_no"]))["detail"] == "consent signature invalid"
+
+
+@pytest.mark.parametrize("service, path", [("binding", "/bindings"), ("settlement", "/clearing"),
+                                           ("wallet-32", "/balance"), ("wallet-32", "/audit")])
+def test_read_endpoints_answer_operators_only(services: Any, service: str, path: str) -> None:
+    # issue 15: a person's balance is an operator's question; health and metrics stay open for probes
+    url = f"{services[service].url}{path}"
+    refused = httpx.get(url, params={"psn_no": "P1"}, timeout=10)
+    assert refused.status_code == 401 and refused.headers["www-authenticate"] == "Bearer"
+    wrong = httpx.get(url, params={"psn_no": "P1"}, timeout=10, headers={"Authorization": "Bearer guess"})
+    assert wrong.status_code == 401
+    assert httpx.get(url, params={"psn_no": "P1"}, timeout=30, headers=operator_headers()).status_code in (200, 404)
+    assert httpx.get(f"{services[service].url}/health", timeout=10).status_code == 204
+    assert httpx.get(f"{services[service].url}/metrics", timeout=10).status_code == 200

@@ -40,6 +40,7 @@ def test_kafka_is_kraft_with_the_topic_settings_the_code_expects() -> None:
     assert env["KAFKA_PROCESS_ROLES"] == "broker,controller"
     assert int(env["KAFKA_NUM_PARTITIONS"]) == PARTITIONS
     assert env["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"] == "1"
+    assert env["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"  # topics are created with their shape (issue 15)
 
 
 def test_redis_runs_with_aof() -> None:

@@ -34,3 +34,21 @@ async def test_a_refused_transfer_is_kept_as_long_as_a_redelivery_and_no_longer(
     assert 0 < await store.client.ttl("ttl:xfer:T1") <= DAYS_35
     assert await store.transfer_op("request", "T1", "G", "R", "51", 100, "2026-11-23", 2**40, 3, "m-T1",
                                    "account", "", "") == refused  # a redelivery gets the stored answer
+
+
+def test_the_log_is_shorter_than_every_idempotency_window() -> None:
+    # issue 15: retention is set on every topic explicitly; a message the log can still redeliver or replay must
+    # still find the record of having been applied, in every service
+    import re
+
+    from contracts.topics import DLQ_RETENTION_MS, RETENTION_MS, all_topics, retention_ms
+    from services.binding.store import IDEMPOTENCY_TTL_S as BINDING_TTL_S
+    from services.settlement.store import IDEMPOTENCY_TTL_S as SETTLEMENT_TTL_S
+    from shared.redis_store import PRELUDE
+
+    found = re.search(r"local IDEMPOTENCY_TTL_S = (\d+) \* (\d+)", PRELUDE)
+    assert found is not None
+    wallet_ttl_s = int(found.group(1)) * int(found.group(2))
+    for ttl_s in (BINDING_TTL_S, SETTLEMENT_TTL_S, wallet_ttl_s):
+        assert RETENTION_MS < ttl_s * 1000
+    assert {retention_ms(t) for t in all_topics()} == {RETENTION_MS, DLQ_RETENTION_MS}
