@@ -19,6 +19,7 @@ from contracts.binding import FundingMode, MultiGrantorMode
 from contracts.topics import PARTITIONS
 from contracts.wallet import FundingPlan, GrantorSource
 from services.wallet.store import WalletStore
+from shared.kafka import kafka_auth
 
 REDIS_OPS = 50_000
 KAFKA_MESSAGES = 20_000
@@ -48,7 +49,7 @@ async def raw_redis(url: str) -> dict[str, float]:
 
 
 async def make_topics(bootstrap: str, names: list[str]) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **kafka_auth())
     await admin.start()
     try:
         await admin.create_topics([NewTopic(n, PARTITIONS, 1) for n in names])
@@ -59,14 +60,16 @@ async def make_topics(bootstrap: str, names: list[str]) -> None:
 async def raw_kafka(bootstrap: str) -> dict[str, float]:
     topic = f"bench.raw.{uuid.uuid4().hex[:6]}"
     await make_topics(bootstrap, [topic])
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=2)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=2,
+                                **kafka_auth())
     await producer.start()
     started = time.perf_counter()
     futures = [await producer.send(topic, PAYLOAD, key=str(i % 64).encode()) for i in range(KAFKA_MESSAGES)]
     await asyncio.gather(*futures)
     produce = KAFKA_MESSAGES / (time.perf_counter() - started)
     await producer.stop()
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None)
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None,
+                                **kafka_auth())
     await consumer.start()
     started, seen = time.perf_counter(), 0
     while seen < KAFKA_MESSAGES and time.perf_counter() - started < PHASE_TIMEOUT_S:
@@ -85,8 +88,10 @@ async def relay_three_hops(bootstrap: str) -> dict[str, float]:
     await make_topics(bootstrap, topics)
     relays = [await asyncio.create_subprocess_exec(sys.executable, "-m", "bench.relay", bootstrap, topics[i],
                                                    topics[i + 1], env=os.environ.copy()) for i in range(RELAY_HOPS)]
-    consumer = AIOKafkaConsumer(topics[-1], bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None)
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=2)
+    consumer = AIOKafkaConsumer(topics[-1], bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None,
+                                **kafka_auth())
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=2,
+                                **kafka_auth())
     try:
         await consumer.start()
         await producer.start()

@@ -21,13 +21,15 @@ from ops.scenario import bill, person
 from services.settlement.domain import setl_id_for
 from shared.client import Bus
 from shared.clock import FileOffsetClock, offset_ms_to
+from shared.kafka import kafka_auth
 
 SAMPLES = 30
 
 
 async def stamps(bootstrap: str, topics: list[str], stop: asyncio.Event) -> dict[tuple[str, str], int]:
     """(topic, id) → record timestamp (ms), ids being the msgid or payment id inside each message."""
-    consumer = AIOKafkaConsumer(*topics, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="latest")
+    consumer = AIOKafkaConsumer(*topics, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="latest",
+                                **kafka_auth())
     await consumer.start()
     await consumer.seek_to_end()
     seen: dict[tuple[str, str], int] = {}
@@ -50,6 +52,7 @@ async def main() -> None:
     (state / "clock_offset_ms").write_text(str(offset_ms_to(clock_time(10, 0))))
     try:
         layout = await asyncio.to_thread(supervised.up, state, {"LOG_LEVEL": "WARNING"})
+        os.environ.update(supervised.client_env(state))
         urls = {n: f"http://127.0.0.1:{p}" for n, p in layout.http_ports.items()}
         topics = [HIS_REQUESTS, wallet_commands("32"), WALLET_EVENTS, HIS_RESULTS]
         stop = asyncio.Event()

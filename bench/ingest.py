@@ -16,6 +16,7 @@ from contracts.enrollment import AccountCredited, PersonEnrolled
 from contracts.topics import ENROLLMENT_EVENTS
 from ops.scenario import REGION, id_for
 from shared.clock import SystemClock
+from shared.kafka import kafka_auth
 from shared.pii import kafka_key
 
 PERSONS = 3_000
@@ -38,7 +39,8 @@ def people_events(count: int, province: str = "32", balance_fen: int = 100_000) 
 
 
 async def publish(bootstrap: str, topic: str, messages: list[tuple[str, bytes]]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5,
+                                **kafka_auth())
     await producer.start()
     try:
         futures = [await producer.send(topic, body, key=kafka_key(key)) for key, body in messages]

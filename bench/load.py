@@ -20,6 +20,7 @@ from bench.cpu import per_unit_ms
 from contracts.topics import HIS_REQUESTS, HIS_RESULTS, PARTITIONS
 from ops.scenario import bill
 from shared.client import dumps_his, msgid_for
+from shared.kafka import kafka_auth
 from shared.pii import kafka_key
 
 RATES = (250, 500, 1_000, 2_000, 4_000)  # offered settlements/s, lowest first
@@ -45,7 +46,7 @@ class Answers:
 
     def __init__(self, bootstrap: str) -> None:
         self.consumer = AIOKafkaConsumer(HIS_RESULTS, bootstrap_servers=bootstrap, group_id=None,
-                                         auto_offset_reset="latest", enable_auto_commit=False)
+                                         auto_offset_reset="latest", enable_auto_commit=False, **kafka_auth())
         self.at: dict[bytes, float] = {}
         self._task: asyncio.Task[None] | None = None
 
@@ -132,7 +133,8 @@ async def climb(bootstrap: str, make: Callable[[int], dict[str, Any]], between: 
     Each rate's row has the CPU each process spent per answered settlement, from its first send until
     every consumer caught up (`between`)."""
     rows = []
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=2)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=2,
+                                **kafka_auth())
     await producer.start()
     try:
         async with Answers(bootstrap) as answers:
@@ -158,8 +160,8 @@ def held(rows: list[dict[str, Any]]) -> int:
 async def quiet(bootstrap: str, timeout_s: float = 120.0, topics: tuple[str, ...] | None = None) -> float:
     """Wait until every service's consumer group has processed everything on its topics (lag 0); returns the
     seconds it took. Offsets are committed after a batch's effects and messages, so lag 0 means applied."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    probe = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **kafka_auth())
+    probe = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, **kafka_auth())
     await admin.start()
     await probe.start()
     started = time.perf_counter()

@@ -13,13 +13,16 @@ import sys
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from shared.kafka import kafka_auth
+
 MAX_RECORDS = 500  # as the services' consumers
 
 
 async def relay(bootstrap: str, source: str, sink: str) -> None:
     consumer = AIOKafkaConsumer(source, bootstrap_servers=bootstrap, group_id=f"relay.{source}",
-                                enable_auto_commit=False, auto_offset_reset="earliest")
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=2)
+                                enable_auto_commit=False, auto_offset_reset="earliest", **kafka_auth())
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=2,
+                                **kafka_auth())
     await consumer.start()
     await producer.start()
     try:

@@ -75,6 +75,7 @@ async def main() -> dict[str, Any]:
     try:
         with console.status("starting a fresh native stack and services…"):
             layout = await asyncio.to_thread(supervised.up, state, {"LOG_LEVEL": "WARNING"})
+        os.environ.update(supervised.client_env(state))  # the bench's clients (relays too): admin principal
         urls = {n: f"http://127.0.0.1:{p}" for n, p in layout.http_ports.items()}
         phases = (("enrolment ingestion", ingestion(layout.kafka_bootstrap, layout.redis_url)),
                   ("transfers", transfers(layout.kafka_bootstrap, clock)),

@@ -21,6 +21,7 @@ from contracts.wallet import AcceptTransfer, OpenWallet, RequestTransfer
 from ops.scenario import REGION, id_for
 from shared.clock import Clock
 from shared.consent import sign
+from shared.kafka import kafka_auth
 from shared.pii import kafka_key
 
 TRANSFERS = 400
@@ -59,8 +60,9 @@ async def transfers(bootstrap: str, clock: Clock) -> dict[str, Any]:
     accepted: dict[str, float] = {}
     refused: dict[str, str] = {}
     consumer = AIOKafkaConsumer(WALLET_EVENTS, bootstrap_servers=bootstrap, group_id=None,
-                                auto_offset_reset="latest", enable_auto_commit=False)
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=2)
+                                auto_offset_reset="latest", enable_auto_commit=False, **kafka_auth())
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=2,
+                                **kafka_auth())
     await consumer.start()
     await consumer.seek_to_end()
     await producer.start()

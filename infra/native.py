@@ -25,6 +25,10 @@ import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
+
+from infra import kafka_security
+from shared.kafka import ensure_topics, kafka_auth
 
 ROOT = Path(__file__).resolve().parent.parent
 KAFKA_LIB = ROOT / "infra" / ".cache" / "kafka-lib"
@@ -32,6 +36,8 @@ KAFKA_POM = ROOT / "infra" / "kafka" / "pom.xml"
 LOG4J_CONFIG = ROOT / "infra" / "log4j2.properties"
 
 READY_TIMEOUT_S = 90.0
+# Throw-away stacks (tests, chaos) all accept the same loopback-only passwords (infra/kafka_security.py)
+THROWAWAY_CREDENTIALS = kafka_security.throwaway_credentials()
 STOP_TIMEOUT_S = 20.0
 
 
@@ -48,7 +54,9 @@ class StackInfo:
     state_dir: str
 
     def env(self) -> dict[str, str]:
-        return {"KAFKA_BOOTSTRAP_SERVERS": self.kafka_bootstrap, "REDIS_URL": self.redis_url}
+        """Addresses and the tooling's (admin) credentials: tests, the bench and the simulator use these."""
+        return {"KAFKA_BOOTSTRAP_SERVERS": self.kafka_bootstrap, "REDIS_URL": self.redis_url,
+                **kafka_security.client_env(THROWAWAY_CREDENTIALS, kafka_security.ADMIN)}
 
 
 def free_port() -> int:
@@ -144,7 +152,7 @@ def prepare() -> None:
 # ---------------------------------------------------------------- readiness
 
 
-async def _kafka_metadata_ok(bootstrap: str) -> bool:
+async def _kafka_metadata_ok(bootstrap: str, auth: dict[str, Any]) -> bool:
     import logging
 
     from aiokafka.admin import AIOKafkaAdminClient
@@ -152,7 +160,7 @@ async def _kafka_metadata_ok(bootstrap: str) -> bool:
     # "connection refused" while the broker boots is expected; keep it out of the console.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000, **auth)
     try:
         await admin.start()
         await admin.list_topics()
@@ -241,25 +249,31 @@ def restart_redis(info: StackInfo) -> StackInfo:
 
 
 def write_kafka_properties(state: Path, broker_port: int, controller_port: int,
-                           proxied: dict[str, tuple[int, int]] | None = None) -> Path:
+                           proxied: dict[str, tuple[int, int]] | None = None,
+                           credentials: dict[str, str] | None = None) -> Path:
     """`proxied`: extra listeners, name → (port the broker listens on, port it advertises), so that clients
-    bootstrapping through a fault proxy keep talking through it (the simulator's network faults)."""
+    bootstrapping through a fault proxy keep talking through it (the simulator's network faults).
+    `credentials`: authentication and ACLs on (infra/kafka_security.py); None only for stacks created before."""
     data = state / "kafka-data"
     data.mkdir(parents=True, exist_ok=True)
     props = state / "server.properties"
     extra = proxied or {}
+    protocol = "SASL_PLAINTEXT" if credentials else "PLAINTEXT"
+    client = protocol  # the client (and inter-broker) listener is named after its protocol
     listen = "".join(f",{n}://127.0.0.1:{port}" for n, (port, _) in extra.items())
     advertise = "".join(f",{n}://127.0.0.1:{port}" for n, (_, port) in extra.items())
-    protocols = "".join(f",{n}:PLAINTEXT" for n in extra)
+    protocols = "".join(f",{n}:{protocol}" for n in extra)
+    security = kafka_security.broker_properties(credentials, [client, *extra]) if credentials else []
     props.write_text("\n".join([
         "process.roles=broker,controller",
         "node.id=1",
         f"controller.quorum.bootstrap.servers=127.0.0.1:{controller_port}",
-        f"listeners=PLAINTEXT://127.0.0.1:{broker_port},CONTROLLER://127.0.0.1:{controller_port}{listen}",
-        f"advertised.listeners=PLAINTEXT://127.0.0.1:{broker_port}{advertise}",
+        f"listeners={client}://127.0.0.1:{broker_port},CONTROLLER://127.0.0.1:{controller_port}{listen}",
+        f"advertised.listeners={client}://127.0.0.1:{broker_port}{advertise}",
         "controller.listener.names=CONTROLLER",
-        "inter.broker.listener.name=PLAINTEXT",
-        f"listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT{protocols}",
+        f"inter.broker.listener.name={client}",
+        f"listener.security.protocol.map={client}:{protocol},CONTROLLER:{protocol}{protocols}",
+        *security,
         f"log.dirs={data}",
         "num.partitions=4",
         "offsets.topic.replication.factor=1",
@@ -278,11 +292,14 @@ def write_kafka_properties(state: Path, broker_port: int, controller_port: int,
     return props
 
 
-def format_kafka(props: Path, cluster_id: str) -> None:
-    """Format the log dirs once, for a new stack only (formatting is what gives a broker its cluster id)."""
+def format_kafka(props: Path, cluster_id: str, credentials: dict[str, str] | None = None) -> None:
+    """Format the log dirs once, for a new stack only (formatting is what gives a broker its cluster id, and
+    with authentication on, every principal's SCRAM credentials)."""
     java = shutil.which("java") or "java"
+    scram = kafka_security.format_arguments(credentials) if credentials else []
     fmt = subprocess.run([java, "-cp", f"{KAFKA_LIB}/*", f"-Dlog4j2.configurationFile={LOG4J_CONFIG}",
-                          "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props), "--standalone"],
+                          "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props), "--standalone",
+                          *scram],
                          capture_output=True, text=True, check=False)
     if fmt.returncode != 0:
         raise StackError(f"kafka storage format failed: {fmt.stdout[-1500:]} {fmt.stderr[-1500:]}")
@@ -298,17 +315,34 @@ def kafka_command(props: Path) -> list[str]:
             f"-Dlog4j2.configurationFile={LOG4J_CONFIG}", "-cp", f"{KAFKA_LIB}/*", "kafka.Kafka", str(props)]
 
 
-def kafka_ready(bootstrap: str) -> bool:
-    return asyncio.run(_kafka_metadata_ok(bootstrap))
+def kafka_ready(bootstrap: str, credentials: dict[str, str] | None = None) -> bool:
+    auth = kafka_auth(kafka_security.ADMIN, credentials[kafka_security.ADMIN]) if credentials else {}
+    return asyncio.run(_kafka_metadata_ok(bootstrap, auth))
+
+
+def secure_kafka(bootstrap: str, credentials: dict[str, str]) -> None:
+    """As the stack's admin: every topic with its shape, then the ACLs (before any service starts: services
+    may not create topics)."""
+    from contracts.topics import PARTITIONS, all_topics
+
+    asyncio.run(ensure_topics(bootstrap, all_topics(), PARTITIONS,
+                              **kafka_auth(kafka_security.ADMIN, credentials[kafka_security.ADMIN])))
+    kafka_security.apply_acls(bootstrap, credentials, KAFKA_LIB)
 
 
 def _start_kafka(state: Path) -> tuple[str, int]:
     broker_port, controller_port = free_port(), free_port()
-    props = write_kafka_properties(state, broker_port, controller_port)
-    format_kafka(props, new_cluster_id())
+    credentials = THROWAWAY_CREDENTIALS
+    props = write_kafka_properties(state, broker_port, controller_port, credentials=credentials)
+    format_kafka(props, new_cluster_id(), credentials)
     proc = _launch_kafka(state)
     bootstrap = f"127.0.0.1:{broker_port}"
-    _wait_or_stop(lambda: kafka_ready(bootstrap), "kafka", proc.pid, state / "kafka.log")
+    _wait_or_stop(lambda: kafka_ready(bootstrap, credentials), "kafka", proc.pid, state / "kafka.log")
+    try:
+        secure_kafka(bootstrap, credentials)
+    except BaseException:
+        _stop_pid(proc.pid)
+        raise
     return bootstrap, proc.pid
 
 
@@ -377,7 +411,7 @@ def restart_kafka(info: StackInfo) -> StackInfo:
     state = Path(info.state_dir)
     _stop_pid(info.kafka_pid)
     proc = _launch_kafka(state)
-    _wait_or_stop(lambda: kafka_ready(info.kafka_bootstrap), "kafka", proc.pid,
+    _wait_or_stop(lambda: kafka_ready(info.kafka_bootstrap, THROWAWAY_CREDENTIALS), "kafka", proc.pid,
                   state / "kafka.log")
     info.kafka_pid = proc.pid
     (state / "stack.json").write_text(json.dumps(asdict(info)))

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 
+from infra import kafka_security
 from infra.native import ROOT, free_port
 
 READY_TIMEOUT_S = 60.0
@@ -71,14 +72,23 @@ class ServiceProc:
 
 
 def service_set(stack_env: dict[str, str], log_dir: Path, provinces: tuple[str, ...] = ("32", "51", "33", "45"),
-                extra_env: dict[str, str] | None = None) -> list[ServiceProc]:
+                extra_env: dict[str, str] | None = None,
+                credentials: dict[str, str] | None = None) -> list[ServiceProc]:
+    """The services as processes. With `credentials` (a stack with authentication on) each authenticates as its
+    own principal, whatever the caller's environment says; without, none authenticates."""
     env = {"MODE": "development", **stack_env, **(extra_env or {})}  # test and bench stacks: development keys
+
+    def own(name: str) -> dict[str, str]:
+        if credentials is None:
+            return {**env, "KAFKA_USERNAME": "", "KAFKA_PASSWORD": ""}
+        return {**env, **kafka_security.client_env(credentials, name)}
+
     procs = [
-        ServiceProc("binding", "services.binding", free_port(), env, log_dir / "binding.log"),
-        ServiceProc("settlement", "services.settlement", free_port(), env, log_dir / "settlement.log"),
+        ServiceProc("binding", "services.binding", free_port(), own("binding"), log_dir / "binding.log"),
+        ServiceProc("settlement", "services.settlement", free_port(), own("settlement"), log_dir / "settlement.log"),
     ]
     for p in provinces:
-        procs.append(ServiceProc(f"wallet-{p}", "services.wallet", free_port(), {**env, "PROVINCE": p},
+        procs.append(ServiceProc(f"wallet-{p}", "services.wallet", free_port(), {**own(f"wallet-{p}"), "PROVINCE": p},
                                  log_dir / f"wallet-{p}.log"))
     return procs
 

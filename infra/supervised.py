@@ -32,9 +32,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from infra import native
+from infra import kafka_security, native
 from infra.native import ROOT, StackError
+from shared.kafka import kafka_auth
 
+CREDENTIALS = "credentials.json"  # every Kafka principal's password (mode 0600)
 LAYOUT_VERSION = 1
 DEFAULT_STATE = ROOT / ".local" / "stack"
 PROVINCES = ("32", "51", "33", "45")
@@ -68,6 +70,9 @@ class Layout:
     # Only the simulator's stacks: a Toxiproxy between each service and Kafka / Redis (network faults).
     # {"api_port": p, "links": {service: {"kafka_listener": p, "kafka_proxy": p, "redis_proxy": p}}}
     network: dict[str, Any] = field(default_factory=dict)
+    # SASL/SCRAM and ACLs on the broker (passwords in credentials.json). Stacks created before issue 15 have
+    # none and keep running without: their Kafka data was formatted without any principal.
+    kafka_auth: bool = False
 
     @property
     def kafka_bootstrap(self) -> str:
@@ -178,7 +183,7 @@ def open_layout(state: Path) -> tuple[Layout, bool]:
                              "version of this project or damaged. Nothing was started or deleted. Move it away, or "
                              "wipe it with `make reset`.")
         layout = Layout(LAYOUT_VERSION, native.new_cluster_id(), _port("kafka"), _port("controller"), _port("redis"),
-                        _http_ports(_port("http"), list(PROVINCES)))
+                        _http_ports(_port("http"), list(PROVINCES)), kafka_auth=True)
         return layout, True
     try:
         layout = Layout(**json.loads(layout_file.read_text()))
@@ -209,9 +214,39 @@ def create(state: Path, layout: Layout) -> None:
     native.prepare()
     (state / "redis").mkdir(parents=True, exist_ok=True)
     (state / "logs").mkdir(parents=True, exist_ok=True)
-    props = native.write_kafka_properties(state, layout.kafka_port, layout.controller_port, _kafka_proxied(layout))
-    native.format_kafka(props, layout.cluster_id)
+    credentials = kafka_security.new_credentials() if layout.kafka_auth else None
+    if credentials is not None:
+        kafka_security.save(state / CREDENTIALS, credentials)
+    props = native.write_kafka_properties(state, layout.kafka_port, layout.controller_port, _kafka_proxied(layout),
+                                          credentials)
+    native.format_kafka(props, layout.cluster_id, credentials)
     (state / "layout.json").write_text(json.dumps(asdict(layout), indent=2))
+
+
+def credentials(state: Path, layout: Layout) -> dict[str, str] | None:
+    """Every principal's password (None: a stack without authentication)."""
+    if not layout.kafka_auth:
+        return None
+    path = state / CREDENTIALS
+    if not path.exists():
+        raise StackError(f"{path} is missing: this stack's broker authenticates and its passwords were kept "
+                         "there; nothing was started or deleted.")
+    return kafka_security.load(path)
+
+
+def admin_auth(state: Path) -> dict[str, Any]:
+    """aiokafka options for the stack's admin principal ({} on a stack without authentication)."""
+    env = client_env(state)
+    return kafka_auth(env["KAFKA_USERNAME"], env["KAFKA_PASSWORD"]) if "KAFKA_USERNAME" in env else {}
+
+
+def client_env(state: Path) -> dict[str, str]:
+    """What the stack's own tooling (CLI, demo, simulator, bench) connects with: addresses and, when the broker
+    authenticates, the admin principal."""
+    layout, _ = open_layout(state)
+    creds = credentials(state, layout)
+    env = {"KAFKA_BOOTSTRAP_SERVERS": layout.kafka_bootstrap, "REDIS_URL": layout.redis_url}
+    return {**env, **(kafka_security.client_env(creds, kafka_security.ADMIN) if creds else {})}
 
 
 # ---------------------------------------------------------------- supervisord configuration
@@ -257,11 +292,15 @@ def service_env(layout: Layout, state: Path, name: str, extra: dict[str, str]) -
         env["REDIS_URL"] = f"redis://127.0.0.1:{link['redis_proxy']}/0"
     if name.startswith("wallet-"):
         env["PROVINCE"] = name.removeprefix("wallet-")
+    creds = credentials(state, layout)
+    if creds is not None:  # each service authenticates as its own principal
+        env.update(kafka_security.client_env(creds, name))
     return env
 
 
 def write_config(state: Path, layout: Layout, extra_env: dict[str, str]) -> Path:
-    props = native.write_kafka_properties(state, layout.kafka_port, layout.controller_port, _kafka_proxied(layout))
+    props = native.write_kafka_properties(state, layout.kafka_port, layout.controller_port, _kafka_proxied(layout),
+                                          credentials(state, layout))
     proxy: list[str] = []
     if layout.network:
         proxy = [_program("toxiproxy", [native.toxiproxy_binary(), "-host", "127.0.0.1", "-port",
@@ -389,7 +428,10 @@ def up(state: Path | None = None, extra_env: dict[str, str] | None = None, netwo
     if layout.network:
         api = f"http://127.0.0.1:{layout.network['api_port']}/version"
         _wait_until(lambda: _answers(api), "toxiproxy", state, logs / "toxiproxy.log")
-    _wait_until(lambda: native.kafka_ready(layout.kafka_bootstrap), "kafka", state, logs / "kafka.log")
+    creds = credentials(state, layout)
+    _wait_until(lambda: native.kafka_ready(layout.kafka_bootstrap, creds), "kafka", state, logs / "kafka.log")
+    if creds is not None:  # topics and ACLs as admin before any service starts (again on every start: idempotent)
+        native.secure_kafka(layout.kafka_bootstrap, creds)
     _start_if_stopped(state, layout.service_names())
     for name in layout.service_names():
         url = f"http://127.0.0.1:{layout.http_ports[name]}"
@@ -405,8 +447,9 @@ def _write_client_files(state: Path, layout: Layout) -> None:
     (state / "services.json").write_text(json.dumps(
         {n: {"url": f"http://127.0.0.1:{layout.http_ports[n]}", "log": str(state / "logs" / f"{n}.log")}
          for n in layout.service_names()}, indent=2))
-    (state / "env").write_text(f"export KAFKA_BOOTSTRAP_SERVERS={layout.kafka_bootstrap}\n"
-                               f"export REDIS_URL={layout.redis_url}\n")
+    env = state / "env"
+    env.write_text("".join(f"export {k}={v}\n" for k, v in client_env(state).items()))
+    env.chmod(0o600)  # the admin principal's password, when the broker authenticates
 
 
 def down(state: Path | None = None) -> bool:
@@ -430,7 +473,7 @@ def reset(state: Path | None = None) -> list[str]:
     state = state or state_dir()
     down(state)
     wiped = []
-    for name in ("kafka-data", "redis", "layout.json", "restarts.json", "clock_offset_ms", "stack.json",
+    for name in ("kafka-data", "redis", "layout.json", CREDENTIALS, "restarts.json", "clock_offset_ms", "stack.json",
                  "services.json", "env", "server.properties", "supervisord.conf"):
         path = state / name
         if path.is_dir():

@@ -28,6 +28,7 @@ from ops.national_audit import national_audit
 from ops.scenario import HOSPITAL, REGION
 from shared.client import Bus, his_request, yuan
 from shared.clock import SystemClock
+from shared.kafka import kafka_auth
 from shared.settings import operator_headers
 
 app = typer.Typer(help="Operate the family mutual-aid stack (家庭共济).", no_args_is_help=True)
@@ -43,13 +44,14 @@ def fail(message: str) -> None:
 
 
 def stack_env() -> dict[str, str]:
+    """Where the stack is and whom to connect as: the environment (KAFKA_BOOTSTRAP_SERVERS, REDIS_URL,
+    KAFKA_USERNAME / KAFKA_PASSWORD), else the local stack of `make up` as its admin principal."""
     env = {k: os.environ[k] for k in ("KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL") if k in os.environ}
     if "KAFKA_BOOTSTRAP_SERVERS" not in env:
-        info = supervised.state_dir() / "stack.json"
-        if not info.exists():
+        if not (supervised.state_dir() / "layout.json").exists():
             fail("no stack found: run `make up` (or set KAFKA_BOOTSTRAP_SERVERS)")
-        data = json.loads(info.read_text())
-        env = {"KAFKA_BOOTSTRAP_SERVERS": data["kafka_bootstrap"], "REDIS_URL": data["redis_url"]}
+        env = supervised.client_env(supervised.state_dir())
+        os.environ.update({k: v for k, v in env.items() if k.startswith("KAFKA_USER") or k == "KAFKA_PASSWORD"})
     return env
 
 
@@ -295,7 +297,7 @@ def clearing(day: str = typer.Option(None, help="YYYY-MM-DD, default today (Chin
 
 async def _read_dlq(bootstrap: str, topics: list[str], limit: int) -> list[dict[str, Any]]:
     consumer = AIOKafkaConsumer(*topics, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                                enable_auto_commit=False, group_id=None)
+                                enable_auto_commit=False, group_id=None, **kafka_auth())
     await consumer.start()
     found: list[dict[str, Any]] = []
     try:
@@ -336,7 +338,7 @@ class ReplayError(RuntimeError):
 async def fetch_original(bootstrap: str, topic: str, partition: int, offset: int) -> Any:
     """The record at exactly `offset`. Kafka's retention may have deleted it, and a seek to a deleted offset
     silently moves to the earliest one left: that would republish the wrong record, so it is refused."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None, **kafka_auth())
     await consumer.start()
     tp = TopicPartition(topic, partition)
     try:
@@ -358,7 +360,7 @@ async def fetch_original(bootstrap: str, topic: str, partition: int, offset: int
 
 async def _replay(bootstrap: str, topic: str, partition: int, offset: int) -> None:
     record = await fetch_original(bootstrap, topic, partition, offset)
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, **kafka_auth())
     await producer.start()
     try:
         await producer.send_and_wait(topic, record.value, key=record.key, headers=record.headers)

@@ -8,6 +8,7 @@ Exits 1 if anything did not come out as expected.
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import time as clock_time
 from dataclasses import dataclass
@@ -237,6 +238,7 @@ async def main() -> int:
     state = supervised.state_dir()
     with console.status("starting the local stack (Kafka, Redis, 6 services)…"):
         layout = await asyncio.to_thread(supervised.up, state)
+    os.environ.update(supervised.client_env(state))  # the demo's clients: the stack's admin principal
     urls = {name: s["url"] for name, s in stack.services_table(state).items()}
     clock_file = state / "clock_offset_ms"
     async with Bus(layout.kafka_bootstrap, clock=FileOffsetClock(str(clock_file))) as bus:

@@ -4,6 +4,8 @@
     python -m ops.stack down            stop everything, keep the data
     python -m ops.stack status [--json] each process: state, pid, uptime, restarts
     python -m ops.stack reset           stop and wipe the data (says what it wiped)
+    python -m ops.stack principals      the Kafka principals and what each may do (ACLs from the registry)
+    python -m ops.stack rotate NAME     a new password for one Kafka principal; the process using it restarts
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from infra import supervised
-from infra.native import StackError
+from infra import kafka_security, supervised
+from infra.native import KAFKA_LIB, StackError
 
 console = Console()
 
@@ -49,6 +51,26 @@ def _print_status(rows: list[dict[str, object]]) -> None:
     console.print(table)
 
 
+def rotate(state: Path, principal: str) -> None:
+    """A new SCRAM password on the running broker, kept in credentials.json; `up` then rewrites the configuration,
+    which restarts the program that authenticates as `principal` (admin: the tooling's env file; the broker
+    itself uses it from its next restart)."""
+    layout, _ = supervised.open_layout(state)
+    creds = supervised.credentials(state, layout)
+    if creds is None:
+        raise StackError("this stack was created without Kafka authentication; nothing to rotate")
+    if principal not in creds:
+        raise StackError(f"no principal {principal!r}; one of: {', '.join(sorted(creds))}")
+    creds[principal] = kafka_security.rotate(layout.kafka_bootstrap, creds, principal, KAFKA_LIB)
+    kafka_security.save(state / supervised.CREDENTIALS, creds)
+    if principal == kafka_security.ADMIN:  # the broker logs in to itself as admin: restart it on the new one
+        supervised.write_config(state, layout, {})
+        supervised.rpc(state).stopProcess("kafka", True)
+        supervised.rpc(state).startProcess("kafka", True)
+    supervised.up(state)
+    console.print(f"rotated the password of {principal}; kept in {state / supervised.CREDENTIALS}")
+
+
 def main(argv: list[str]) -> int:
     verb = argv[1] if len(argv) > 1 else "status"
     state = supervised.state_dir()
@@ -63,6 +85,13 @@ def main(argv: list[str]) -> int:
         elif verb == "reset":
             wiped = supervised.reset(state)
             console.print("\n".join(f"wiped {w}" for w in wiped) if wiped else f"nothing to wipe in {state}")
+        elif verb == "principals":
+            for line in kafka_security.acl_lines():
+                _, kind, pattern, name, principal, operation = line.split()
+                console.print(f"{principal.removeprefix('User:'):22} {operation:9} {kind.lower()} {name}"
+                              f"{'*' if pattern == 'PREFIXED' else ''}", highlight=False)
+        elif verb == "rotate" and len(argv) == 3:
+            rotate(state, argv[2])
         elif verb == "status":
             rows = supervised.status(state)
             if "--json" in argv:

@@ -34,6 +34,7 @@ from contracts.topics import (
 from contracts.wallet import AcceptTransfer, OpenWallet, RequestTransfer
 from shared.clock import Clock, SystemClock, china_time
 from shared.consent import dissolve_command, reorder_command, sign
+from shared.kafka import kafka_auth
 from shared.pii import kafka_key
 
 DEFAULT_TIMEOUT_S = 30.0
@@ -78,13 +79,16 @@ def dumps_his(obj: dict[str, Any]) -> bytes:
 class Bus:
     """Producer plus a background reader of the answer topics."""
 
-    def __init__(self, bootstrap: str, clock: Clock | None = None) -> None:
+    def __init__(self, bootstrap: str, clock: Clock | None = None, auth: dict[str, Any] | None = None) -> None:
+        """`auth`: aiokafka credentials options (default: from KAFKA_USERNAME / KAFKA_PASSWORD)."""
         self.bootstrap = bootstrap
         # Consent proofs are signed against the services' business clock (tests and demos may shift it).
         self.clock: Clock = clock or SystemClock()
-        self.producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+        auth = kafka_auth() if auth is None else auth
+        self.producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, **auth)
         self.consumer = AIOKafkaConsumer(HIS_RESULTS, BINDING_EVENTS, WALLET_EVENTS, bootstrap_servers=bootstrap,
-                                         auto_offset_reset="latest", enable_auto_commit=False, group_id=None)
+                                         auto_offset_reset="latest", enable_auto_commit=False, group_id=None,
+                                         **auth)
         self.results: dict[str, list[dict[str, Any]]] = defaultdict(list)
         self.binding_events: list[dict[str, Any]] = []
         self.wallet_events: list[dict[str, Any]] = []

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import os
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
@@ -26,6 +27,7 @@ from aiokafka.errors import KafkaError
 from faststream import AckPolicy
 from faststream.exceptions import IncorrectState
 from faststream.kafka import KafkaBroker, KafkaMessage
+from faststream.security import SASLScram512
 from opentelemetry import propagate
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from redis.exceptions import WatchError
@@ -127,12 +129,32 @@ def model_parser(adapter: TypeAdapter[T], only: frozenset[str] | None = None) ->
     return parse
 
 
-def make_broker(bootstrap: str, service: str, middlewares: Sequence[Any] = ()) -> KafkaBroker:
+SASL_MECHANISM = "SCRAM-SHA-512"
+
+
+def kafka_auth(username: str | None = None, password: str | None = None) -> dict[str, Any]:
+    """aiokafka options that authenticate as `username` (default: KAFKA_USERNAME / KAFKA_PASSWORD from the
+    environment) with SASL/SCRAM-SHA-512; no options without credentials (a broker with authentication on
+    refuses such a client). Plaintext on the wire: loopback and private networks; TLS is README "Production"."""
+    username = username if username is not None else os.environ.get("KAFKA_USERNAME", "")
+    password = password if password is not None else os.environ.get("KAFKA_PASSWORD", "")
+    if not username:
+        return {}
+    return {"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": SASL_MECHANISM,
+            "sasl_plain_username": username, "sasl_plain_password": password}
+
+
+def make_broker(bootstrap: str, service: str, middlewares: Sequence[Any] = (), username: str | None = None,
+                password: str | None = None) -> KafkaBroker:
+    """`username`/`password`: the principal (default: KAFKA_USERNAME / KAFKA_PASSWORD; empty: none)."""
+    auth = kafka_auth(username, password)
     # acks=all + idempotence: a confirmed send is on every in-sync replica, and producer retries never
     # duplicate or reorder within a partition.
     return KafkaBroker(
         bootstrap, acks="all", enable_idempotence=True, client_id=service, middlewares=middlewares,
         request_timeout_ms=30_000, linger_ms=2,
+        security=SASLScram512(username=auth["sasl_plain_username"], password=auth["sasl_plain_password"],
+                              use_ssl=False) if auth else None,
         logger=logging.getLogger(f"mutualaid.{service}"),  # through the root handler: JSON, masked
     )
 
@@ -417,24 +439,37 @@ async def ensure_topics(bootstrap: str, topics: Sequence[str], partitions: int, 
                         min_insync_replicas: int = 1, **client: Any) -> None:
     """Create topics we own if missing (idempotent), with their replication, `min.insync.replicas` and retention
     set on each topic: the broker never auto-creates one (it would get the broker's defaults). An existing topic
-    is left as it is; changing one is an operator's decision (kafka-configs)."""
+    is left as it is; changing one is an operator's decision (kafka-configs). `client`: credentials options
+    (default: from the environment, see `kafka_auth`)."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-    from aiokafka.errors import TopicAlreadyExistsError
+    from aiokafka.errors import TopicAlreadyExistsError, TopicAuthorizationFailedError
+
+    TOPIC_AUTHORIZATION_FAILED = TopicAuthorizationFailedError.errno
+    TOPIC_ALREADY_EXISTS = TopicAlreadyExistsError.errno
 
     if not 1 <= min_insync_replicas <= replication_factor:
         raise ValueError(f"min.insync.replicas {min_insync_replicas} must be within 1..{replication_factor}")
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **client)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **(client or kafka_auth()))
     await admin.start()
     try:
-        existing = set(await admin.list_topics())
+        existing = set(await admin.list_topics())  # only those this principal may describe
         missing = [NewTopic(t, partitions, replication_factor,
                             topic_configs={"min.insync.replicas": str(min_insync_replicas),
                                            "retention.ms": str(retention_ms(t))})
                    for t in topics if t not in existing]
         if missing:
             try:
-                await admin.create_topics(missing)
+                response = await admin.create_topics(missing)
             except TopicAlreadyExistsError:
-                pass
+                return
+            refused = [t for t, code, *_ in response.topic_errors if code == TOPIC_AUTHORIZATION_FAILED]
+            failed = [(t, code, *rest) for t, code, *rest in response.topic_errors
+                      if code not in (0, TOPIC_ALREADY_EXISTS, TOPIC_AUTHORIZATION_FAILED)]
+            if failed:  # e.g. a replication factor above the number of brokers: a wrong shape is never accepted
+                raise RuntimeError(f"creating topics failed: {failed[:3]}")
+            if refused:
+                # with ACLs on, topics are the operator's (the stack's admin) to create, before services start
+                log.info("not allowed to create topics; they must exist", topics=sorted(refused)[:5],
+                            count=len(refused))
     finally:
         await admin.close()

@@ -14,7 +14,8 @@ from typing import Any, Generic, TypeVar
 
 import structlog
 import uvloop
-from faststream.asgi import AsgiFastStream, make_ping_asgi
+from faststream.asgi import AsgiFastStream, AsgiResponse, make_ping_asgi
+from faststream.asgi.handlers import HttpHandler
 from faststream.kafka import KafkaBroker
 from faststream.kafka.opentelemetry import KafkaTelemetryMiddleware
 from faststream.kafka.prometheus import KafkaPrometheusMiddleware
@@ -23,7 +24,7 @@ from prometheus_client import REGISTRY, make_asgi_app
 
 from contracts.topics import PARTITIONS, all_topics
 from shared.clock import Clock, clock_from
-from shared.kafka import Consumer, ensure_topics, make_broker
+from shared.kafka import Consumer, ensure_topics, kafka_auth, make_broker
 from shared.logs import configure_logging
 from shared.redis_store import connect
 from shared.settings import Settings
@@ -40,7 +41,8 @@ def query_one(request: Any, name: str) -> str:
 
 def build_broker(settings: Settings, service: str) -> KafkaBroker:
     return make_broker(
-        settings.kafka_bootstrap_servers, service,
+        settings.kafka_bootstrap_servers, service, username=settings.kafka_username,
+        password=settings.kafka_password,
         middlewares=[
             KafkaPrometheusMiddleware(registry=REGISTRY, app_name=service),
             KafkaTelemetryMiddleware(tracer_provider=_TRACER_PROVIDER),
@@ -79,22 +81,31 @@ def assemble(settings: Settings, name: str,
 Tick = tuple[str, Callable[[], Awaitable[Any]], int]  # (what, periodic work, interval in ms)
 
 
-def operator_only(app: Any, token: str) -> Any:
-    """An ASGI app that answers 401 unless the request carries `Authorization: Bearer <token>`: balances, audits
-    and bindings are an operator's question, not anyone's who reaches the port."""
-    expected = f"Bearer {token}".encode()
+class OperatorOnly(HttpHandler):
+    """A route that answers 401 unless the request carries `Authorization: Bearer <token>`: balances, audits and
+    bindings are an operator's question, not anyone's who reaches the port. It stays a FastStream handler (the
+    app gives the wrapped route its logger and dependency set-up, and lists it in the schema)."""
 
-    async def guarded(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    def __init__(self, route: HttpHandler, token: str) -> None:
+        # not super().__init__: the wrapped route is already built; its state is shared, its calls delegated
+        self.__dict__.update(route.__dict__)
+        self.route = route
+        self.expected = f"Bearer {token}".encode() if token else None
+
+    def update_fd_config(self, config: Any) -> None:
+        self.route.update_fd_config(config)
+
+    def set_logger(self, logger: Any) -> None:
+        self.route.set_logger(logger)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         given = dict(scope.get("headers") or []).get(b"authorization", b"")
-        if not token or not hmac.compare_digest(given, expected):
-            await send({"type": "http.response.start", "status": 401,
-                        "headers": [(b"content-type", b"application/json"), (b"www-authenticate", b"Bearer")]})
-            await send({"type": "http.response.body",
-                        "body": b'{"error": "operator bearer token required (Authorization: Bearer ...)"}'})
+        if self.expected is None or not hmac.compare_digest(given, self.expected):
+            refused = AsgiResponse(b'{"error": "operator bearer token required (Authorization: Bearer ...)"}', 401,
+                                   headers={"content-type": "application/json", "www-authenticate": "Bearer"})
+            await refused(scope, receive, send)
             return
-        await app(scope, receive, send)
-
-    return guarded
+        await self.route(scope, receive, send)
 
 
 def build_app(parts: Assembled[Any], service: str, routes: Sequence[tuple[str, Any]] = (),
@@ -124,13 +135,14 @@ def build_app(parts: Assembled[Any], service: str, routes: Sequence[tuple[str, A
 
     async def create_topics() -> None:
         await ensure_topics(settings.kafka_bootstrap_servers, all_topics(), PARTITIONS,
-                            settings.kafka_replication_factor, settings.kafka_min_insync_replicas)
+                            settings.kafka_replication_factor, settings.kafka_min_insync_replicas,
+                            **kafka_auth(settings.kafka_username, settings.kafka_password))
 
     return AsgiFastStream(
         broker,
         logger=logging.getLogger(f"mutualaid.{service}"),
         asgi_routes=[("/health", make_ping_asgi(broker, timeout=5.0)), ("/metrics", make_asgi_app()),
-                     *((path, operator_only(app, settings.bearer_token())) for path, app in routes)],
+                     *((path, OperatorOnly(route, settings.bearer_token())) for path, route in routes)],
         on_startup=[create_topics],
         after_startup=[start_ticks],
         on_shutdown=[stop],

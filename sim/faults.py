@@ -39,6 +39,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from infra import supervised
 from infra.native import ROOT, free_port
+from shared.kafka import kafka_auth
 from shared.settings import operator_headers
 
 WALLET_TIMEOUT_MS = 1_500  # short, so pauses past it really time payments out
@@ -155,8 +156,10 @@ class Injector:
         return False
 
     async def _lag(self) -> int:
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.layout.kafka_bootstrap, request_timeout_ms=1500)
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.layout.kafka_bootstrap, request_timeout_ms=1500)
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.layout.kafka_bootstrap, request_timeout_ms=1500,
+                                    **kafka_auth())
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.layout.kafka_bootstrap, request_timeout_ms=1500,
+                                    **kafka_auth())
         try:
             await admin.start()
             await consumer.start()

@@ -64,6 +64,7 @@ from services.settlement.domain import setl_id_for
 from shared.client import Bus, dumps_his, his_request, msgid_for
 from shared.clock import FileOffsetClock, china_time, offset_ms_to
 from shared.consent import dissolve_command, sign
+from shared.kafka import kafka_auth
 from shared.pii import kafka_key
 from shared.settings import operator_headers
 from sim.faults import WALLET_TIMEOUT_MS, ClockGate, Injector
@@ -762,7 +763,7 @@ async def dlq_records(bootstrap: str) -> tuple[int, int]:
     """(records in every DLQ, of which not injected poison)."""
     # earliest: in our runs aiokafka did not honour seek_to_beginning issued right after a manual assign
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
-                                auto_offset_reset="earliest")
+                                auto_offset_reset="earliest", **kafka_auth())
     await consumer.start()
     total = unexpected = 0
     try:
@@ -816,7 +817,7 @@ async def answers_on_topic(bootstrap: str, msgid: str) -> int:
     """How many answers to `msgid` the results topic holds: tells a lost answer from one the simulator's own
     consumer missed."""
     consumer = AIOKafkaConsumer(HIS_RESULTS, bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
-                                auto_offset_reset="earliest")
+                                auto_offset_reset="earliest", **kafka_auth())
     await consumer.start()
     found = 0
     try:
@@ -860,11 +861,13 @@ async def simulate(seed: int, duration_s: float, keep: bool) -> dict[str, Any]:
         layout = await asyncio.to_thread(supervised.up, state, {"LOG_LEVEL": "WARNING",
                                                                "WALLET_TIMEOUT_MS": str(WALLET_TIMEOUT_MS)},
                                          True)  # a fault proxy between each service and Kafka / Redis
+        os.environ.update(supervised.client_env(state))  # the simulator's clients: the stack's admin principal
         urls = {n: f"http://127.0.0.1:{p}" for n, p in layout.http_ports.items()}
         injector = Injector(state, layout, random.Random(rng.random()), clock_file)
         async with (Bus(layout.kafka_bootstrap, clock=FileOffsetClock(str(clock_file))) as bus,
                     AIOKafkaProducer(bootstrap_servers=layout.kafka_bootstrap, acks="all", enable_idempotence=True,
-                                     compression_type="gzip", max_request_size=8 << 20) as gzip_producer):
+                                     compression_type="gzip", max_request_size=8 << 20,
+                                     **kafka_auth()) as gzip_producer):
             run = Run(seed, bus, urls, gzip_producer=gzip_producer, gate=injector.gate)
             kinds = ["suzhou", "wallet", "chengdu", "hangzhou", "nanning", "suzhou", "wallet", "chengdu"]
             deadline = time.monotonic() + duration_s

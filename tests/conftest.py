@@ -25,6 +25,8 @@ def infra() -> Iterator[Infra]:
     with provide() as found:
         os.environ["KAFKA_BOOTSTRAP_SERVERS"] = found.kafka_bootstrap
         os.environ["REDIS_URL"] = found.redis_url
+        if found.native_info is not None:  # the tests' own clients play hospital, platform and app: admin
+            os.environ.update(found.native_info.env())
         yield found
 
 
@@ -64,6 +66,7 @@ def services(infra: Infra, service_clock: ServiceClock) -> Iterator[dict[str, Se
     """binding, settlement and wallets 32/51/33/45 as real processes over the real broker and Redis."""
     logs = Path(tempfile.mkdtemp(prefix="e2e-logs-"))
     procs = service_set({"KAFKA_BOOTSTRAP_SERVERS": infra.kafka_bootstrap, "REDIS_URL": infra.redis_url}, logs,
+                        credentials=infra.credentials,
                         extra_env={"WALLET_TIMEOUT_MS": WALLET_TIMEOUT_MS, "LOG_LEVEL": "WARNING",
                                    "CLOCK_FILE": str(service_clock.path)})
     start_all(procs)

@@ -11,13 +11,15 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from shared.kafka import kafka_auth
+
 
 def unique(prefix: str) -> str:
     return f"{prefix}.{uuid.uuid4().hex[:10]}"
 
 
 async def produce(bootstrap: str, topic: str, values: list[bytes], key: bytes | None = b"k") -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, **kafka_auth())
     await producer.start()
     try:
         for value in values:
@@ -29,7 +31,7 @@ async def produce(bootstrap: str, topic: str, values: list[bytes], key: bytes | 
 async def read_topic(bootstrap: str, topic: str, count: int, timeout_s: float = 30.0) -> list[Any]:
     """Read `count` records from the beginning of `topic` (no group), or fail after `timeout_s`."""
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                                enable_auto_commit=False, group_id=None)
+                                enable_auto_commit=False, group_id=None, **kafka_auth())
     await consumer.start()
     records: list[Any] = []
     try:

@@ -26,6 +26,11 @@ class Infra:
     source: str
     native_info: native.StackInfo | None = None
 
+    @property
+    def credentials(self) -> dict[str, str] | None:
+        """Every principal's password when the broker authenticates (the native stack), else None."""
+        return native.THROWAWAY_CREDENTIALS if self.native_info is not None else None
+
 
 def _docker_answers() -> bool:
     try:

@@ -38,7 +38,8 @@ START_FEN = 200_000
 def own_stack() -> Iterator[tuple[native.StackInfo, dict[str, ServiceProc]]]:
     state = Path(tempfile.mkdtemp(prefix="chaos-stack-"))
     info = native.start(state)
-    procs = service_set(info.env(), state, ("32",), {"LOG_LEVEL": "WARNING", "WALLET_TIMEOUT_MS": "60000"})
+    procs = service_set(info.env(), state, ("32",), {"LOG_LEVEL": "WARNING", "WALLET_TIMEOUT_MS": "60000"},
+                        credentials=native.THROWAWAY_CREDENTIALS)
     start_all(procs)
     try:
         yield info, {p.name: p for p in procs}

@@ -87,7 +87,7 @@ async def pay_some(bus: Bus, urls: dict[str, str], people: list[dict[str, Any]])
 @pytest.fixture(scope="module")
 async def money(stack: tuple[Path, dict[str, str]]) -> list[dict[str, Any]]:
     state, urls = stack
-    async with Bus(layout(state).kafka_bootstrap) as bus:
+    async with Bus(layout(state).kafka_bootstrap, auth=supervised.admin_auth(state)) as bus:
         people = [await person(bus, urls, p, balance_fen=START_FEN)
                   for p in PROVINCES for _ in range(PEOPLE_PER_PROVINCE)]
         await pay_some(bus, urls, people)
@@ -111,7 +111,7 @@ async def test_kafka_sigkill_keeps_unanswered_requests_and_answers_them_once_aft
     before = snapshot(state, urls, money)
     supervised.rpc(state).stopProcess("settlement", True)  # requests wait in Kafka, unanswered
     requests = [bill(who, 321) for who in money]
-    async with Bus(layout(state).kafka_bootstrap) as bus:
+    async with Bus(layout(state).kafka_bootstrap, auth=supervised.admin_auth(state)) as bus:
         for request in requests:
             await bus.producer.send_and_wait(HIS_REQUESTS, dumps_his(request), key=kafka_key(request["msgid"]))
         os.kill(pid_of(state, "kafka"), signal.SIGKILL)
@@ -138,7 +138,7 @@ async def test_make_down_then_make_up_keeps_everything(
     await asyncio.to_thread(supervised.up, state)
     assert snapshot(state, urls, money) == before
     audits_pass(urls)
-    async with Bus(layout(state).kafka_bootstrap) as bus:  # and it still works
+    async with Bus(layout(state).kafka_bootstrap, auth=supervised.admin_auth(state)) as bus:  # and it still works
         await pay_some(bus, urls, money[:1])
 
 
@@ -164,6 +164,7 @@ async def test_a_killed_service_comes_back_by_itself_and_processes(
     print(f"\nwallet-32 back and healthy {time.monotonic() - killed_at:.1f}s after SIGKILL")
     row = next(r for r in supervised.status(state) if r["name"] == "wallet-32")
     assert row["restarts"] >= 1 and row["state"] == "RUNNING"
-    async with Bus(layout(state).kafka_bootstrap) as bus:  # processing again: a bill paid from a Jiangsu account
+    # processing again: a bill paid from a Jiangsu account
+    async with Bus(layout(state).kafka_bootstrap, auth=supervised.admin_auth(state)) as bus:
         await pay_some(bus, urls, [m for m in money if m["province"] == "32"][:1])
     audits_pass(urls)

@@ -26,7 +26,7 @@ from contracts.topics import (
 from ops.scenario import bill, bound, person, setl
 from services.settlement.app import parse_request
 from shared.client import Bus
-from shared.kafka import PoisonMessage
+from shared.kafka import PoisonMessage, kafka_auth
 
 pytestmark = pytest.mark.integration
 HASH_KEY = re.compile(rb"^[0-9a-f]{24}$")
@@ -34,7 +34,7 @@ HASH_KEY = re.compile(rb"^[0-9a-f]{24}$")
 
 async def read_all(bootstrap: str, topic: str) -> list[Any]:
     """Every record of `topic` up to its current end, from all partitions."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None, **kafka_auth())
     await consumer.start()
     try:
         partitions = await consumer._client.fetch_all_metadata()  # aiokafka has no public call that lists partitions

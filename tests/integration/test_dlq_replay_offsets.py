@@ -13,15 +13,16 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic, RecordsToDelete
 
 from ops.cli import ReplayError, fetch_original
+from shared.kafka import kafka_auth
 
 pytestmark = pytest.mark.integration
 
 
 async def test_replay_refuses_an_offset_retention_deleted(infra: Any) -> None:
     topic = f"replay-test-{uuid.uuid4().hex[:8]}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=infra.kafka_bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=infra.kafka_bootstrap, **kafka_auth())
     await admin.start()
-    producer = AIOKafkaProducer(bootstrap_servers=infra.kafka_bootstrap, acks="all")
+    producer = AIOKafkaProducer(bootstrap_servers=infra.kafka_bootstrap, acks="all", **kafka_auth())
     await producer.start()
     try:
         await admin.create_topics([NewTopic(topic, 1, 1)])

@@ -15,7 +15,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from faststream.kafka import KafkaBroker
 from pydantic import BaseModel, TypeAdapter
 
-from shared.kafka import Consumer, Outgoing, connected_producer, ensure_topics, make_broker, model_parser
+from shared.kafka import Consumer, Outgoing, connected_producer, ensure_topics, kafka_auth, make_broker, model_parser
 from tests.helpers import body, eventually, headers, produce, read_topic, unique
 
 pytestmark = pytest.mark.integration
@@ -26,7 +26,7 @@ class Ping(BaseModel):
 
 
 async def committed_offset(bootstrap: str, group: str, topic: str) -> int:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **kafka_auth())
     await admin.start()
     try:
         offsets = await admin.list_consumer_group_offsets(group)
