@@ -59,8 +59,8 @@ def rotate(state: Path, principal: str) -> None:
     creds = supervised.credentials(state, layout)
     if creds is None:
         raise StackError("this stack was created without Kafka authentication; nothing to rotate")
-    if principal not in creds:
-        raise StackError(f"no principal {principal!r}; one of: {', '.join(sorted(creds))}")
+    if principal not in kafka_security.principals():  # a role new in the registry is created here
+        raise StackError(f"no principal {principal!r}; one of: {', '.join(kafka_security.principals())}")
     creds[principal] = kafka_security.rotate(layout.kafka_bootstrap, creds, principal, KAFKA_LIB)
     kafka_security.save(state / supervised.CREDENTIALS, creds)
     if principal == kafka_security.ADMIN:  # the broker logs in to itself as admin: restart it on the new one

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import tempfile
 from collections.abc import Iterator
@@ -38,6 +39,9 @@ START_FEN = 200_000
 def own_stack() -> Iterator[tuple[native.StackInfo, dict[str, ServiceProc]]]:
     state = Path(tempfile.mkdtemp(prefix="chaos-stack-"))
     info = native.start(state)
+    # this test's clients play hospital and platform as the stack's admin (the same for every throw-away stack;
+    # addresses are passed explicitly, so the session's own stack is not redirected)
+    os.environ.update({k: v for k, v in info.env().items() if k in ("KAFKA_USERNAME", "KAFKA_PASSWORD")})
     procs = service_set(info.env(), state, ("32",), {"LOG_LEVEL": "WARNING", "WALLET_TIMEOUT_MS": "60000"},
                         credentials=native.THROWAWAY_CREDENTIALS)
     start_all(procs)

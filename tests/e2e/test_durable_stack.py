@@ -20,11 +20,15 @@ from typing import Any
 import httpx
 import pytest
 import redis
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 
-from contracts.topics import HIS_REQUESTS
+from contracts.topics import HIS_REQUESTS, HIS_RESULTS
 from infra import supervised
+from ops import stack as ops_stack
 from ops.scenario import audit, balance, bill, person, setl
 from shared.client import Bus, dumps_his
+from shared.kafka import kafka_auth
 from shared.pii import kafka_key
 
 pytestmark = pytest.mark.e2e
@@ -168,3 +172,30 @@ async def test_a_killed_service_comes_back_by_itself_and_processes(
     async with Bus(layout(state).kafka_bootstrap, auth=supervised.admin_auth(state)) as bus:
         await pay_some(bus, urls, [m for m in money if m["province"] == "32"][:1])
     audits_pass(urls)
+
+
+async def test_a_rotated_kafka_password_replaces_the_old_one(stack: tuple[Path, dict[str, str]],
+                                                             money: list[dict[str, Any]]) -> None:
+    # issue 15: rotate a service's password on the running broker; the old one is refused from then on, and the
+    # service, restarted on the new one, settles again
+    state, urls = stack
+    old = supervised.credentials(state, layout(state))["settlement"]  # type: ignore[index]
+    await asyncio.to_thread(ops_stack.rotate, state, "settlement")
+    new = supervised.credentials(state, layout(state))["settlement"]  # type: ignore[index]
+    assert new != old
+    with pytest.raises(KafkaError):
+        await produce_as(layout(state).kafka_bootstrap, "settlement", old)
+    await produce_as(layout(state).kafka_bootstrap, "settlement", new)
+    async with Bus(layout(state).kafka_bootstrap, auth=supervised.admin_auth(state)) as bus:
+        await pay_some(bus, urls, [m for m in money if m["province"] == "32"][:1])
+    audits_pass(urls)
+
+
+async def produce_as(bootstrap: str, principal: str, password: str) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, request_timeout_ms=5000,
+                                **kafka_auth(principal, password))
+    try:
+        await asyncio.wait_for(producer.start(), 20)
+        await asyncio.wait_for(producer.send_and_wait(HIS_RESULTS, b"{}"), 20)  # read by hospitals only
+    finally:
+        await producer.stop()

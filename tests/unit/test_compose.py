@@ -8,6 +8,7 @@ from typing import Any
 import yaml
 
 from contracts.topics import DEPLOYED_PROVINCES, PARTITIONS
+from infra import compose_files
 from shared.settings import Settings
 
 COMPOSE: dict[str, Any] = yaml.safe_load((Path(__file__).parents[2] / "docker-compose.yml").read_text())
@@ -31,16 +32,33 @@ def test_services_use_only_settings_the_code_reads() -> None:
         assert set(env) <= SETTINGS_ENV, (name, set(env) - SETTINGS_ENV)
         assert env["KAFKA_BOOTSTRAP_SERVERS"] == "kafka:9092"
         assert "healthcheck" in SERVICES[name] and "/health" in str(SERVICES[name]["healthcheck"]["test"])
-        assert SERVICES[name]["depends_on"]["kafka"]["condition"] == "service_healthy"
 
 
-def test_kafka_is_kraft_with_the_topic_settings_the_code_expects() -> None:
-    env = SERVICES["kafka"]["environment"]
-    assert SERVICES["kafka"]["image"].startswith("apache/kafka:4")
-    assert env["KAFKA_PROCESS_ROLES"] == "broker,controller"
-    assert int(env["KAFKA_NUM_PARTITIONS"]) == PARTITIONS
-    assert env["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"] == "1"
-    assert env["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"  # topics are created with their shape (issue 15)
+def test_kafka_is_kraft_with_authentication_acls_and_the_topic_settings_the_code_expects() -> None:
+    kafka = SERVICES["kafka"]
+    assert kafka["image"].startswith("apache/kafka:4")
+    assert kafka["command"] == compose_files.kafka_command()  # formats with every principal's SCRAM credentials
+    props = dict(line.split("=", 1) for line in compose_files.server_properties().splitlines()
+                 if line and not line.startswith("#"))
+    assert props["process.roles"] == "broker,controller" and int(props["num.partitions"]) == PARTITIONS
+    assert props["auto.create.topics.enable"] == "false"  # topics are created with their shape (issue 15)
+    assert props["authorizer.class.name"].endswith("StandardAuthorizer")
+    assert props["allow.everyone.if.no.acl.found"] == "false"
+    assert SERVICES["kafka-setup"]["command"] == ["/etc/mutualaid/setup.sh"]
+
+
+def test_the_mounted_broker_files_are_generated_from_the_code() -> None:
+    for name, text in compose_files.files().items():
+        assert (compose_files.COMPOSE_DIR / name).read_text() == text, \
+            f"infra/compose/{name} is stale: run `python -m infra.compose_files write`"
+
+
+def test_each_service_authenticates_as_itself_once_topics_and_acls_exist() -> None:
+    for name in ("binding", "settlement", *(f"wallet-{p}" for p in DEPLOYED_PROVINCES)):
+        env = SERVICES[name]["environment"]
+        assert env["KAFKA_USERNAME"] == name
+        assert env["KAFKA_PASSWORD"] == compose_files.CREDENTIALS[name]
+        assert SERVICES[name]["depends_on"]["kafka-setup"]["condition"] == "service_completed_successfully"
 
 
 def test_redis_runs_with_aof() -> None:

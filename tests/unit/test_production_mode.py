@@ -8,6 +8,7 @@ import secrets
 import subprocess
 import sys
 
+import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from shared.consent import dev_private_key, public_key_b64
@@ -18,6 +19,13 @@ PRODUCTION_READY = {
     "pii_hash_key": secrets.token_hex(32), "evoucher_key": secrets.token_hex(32),
     "operator_token": secrets.token_hex(32), "kafka_username": "settlement", "kafka_password": secrets.token_hex(16),
 }
+
+
+@pytest.fixture(autouse=True)
+def no_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the suite's own processes carry Kafka credentials and more; these tests are about the defaults
+    for name in Settings.model_fields:
+        monkeypatch.delenv(name.upper(), raising=False)
 
 
 def test_development_mode_accepts_the_public_development_keys() -> None:
