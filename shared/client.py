@@ -156,11 +156,15 @@ class Bus:
 
     # ------------------------------------------------------------ hospital side
 
+    async def send_his(self, request: dict[str, Any]) -> None:
+        """Publish a hospital request as a HIS does (keyed by visit); its answer arrives in `results`."""
+        await self.producer.send_and_wait(HIS_REQUESTS, dumps_his(request), key=kafka_key(
+            str(request["input"]["data"].get("mdtrt_id", request["msgid"]))))
+
     async def his(self, request: dict[str, Any], timeout_s: float = DEFAULT_TIMEOUT_S) -> dict[str, Any]:
         msgid = request["msgid"]
         before = len(self.results[msgid])
-        await self.producer.send_and_wait(HIS_REQUESTS, dumps_his(request),
-                                          key=kafka_key(str(request["input"]["data"].get("mdtrt_id", msgid))))
+        await self.send_his(request)
         return await self.wait_for(lambda: len(self.results[msgid]) > before and self.results[msgid][before],
                                    timeout_s, f"HIS result for {msgid}")  # type: ignore[no-any-return]
 
