@@ -17,7 +17,8 @@ from contracts.topics import ENROLLMENT_EVENTS
 from ops.scenario import REGION, id_for
 from shared.clock import SystemClock
 from shared.kafka import kafka_auth
-from shared.pii import kafka_key
+from shared.pii import kafka_key, keyed_hash
+from shared.settings import Settings
 
 PERSONS = 3_000
 SCAN_COUNT = 1_000
@@ -31,7 +32,7 @@ def people_events(count: int, province: str = "32", balance_fen: int = 100_000) 
     for n in range(count):
         psn = f"{province}B{uuid.uuid4().hex[:15].upper()}"
         enrolled = PersonEnrolled(psn_no=psn, admdvs=region, insutype="310", has_personal_account=True, version=1,
-                                  id_no=id_for(region, n), occurred_at=now)
+                                  id_hash=keyed_hash(Settings().pii_hash_key, id_for(region, n)), occurred_at=now)
         credited = AccountCredited(psn_no=psn, admdvs=region, amount_fen=balance_fen, period=f"{now:%Y-%m}",
                                    occurred_at=now)
         out += [(psn, enrolled.model_dump_json().encode()), (psn, credited.model_dump_json().encode())]

@@ -22,7 +22,8 @@ from ops.scenario import REGION, id_for
 from shared.clock import Clock
 from shared.consent import sign
 from shared.kafka import kafka_auth
-from shared.pii import kafka_key
+from shared.pii import kafka_key, keyed_hash
+from shared.settings import Settings
 
 TRANSFERS = 400
 AMOUNT_FEN = 1_000
@@ -35,7 +36,8 @@ def relatives(count: int, clock: Clock) -> list[tuple[str, bytes]]:
     for n in range(count):
         psn = f"51R{uuid.uuid4().hex[:15].upper()}"
         out.append((psn, PersonEnrolled(psn_no=psn, admdvs=REGION["51"], insutype="390", has_personal_account=False,
-                                        version=1, id_no=id_for(REGION["51"], n), occurred_at=now)
+                                        version=1, id_hash=keyed_hash(Settings().pii_hash_key, id_for(REGION["51"], n)),
+                                        occurred_at=now)
                     .model_dump_json().encode()))
     return out
 

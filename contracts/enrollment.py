@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, StringConstraints, model_validator
 
 from contracts.envelope import Message
 from contracts.types import Fen, PsnNo, RegionCode, ResidentId
+
+IdHash = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 
 
 class _PersonEvent(Message):
@@ -22,11 +24,23 @@ class _PersonEvent(Message):
 
 
 class PersonEnrolled(_PersonEvent):
+    """The resident ID number does not travel: the enrolment platform sends its keyed hash (`id_hash`), which is
+    all settlement needs to recognise an ID card presented at a hospital (S4). `id_no` in clear is still read
+    from producers not yet upgraded, and from events already in the log; this repository never sends it."""
+
     type: Literal["PersonEnrolled"] = "PersonEnrolled"
     insutype: Literal["310", "390"] = Field(description="310 employee, 390 resident")
     has_personal_account: bool
-    id_no: ResidentId = Field(description="sensitive: stored only as a keyed hash by consumers")
+    id_hash: IdHash | None = Field(default=None, description="HMAC-SHA256 with the shared PII_HASH_KEY of the "
+                                   "upper-cased resident ID number, computed by the enrolment platform")
+    id_no: ResidentId | None = Field(default=None, description="deprecated: the number in clear (older producers)")
     card_no: str | None = Field(default=None, max_length=40)
+
+    @model_validator(mode="after")
+    def _one_identity(self) -> PersonEnrolled:
+        if (self.id_hash is None) == (self.id_no is None):
+            raise ValueError("exactly one of id_hash (preferred) and id_no")
+        return self
 
 
 class PersonSuspended(_PersonEvent):

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import typer
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 from rich.console import Console
 from rich.progress import track
 from rich.table import Table
@@ -22,14 +22,15 @@ from rich.table import Table
 from contracts.binding import BindingKind, Relation
 from contracts.enrollment import AccountCredited, PersonEnrolled
 from contracts.topics import DEPLOYED_PROVINCES, all_topics, dlq
-from contracts.types import yuan_to_fen
+from contracts.types import ResidentId, yuan_to_fen
 from infra import supervised
 from ops.national_audit import national_audit
 from ops.scenario import HOSPITAL, REGION
 from shared.client import Bus, his_request, yuan
 from shared.clock import SystemClock
 from shared.kafka import kafka_auth
-from shared.settings import operator_headers
+from shared.pii import keyed_hash
+from shared.settings import Settings, operator_headers
 
 app = typer.Typer(help="Operate the family mutual-aid stack (家庭共济).", no_args_is_help=True)
 dlq_app = typer.Typer(help="Inspect and replay dead-letter queues.", no_args_is_help=True)
@@ -109,9 +110,10 @@ def enroll(psn_no: str, region: str = typer.Option(..., help="6-digit 统筹区,
            resident: bool = typer.Option(False, help="resident insurance (390), no personal account"),
            card_no: str = typer.Option(None), version: int = 1, as_json: bool = JSON) -> None:
     """Publish PersonEnrolled (as the enrollment platform would)."""
+    checked = TypeAdapter(ResidentId).validate_python(id_no)  # check digit, birth date: refused here, not later
     event = PersonEnrolled(psn_no=psn_no, admdvs=region, insutype="390" if resident else "310",
-                           has_personal_account=not resident, id_no=id_no, card_no=card_no, version=version,
-                           occurred_at=SystemClock().now())
+                           has_personal_account=not resident, card_no=card_no, version=version,
+                           id_hash=keyed_hash(Settings().pii_hash_key, checked), occurred_at=SystemClock().now())
     run(with_bus(lambda bus: bus.enrollment(event)))
     out({"published": "PersonEnrolled", "psn_no": psn_no, "message_id": event.message_id}, as_json)
 

@@ -18,7 +18,8 @@ from contracts.binding import BindingKind, Relation
 from contracts.enrollment import AccountCredited, PersonEnrolled
 from contracts.types import resident_id_check_char
 from shared.client import Bus, his_request, yuan
-from shared.settings import operator_headers
+from shared.pii import keyed_hash
+from shared.settings import Settings, operator_headers
 
 
 def url(services: dict[str, Any], name: str) -> str:
@@ -52,7 +53,8 @@ async def person(bus: Bus, services: dict[str, Any], province: str, *, employee:
     id_no = id_for(region, next(_ids))
     card = f"C{uuid.uuid4().hex[:12].upper()}"
     await bus.enrollment(PersonEnrolled(psn_no=p, admdvs=region, insutype="310" if employee else "390",
-                                        has_personal_account=employee, version=1, id_no=id_no, card_no=card,
+                                        has_personal_account=employee, version=1, card_no=card,
+                                        id_hash=keyed_hash(Settings().pii_hash_key, id_no),  # the number stays here
                                         occurred_at=bus.clock.now()))
     if balance_fen:
         await bus.enrollment(AccountCredited(psn_no=p, admdvs=region, amount_fen=balance_fen, period="2026-11",

@@ -9,6 +9,8 @@ from contracts.binding import BindingKind, CreateBinding, Relation
 from contracts.enrollment import AccountCredited, PersonEnrolled
 from contracts.types import resident_id_check_char
 from shared.consent import sign
+from shared.pii import keyed_hash
+from shared.settings import Settings
 
 _seq = itertools.count(1)
 
@@ -22,9 +24,12 @@ def resident_id(region: str = "320505", birth: str = "19800101") -> str:
 
 
 def enrolled(psn: str, admdvs: str = "320500", insutype: str = "310", has_pa: bool = True, version: int = 1,
-             id_no: str | None = None, card_no: str | None = None) -> PersonEnrolled:
+             id_no: str | None = None, card_no: str | None = None, in_clear: bool = False) -> PersonEnrolled:
+    """As the enrolment platform sends it: the ID number's keyed hash (`in_clear`: as older producers did)."""
+    number = id_no or resident_id(admdvs)
+    identity = {"id_no": number} if in_clear else {"id_hash": keyed_hash(Settings().pii_hash_key, number)}
     return PersonEnrolled(occurred_at=T0, psn_no=psn, admdvs=admdvs, insutype=insutype, has_personal_account=has_pa,  # type: ignore[arg-type]
-                          version=version, id_no=id_no or resident_id(admdvs), card_no=card_no)
+                          version=version, card_no=card_no, **identity)
 
 
 def credited(psn: str, amount_fen: int, admdvs: str = "320500", period: str = "2026-10") -> AccountCredited:

@@ -362,8 +362,11 @@ class SettlementService:
         if current is not None and e.version <= current.version:
             return []  # stale or duplicate (same rule as the binding service)
         if isinstance(e, PersonEnrolled):
-            view = domain.PersonView(psn_no=e.psn_no, admdvs=e.admdvs, version=e.version,
-                                     id_hash=keyed_hash(self.settings.pii_hash_key, e.id_no), card_no=e.card_no)
+            if e.id_hash is None:
+                log.warning("enrolment carried a resident ID number in clear; hashed here", psn_no=e.psn_no)
+            id_hash = e.id_hash or keyed_hash(self.settings.pii_hash_key, e.id_no or "")
+            view = domain.PersonView(psn_no=e.psn_no, admdvs=e.admdvs, version=e.version, id_hash=id_hash,
+                                     card_no=e.card_no)
         elif current is None:
             return []
         else:

@@ -41,6 +41,17 @@ async def ready(h: Harness) -> None:
     await h.broker.publish(credited("P1", 50_000).model_dump_json().encode(), ENROLLMENT_EVENTS, key=b"P1")
 
 
+async def test_an_id_card_is_recognised_from_the_hash_or_from_an_older_producers_number() -> None:
+    # issue 15: enrolment carries the keyed hash of the ID number; events from producers not yet upgraded (or
+    # already in the log) still carry it in clear and are hashed on arrival
+    for in_clear in (False, True):
+        async with harness() as h:
+            event = enrolled("P1", id_no=ID_NO, in_clear=in_clear)
+            await h.broker.publish(event.model_dump_json().encode(), ENROLLMENT_EVENTS, key=b"P1")
+            await h.broker.publish(credited("P1", 50_000).model_dump_json().encode(), ENROLLMENT_EVENTS, key=b"P1")
+            assert (await ask(h, sample("2206", "300101", SETTLE)))["infcode"] == 0
+
+
 async def test_national_samples_accepted_and_replies_use_national_names() -> None:
     async with harness() as h:
         await ready(h)

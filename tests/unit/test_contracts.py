@@ -14,6 +14,8 @@ from contracts.enrollment import EnrollmentEvent, PersonEnrolled
 from contracts.his import parse_his_json
 from contracts.types import fen_to_yuan, resident_id_check_char, yuan_to_fen
 from contracts.wallet import PaySettlement
+from shared.pii import keyed_hash
+from shared.settings import Settings
 from tests.factories import enrolled
 
 
@@ -31,18 +33,29 @@ def test_negative_money_rejected() -> None:
 
 
 def test_resident_id_check_digit_verified() -> None:
-    assert enrolled("P1", id_no="11010519491231002X").id_no == "11010519491231002X"
+    assert enrolled("P1", id_no="11010519491231002X", in_clear=True).id_no == "11010519491231002X"
     with pytest.raises(ValidationError, match="check digit") as err:
-        enrolled("P1", id_no="110105194912310021")
+        enrolled("P1", id_no="110105194912310021", in_clear=True)
     assert "110105194912310021" not in str(err.value.errors()[0]["msg"])  # never echoed
 
 
 def test_resident_id_format_and_region_verified() -> None:
     with pytest.raises(ValidationError, match="17 digits"):
-        enrolled("P1", id_no="1101051949123100")
+        enrolled("P1", id_no="1101051949123100", in_clear=True)
     bad_region = "99010519491231002"
     with pytest.raises(ValidationError, match="region prefix"):
-        enrolled("P1", id_no=bad_region + resident_id_check_char(bad_region))
+        enrolled("P1", id_no=bad_region + resident_id_check_char(bad_region), in_clear=True)
+
+
+def test_the_resident_id_number_does_not_travel_on_the_enrolment_topic() -> None:
+    # issue 15: the platform sends the keyed hash; exactly one identity, never both, never none
+    event = enrolled("P1", id_no="11010519491231002X")
+    assert event.id_no is None and "11010519491231002X" not in event.model_dump_json()
+    assert event.id_hash == keyed_hash(Settings().pii_hash_key, "11010519491231002X")
+    with pytest.raises(ValidationError, match="exactly one of id_hash"):
+        event.model_validate({**event.model_dump(), "id_no": "11010519491231002X"})
+    with pytest.raises(ValidationError, match="exactly one of id_hash"):
+        event.model_validate({**event.model_dump(), "id_hash": None})
 
 
 def test_unknown_region_code_rejected() -> None:
