@@ -23,7 +23,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ KAFKA_POM = ROOT / "infra" / "kafka" / "pom.xml"
 LOG4J_CONFIG = ROOT / "infra" / "log4j2.properties"
 
 READY_TIMEOUT_S = 90.0
+SECURE_ATTEMPTS = 10
 # Throw-away stacks (tests, chaos) all accept the same loopback-only passwords (infra/kafka_security.py)
 THROWAWAY_CREDENTIALS = kafka_security.throwaway_credentials()
 STOP_TIMEOUT_S = 20.0
@@ -52,6 +53,9 @@ class StackInfo:
     kafka_pid: int
     redis_pid: int
     state_dir: str
+    # a cluster: node id → pid of every broker (kafka_pid is node 1's); empty for a single broker
+    kafka_nodes: dict[int, int] = field(default_factory=dict)
+    replication: tuple[int, int] = (1, 1)  # (replication factor, min.insync.replicas) of the topics
 
     def env(self) -> dict[str, str]:
         """Addresses and the tooling's (admin) credentials: tests, the bench and the simulator use these."""
@@ -152,7 +156,7 @@ def prepare() -> None:
 # ---------------------------------------------------------------- readiness
 
 
-async def _kafka_metadata_ok(bootstrap: str, auth: dict[str, Any]) -> bool:
+async def _kafka_metadata_ok(bootstrap: str, auth: dict[str, Any], brokers: int = 1) -> bool:
     import logging
 
     from aiokafka.admin import AIOKafkaAdminClient
@@ -164,6 +168,9 @@ async def _kafka_metadata_ok(bootstrap: str, auth: dict[str, Any]) -> bool:
     try:
         await admin.start()
         await admin.list_topics()
+        if brokers > 1:
+            cluster = await admin.describe_cluster()
+            return len(cluster["brokers"]) >= brokers
         return True
     except Exception:
         return False
@@ -250,10 +257,13 @@ def restart_redis(info: StackInfo) -> StackInfo:
 
 def write_kafka_properties(state: Path, broker_port: int, controller_port: int,
                            proxied: dict[str, tuple[int, int]] | None = None,
-                           credentials: dict[str, str] | None = None) -> Path:
+                           credentials: dict[str, str] | None = None, node_id: int = 1,
+                           voters: dict[int, int] | None = None) -> Path:
     """`proxied`: extra listeners, name → (port the broker listens on, port it advertises), so that clients
     bootstrapping through a fault proxy keep talking through it (the simulator's network faults).
-    `credentials`: authentication and ACLs on (infra/kafka_security.py); None only for stacks created before."""
+    `credentials`: authentication and ACLs on (infra/kafka_security.py); None only for stacks created before.
+    `voters`: node id → controller port of every node of a cluster (None: a single node); a cluster keeps every
+    internal topic on 3 replicas and refuses writes with fewer than 2 in sync."""
     data = state / "kafka-data"
     data.mkdir(parents=True, exist_ok=True)
     props = state / "server.properties"
@@ -264,10 +274,12 @@ def write_kafka_properties(state: Path, broker_port: int, controller_port: int,
     advertise = "".join(f",{n}://127.0.0.1:{port}" for n, (_, port) in extra.items())
     protocols = "".join(f",{n}:{protocol}" for n in extra)
     security = kafka_security.broker_properties(credentials, [client, *extra]) if credentials else []
+    replicas, min_isr = cluster_shape(1 if voters is None else len(voters))
     props.write_text("\n".join([
         "process.roles=broker,controller",
-        "node.id=1",
-        f"controller.quorum.bootstrap.servers=127.0.0.1:{controller_port}",
+        f"node.id={node_id}",
+        *([f"controller.quorum.bootstrap.servers=127.0.0.1:{controller_port}"] if voters is None else
+          ["controller.quorum.voters=" + ",".join(f"{n}@127.0.0.1:{p}" for n, p in sorted(voters.items()))]),
         f"listeners={client}://127.0.0.1:{broker_port},CONTROLLER://127.0.0.1:{controller_port}{listen}",
         f"advertised.listeners={client}://127.0.0.1:{broker_port}{advertise}",
         "controller.listener.names=CONTROLLER",
@@ -276,14 +288,14 @@ def write_kafka_properties(state: Path, broker_port: int, controller_port: int,
         *security,
         f"log.dirs={data}",
         "num.partitions=4",
-        "offsets.topic.replication.factor=1",
+        f"offsets.topic.replication.factor={replicas}",
         "offsets.topic.num.partitions=4",
-        "transaction.state.log.replication.factor=1",
-        "transaction.state.log.min.isr=1",
-        "share.coordinator.state.topic.replication.factor=1",
-        "share.coordinator.state.topic.min.isr=1",
-        "min.insync.replicas=1",
-        "default.replication.factor=1",
+        f"transaction.state.log.replication.factor={replicas}",
+        f"transaction.state.log.min.isr={min_isr}",
+        f"share.coordinator.state.topic.replication.factor={replicas}",
+        f"share.coordinator.state.topic.min.isr={min_isr}",
+        f"min.insync.replicas={min_isr}",
+        f"default.replication.factor={replicas}",
         "group.initial.rebalance.delay.ms=0",
         "auto.create.topics.enable=false",  # topics are created with their shape (shared/kafka.ensure_topics)
         "log.flush.interval.messages=1",
@@ -292,14 +304,21 @@ def write_kafka_properties(state: Path, broker_port: int, controller_port: int,
     return props
 
 
-def format_kafka(props: Path, cluster_id: str, credentials: dict[str, str] | None = None) -> None:
+def cluster_shape(brokers: int) -> tuple[int, int]:
+    """(replication factor, min.insync.replicas): one broker 1 / 1; a cluster 3 / 2 — a write survives one broker
+    down, and two down stop writes rather than keep them on one disk."""
+    return (1, 1) if brokers == 1 else (3, 2)
+
+
+def format_kafka(props: Path, cluster_id: str, credentials: dict[str, str] | None = None,
+                 standalone: bool = True) -> None:
     """Format the log dirs once, for a new stack only (formatting is what gives a broker its cluster id, and
     with authentication on, every principal's SCRAM credentials)."""
     java = shutil.which("java") or "java"
     scram = kafka_security.format_arguments(credentials) if credentials else []
     fmt = subprocess.run([java, "-cp", f"{KAFKA_LIB}/*", f"-Dlog4j2.configurationFile={LOG4J_CONFIG}",
-                          "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props), "--standalone",
-                          *scram],
+                          "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props),
+                          *(["--standalone"] if standalone else []), *scram],
                          capture_output=True, text=True, check=False)
     if fmt.returncode != 0:
         raise StackError(f"kafka storage format failed: {fmt.stdout[-1500:]} {fmt.stderr[-1500:]}")
@@ -315,18 +334,28 @@ def kafka_command(props: Path) -> list[str]:
             f"-Dlog4j2.configurationFile={LOG4J_CONFIG}", "-cp", f"{KAFKA_LIB}/*", "kafka.Kafka", str(props)]
 
 
-def kafka_ready(bootstrap: str, credentials: dict[str, str] | None = None) -> bool:
+def kafka_ready(bootstrap: str, credentials: dict[str, str] | None = None, brokers: int = 1) -> bool:
+    """A metadata round trip answers, listing `brokers` brokers."""
     auth = kafka_auth(kafka_security.ADMIN, credentials[kafka_security.ADMIN]) if credentials else {}
-    return asyncio.run(_kafka_metadata_ok(bootstrap, auth))
+    return asyncio.run(_kafka_metadata_ok(bootstrap, auth, brokers))
 
 
-def secure_kafka(bootstrap: str, credentials: dict[str, str]) -> None:
+def secure_kafka(bootstrap: str, credentials: dict[str, str], brokers: int = 1) -> None:
     """As the stack's admin: every topic with its shape, then the ACLs (before any service starts: services
     may not create topics)."""
+    from aiokafka.errors import KafkaError
+
     from contracts.topics import PARTITIONS, all_topics
 
-    asyncio.run(ensure_topics(bootstrap, all_topics(), PARTITIONS,
-                              **kafka_auth(kafka_security.ADMIN, credentials[kafka_security.ADMIN])))
+    for attempt in range(SECURE_ATTEMPTS):  # a cluster's nodes answer metadata a moment before the controller
+        try:
+            asyncio.run(ensure_topics(bootstrap, all_topics(), PARTITIONS, *cluster_shape(brokers),
+                                      **kafka_auth(kafka_security.ADMIN, credentials[kafka_security.ADMIN])))
+            break
+        except KafkaError as exc:
+            if not exc.retriable or attempt == SECURE_ATTEMPTS - 1:
+                raise
+            time.sleep(1)
     kafka_security.apply_acls(bootstrap, credentials, KAFKA_LIB)
 
 
@@ -352,8 +381,33 @@ def _launch_kafka(state: Path) -> subprocess.Popen[bytes]:
                                 start_new_session=True)
 
 
-def start(state_dir: Path) -> StackInfo:
+def _start_cluster(state: Path, brokers: int) -> tuple[str, dict[int, int]]:
+    """`brokers` KRaft nodes (each broker and controller, static voters) on one cluster id; node i in node-i/."""
+    credentials = THROWAWAY_CREDENTIALS
+    ports = {n: (free_port(), free_port()) for n in range(1, brokers + 1)}
+    voters = {n: controller for n, (_, controller) in ports.items()}
+    cluster_id = new_cluster_id()
+    for n, (broker, controller) in ports.items():
+        props = write_kafka_properties(state / f"node-{n}", broker, controller, credentials=credentials, node_id=n,
+                                       voters=voters)
+        format_kafka(props, cluster_id, credentials, standalone=False)
+    pids = {n: _launch_kafka(state / f"node-{n}").pid for n in ports}
+    bootstrap = ",".join(f"127.0.0.1:{broker}" for broker, _ in ports.values())
+    try:
+        for n, pid in pids.items():
+            _wait(lambda: kafka_ready(bootstrap, credentials, brokers), f"kafka node {n}", pid,
+                  state / f"node-{n}" / "kafka.log")
+        secure_kafka(bootstrap, credentials, brokers)
+    except BaseException:
+        for pid in pids.values():
+            _stop_pid(pid)
+        raise
+    return bootstrap, pids
+
+
+def start(state_dir: Path, brokers: int = 1) -> StackInfo:
     """A throw-away Kafka + Redis on free ports in a new, empty folder: for the test suite and the bench.
+    `brokers` 3: a KRaft cluster of three nodes, topics replicated 3 times with min.insync.replicas 2.
 
     The stack users keep money in is `infra/supervised.py` (`make up`); this one never reuses a folder."""
     if state_dir.exists() and any(state_dir.iterdir()):
@@ -361,12 +415,17 @@ def start(state_dir: Path) -> StackInfo:
     state_dir.mkdir(parents=True, exist_ok=True)
     prepare()
     redis_url, redis_pid = _start_redis(state_dir)
+    nodes: dict[int, int] = {}
     try:
-        bootstrap, kafka_pid = _start_kafka(state_dir)
+        if brokers == 1:
+            bootstrap, kafka_pid = _start_kafka(state_dir)
+        else:
+            bootstrap, nodes = _start_cluster(state_dir, brokers)
+            kafka_pid = nodes[1]
     except BaseException:
         _stop_pid(redis_pid)
         raise
-    info = StackInfo(bootstrap, redis_url, kafka_pid, redis_pid, str(state_dir))
+    info = StackInfo(bootstrap, redis_url, kafka_pid, redis_pid, str(state_dir), nodes, cluster_shape(brokers))
     (state_dir / "stack.json").write_text(json.dumps(asdict(info)))
     return info
 
@@ -395,14 +454,15 @@ def stop(state_dir: Path) -> None:
     info_file = state_dir / "stack.json"
     if info_file.exists():
         info = StackInfo(**json.loads(info_file.read_text()))
-        _stop_pid(info.kafka_pid)
+        for pid in {info.kafka_pid, *info.kafka_nodes.values()}:
+            _stop_pid(int(pid))
         _stop_pid(info.redis_pid)
         info_file.unlink()
 
 
 def purge_data(state_dir: Path) -> None:
     """Drop a stopped stack's data (Kafka log segments, Redis AOF); keep its logs for post-mortems."""
-    for data in ("kafka-data", "redis"):
+    for data in ("kafka-data", "redis", *(f"{node.name}/kafka-data" for node in state_dir.glob("node-*"))):
         shutil.rmtree(state_dir / data, ignore_errors=True)
 
 

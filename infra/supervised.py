@@ -49,7 +49,6 @@ STARTSECS = 3
 START_RETRIES = 8
 READY_TIMEOUT_S = 120.0
 SHUTDOWN_TIMEOUT_S = 120.0
-INFRA = ("redis", "kafka")
 
 
 def state_dir() -> Path:
@@ -73,10 +72,24 @@ class Layout:
     # SASL/SCRAM and ACLs on the broker (passwords in credentials.json). Stacks created before issue 15 have
     # none and keep running without: their Kafka data was formatted without any principal.
     kafka_auth: bool = False
+    # 3: a KRaft cluster of three nodes (node 1 in the stack's folder, nodes 2 and 3 in node-2/, node-3/, on the
+    # next ports up), topics replicated 3 times with min.insync.replicas 2 (`make up BROKERS=3`, new stacks only)
+    brokers: int = 1
+
+    def node_ports(self) -> dict[int, tuple[int, int]]:
+        """node id → (broker port, controller port)."""
+        return {n: (self.kafka_port + 2 * (n - 1), self.controller_port + 2 * (n - 1))
+                for n in range(1, self.brokers + 1)}
+
+    def node_dir(self, state: Path, node: int) -> Path:
+        return state if node == 1 else state / f"node-{node}"
+
+    def kafka_programs(self) -> list[str]:
+        return ["kafka", *(f"kafka-{n}" for n in range(2, self.brokers + 1))]
 
     @property
     def kafka_bootstrap(self) -> str:
-        return f"127.0.0.1:{self.kafka_port}"
+        return ",".join(f"127.0.0.1:{broker}" for broker, _ in self.node_ports().values())
 
     @property
     def redis_url(self) -> str:
@@ -182,8 +195,11 @@ def open_layout(state: Path) -> tuple[Layout, bool]:
             raise StackError(f"{state} holds data ({', '.join(leftovers)}) but no layout.json: it is from an earlier "
                              "version of this project or damaged. Nothing was started or deleted. Move it away, or "
                              "wipe it with `make reset`.")
+        brokers = int(os.environ.get("BROKERS") or 1)
+        if brokers not in (1, 3):
+            raise StackError(f"BROKERS={brokers}: a stack runs 1 broker or a cluster of 3")
         layout = Layout(LAYOUT_VERSION, native.new_cluster_id(), _port("kafka"), _port("controller"), _port("redis"),
-                        _http_ports(_port("http"), list(PROVINCES)), kafka_auth=True)
+                        _http_ports(_port("http"), list(PROVINCES)), kafka_auth=True, brokers=brokers)
         return layout, True
     try:
         layout = Layout(**json.loads(layout_file.read_text()))
@@ -217,10 +233,20 @@ def create(state: Path, layout: Layout) -> None:
     credentials = kafka_security.new_credentials() if layout.kafka_auth else None
     if credentials is not None:
         kafka_security.save(state / CREDENTIALS, credentials)
-    props = native.write_kafka_properties(state, layout.kafka_port, layout.controller_port, _kafka_proxied(layout),
-                                          credentials)
-    native.format_kafka(props, layout.cluster_id, credentials)
+    for props in write_kafka_properties(state, layout, credentials):
+        native.format_kafka(props, layout.cluster_id, credentials, standalone=layout.brokers == 1)
     (state / "layout.json").write_text(json.dumps(asdict(layout), indent=2))
+
+
+def write_kafka_properties(state: Path, layout: Layout, creds: dict[str, str] | None) -> list[Path]:
+    """Every node's server.properties (one for a single broker, as stacks always had)."""
+    if layout.brokers == 1:
+        return [native.write_kafka_properties(state, layout.kafka_port, layout.controller_port,
+                                              _kafka_proxied(layout), creds)]
+    voters = {n: controller for n, (_, controller) in layout.node_ports().items()}
+    return [native.write_kafka_properties(layout.node_dir(state, n), broker, controller, credentials=creds,
+                                          node_id=n, voters=voters)
+            for n, (broker, controller) in layout.node_ports().items()]
 
 
 def credentials(state: Path, layout: Layout) -> dict[str, str] | None:
@@ -295,12 +321,13 @@ def service_env(layout: Layout, state: Path, name: str, extra: dict[str, str]) -
     creds = credentials(state, layout)
     if creds is not None:  # each service authenticates as its own principal
         env.update(kafka_security.client_env(creds, name))
+    replicas, min_isr = native.cluster_shape(layout.brokers)
+    env.update({"KAFKA_REPLICATION_FACTOR": str(replicas), "KAFKA_MIN_INSYNC_REPLICAS": str(min_isr)})
     return env
 
 
 def write_config(state: Path, layout: Layout, extra_env: dict[str, str]) -> Path:
-    props = native.write_kafka_properties(state, layout.kafka_port, layout.controller_port, _kafka_proxied(layout),
-                                          credentials(state, layout))
+    props = write_kafka_properties(state, layout, credentials(state, layout))
     proxy: list[str] = []
     if layout.network:
         proxy = [_program("toxiproxy", [native.toxiproxy_binary(), "-host", "127.0.0.1", "-port",
@@ -316,7 +343,8 @@ def write_config(state: Path, layout: Layout, extra_env: dict[str, str]) -> Path
         f"[supervisorctl]\nserverurl=unix://{state / 'supervisor.sock'}",
         _program("redis", native.redis_command(layout.redis_port, state / "redis", None), state,
                  priority=10, autostart=True),
-        _program("kafka", native.kafka_command(props), state, priority=20, autostart=True, stop_wait_s=60),
+        *(_program(name, native.kafka_command(node_props), state, priority=20, autostart=True, stop_wait_s=60)
+          for name, node_props in zip(layout.kafka_programs(), props, strict=True)),
         *proxy,
         # Services start once Kafka and Redis answer (start_services), so they never race the broker's boot.
         *(_program(name, [python, "-m", modules.get(name, "services.wallet")], state, priority=100, autostart=False,
@@ -406,6 +434,12 @@ def up(state: Path | None = None, extra_env: dict[str, str] | None = None, netwo
     state = state or state_dir()
     state.mkdir(parents=True, exist_ok=True)
     layout, created = open_layout(state)
+    wanted = int(os.environ.get("BROKERS") or layout.brokers)
+    if wanted != layout.brokers:
+        raise StackError(f"this stack runs {layout.brokers} broker(s); BROKERS={wanted} applies when a stack is "
+                         "created (`make reset` wipes this one first). Nothing was started or changed.")
+    if network and layout.brokers > 1:
+        raise StackError("fault proxies (the simulator) need a single-broker stack")
     if created:
         if network:
             layout.network = _network(layout)
@@ -423,15 +457,16 @@ def up(state: Path | None = None, extra_env: dict[str, str] | None = None, netwo
     else:
         _launch_supervisord(conf, state)
     logs = state / "logs"
-    _start_if_stopped(state, [*INFRA, *(["toxiproxy"] if layout.network else [])])
+    _start_if_stopped(state, ["redis", *layout.kafka_programs(), *(["toxiproxy"] if layout.network else [])])
     _wait_until(lambda: native._redis_ping_ok(layout.redis_url), "redis", state, logs / "redis.log")
     if layout.network:
         api = f"http://127.0.0.1:{layout.network['api_port']}/version"
         _wait_until(lambda: _answers(api), "toxiproxy", state, logs / "toxiproxy.log")
     creds = credentials(state, layout)
-    _wait_until(lambda: native.kafka_ready(layout.kafka_bootstrap, creds), "kafka", state, logs / "kafka.log")
+    _wait_until(lambda: native.kafka_ready(layout.kafka_bootstrap, creds, layout.brokers), "kafka", state,
+                logs / "kafka.log")
     if creds is not None:  # topics and ACLs as admin before any service starts (again on every start: idempotent)
-        native.secure_kafka(layout.kafka_bootstrap, creds)
+        native.secure_kafka(layout.kafka_bootstrap, creds, layout.brokers)
     _start_if_stopped(state, layout.service_names())
     for name in layout.service_names():
         url = f"http://127.0.0.1:{layout.http_ports[name]}"
@@ -473,8 +508,8 @@ def reset(state: Path | None = None) -> list[str]:
     state = state or state_dir()
     down(state)
     wiped = []
-    for name in ("kafka-data", "redis", "layout.json", CREDENTIALS, "restarts.json", "clock_offset_ms", "stack.json",
-                 "services.json", "env", "server.properties", "supervisord.conf"):
+    for name in ("kafka-data", "redis", "node-2", "node-3", "layout.json", CREDENTIALS, "restarts.json",
+                 "clock_offset_ms", "stack.json", "services.json", "env", "server.properties", "supervisord.conf"):
         path = state / name
         if path.is_dir():
             shutil.rmtree(path)

@@ -151,7 +151,8 @@ def make_broker(bootstrap: str, service: str, middlewares: Sequence[Any] = (), u
     # acks=all + idempotence: a confirmed send is on every in-sync replica, and producer retries never
     # duplicate or reorder within a partition.
     return KafkaBroker(
-        bootstrap, acks="all", enable_idempotence=True, client_id=service, middlewares=middlewares,
+        bootstrap.split(","),  # "host:port,host:port" (a cluster): FastStream wants a list
+        acks="all", enable_idempotence=True, client_id=service, middlewares=middlewares,
         request_timeout_ms=30_000, linger_ms=2,
         security=SASLScram512(username=auth["sasl_plain_username"], password=auth["sasl_plain_password"],
                               use_ssl=False) if auth else None,

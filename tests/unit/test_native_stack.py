@@ -21,3 +21,29 @@ def test_failed_readiness_stops_the_launched_process(tmp_path: Path) -> None:
         native._wait_or_stop(broken_check, "sleeper", proc.pid, tmp_path / "log")
     assert not native._alive(proc.pid)  # stopped (and reaped) by us, not left running
     proc.wait(timeout=5)
+
+
+def test_a_cluster_node_keeps_three_replicas_and_refuses_writes_below_two(tmp_path: Path) -> None:
+    # issue 15: cluster mode — static voters, every internal topic and default on 3 replicas, min ISR 2
+    props = native.write_kafka_properties(tmp_path, 9092, 9093, credentials=native.THROWAWAY_CREDENTIALS,
+                                          node_id=2, voters={1: 9093, 2: 9095, 3: 9097})
+    conf = dict(line.split("=", 1) for line in props.read_text().splitlines() if "=" in line)
+    assert conf["node.id"] == "2"
+    assert conf["controller.quorum.voters"] == "1@127.0.0.1:9093,2@127.0.0.1:9095,3@127.0.0.1:9097"
+    assert (conf["default.replication.factor"], conf["min.insync.replicas"]) == ("3", "2")
+    assert (conf["offsets.topic.replication.factor"], conf["transaction.state.log.min.isr"]) == ("3", "2")
+    single = native.write_kafka_properties(tmp_path / "one", 9092, 9093, credentials=native.THROWAWAY_CREDENTIALS)
+    assert "min.insync.replicas=1" in single.read_text() and "controller.quorum.voters" not in single.read_text()
+
+
+def test_a_supervised_cluster_lists_every_broker_and_keeps_its_size(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from infra import supervised
+
+    monkeypatch.setenv("BROKERS", "3")
+    layout, created = supervised.open_layout(tmp_path)
+    assert created and layout.brokers == 3 and layout.kafka_programs() == ["kafka", "kafka-2", "kafka-3"]
+    assert layout.kafka_bootstrap.count(",") == 2
+    monkeypatch.setenv("BROKERS", "2")
+    with pytest.raises(native.StackError, match="1 broker or a cluster of 3"):
+        supervised.open_layout(tmp_path / "other")
