@@ -1,10 +1,11 @@
 """Issue 15, scale-out: two settlement and two wallet-32 processes in one consumer group each share the work.
 
 First, with every instance alive, transfers held in Jiangsu expire at 06:00: both wallet-32 instances run the
-expiry loop, and each transfer must be returned once. Then hospitals send bills while one settlement and one
-wallet-32 instance are SIGKILLed: until the group moves their partitions, payments wait and settlement's
-deadlines (3 s here, scanned by both settlement instances) answer "nothing charged" and reverse. Every request
-is answered, each with one content, every balance is exact and each province's audit passes."""
+expiry loop, and each transfer must be returned once. Then hospitals send bills and one wallet-32 instance is
+SIGKILLed: until the group moves its partitions, payments wait, and settlement's deadlines (3 s here, scanned
+by both settlement instances) answer "nothing charged" and reverse. Then one settlement instance is SIGKILLed
+too. Every request is answered, each with one content, every balance is exact and each province's audit
+passes."""
 
 from __future__ import annotations
 
@@ -91,8 +92,13 @@ async def test_two_instances_share_the_work_and_survive_losing_one(scaled: Any) 
             if n == KILL_AFTER:
                 for name in ("settlement", "settlement-b", "wallet-32", "wallet-32-b"):  # each has done its share
                     assert consumed(procs[name].url) > 0, f"{name} has consumed nothing: the work is not shared"
-                procs["settlement-b"].kill9()
                 procs["wallet-32-b"].kill9()
+            if n == BILLS // 2:
+                # the payments waiting on the dead wallet's partitions reach their deadline while both settlement
+                # instances scan: each must be answered once, and reversed once
+                await bus.wait_for(lambda: any(r and r[0]["infcode"] == -1 for r in bus.results.values()),
+                                   timeout_s=60, what="a deadline fired with both settlement instances scanning")
+                procs["settlement-b"].kill9()
             await asyncio.sleep(0.03)
         await bus.wait_for(lambda: all(bus.results.get(b["msgid"]) for b in bills), timeout_s=180,
                            what="every bill answered after losing an instance of each")

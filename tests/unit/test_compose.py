@@ -49,8 +49,22 @@ def test_kafka_is_kraft_with_authentication_acls_and_the_topic_settings_the_code
 
 def test_the_mounted_broker_files_are_generated_from_the_code() -> None:
     for name, text in compose_files.files().items():
-        assert (compose_files.COMPOSE_DIR / name).read_text() == text, \
-            f"infra/compose/{name} is stale: run `python -m infra.compose_files write`"
+        assert (compose_files.ROOT / name).read_text() == text, \
+            f"{name} is stale: run `python -m infra.compose_files write`"
+
+
+def test_the_three_broker_profile_replicates_everything_three_times() -> None:
+    cluster = yaml.safe_load(compose_files.cluster_override())["services"]
+    assert {"kafka", "kafka-2", "kafka-3"} <= set(cluster)
+    for name in ("binding", "settlement", *(f"wallet-{p}" for p in DEPLOYED_PROVINCES)):
+        env = cluster[name]["environment"]
+        assert env["KAFKA_BOOTSTRAP_SERVERS"].count(",") == 2
+        assert (env["KAFKA_REPLICATION_FACTOR"], env["KAFKA_MIN_INSYNC_REPLICAS"]) == ("3", "2")
+    for node in (1, 2, 3):
+        assert "min.insync.replicas=2" in compose_files.server_properties(node)
+        assert "controller.quorum.voters=1@kafka:9093,2@kafka-2:9093,3@kafka-3:9093" in \
+            compose_files.server_properties(node)
+    assert "--replication-factor 3 --config min.insync.replicas=2" in compose_files.setup_script(cluster=True)
 
 
 def test_each_service_authenticates_as_itself_once_topics_and_acls_exist() -> None:
