@@ -71,7 +71,7 @@ def admin_properties() -> str:
 
 def kafka_command(node: int = 0) -> list[str]:
     """Format the volume on first start (with every principal's SCRAM credentials), then run the broker."""
-    scram = " ".join(shlex.quote(a) for a in kafka_security.format_arguments(CREDENTIALS))
+    scram = " ".join(shlex.quote(a) for a in kafka_security.format_arguments(CREDENTIALS, everyone=True))
     props, standalone = ((f"{MOUNT}/server.properties", "--standalone ") if node == 0 else
                          (f"{MOUNT}/cluster/server-{node}.properties", ""))
     return ["sh", "-c", f"{BIN}/kafka-storage.sh format --ignore-formatted {standalone}-t {CLUSTER_ID} "
@@ -87,18 +87,20 @@ def setup_script(cluster: bool = False) -> str:
         out.append(f"{BIN}/kafka-topics.sh {connect} --create --if-not-exists --topic {topic} --partitions "
                    f"{PARTITIONS} --replication-factor {replicas} --config min.insync.replicas={min_isr} "
                    f"--config retention.ms={retention_ms(topic)}")
-    grouped: dict[tuple[str, str, str], tuple[set[str], set[str]]] = defaultdict(lambda: (set(), set()))
+    # kafka-acls grants every operation of a call on every resource of it: a call per principal, kind, pattern
+    # and exact set of operations, so each resource gets what acl_lines() gives it and nothing more
+    operations: dict[tuple[str, str, str, str], set[str]] = defaultdict(set)
     for line in kafka_security.acl_lines():
         _, kind, pattern, name, principal, operation = line.split()
-        names, operations = grouped[(principal, kind, pattern)]
-        names.add(name)
-        operations.add(operation)
-    for (principal, kind, pattern), (names, operations) in sorted(grouped.items()):
+        operations[(principal, kind, pattern, name)].add(operation)
+    calls: dict[tuple[str, str, str, tuple[str, ...]], list[str]] = defaultdict(list)
+    for (principal, kind, pattern, name), granted in sorted(operations.items()):
+        calls[(principal, kind, pattern, tuple(sorted(granted)))].append(name)
+    for (principal, kind, pattern, same), names in sorted(calls.items()):
         flag = {"TOPIC": "--topic", "GROUP": "--group"}[kind]
         out.append(f"{BIN}/kafka-acls.sh {connect} --add --allow-principal {principal} "
-                   + " ".join(f"--operation {op.capitalize()}" for op in sorted(operations)) + " "
-                   + " ".join(f"{flag} {n}" for n in sorted(names))
-                   + f" --resource-pattern-type {pattern.lower()}")
+                   + " ".join(f"--operation {op.capitalize()}" for op in same) + " "
+                   + " ".join(f"{flag} {n}" for n in names) + f" --resource-pattern-type {pattern.lower()}")
     out.append('echo "topics and ACLs in place"')
     return "\n".join(out) + "\n"
 

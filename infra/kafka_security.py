@@ -11,6 +11,7 @@ process in its environment (KAFKA_USERNAME / KAFKA_PASSWORD). `rotate` changes o
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import shutil
 import subprocess
@@ -70,18 +71,23 @@ def acl_lines() -> list[str]:
             allow("GROUP", "PREFIXED", f"{consumer}.", consumer, "READ", "DESCRIBE")
             if consumer in service_principals():
                 allow("TOPIC", "LITERAL", dlq(t.topic), consumer, "WRITE", "DESCRIBE")
-        allow("TOPIC", "LITERAL", t.topic, OPERATOR, "READ", "DESCRIBE", "WRITE")  # WRITE: DLQ replay
-        allow("TOPIC", "LITERAL", dlq(t.topic), OPERATOR, "READ", "DESCRIBE")
+        allow("TOPIC", "LITERAL", t.topic, OPERATOR, "READ", "DESCRIBE")
+        if set(t.consumers) & service_principals():  # its DLQ exists: operators read it and replay into the topic
+            allow("TOPIC", "LITERAL", t.topic, OPERATOR, "WRITE")
+            allow("TOPIC", "LITERAL", dlq(t.topic), OPERATOR, "READ", "DESCRIBE")
     allow("GROUP", "PREFIXED", f"{OPERATOR}.", OPERATOR, "READ", "DESCRIBE")
     return sorted(lines)
 
 
-def format_arguments(credentials: dict[str, str]) -> list[str]:
-    """kafka-storage format arguments that create every principal before the broker first starts (KRaft keeps
-    SCRAM credentials in its metadata log; the broker's own inter-broker login needs `admin` from the start)."""
+def format_arguments(credentials: dict[str, str], everyone: bool = False) -> list[str]:
+    """kafka-storage format arguments that create principals before the broker first starts (KRaft keeps SCRAM
+    credentials in its metadata log; the broker's own inter-broker login needs `admin` from the start). The
+    others are set through the Admin API once it runs (`apply`), so their passwords never appear on a command
+    line; `everyone`: the compose stack, whose passwords are the public development ones."""
     args: list[str] = []
     for name, password in sorted(credentials.items()):
-        args += ["--add-scram", f"{MECHANISM}=[name={name},password={password}]"]
+        if everyone or name == ADMIN:
+            args += ["--add-scram", f"{MECHANISM}=[name={name},password={password}]"]
     return args
 
 
@@ -107,9 +113,16 @@ def broker_properties(credentials: dict[str, str], listener_names: list[str]) ->
     return props
 
 
+def write_private(path: Path, text: str) -> None:
+    """A file only its owner may read, from its first byte (passwords, JAAS lines, service environments)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        os.fchmod(fd, 0o600)  # an existing file keeps its old mode through O_CREAT
+        f.write(text)
+
+
 def save(path: Path, credentials: dict[str, str]) -> None:
-    path.write_text(json.dumps(credentials, indent=1, sort_keys=True))
-    path.chmod(0o600)
+    write_private(path, json.dumps(credentials, indent=1, sort_keys=True))
 
 
 def load(path: Path) -> dict[str, str]:
@@ -119,16 +132,18 @@ def load(path: Path) -> dict[str, str]:
 
 def _run(bootstrap: str, credentials: dict[str, str], instructions: list[str], kafka_lib: Path) -> str:
     java = shutil.which("java") or "java"
-    done = subprocess.run([java, "-cp", f"{kafka_lib}/*", str(PROGRAM), bootstrap, ADMIN, credentials[ADMIN]],
-                          input="\n".join(instructions) + "\n", capture_output=True, text=True, timeout=180,
-                          check=False)
+    done = subprocess.run([java, "-cp", f"{kafka_lib}/*", str(PROGRAM), bootstrap, ADMIN],
+                          input="\n".join([credentials[ADMIN], *instructions]) + "\n", capture_output=True,
+                          text=True, timeout=180, check=False)
     if done.returncode != 0:
         raise SecurityError(f"KafkaSecurity failed: {done.stdout[-1500:]} {done.stderr[-2500:]}")
     return done.stdout.strip()
 
 
-def apply_acls(bootstrap: str, credentials: dict[str, str], kafka_lib: Path) -> str:
-    return _run(bootstrap, credentials, acl_lines(), kafka_lib)
+def apply(bootstrap: str, credentials: dict[str, str], kafka_lib: Path) -> str:
+    """Every principal's password and every ACL (again on each start: both are idempotent)."""
+    passwords = [f"password {name} {pw}" for name, pw in sorted(credentials.items()) if name != ADMIN]
+    return _run(bootstrap, credentials, [*passwords, *acl_lines()], kafka_lib)
 
 
 def rotate(bootstrap: str, credentials: dict[str, str], user: str, kafka_lib: Path) -> str:

@@ -275,7 +275,7 @@ def write_kafka_properties(state: Path, broker_port: int, controller_port: int,
     protocols = "".join(f",{n}:{protocol}" for n in extra)
     security = kafka_security.broker_properties(credentials, [client, *extra]) if credentials else []
     replicas, min_isr = cluster_shape(1 if voters is None else len(voters))
-    props.write_text("\n".join([
+    text = "\n".join([
         "process.roles=broker,controller",
         f"node.id={node_id}",
         *([f"controller.quorum.bootstrap.servers=127.0.0.1:{controller_port}"] if voters is None else
@@ -300,7 +300,8 @@ def write_kafka_properties(state: Path, broker_port: int, controller_port: int,
         "auto.create.topics.enable=false",  # topics are created with their shape (shared/kafka.ensure_topics)
         "log.flush.interval.messages=1",
         "",
-    ]))
+    ])
+    kafka_security.write_private(props, text)  # the broker's own admin login is in it
     return props
 
 
@@ -356,7 +357,7 @@ def secure_kafka(bootstrap: str, credentials: dict[str, str], brokers: int = 1) 
             if not exc.retriable or attempt == SECURE_ATTEMPTS - 1:
                 raise
             time.sleep(1)
-    kafka_security.apply_acls(bootstrap, credentials, KAFKA_LIB)
+    kafka_security.apply(bootstrap, credentials, KAFKA_LIB)
 
 
 def _start_kafka(state: Path) -> tuple[str, int]:
@@ -413,6 +414,7 @@ def start(state_dir: Path, brokers: int = 1) -> StackInfo:
     if state_dir.exists() and any(state_dir.iterdir()):
         raise StackError(f"{state_dir} is not empty; throw-away stacks start in a new folder")
     state_dir.mkdir(parents=True, exist_ok=True)
+    state_dir.chmod(0o700)  # passwords and the broker's admin login live in it
     prepare()
     redis_url, redis_pid = _start_redis(state_dir)
     nodes: dict[int, int] = {}

@@ -355,7 +355,7 @@ def write_config(state: Path, layout: Layout, extra_env: dict[str, str]) -> Path
         f"stderr_logfile={state / 'logs' / 'restart-listener.log'}",
     ]
     conf = state / "supervisord.conf"
-    conf.write_text("\n\n".join(sections) + "\n")
+    kafka_security.write_private(conf, "\n\n".join(sections) + "\n")  # every service's Kafka password
     return conf
 
 
@@ -433,6 +433,7 @@ def up(state: Path | None = None, extra_env: dict[str, str] | None = None, netwo
     with a fault proxy between each service and Kafka / Redis, for the simulator)."""
     state = state or state_dir()
     state.mkdir(parents=True, exist_ok=True)
+    state.chmod(0o700)  # credentials, the broker's admin login and every service's environment live in it
     layout, created = open_layout(state)
     wanted = int(os.environ.get("BROKERS") or layout.brokers)
     if wanted != layout.brokers:
@@ -482,9 +483,8 @@ def _write_client_files(state: Path, layout: Layout) -> None:
     (state / "services.json").write_text(json.dumps(
         {n: {"url": f"http://127.0.0.1:{layout.http_ports[n]}", "log": str(state / "logs" / f"{n}.log")}
          for n in layout.service_names()}, indent=2))
-    env = state / "env"
-    env.write_text("".join(f"export {k}={v}\n" for k, v in client_env(state).items()))
-    env.chmod(0o600)  # the admin principal's password, when the broker authenticates
+    # the admin principal's password, when the broker authenticates
+    kafka_security.write_private(state / "env", "".join(f"export {k}={v}\n" for k, v in client_env(state).items()))
 
 
 def down(state: Path | None = None) -> bool:

@@ -63,10 +63,14 @@ def rotate(state: Path, principal: str) -> None:
         raise StackError(f"no principal {principal!r}; one of: {', '.join(kafka_security.principals())}")
     creds[principal] = kafka_security.rotate(layout.kafka_bootstrap, creds, principal, KAFKA_LIB)
     kafka_security.save(state / supervised.CREDENTIALS, creds)
-    if principal == kafka_security.ADMIN:  # the broker logs in to itself as admin: restart it on the new one
+    if principal == kafka_security.ADMIN:
+        # the brokers log in to each other and to their controllers as admin: every node restarts on the new
+        # password together (a node on the old one would be refused by one on the new)
         supervised.write_config(state, layout, {})
-        supervised.rpc(state).stopProcess("kafka", True)
-        supervised.rpc(state).startProcess("kafka", True)
+        for program in layout.kafka_programs():
+            supervised.rpc(state).stopProcess(program, True)
+        for program in layout.kafka_programs():
+            supervised.rpc(state).startProcess(program, False)
     supervised.up(state)
     console.print(f"rotated the password of {principal}; kept in {state / supervised.CREDENTIALS}")
 

@@ -24,6 +24,7 @@ import redis.exceptions
 import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from aiokafka.helpers import create_ssl_context
 from faststream import AckPolicy
 from faststream.exceptions import IncorrectState
 from faststream.kafka import KafkaBroker, KafkaMessage
@@ -132,22 +133,28 @@ def model_parser(adapter: TypeAdapter[T], only: frozenset[str] | None = None) ->
 SASL_MECHANISM = "SCRAM-SHA-512"
 
 
-def kafka_auth(username: str | None = None, password: str | None = None) -> dict[str, Any]:
+def kafka_auth(username: str | None = None, password: str | None = None,
+               cafile: str | None = None) -> dict[str, Any]:
     """aiokafka options that authenticate as `username` (default: KAFKA_USERNAME / KAFKA_PASSWORD from the
     environment) with SASL/SCRAM-SHA-512; no options without credentials (a broker with authentication on
-    refuses such a client). Plaintext on the wire: loopback and private networks; TLS is README "Production"."""
+    refuses such a client). With a CA file (default: KAFKA_SSL_CAFILE) the connection is TLS (SASL_SSL),
+    otherwise plaintext, which is for loopback and the tests (production refuses it for other machines)."""
     username = username if username is not None else os.environ.get("KAFKA_USERNAME", "")
     password = password if password is not None else os.environ.get("KAFKA_PASSWORD", "")
+    cafile = cafile if cafile is not None else os.environ.get("KAFKA_SSL_CAFILE", "")
     if not username:
         return {}
-    return {"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": SASL_MECHANISM,
-            "sasl_plain_username": username, "sasl_plain_password": password}
+    tls: dict[str, Any] = {"security_protocol": "SASL_PLAINTEXT"}
+    if cafile:
+        tls = {"security_protocol": "SASL_SSL", "ssl_context": create_ssl_context(cafile=cafile)}
+    return {**tls, "sasl_mechanism": SASL_MECHANISM, "sasl_plain_username": username,
+            "sasl_plain_password": password}
 
 
 def make_broker(bootstrap: str, service: str, middlewares: Sequence[Any] = (), username: str | None = None,
-                password: str | None = None) -> KafkaBroker:
-    """`username`/`password`: the principal (default: KAFKA_USERNAME / KAFKA_PASSWORD; empty: none)."""
-    auth = kafka_auth(username, password)
+                password: str | None = None, cafile: str | None = None) -> KafkaBroker:
+    """`username`/`password`/`cafile`: the principal and TLS (default: from the environment, see `kafka_auth`)."""
+    auth = kafka_auth(username, password, cafile)
     # acks=all + idempotence: a confirmed send is on every in-sync replica, and producer retries never
     # duplicate or reorder within a partition.
     return KafkaBroker(
@@ -155,7 +162,7 @@ def make_broker(bootstrap: str, service: str, middlewares: Sequence[Any] = (), u
         acks="all", enable_idempotence=True, client_id=service, middlewares=middlewares,
         request_timeout_ms=30_000, linger_ms=2,
         security=SASLScram512(username=auth["sasl_plain_username"], password=auth["sasl_plain_password"],
-                              use_ssl=False) if auth else None,
+                              ssl_context=auth.get("ssl_context"), use_ssl="ssl_context" in auth) if auth else None,
         logger=logging.getLogger(f"mutualaid.{service}"),  # through the root handler: JSON, masked
     )
 

@@ -42,7 +42,7 @@ def query_one(request: Any, name: str) -> str:
 def build_broker(settings: Settings, service: str) -> KafkaBroker:
     return make_broker(
         settings.kafka_bootstrap_servers, service, username=settings.kafka_username,
-        password=settings.kafka_password,
+        password=settings.kafka_password, cafile=settings.kafka_ssl_cafile,
         middlewares=[
             KafkaPrometheusMiddleware(registry=REGISTRY, app_name=service),
             KafkaTelemetryMiddleware(tracer_provider=_TRACER_PROVIDER),
@@ -70,8 +70,23 @@ class Assembled(Generic[S]):
     broker: KafkaBroker
 
 
+class ConfigurationRefused(SystemExit):
+    """Production mode with a development key or missing credentials: the process stops before any I/O."""
+
+    def __init__(self, problems: list[str]) -> None:
+        lines = ["refusing to start in production mode (MODE=production, the default):",
+                 *(f"  - {p}" for p in problems), "local stacks, demos and tests run with MODE=development"]
+        print("\n".join(lines), file=sys.stderr)
+        super().__init__(2)
+
+
 def assemble(settings: Settings, name: str,
              wire: Callable[[Settings, Any, Clock], tuple[S, list[Consumer[Any]]]]) -> Assembled[S]:
+    """The parts of a service process; in production mode only with a configuration fit for it (every way of
+    starting a service comes through here)."""
+    problems = settings.production_problems()
+    if problems:
+        raise ConfigurationRefused(problems)
     configure_logging(name, settings.log_level)
     redis = connect(settings.redis_url)
     service, consumers = wire(settings, redis, clock_from(settings.clock_offset_ms, settings.clock_file))
@@ -136,7 +151,8 @@ def build_app(parts: Assembled[Any], service: str, routes: Sequence[tuple[str, A
     async def create_topics() -> None:
         await ensure_topics(settings.kafka_bootstrap_servers, all_topics(), PARTITIONS,
                             settings.kafka_replication_factor, settings.kafka_min_insync_replicas,
-                            **kafka_auth(settings.kafka_username, settings.kafka_password))
+                            **kafka_auth(settings.kafka_username, settings.kafka_password,
+                                         settings.kafka_ssl_cafile))
 
     return AsgiFastStream(
         broker,
@@ -151,15 +167,8 @@ def build_app(parts: Assembled[Any], service: str, routes: Sequence[tuple[str, A
 
 def serve(create_app: Callable[[Settings], AsgiFastStream]) -> None:
     """`python -m services.<name>`: settings from the environment, then run until stopped. In production mode a
-    development key or missing credentials stop it here, before it touches Kafka or Redis (exit status 2)."""
+    development key or missing credentials stop it in `assemble`, before it touches Kafka or Redis (exit 2)."""
     settings = Settings()
-    problems = settings.production_problems()
-    if problems:
-        print("refusing to start in production mode (MODE=production, the default):", file=sys.stderr)
-        for problem in problems:
-            print(f"  - {problem}", file=sys.stderr)
-        print("local stacks, demos and tests run with MODE=development", file=sys.stderr)
-        sys.exit(2)
     # uvloop: the services spend their time in the event loop's socket and callback machinery (issue 14)
     uvloop.run(run(create_app(settings), settings))
 

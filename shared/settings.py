@@ -6,6 +6,7 @@ import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -20,6 +21,7 @@ DEV_PII_HASH_KEY = "dev-only-pii-hash-key-change-me"
 DEV_EVOUCHER_KEY = "dev-only-evoucher-key-change-me"
 DEV_OPERATOR_TOKEN = "dev-only-operator-token"
 MIN_SECRET_CHARS = 32  # a keyed hash over ~10^9 plausible ID numbers needs a key nobody can guess
+LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
 
 
 class Settings(BaseSettings):
@@ -33,6 +35,9 @@ class Settings(BaseSettings):
     # SASL/SCRAM-SHA-512 principal of this process on the broker (empty: no authentication; development only)
     kafka_username: str = ""
     kafka_password: str = ""
+    # CA file that signed the brokers' certificates: set, clients speak SASL_SSL (TLS); unset, SASL_PLAINTEXT,
+    # which production accepts only for brokers on this machine
+    kafka_ssl_cafile: str = ""
     # Operators' bearer token for the read endpoints (/balance, /audit, /bindings, …); /health and /metrics
     # stay open. Empty in development = DEV_OPERATOR_TOKEN.
     operator_token: str = ""
@@ -78,12 +83,24 @@ class Settings(BaseSettings):
         for name, value, dev in (("PII_HASH_KEY", self.pii_hash_key, DEV_PII_HASH_KEY),
                                  ("EVOUCHER_KEY", self.evoucher_key, DEV_EVOUCHER_KEY),
                                  ("OPERATOR_TOKEN", self.operator_token, DEV_OPERATOR_TOKEN)):
-            if value == dev or len(value) < MIN_SECRET_CHARS:
-                problems.append(f"{name}: unset, the development default or shorter than {MIN_SECRET_CHARS} "
+            if value == dev or len(value.strip()) < MIN_SECRET_CHARS or value.startswith("dev-"):
+                problems.append(f"{name}: unset, a development value or shorter than {MIN_SECRET_CHARS} "
                                 "characters; set a random secret")
+        if self.pii_hash_key == self.evoucher_key:
+            problems.append("PII_HASH_KEY/EVOUCHER_KEY: the same secret for two purposes; set two")
         if not self.kafka_username or not self.kafka_password:
             problems.append("KAFKA_USERNAME/KAFKA_PASSWORD: no Kafka credentials; every production client "
                             "authenticates (SASL/SCRAM-SHA-512)")
+        elif self.kafka_password.startswith("dev-") or len(self.kafka_password.strip()) < MIN_SECRET_CHARS:
+            problems.append(f"KAFKA_PASSWORD: a development password or shorter than {MIN_SECRET_CHARS} "
+                            "characters")
+        brokers = [b.rsplit(":", 1)[0] for b in self.kafka_bootstrap_servers.split(",")]
+        if not self.kafka_ssl_cafile and not all(host in LOOPBACK for host in brokers):
+            problems.append("KAFKA_SSL_CAFILE: brokers on other machines need TLS (SASL_SSL); set the CA that "
+                            "signed their certificates")
+        redis = urlsplit(self.redis_url)
+        if redis.hostname not in LOOPBACK and (not redis.password or redis.scheme != "rediss"):
+            problems.append("REDIS_URL: a Redis on another machine needs a password and TLS (rediss://)")
         if self.clock_offset_ms or self.clock_file:
             problems.append("CLOCK_OFFSET_MS/CLOCK_FILE: shifting business time is for tests and demos")
         return problems

@@ -8,7 +8,7 @@ from typing import Any
 import yaml
 
 from contracts.topics import DEPLOYED_PROVINCES, PARTITIONS
-from infra import compose_files
+from infra import compose_files, kafka_security
 from shared.settings import Settings
 
 COMPOSE: dict[str, Any] = yaml.safe_load((Path(__file__).parents[2] / "docker-compose.yml").read_text())
@@ -79,3 +79,18 @@ def test_redis_runs_with_aof() -> None:
     for name, svc in SERVICES.items():
         if name.startswith("redis"):
             assert "--appendonly" in svc["command"] and "yes" in svc["command"]
+
+
+def test_the_compose_acls_are_exactly_the_generated_ones() -> None:
+    # a kafka-acls call grants all its operations on all its resources: read the script back and compare
+    granted = set()
+    for line in compose_files.setup_script().splitlines():
+        if "kafka-acls.sh" not in line:
+            continue
+        words = line.split()
+        principal = words[words.index("--allow-principal") + 1]
+        ops = [words[i + 1].upper() for i, w in enumerate(words) if w == "--operation"]
+        resources = [(w[2:].upper(), words[i + 1]) for i, w in enumerate(words) if w in ("--topic", "--group")]
+        pattern = words[words.index("--resource-pattern-type") + 1].upper()
+        granted |= {f"acl {kind} {pattern} {name} {principal} {op}" for kind, name in resources for op in ops}
+    assert granted == set(kafka_security.acl_lines())

@@ -31,3 +31,10 @@ def test_passwords_exist_for_every_principal_and_are_not_shared() -> None:
                                                               "binding", "settlement", "wallet-32"}
     assert len(set(creds.values())) == len(creds)
     assert all(len(p) >= 40 for p in creds.values())
+
+
+def test_operators_replay_only_into_topics_that_have_dead_letters() -> None:
+    # an operator may replay a parked message into the topic it came from, and forge nothing else
+    assert "his.settlement.results.v1" not in allowed("operator", "WRITE")
+    assert {HIS_REQUESTS, wallet_commands("32"), WALLET_EVENTS} <= allowed("operator", "WRITE")
+    assert dlq(HIS_REQUESTS) in allowed("operator", "READ")

@@ -43,13 +43,19 @@ def test_production_is_the_default_and_names_every_development_setting() -> None
 
 def test_production_with_real_secrets_starts() -> None:
     assert Settings(**PRODUCTION_READY).production_problems() == []
+    remote = {"kafka_bootstrap_servers": "kafka-1.internal:9092", "kafka_ssl_cafile": "/etc/ssl/kafka-ca.pem",
+              "redis_url": "rediss://:secret@redis.internal:6379/0"}  # other machines: TLS and a password
+    assert Settings(**PRODUCTION_READY, **remote).production_problems() == []
 
 
 def test_each_development_secret_alone_is_refused() -> None:
     dev_consent = public_key_b64(dev_private_key().public_key())
     for field, value in (("consent_public_key", dev_consent), ("pii_hash_key", "dev-only-pii-hash-key-change-me"),
-                         ("pii_hash_key", "short"), ("operator_token", ""), ("kafka_password", ""),
-                         ("clock_offset_ms", 3_600_000)):
+                         ("pii_hash_key", "short"), ("operator_token", ""), ("operator_token", " " * 40),
+                         ("kafka_password", ""), ("kafka_password", "dev-settlement-password"),
+                         ("evoucher_key", PRODUCTION_READY["pii_hash_key"]),
+                         ("kafka_bootstrap_servers", "127.0.0.1:9092,kafka-2.internal:9092"),
+                         ("redis_url", "redis://redis.internal:6379/0"), ("clock_offset_ms", 3_600_000)):
         problems = Settings(**{**PRODUCTION_READY, field: value}).production_problems()
         assert len(problems) == 1, (field, problems)
 
