@@ -4,8 +4,10 @@ ACLs are generated from the topic registry (contracts/registry.py), never listed
 the topics it produces, reads the topics it consumes (with its own consumer groups) and writes the dead-letter
 topics of what it consumes. Operators read everything and write the topics that have dead letters (replay).
 
-Passwords are random per stack (`new_credentials`), kept in the stack's folder (mode 0600) and given to each
-process in its environment (KAFKA_USERNAME / KAFKA_PASSWORD). `rotate` changes one on the running broker.
+Passwords are random per durable stack (`new_credentials`), kept in the stack's folder (mode 0600) and given to
+each process in its environment (KAFKA_USERNAME / KAFKA_PASSWORD); they reach the broker through the Admin API
+on stdin (`apply`), never on a command line — except admin's, once, when `kafka-storage format` creates the
+stack. `rotate` changes one on the running broker.
 """
 
 from __future__ import annotations
