@@ -84,7 +84,7 @@ def assemble(settings: Settings, name: str,
              wire: Callable[[Settings, Any, Clock], tuple[S, list[Consumer[Any]]]]) -> Assembled[S]:
     """The parts of a service process; in production mode only with a configuration fit for it (every way of
     starting a service comes through here)."""
-    problems = settings.production_problems()
+    problems = settings.production_problems(name)
     if problems:
         raise ConfigurationRefused(problems)
     configure_logging(name, settings.log_level)

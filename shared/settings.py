@@ -72,21 +72,26 @@ class Settings(BaseSettings):
         """The token read endpoints require (never empty: development falls back to the public one)."""
         return self.operator_token or (DEV_OPERATOR_TOKEN if self.mode == "development" else "")
 
-    def production_problems(self) -> list[str]:
-        """Why this configuration must not run in production mode, one line per setting (empty: fine)."""
+    def production_problems(self, service: str = "") -> list[str]:
+        """Why this configuration must not run in production mode, one line per setting (empty: fine). `service`:
+        only the keys that service uses are required (the ID-hash key stays with settlement); "" requires all."""
         if self.mode != "production":
             return []
         problems = []
-        if self.consent_public_key in ("", public_key_b64(dev_private_key().public_key())):
+        verifies_consent = not service.startswith("settlement")  # binding and the wallets check consent proofs
+        hashes_ids = service in ("", "settlement")
+        if verifies_consent and self.consent_public_key in ("", public_key_b64(dev_private_key().public_key())):
             problems.append("CONSENT_PUBLIC_KEY: unset or the development key, whose private half is in the "
                             "repository (anyone could forge consent); set the platform identity service's key")
-        for name, value, dev in (("PII_HASH_KEY", self.pii_hash_key, DEV_PII_HASH_KEY),
-                                 ("EVOUCHER_KEY", self.evoucher_key, DEV_EVOUCHER_KEY),
-                                 ("OPERATOR_TOKEN", self.operator_token, DEV_OPERATOR_TOKEN)):
+        secrets = [("OPERATOR_TOKEN", self.operator_token, DEV_OPERATOR_TOKEN)]
+        if hashes_ids:
+            secrets += [("PII_HASH_KEY", self.pii_hash_key, DEV_PII_HASH_KEY),
+                        ("EVOUCHER_KEY", self.evoucher_key, DEV_EVOUCHER_KEY)]
+        for name, value, dev in secrets:
             if value == dev or len(value.strip()) < MIN_SECRET_CHARS or value.startswith("dev-"):
                 problems.append(f"{name}: unset, a development value or shorter than {MIN_SECRET_CHARS} "
                                 "characters; set a random secret")
-        if self.pii_hash_key == self.evoucher_key:
+        if hashes_ids and self.pii_hash_key == self.evoucher_key:
             problems.append("PII_HASH_KEY/EVOUCHER_KEY: the same secret for two purposes; set two")
         if not self.kafka_username or not self.kafka_password:
             problems.append("KAFKA_USERNAME/KAFKA_PASSWORD: no Kafka credentials; every production client "

@@ -71,3 +71,13 @@ def test_a_service_started_in_production_with_a_development_key_exits_naming_it(
     assert done.returncode == 2, done.stderr[-2000:]
     assert "refusing to start in production mode" in done.stderr
     assert "PII_HASH_KEY" in done.stderr and "CONSENT_PUBLIC_KEY" not in done.stderr
+
+
+def test_each_service_needs_only_the_keys_it_uses() -> None:
+    # the ID-hash and e-voucher keys stay with settlement; consent is verified by binding and the wallets
+    no_pii = {**PRODUCTION_READY, "pii_hash_key": "", "evoucher_key": ""}
+    assert Settings(**no_pii).production_problems("wallet-32") == []
+    assert Settings(**no_pii).production_problems("binding") == []
+    assert len(Settings(**no_pii).production_problems("settlement")) == 3  # both keys, and "the same secret"
+    assert Settings(**{**PRODUCTION_READY, "consent_public_key": ""}).production_problems("settlement") == []
+    assert len(Settings(**{**PRODUCTION_READY, "consent_public_key": ""}).production_problems("binding")) == 1
