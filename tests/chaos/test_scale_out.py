@@ -10,13 +10,10 @@ passes."""
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import random
 import tempfile
 from collections.abc import Iterator
 from datetime import time
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +21,10 @@ import httpx
 import pytest
 
 from infra import native
-from infra.procs import ServiceProc, free_port, service_set, start_all, stop_all
+from infra.procs import ServiceProc, free_port
 from ops.scenario import audit, balance, bill, person
 from shared.client import Bus
+from tests.chaos import stacks
 from tests.conftest import ServiceClock
 from tests.e2e.test_wallet_e2e import family
 
@@ -40,25 +38,16 @@ TRANSFERS = 3
 
 @pytest.fixture(scope="module")
 def scaled() -> Iterator[tuple[native.StackInfo, dict[str, ServiceProc], ServiceClock]]:
-    state = Path(tempfile.mkdtemp(prefix="scale-out-"))
-    info = native.start(state)
-    os.environ.update({k: v for k, v in info.env().items() if k in ("KAFKA_USERNAME", "KAFKA_PASSWORD")})
-    clock = ServiceClock(state / "clock_offset_ms")
+    def twins(state: Path, first: dict[str, ServiceProc]) -> list[ServiceProc]:
+        # same principal, same consumer groups, same Redis
+        return [ServiceProc(f"{name}-b", first[name].module, free_port(), first[name].env,
+                            state / "logs" / f"{name}-b.log") for name in ("settlement", "wallet-32")]
+
+    clock = ServiceClock(Path(tempfile.mkdtemp(prefix="scale-out-clock-")) / "offset_ms")
     clock.set_china_time(time(10, 0))
-    procs = service_set(info.env(), state / "logs", ("32", "51"),
-                        {"LOG_LEVEL": "WARNING", "WALLET_TIMEOUT_MS": "3000", "CLOCK_FILE": str(clock.path)},
-                        credentials=native.THROWAWAY_CREDENTIALS)
-    first = {p.name: p for p in procs}
-    # same principal, same consumer groups, same Redis
-    twins = [ServiceProc(f"{name}-b", first[name].module, free_port(), first[name].env,
-                         state / "logs" / f"{name}-b.log") for name in ("settlement", "wallet-32")]
-    start_all([*procs, *twins])
-    try:
-        yield info, {p.name: p for p in [*procs, *twins]}, clock
-    finally:
-        stop_all([*procs, *twins])
-        native.stop(state)
-        native.purge_data(state)
+    with stacks.own_stack("scale-out-", ("32", "51"), {"WALLET_TIMEOUT_MS": "3000", "CLOCK_FILE": str(clock.path)},
+                          more=twins) as (info, procs, _):
+        yield info, procs, clock
 
 
 async def test_two_instances_share_the_work_and_survive_losing_one(scaled: Any) -> None:
@@ -102,29 +91,19 @@ async def test_two_instances_share_the_work_and_survive_losing_one(scaled: Any) 
             await asyncio.sleep(0.03)
         await bus.wait_for(lambda: all(bus.results.get(b["msgid"]) for b in bills), timeout_s=180,
                            what="every bill answered after losing an instance of each")
-        charged: dict[str, int] = {p["psn_no"]: 0 for p in patients}
-        timed_out = 0
-        for request in bills:
-            answers = bus.results[request["msgid"]]
-            assert all(json.dumps(a, sort_keys=True) == json.dumps(answers[0], sort_keys=True) for a in answers)
-            answer = answers[0]
-            if answer["infcode"] == 0:
-                info_ = answer["output"]["setlinfo"]
-                charged[info_["psn_no"]] += int(Decimal(info_["acct_pay"]) * 100)
-            else:
-                assert "did not answer within" in answer["err_msg"], answer
-                timed_out += 1
-        print(f"\n{BILLS} bills: {BILLS - timed_out} paid, {timed_out} timed out while partitions moved")
+        charged, refused = stacks.charged_once(bus, bills)
+        assert all("did not answer within" in answer["err_msg"] for answer in refused), refused
+        print(f"\n{BILLS} bills: {BILLS - len(refused)} paid, {len(refused)} timed out while partitions moved")
 
         async def exact() -> bool:
-            return all(balance(urls, "32", p["psn_no"])["spendable_current_fen"] == START_FEN - charged[p["psn_no"]]
-                       for p in patients)
+            return all(balance(urls, "32", p["psn_no"])["spendable_current_fen"]
+                       == START_FEN - charged.get(p["psn_no"], 0) for p in patients)
 
         for _ in range(300):  # a payment that landed after its deadline is refunded by the reversal that follows
             if await exact():
                 break
             await asyncio.sleep(0.2)
-        assert await exact(), {p["psn_no"]: (balance(urls, "32", p["psn_no"]), charged[p["psn_no"]])
+        assert await exact(), {p["psn_no"]: (balance(urls, "32", p["psn_no"]), charged.get(p["psn_no"], 0))
                                for p in patients}
         assert audit(urls, "32")["ok"] and audit(urls, "51")["ok"]
 

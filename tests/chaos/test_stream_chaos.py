@@ -8,11 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import random
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,10 +17,11 @@ import pytest
 
 from contracts.topics import HIS_REQUESTS, dlq
 from infra import native
-from infra.procs import ServiceProc, service_set, start_all, stop_all
+from infra.procs import ServiceProc
 from ops.scenario import audit, balance, bill, person
 from shared.client import Bus, dumps_his
 from shared.pii import kafka_key
+from tests.chaos import stacks
 from tests.helpers import read_topic
 
 pytestmark = pytest.mark.e2e
@@ -37,20 +35,8 @@ START_FEN = 200_000
 
 @pytest.fixture(scope="module")
 def own_stack() -> Iterator[tuple[native.StackInfo, dict[str, ServiceProc]]]:
-    state = Path(tempfile.mkdtemp(prefix="chaos-stack-"))
-    info = native.start(state)
-    # this test's clients play hospital and platform as the stack's admin (the same for every throw-away stack;
-    # addresses are passed explicitly, so the session's own stack is not redirected)
-    os.environ.update({k: v for k, v in info.env().items() if k in ("KAFKA_USERNAME", "KAFKA_PASSWORD")})
-    procs = service_set(info.env(), state, ("32",), {"LOG_LEVEL": "WARNING", "WALLET_TIMEOUT_MS": "60000"},
-                        credentials=native.THROWAWAY_CREDENTIALS)
-    start_all(procs)
-    try:
-        yield info, {p.name: p for p in procs}
-    finally:
-        stop_all(procs)
-        native.stop(state)
-        native.purge_data(state)
+    with stacks.own_stack("chaos-stack-", ("32",), {"WALLET_TIMEOUT_MS": "60000"}) as (info, procs, _):
+        yield info, procs
 
 
 async def restart(proc: ServiceProc) -> None:
