@@ -4,27 +4,38 @@ generated from the topic registry: a principal writes what it produces and reads
 from __future__ import annotations
 
 import asyncio
-import os
+import tempfile
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAuthorizationFailedError
 
 from contracts.topics import HIS_REQUESTS, HIS_RESULTS, WALLET_EVENTS, wallet_commands
+from infra import native
 from shared.kafka import kafka_auth
 from tests.infra import Infra
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def passwords(infra: Infra) -> dict[str, str]:
-    if infra.credentials is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("CI runs the native broker, which authenticates; this one does not")
-        pytest.skip("this broker (from the environment or testcontainers) does not authenticate")
-    return infra.credentials
+@pytest.fixture(scope="module")
+def broker(infra: Infra) -> Iterator[tuple[str, dict[str, str]]]:
+    """(bootstrap, every principal's password) of an authenticating broker: the session's native one, or, when
+    the session's broker came from the environment or testcontainers without authentication, a throw-away
+    native one of this module's own (never a skip)."""
+    if infra.credentials is not None:
+        yield infra.kafka_bootstrap, infra.credentials
+        return
+    state = Path(tempfile.mkdtemp(prefix="acl-broker-"))
+    info = native.start(state)
+    try:
+        yield info.kafka_bootstrap, native.THROWAWAY_CREDENTIALS
+    finally:
+        native.stop(state)
+        native.purge_data(state)
 
 
 async def send(bootstrap: str, topic: str, auth: dict[str, object]) -> None:
@@ -46,26 +57,26 @@ async def read(bootstrap: str, topic: str, principal: str, auth: dict[str, objec
         await consumer.stop()
 
 
-def as_(passwords: dict[str, str], principal: str) -> dict[str, object]:
-    return kafka_auth(principal, passwords[principal])
+def as_(broker: tuple[str, dict[str, str]], principal: str) -> dict[str, object]:
+    return kafka_auth(principal, broker[1][principal])
 
 
-async def test_a_client_without_credentials_is_refused(infra: Infra, passwords: dict[str, str]) -> None:
+async def test_a_client_without_credentials_is_refused(broker: tuple[str, dict[str, str]]) -> None:
     with pytest.raises(KafkaConnectionError):  # the broker closes an unauthenticated connection
-        await send(infra.kafka_bootstrap, HIS_REQUESTS, {})
+        await send(broker[0], HIS_REQUESTS, {})
     with pytest.raises(KafkaError):
-        await send(infra.kafka_bootstrap, HIS_REQUESTS, kafka_auth("hospital", "not-the-password"))
+        await send(broker[0], HIS_REQUESTS, kafka_auth("hospital", "not-the-password"))
 
 
-async def test_the_binding_service_may_not_command_a_wallet(infra: Infra, passwords: dict[str, str]) -> None:
+async def test_the_binding_service_may_not_command_a_wallet(broker: tuple[str, dict[str, str]]) -> None:
     with pytest.raises(TopicAuthorizationFailedError):
-        await send(infra.kafka_bootstrap, wallet_commands("32"), as_(passwords, "binding"))
-    await send(infra.kafka_bootstrap, wallet_commands("32"), as_(passwords, "settlement"))  # its producer may
+        await send(broker[0], wallet_commands("32"), as_(broker, "binding"))
+    await send(broker[0], wallet_commands("32"), as_(broker, "settlement"))  # its producer may
 
 
-async def test_a_hospital_may_not_read_wallet_events(infra: Infra, passwords: dict[str, str]) -> None:
+async def test_a_hospital_may_not_read_wallet_events(broker: tuple[str, dict[str, str]]) -> None:
     with pytest.raises(TopicAuthorizationFailedError):
-        await read(infra.kafka_bootstrap, WALLET_EVENTS, "hospital", as_(passwords, "hospital"))
-    await read(infra.kafka_bootstrap, HIS_RESULTS, "hospital", as_(passwords, "hospital"))  # its answers it may
+        await read(broker[0], WALLET_EVENTS, "hospital", as_(broker, "hospital"))
+    await read(broker[0], HIS_RESULTS, "hospital", as_(broker, "hospital"))  # its answers it may
     with pytest.raises(TopicAuthorizationFailedError):  # nor write the answers
-        await send(infra.kafka_bootstrap, HIS_RESULTS, as_(passwords, "hospital"))
+        await send(broker[0], HIS_RESULTS, as_(broker, "hospital"))
