@@ -39,6 +39,7 @@ from services.settlement.machine import (
     UnbookDay,
 )
 from shared.kafka import BatchConflict, Outgoing
+from shared.redis_store import claim_due
 
 # (person, whom the certificate belongs to, grantor order, binding views) of one 2206/2207
 Context = tuple[PersonView | None, str | None, list[str], dict[str, BindingView]]
@@ -82,6 +83,7 @@ def k_clearing(day: str) -> str:
 
 K_CLEARING_DAYS = "s:clr:days"
 K_DEADLINES = "s:deadlines"
+DEADLINE_LEASE_MS = 10_000  # a claimed deadline not settled in this long (its instance died) is taken up again
 K_OUTBOX = "s:outbox"
 K_FLAGS = "s:flags"
 
@@ -313,9 +315,9 @@ class SettlementStore:
 
     # ---------------------------------------------------------------- deadlines
 
-    async def due(self, now_ms: int, limit: int = 100) -> list[str]:
-        due: list[str] = await self.client.zrangebyscore(K_DEADLINES, 0, now_ms, start=0, num=limit)
-        return due
+    async def due(self, now_ms: int) -> list[str]:
+        """Requests past their wallet deadline, claimed by this instance for DEADLINE_LEASE_MS."""
+        return await claim_due(self.client, K_DEADLINES, now_ms, DEADLINE_LEASE_MS)
 
     # ---------------------------------------------------------------- read models
 

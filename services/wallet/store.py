@@ -13,9 +13,10 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from contracts.wallet import FundingPlan
-from shared.redis_store import load_script
+from shared.redis_store import claim_due, load_script
 
 LUA = Path(__file__).parent / "lua"
+EXPIRY_LEASE_MS = 30_000  # a claimed expiry not finished in this long (its instance died) is taken up again
 
 
 def key_prefix(province: str) -> str:
@@ -100,9 +101,9 @@ class WalletStore:
     async def transfer_op(self, op: str, *args: object) -> dict[str, Any]:
         return await self._call(self._transfers, op, *args)
 
-    async def due_expiries(self, now_ms: int, limit: int = 100) -> list[str]:
-        due: list[str] = await self.client.zrangebyscore(f"{self.prefix}xexpiry", 0, now_ms, start=0, num=limit)
-        return due
+    async def due_expiries(self, now_ms: int) -> list[str]:
+        """Transfers due to expire, claimed by this instance for EXPIRY_LEASE_MS (its twins skip them)."""
+        return await claim_due(self.client, f"{self.prefix}xexpiry", now_ms, EXPIRY_LEASE_MS)
 
     async def pending_transfer(self, sender: str, recipient: str) -> str | None:
         """The held transfer from `sender` to `recipient`, if any (W3 allows one at a time)."""

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -131,5 +132,32 @@ async def test_10_dissolution_voids_a_pending_transfer_between_the_two(wallet: W
     accepted = ResolveTransfer(occurred_at=wallet.clock.now(), transfer_id=cmd.transfer_id, outcome="post")
     late = [json.loads(o.body) for o in await wallet.on_command(accepted, None)]
     assert [e["outcome"] for e in late if e["type"] == "CompleteTransfer"] == ["voided"]
+    assert await spendable(wallet) == 500_000
+    assert (await audit(wallet.store.client, "32", wallet.store.prefix)).ok
+
+
+class Published:
+    """Stands in for the broker only to count what is published; the race under test is in the real Redis."""
+
+    def __init__(self) -> None:
+        self.types: list[str] = []
+
+    async def publish(self, body: bytes, topic: str, **_: Any) -> None:
+        await asyncio.sleep(0.01)  # a real publish yields too; the other instance's scan runs meanwhile
+        self.types.append(json.loads(body)["type"])
+
+
+async def test_two_instances_scanning_expiries_return_each_transfer_once(wallet: WalletService) -> None:
+    """Scale-out (issue 15): two instances of a province share one schedule. Each scan claims what it takes, so a
+    due transfer is voided and announced by one of them; the other sees it again only if the first dies."""
+    wallet.clock.at = datetime(2026, 11, 23, 10, 0, tzinfo=CHINA_TZ).astimezone(UTC)
+    for to in (RELATIVE, OTHER_RELATIVE):
+        assert (await answers(wallet, request(wallet, to=to)))[0]["type"] == "TransferHeld"
+    twin = WalletService(WalletStore(wallet.store.client, "32", prefix=wallet.store.prefix), wallet.policies,
+                         wallet.clock, wallet.consent_key)
+    wallet.clock.at = domain.expires_at(wallet.clock.now()) + timedelta(seconds=1)
+    first, second = Published(), Published()
+    await asyncio.gather(wallet.expire_due(first), twin.expire_due(second))
+    assert sorted(first.types + second.types).count("TransferReturned") == 2, (first.types, second.types)
     assert await spendable(wallet) == 500_000
     assert (await audit(wallet.store.client, "32", wallet.store.prefix)).ok
