@@ -74,10 +74,11 @@ def province_of(region: str) -> str:
 # ---------------------------------------------------------------- yuan on the hospital wire
 
 
-def yuan_to_fen(value: Any) -> int:
+def yuan_to_fen(value: Any, signed: bool = False) -> int:
     """Exact yuan → fen for the national interface (type 16,2). Never goes through float.
 
-    Accepts Decimal (JSON numbers are parsed with `parse_float=Decimal`), int, or a decimal string.
+    Accepts Decimal (JSON numbers are parsed with `parse_float=Decimal`), int, or a decimal string. Negative only
+    where `signed` (reconciliation rows of cancellations).
     """
     if isinstance(value, bool) or isinstance(value, float):
         raise ValueError("amount must be parsed exactly (decimal), not as a binary float")
@@ -97,20 +98,23 @@ def yuan_to_fen(value: Any) -> int:
     exponent = dec.as_tuple().exponent
     if isinstance(exponent, int) and exponent < -2 and dec != dec.quantize(Decimal("0.01")):
         raise ValueError(f"amount {value} has more than two decimals (national type 16,2)")
-    if dec < 0:
+    if dec < 0 and not signed:
         raise ValueError(f"amount {value} is negative")
     fen = int(dec * 100)
-    if fen > MAX_AMOUNT_FEN:
+    if abs(fen) > MAX_AMOUNT_FEN:
         raise ValueError(f"amount {value} is above the limit")
     return fen
 
 
 def fen_to_yuan(fen: int) -> str:
-    """Fen → yuan text with exactly two decimals ("128.50"), as replies carry it."""
-    if fen < 0:
-        raise ValueError("negative amount")
-    return f"{fen // 100}.{fen % 100:02d}"
+    """Fen → yuan text with exactly two decimals ("128.50"), as replies carry it; a cancellation's negative
+    settlement is "-128.50"."""
+    sign, fen = ("-", -fen) if fen < 0 else ("", fen)
+    return f"{sign}{fen // 100}.{fen % 100:02d}"
 
 
 YuanAsFen = Annotated[int, BeforeValidator(yuan_to_fen)]
 """A yuan amount on the hospital wire, held as integer fen once parsed."""
+
+SignedYuanAsFen = Annotated[int, BeforeValidator(lambda value: yuan_to_fen(value, signed=True))]
+"""A yuan amount that may be negative (a cancellation's row or a day's net in reconciliation)."""

@@ -38,6 +38,7 @@ from shared.kafka import kafka_auth
 from shared.pii import kafka_key
 
 DEFAULT_TIMEOUT_S = 30.0
+SIGN_IN_RENEW = timedelta(hours=12)  # a HIS signs in again each shift; the centre keeps a sign-in for 24 h
 _seq = itertools.count(1)
 
 
@@ -94,6 +95,7 @@ class Bus:
         self.wallet_events: list[dict[str, Any]] = []
         self._task: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
+        self.sign_nos: dict[str, tuple[str, datetime]] = {}  # institution → its sign_no and when it signed in
 
     async def start(self) -> None:
         await self.producer.start()
@@ -156,17 +158,41 @@ class Bus:
 
     # ------------------------------------------------------------ hospital side
 
-    async def send_his(self, request: dict[str, Any]) -> None:
-        """Publish a hospital request as a HIS does (keyed by visit); its answer arrives in `results`."""
+    async def send_his(self, request: dict[str, Any], sign_in: bool = True) -> None:
+        """Publish a hospital request as a HIS does (keyed by visit); its answer arrives in `results`. Like a
+        HIS, the institution signs in (9001) before its first request and sends the sign_no with every one
+        (H2; `sign_in=False` sends the request as it is)."""
+        if sign_in and request["infno"] != "9001" and not request.get("sign_no"):
+            sign_no = await self.sign_in(request["fixmedins_code"], request["mdtrtarea_admvs"])
+            if sign_no is not None:
+                request["sign_no"] = sign_no
+        data = request.get("input", {}).get("data") or {}
         await self.producer.send_and_wait(HIS_REQUESTS, dumps_his(request), key=kafka_key(
-            str(request["input"]["data"].get("mdtrt_id", request["msgid"]))))
+            str(data.get("mdtrt_id", request["msgid"]))))
 
-    async def his(self, request: dict[str, Any], timeout_s: float = DEFAULT_TIMEOUT_S) -> dict[str, Any]:
+    async def his(self, request: dict[str, Any], timeout_s: float = DEFAULT_TIMEOUT_S,
+                  sign_in: bool = True) -> dict[str, Any]:
         msgid = request["msgid"]
         before = len(self.results[msgid])
-        await self.send_his(request)
+        await self.send_his(request, sign_in)
         return await self.wait_for(lambda: len(self.results[msgid]) > before and self.results[msgid][before],
                                    timeout_s, f"HIS result for {msgid}")  # type: ignore[no-any-return]
+
+    async def sign_in(self, fixmedins: str, region: str, opter_no: str = "OP0001") -> str | None:
+        """9001 for `fixmedins`, reused until it is SIGN_IN_RENEW old by the services' clock; None if the
+        institution may not sign in (not designated: its requests are then refused on their own)."""
+        now = self.clock.now()
+        cached = self.sign_nos.get(fixmedins)
+        if cached is not None and now - cached[1] < SIGN_IN_RENEW:
+            return cached[0]
+        request = his_request("9001", fixmedins, region, region, {}, at=now)
+        request["input"] = {"signIn": {"opter_no": opter_no, "mac": "00-16-3E-00-00-01", "ip": "127.0.0.1"}}
+        reply = await self.his(request)
+        if reply["infcode"] != 0:
+            return None
+        sign_no: str = reply["output"]["signinoutb"]["sign_no"]
+        self.sign_nos[fixmedins] = (sign_no, now)
+        return sign_no
 
     # ------------------------------------------------------------ app side
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from contracts.binding import FundingMode, MultiGrantorMode, Relation
-from contracts.types import RegionCode
+from contracts.types import FixmedinsCode, RegionCode
 
 CLOSE_RELATIVES = frozenset({
     Relation.SPOUSE, Relation.FATHER, Relation.MOTHER, Relation.CHILD, Relation.SIBLING,
@@ -37,6 +38,9 @@ class RegionPolicy(BaseModel):
     # S3: the national medical types (med_type) a personal account may pay for here: what the account may be
     # used for is a regional decision, so it is data, not code.
     account_med_types: frozenset[str] = Field(min_length=1)
+    # H2: whether institutions here must sign in (9001) and carry a valid sign_no on every other request; a
+    # region switches it on when its institutions are ready (the transition the national rollout had).
+    sign_in_required: bool = False
 
     @model_validator(mode="after")
     def _consistent(self) -> RegionPolicy:
@@ -75,3 +79,38 @@ class Policies:
         if not by_region:
             raise PolicyError(f"region policy file {path} defines no regions")
         return cls(by_region)
+
+
+class Institution(BaseModel):
+    """H1: a designated institution (定点医药机构), from policies/institutions.yaml."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    code: FixmedinsCode
+    name: str = Field(min_length=1, max_length=100)
+    region: RegionCode
+    kind: Literal["hospital", "pharmacy"]
+    wallet_accepted: bool
+    msgid: Literal["national", "any"] = "national"
+
+
+class Institutions:
+    def __init__(self, by_code: dict[str, Institution]) -> None:
+        self.by_code = by_code
+
+    def find(self, code: str) -> Institution | None:
+        return self.by_code.get(code)
+
+    @classmethod
+    def load(cls, path: Path) -> Institutions:
+        if not path.is_file():
+            raise PolicyError(f"institution registry {path} not found (set INSTITUTIONS_PATH)")
+        try:
+            entries = yaml.safe_load(path.read_text())["institutions"]
+            by_code = {str(code): Institution.model_validate({**entry, "code": str(code)})
+                       for code, entry in entries.items()}
+        except (yaml.YAMLError, KeyError, TypeError, AttributeError) as exc:
+            raise PolicyError(f"institution registry {path} is malformed: {exc}") from None
+        except ValidationError as exc:
+            raise PolicyError(f"institution registry {path} is invalid: {exc}") from None
+        return cls(by_code)

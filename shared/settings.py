@@ -51,6 +51,7 @@ class Settings(BaseSettings):
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=0, ge=0, le=65535, description="0 = no HTTP endpoint")
     policies_path: Path = ROOT / "policies" / "regions.yaml"
+    institutions_path: Path = ROOT / "policies" / "institutions.yaml"
     # Base64 raw Ed25519 public key of the platform identity service that signs consent proofs (B8).
     # Empty = the development key in shared/consent.py (local stacks only; never in production).
     consent_public_key: str = ""

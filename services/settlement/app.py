@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import datetime
 from typing import Any
 
 import structlog
@@ -20,12 +21,21 @@ from pydantic import TypeAdapter, ValidationError
 from contracts.binding import BindingCreated, BindingDissolved, BindingEvent, BindingKind, GrantorsReordered
 from contracts.enrollment import AccountCredited, EnrollmentEvent, PersonEnrolled, PersonTransferred, YearRolledOver
 from contracts.his import (
+    ADMISSION,
+    CLR_TYPES,
+    INPATIENT,
+    SIGN_IN,
+    AdmissionData,
     CancelData,
     DetailData,
+    FeeUploadData,
     HisEnvelope,
     HisRequestError,
+    PersonQueryData,
     ReversalData,
     SettleData,
+    SignInData,
+    SignOutData,
     TotalsData,
     check_sender,
     first_error,
@@ -56,12 +66,13 @@ from services.settlement.store import SettlementStore, Tx, decode_out, encode_ou
 from shared.clock import Clock, china_time, epoch_ms
 from shared.kafka import BatchConflict, Consumer, Outgoing, PoisonMessage, model_parser, publish_all
 from shared.pii import kafka_key, keyed_hash
-from shared.policy import Policies
+from shared.policy import Institution, Institutions, Policies
 from shared.service import assemble, build_app, query_one
 from shared.settings import Settings
 
 SERVICE = "settlement"
 SCAN_INTERVAL_MS = 200
+SIGN_IN_VALID_MS = 24 * 3_600_000  # H2: a sign-in is good for a working day and a night shift, then 9001 again
 log = structlog.get_logger()
 
 
@@ -106,130 +117,253 @@ def execute(tx: Tx, effects: list[Effect]) -> list[Outgoing]:
     return out
 
 
-def received(env: HisEnvelope, state: State = State.DONE, **fields: Any) -> Record:
-    """A request's record as received, before any transition."""
-    return Record(msgid=env.msgid, infno=env.infno, state=state, fixmedins=env.fixmedins_code,
+def received(env: HisEnvelope, at: str) -> Record:
+    """A request's record as received (`at`: the 17-digit time it arrived), before any transition."""
+    return Record(msgid=env.msgid, infno=env.infno, state=State.DONE, fixmedins=env.fixmedins_code,
                   day=env.inf_time[:10], insuplc=env.insuplc_admdvs, province=env.insuplc_admdvs[:2],
-                  care=env.mdtrtarea_admvs[:2], **fields)
+                  care=env.mdtrtarea_admvs[:2], opter=env.opter, received=at)
 
 
 class SettlementService:
-    def __init__(self, settings: Settings, store: SettlementStore, clock: Clock, policies: Policies) -> None:
+    def __init__(self, settings: Settings, store: SettlementStore, clock: Clock, policies: Policies,
+                 institutions: Institutions) -> None:
         self.settings = settings
         self.store = store
         self.clock = clock
         self.policies = policies
+        self.institutions = institutions
 
     # ================================================================ hospital requests
 
     async def on_request(self, obj: dict[str, Any], _record: Any) -> list[Outgoing]:
         msgid = obj["msgid"]
         infno = str(obj.get("infno", ""))
-        # Until the envelope is valid and the msgid proven to be the sender's (H3), the request is answered but
-        # neither stored nor looked up: it must not occupy, nor read back, another institution's msgid. Both
-        # checks are deterministic, so a repeat still gets the identical answer.
+        now = self.clock.now()
+        # Until the envelope is valid, the institution designated (H1) and the msgid proven to be the sender's
+        # (H3), the request is answered but neither stored nor looked up: it must not occupy, nor read back,
+        # another institution's msgid. These checks are deterministic, so a repeat still gets the identical answer.
         try:
             env = HisEnvelope.model_validate(obj)
-            check_sender(env)
+            institution = self.institutions.find(env.fixmedins_code)
+            if institution is None:
+                raise HisRequestError(f"fixmedins_code: {env.fixmedins_code} is not a designated institution in "
+                                      "the registry (H1)")
+            check_sender(env, any_msgid=institution.msgid == "any")
         except (ValidationError, HisRequestError) as exc:
             err = first_error(exc) if isinstance(exc, ValidationError) else str(exc)
-            return [reply_out(machine.answered(Record(msgid=msgid, infno=infno, state=State.REJECTED), err))]
+            rec = Record(msgid=msgid, infno=infno, state=State.REJECTED)
+            return [reply_out(machine.answered(rec, err, at=now))]
+        me = received(env, machine.stamp(now))
         try:
             data = parse_data(env)
+            domain.check_family(env.infno, institution)
+            signed_out = await self._sign_in_problem(env, institution, now)
+            if signed_out is not None:
+                raise HisRequestError(signed_out)
         except HisRequestError as exc:
-            return await self._reject(msgid, infno, str(exc))
+            return await self._reject(me, str(exc))
         except ArithmeticError as exc:  # defence in depth: every request with a msgid gets an answer
-            return await self._reject(msgid, infno, f"input.data: amounts could not be read ({type(exc).__name__})")
+            return await self._reject(me, f"input: amounts could not be read ({type(exc).__name__})")
         if isinstance(data, SettleData):
-            return await self._settle(env, data)
+            return await self._settle(env, data, me, institution)
         if isinstance(data, CancelData):
-            return await self._cancel(env, data)
+            return await self._cancel(env, data, me)
         if isinstance(data, ReversalData):
-            return await self._reverse(env, data)
+            return await self._reverse(env, data, me)
         if isinstance(data, TotalsData | DetailData):
-            return await self._reconcile(env, data)
+            return await self._reconcile(env, data, me)
+        if isinstance(data, PersonQueryData):
+            return await self._lookup(env, data, me)
+        if isinstance(data, SignInData | SignOutData):
+            return await self._sign(env, data, me)
+        if isinstance(data, AdmissionData):
+            return await self._admit(env, data, me)
+        if isinstance(data, FeeUploadData):
+            return await self._upload(data, me)
         raise TypeError(type(data))  # pragma: no cover
 
-    async def _reject(self, msgid: str, infno: str, err: str) -> list[Outgoing]:
+    async def _sign_in_problem(self, env: HisEnvelope, institution: Institution, now: datetime) -> str | None:
+        """H2: where the institution's region requires it, every request but 9001 carries a sign_no that is
+        valid now for this institution."""
+        policy = self.policies.find(institution.region)
+        if env.infno == SIGN_IN or policy is None or not policy.sign_in_required:
+            return None
+        sign_no = env.signed_in_as
+        if sign_no is None:
+            return f"sign_no: institutions in {institution.region} sign in with 9001 first and send its sign_no (H2)"
+        current = await self.store.sign_in(sign_no)
+        if current is None or current["fixmedins"] != env.fixmedins_code or current["until_ms"] <= epoch_ms(now):
+            return (f"sign_no: {sign_no} is not a valid sign-in of {env.fixmedins_code} (unknown, signed out or "
+                    "expired); sign in again with 9001 (H2)")
+        return None
+
+    async def _reject(self, me: Record, err: str) -> list[Outgoing]:
         async def decide(tx: Tx) -> list[Outgoing]:
-            return execute(tx, machine.reject(await tx.get(msgid), msgid, infno, err))
+            return execute(tx, machine.reject(await tx.get(me.msgid), me.msgid, me.infno, err, self.clock.now(),
+                                              me.received))
 
         return await self.store.transact(None, decide)
 
-    async def _settle(self, env: HisEnvelope, d: SettleData) -> list[Outgoing]:
-        # Validation reads only read models; the record itself is written in one transaction below.
-        problem: str | None = None
+    async def _patient(self, env: HisEnvelope, d: SettleData | AdmissionData, now: datetime,
+                       ) -> tuple[list[str], dict[str, domain.BindingView]]:
+        """S4: the patient is enrolled here, normal, and the certificate presented is theirs (misuse is flagged);
+        returns their grantor order and binding views."""
         id_hash = keyed_hash(self.settings.pii_hash_key, d.mdtrt_cert_no) if d.mdtrt_cert_type == "02" else None
         card = d.mdtrt_cert_no if d.mdtrt_cert_type == "03" else None
         person, owner, order, views = await self.store.settle_context(d.psn_no, id_hash, card)
-        now, key = self.clock.now(), self.settings.evoucher_key
-        scanned: str | None = None
-        warning: str | None = None
         try:
-            domain.check_amounts(d)
-            domain.check_scope(d, env.insuplc_admdvs, self.policies.find(env.insuplc_admdvs))
             if d.mdtrt_cert_type == "01":
-                owner = domain.voucher_owner(d, now, key)
+                owner = domain.voucher_owner(d.mdtrt_cert_no, d.psn_no, now, self.settings.evoucher_key)
             domain.check_own_card(d, env.insuplc_admdvs, person, owner)
-            scanned, warning = domain.dual_code(d, order, views, now, key)
-        except domain.CardMisuse as exc:
-            problem = str(exc)
+        except domain.CardMisuse:
             await self.store.flag({"msgid": env.msgid, "psn_no": d.psn_no, "fixmedins": env.fixmedins_code,
                                    "cert_type": d.mdtrt_cert_type, "rule": "S4"})
             log.warning("card misuse flagged", msgid=env.msgid, psn_no=d.psn_no, fixmedins=env.fixmedins_code)
+            raise
+        return order, views
+
+    async def _settle(self, env: HisEnvelope, d: SettleData, me: Record, institution: Institution,
+                      ) -> list[Outgoing]:
+        # Validation reads only read models; the record itself is written in one transaction below.
+        now = self.clock.now()
+        try:
+            funds = domain.check_amounts(d)
+            domain.check_scope(d, env.insuplc_admdvs, self.policies.find(env.insuplc_admdvs))
+            order, views = await self._patient(env, d, now)
+            scanned, warning = domain.dual_code(d, order, views, now, self.settings.evoucher_key)
         except HisRequestError as exc:
-            problem = str(exc)
-        if problem is not None:
-            return await self._reject(env.msgid, env.infno, problem)
-        plan = domain.build_plan(d, order, views, scanned)
+            return await self._reject(me, str(exc))
+        plan = domain.build_plan(d, order, views, scanned, wallet=institution.wallet_accepted)
         setl_id = domain.setl_id_for(env.msgid)
+        settling = env.infno in machine.SETTLING
         needs_wallet = d.psn_part_amt > 0 and bool(plan.use_own or plan.grantors or plan.use_wallet)
-        new = received(env, State.AWAITING_WALLET, psn_no=d.psn_no, mdtrt_id=d.mdtrt_id, setl_id=setl_id,
-                       payment_id=setl_id if env.infno == "2207" else domain.quote_payment_id(env.msgid),
-                       medfee=d.medfee_sumamt, fund=d.fund_pay_sumamt, part=d.psn_part_amt, wallet_used=needs_wallet,
-                       warn=warning)
+        new = me.model_copy(update={
+            "state": State.AWAITING_WALLET, "psn_no": d.psn_no, "mdtrt_id": d.mdtrt_id, "setl_id": setl_id,
+            "payment_id": setl_id if settling else domain.quote_payment_id(env.msgid), "medfee": d.medfee_sumamt,
+            "fund": d.fund_pay_sumamt, "part": d.psn_part_amt, "hosp_part": d.hosp_part_amt or None,
+            "funds": funds if set(funds) != {"hifp_pay"} else None, "insutype": d.insutype,
+            "clr_type": CLR_TYPES[env.infno], "medins_setl_id": d.medins_setl_id, "wallet_used": needs_wallet,
+            "warn": warning})
         deadline_ms = epoch_ms(now) + self.settings.wallet_timeout_ms
 
         async def decide(tx: Tx) -> list[Outgoing]:
             existing = await tx.get(env.msgid)
-            holder = await tx.visit_holder(env.fixmedins_code, d.mdtrt_id) if (
-                existing is None and env.infno == "2207") else None
+            first = existing is None
+            holder = await tx.visit_holder(env.fixmedins_code, d.mdtrt_id) if first and settling else None
+            stay = await tx.stay(env.fixmedins_code, d.mdtrt_id) if first and env.infno in INPATIENT else None
             return execute(tx, machine.settle(existing, new, holder, plan if needs_wallet else None, now,
-                                              deadline_ms))
+                                              deadline_ms, stay))
 
         return await self.store.transact(None, decide)
 
-    async def _cancel(self, env: HisEnvelope, d: CancelData) -> list[Outgoing]:
-        # S6: 2208 by setl_id returns every fen to where it came from.
+    async def _cancel(self, env: HisEnvelope, d: CancelData, me: Record) -> list[Outgoing]:
+        # S6: a cancel by setl_id returns every fen to where it came from.
         async def decide(tx: Tx) -> list[Outgoing]:
             existing = await tx.get(env.msgid)
             orig = await tx.settlement(d.setl_id) if existing is None else None
-            return execute(tx, machine.cancel(existing, received(env), orig, d.psn_no, d.mdtrt_id, self.clock.now()))
+            return execute(tx, machine.cancel(existing, me, orig, d.psn_no, d.mdtrt_id, self.clock.now()))
 
         return await self.store.transact(None, decide)
 
-    async def _reverse(self, env: HisEnvelope, d: ReversalData) -> list[Outgoing]:
+    async def _reverse(self, env: HisEnvelope, d: ReversalData, me: Record) -> list[Outgoing]:
         # S6: 2601 by original msgid, whatever state it reached, including "never arrived".
         async def decide(tx: Tx) -> list[Outgoing]:
             existing = await tx.get(env.msgid)
-            orig = await tx.get(d.omsgid) if existing is None and d.oinfno != "2208" else None
-            return execute(tx, machine.reverse(existing, received(env), d.omsgid, d.oinfno, d.psn_no, orig,
-                                               self.clock.now()))
+            orig = await tx.get(d.omsgid) if existing is None else None
+            stay_settled = False
+            if orig is not None and orig.infno == ADMISSION and orig.fixmedins and orig.mdtrt_id:
+                holder = await tx.visit_holder(orig.fixmedins, orig.mdtrt_id)
+                stay_settled = holder is not None and holder.state in machine.VISIT_HELD_STATES
+            return execute(tx, machine.reverse(existing, me, d.omsgid, d.oinfno, d.psn_no, orig, self.clock.now(),
+                                               stay_settled))
 
         return await self.store.transact(None, decide)
 
-    async def _reconcile(self, env: HisEnvelope, d: TotalsData | DetailData) -> list[Outgoing]:
-        # S7: compare the hospital's day with ours; every one-sided entry is listed.
+    async def _reconcile(self, env: HisEnvelope, d: TotalsData | DetailData, me: Record) -> list[Outgoing]:
+        # S7: compare the institution's day with ours; every one-sided entry is listed.
         ours = await self.store.day_rows(env.fixmedins_code, d.stmt_date)
         if isinstance(d, TotalsData):
-            output = domain.reconcile_totals(ours, d.setl_cnt, d.medfee_sumamt, d.acct_pay)
+            output = domain.reconcile_totals(ours, d)
         else:
             theirs = [{"setl_id": r.setl_id, "msgid": r.msgid, "medfee_fen": r.medfee_sumamt, "acct_fen": r.acct_pay}
                       for r in d.details]
             output = domain.reconcile_details(ours, theirs, d.page_num, d.page_size)
 
         async def decide(tx: Tx) -> list[Outgoing]:
-            return execute(tx, machine.reconciled(await tx.get(env.msgid), received(env), output))
+            return execute(tx, machine.reconciled(await tx.get(env.msgid), me, output, self.clock.now()))
+
+        return await self.store.transact(None, decide)
+
+    async def _lookup(self, env: HisEnvelope, d: PersonQueryData, me: Record) -> list[Outgoing]:
+        """1101: found by psn_no or certificate; the certificate must be the person's (S4, as when billing)."""
+        now = self.clock.now()
+        id_hash = keyed_hash(self.settings.pii_hash_key, d.mdtrt_cert_no) if (
+            d.mdtrt_cert_type == "02" and d.mdtrt_cert_no) else None
+        card = d.mdtrt_cert_no if d.mdtrt_cert_type == "03" else None
+        psn_no = d.psn_no
+        if psn_no is None:
+            psn_no = (await self.store.settle_context("", id_hash, card))[1]
+            if psn_no is None:
+                return await self._reject(me, "input.data.mdtrt_cert_no: no insured person with this certificate")
+        person, owner, order, views = await self.store.settle_context(psn_no, id_hash, card)
+        if d.mdtrt_cert_type == "01" and d.mdtrt_cert_no:
+            owner = domain.voucher_owner(d.mdtrt_cert_no, psn_no, now, self.settings.evoucher_key)
+        if person is None:
+            return await self._reject(me, "input.data.psn_no: person is not enrolled in basic medical insurance")
+        if d.mdtrt_cert_type is not None and owner != psn_no:
+            return await self._reject(me, "input.data.mdtrt_cert_no: certificate does not belong to psn_no (S4)")
+        if person.admdvs != env.insuplc_admdvs:
+            return await self._reject(me, f"insuplc_admdvs: {env.insuplc_admdvs} is not the insured region of this "
+                                          f"person ({person.admdvs})")
+        plan = domain.lookup_plan(psn_no, order, views)
+        new = me.model_copy(update={"psn_no": psn_no, "insutype": person.insutype,
+                                    "payment_id": "L" + domain.quote_payment_id(env.msgid)[1:],
+                                    "psn_status": domain.INSURANCE_STATUS.get(person.status, "4")})
+        grantors = [g.grantor_psn_no for g in plan.grantors]
+        deadline_ms = epoch_ms(now) + self.settings.wallet_timeout_ms
+
+        async def decide(tx: Tx) -> list[Outgoing]:
+            return execute(tx, machine.lookup(await tx.get(env.msgid), new, grantors, plan, now, deadline_ms))
+
+        return await self.store.transact(None, decide)
+
+    async def _sign(self, env: HisEnvelope, d: SignInData | SignOutData, me: Record) -> list[Outgoing]:
+        now = self.clock.now()
+        me = me.model_copy(update={"opter": d.opter_no})
+
+        async def decide(tx: Tx) -> list[Outgoing]:
+            existing = await tx.get(env.msgid)
+            if isinstance(d, SignInData):
+                return execute(tx, machine.signed_in(existing, me, d.opter_no, now, SIGN_IN_VALID_MS))
+            current = await tx.sign_in(d.sign_no) if existing is None else None
+            return execute(tx, machine.signed_out(existing, me, d.sign_no, current, now))
+
+        return await self.store.transact(None, decide)
+
+    async def _admit(self, env: HisEnvelope, d: AdmissionData, me: Record) -> list[Outgoing]:
+        now = self.clock.now()
+        try:
+            domain.check_scope(d, env.insuplc_admdvs, self.policies.find(env.insuplc_admdvs))
+            await self._patient(env, d, now)
+        except HisRequestError as exc:
+            return await self._reject(me, str(exc))
+
+        async def decide(tx: Tx) -> list[Outgoing]:
+            return execute(tx, machine.admit(await tx.get(env.msgid), me, d.psn_no, d.insutype, d.ipt_no, now))
+
+        return await self.store.transact(None, decide)
+
+    async def _upload(self, d: FeeUploadData, me: Record) -> list[Outgoing]:
+        first = d.feedetail[0]
+        rows = {row.feedetl_sn: row.det_item_fee_sumamt for row in d.feedetail}
+        assert me.fixmedins is not None
+
+        async def decide(tx: Tx) -> list[Outgoing]:
+            existing = await tx.get(me.msgid)
+            stay = await tx.stay(me.fixmedins or "", first.mdtrt_id) if existing is None else None
+            holder = await tx.visit_holder(me.fixmedins or "", first.mdtrt_id) if existing is None else None
+            return execute(tx, machine.upload_fees(existing, me, stay, holder, rows, first.psn_no, first.mdtrt_id,
+                                                   self.clock.now()))
 
         return await self.store.transact(None, decide)
 
@@ -295,13 +429,13 @@ class SettlementService:
                 return []
             if isinstance(e, PaymentCompleted):
                 try:
-                    return execute(tx, machine.payment_completed(rec, e))
+                    return execute(tx, machine.payment_completed(rec, e, self.clock.now()))
                 except machine.AmountMismatch as exc:
                     raise PoisonMessage("AMOUNT_MISMATCH", str(exc)) from None
             if isinstance(e, PaymentRejected):
-                return execute(tx, machine.payment_rejected(rec, e))
+                return execute(tx, machine.payment_rejected(rec, e, self.clock.now()))
             waiting = {m: await tx.get(m) for m in rec.waiting}
-            return execute(tx, machine.payment_reversed(rec, e, waiting))
+            return execute(tx, machine.payment_reversed(rec, e, waiting, self.clock.now()))
 
         return await self.store.transact(e.message_id, decide)
 
@@ -366,7 +500,7 @@ class SettlementService:
                 log.warning("enrolment carried a resident ID number in clear; hashed here", psn_no=e.psn_no)
             id_hash = e.id_hash or keyed_hash(self.settings.pii_hash_key, e.id_no or "")
             view = domain.PersonView(psn_no=e.psn_no, admdvs=e.admdvs, version=e.version, id_hash=id_hash,
-                                     card_no=e.card_no)
+                                     card_no=e.card_no, insutype=e.insutype)
         elif current is None:
             return []
         else:
@@ -380,7 +514,8 @@ class SettlementService:
 
 def wire(settings: Settings, redis: Any, clock: Clock) -> tuple[SettlementService, list[Consumer[Any]]]:
     """The service and what it consumes; shared by the process (create_app) and the contract tests."""
-    service = SettlementService(settings, SettlementStore(redis), clock, Policies.load(settings.policies_path))
+    service = SettlementService(settings, SettlementStore(redis), clock, Policies.load(settings.policies_path),
+                                Institutions.load(settings.institutions_path))
     return service, [
         Consumer(SERVICE, HIS_REQUESTS, parse_request, service.on_request, batch=service.store.batch,
                  prefetch=service.prefetch_requests),

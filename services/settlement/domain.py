@@ -23,10 +23,20 @@ from pydantic import BaseModel, ConfigDict
 
 from contracts.binding import BindingKind, FundingMode, MultiGrantorMode
 from contracts.envelope import derive_id
-from contracts.his import HisRequestError, SettleData
+from contracts.his import (
+    CANCELS,
+    INPATIENT,
+    PHARMACY,
+    PRE_SETTLE,
+    SETTLE,
+    AdmissionData,
+    HisRequestError,
+    SettleData,
+    TotalsData,
+)
 from contracts.wallet import FundingPlan, GrantorSource
 from shared import evoucher
-from shared.policy import RegionPolicy
+from shared.policy import Institution, RegionPolicy
 
 
 class BindingView(BaseModel):
@@ -55,18 +65,21 @@ class PersonView(BaseModel):
     id_hash: str
     card_no: str | None = None
     status: str = "normal"
+    insutype: str | None = None
 
 
 class CardMisuse(HisRequestError):
     """S4: someone else's card or ID number (冒名就医). Rejected and flagged."""
 
 
-def check_amounts(d: SettleData) -> None:
-    if d.fund_pay_sumamt + d.psn_part_amt != d.medfee_sumamt:
-        raise HisRequestError("input.data: fund_pay_sumamt + psn_part_amt must equal medfee_sumamt")
+def check_amounts(d: SettleData) -> dict[str, int]:
+    """H6: the bill is the fund's part, the person's and the institution's; returns the fund part by fund."""
+    if d.fund_pay_sumamt + d.psn_part_amt + d.hosp_part_amt != d.medfee_sumamt:
+        raise HisRequestError("input.data: fund_pay_sumamt + psn_part_amt + hosp_part_amt must equal medfee_sumamt")
+    return d.fund_parts()
 
 
-def check_scope(d: SettleData, insuplc_admdvs: str, policy: RegionPolicy | None) -> None:
+def check_scope(d: SettleData | AdmissionData, insuplc_admdvs: str, policy: RegionPolicy | None) -> None:
     """S3: the account pays only for the medical types the insured region allows (policy data). The national
     interface says what a bill is for by `med_type` alone; public health, fitness or wellness have no medical
     type an account may pay for."""
@@ -77,13 +90,13 @@ def check_scope(d: SettleData, insuplc_admdvs: str, policy: RegionPolicy | None)
                               f"{insuplc_admdvs} (S3)")
 
 
-def voucher_owner(d: SettleData, now: datetime, key: str) -> str | None:
+def voucher_owner(cert_no: str, psn_no: str, now: datetime, key: str) -> str | None:
     """S4: whom an e-voucher (01) code in `mdtrt_cert_no` belongs to: `psn_no` if it is a current code of theirs,
     else None (card misuse). An expired code is the patient's to scan again, not misuse."""
-    found = evoucher.problem(d.mdtrt_cert_no, d.psn_no, now, key)
+    found = evoucher.problem(cert_no, psn_no, now, key)
     if found == "expired":
         raise HisRequestError("mdtrt_cert_no: the e-voucher code has expired; scan the patient's code again")
-    return d.psn_no if found is None else None
+    return psn_no if found is None else None
 
 
 def dual_code(d: SettleData, order: list[str], bindings: dict[str, BindingView], now: datetime,
@@ -107,7 +120,8 @@ def dual_code(d: SettleData, order: list[str], bindings: dict[str, BindingView],
     return d.mulaid_psn_no, None
 
 
-def check_own_card(d: SettleData, insuplc_admdvs: str, person: PersonView | None, cert_owner: str | None) -> None:
+def check_own_card(d: SettleData | AdmissionData, insuplc_admdvs: str, person: PersonView | None,
+                   cert_owner: str | None) -> None:
     """S4: the patient must be the cardholder. `cert_owner` is whom the presented certificate belongs to."""
     if person is None:
         raise HisRequestError("input.data.psn_no: person is not enrolled in basic medical insurance")
@@ -120,21 +134,36 @@ def check_own_card(d: SettleData, insuplc_admdvs: str, person: PersonView | None
 
 
 def build_plan(d: SettleData, order: list[str], bindings: dict[str, BindingView],
-               scanned_grantor: str | None = None) -> FundingPlan:
+               scanned_grantor: str | None = None, wallet: bool = True) -> FundingPlan:
     """S1 order: own account, then grantors in the recipient's order (B7), then wallet; S5 flag honoured.
-    `scanned_grantor`: in a dual-code region the only grantor who may pay (see dual_code)."""
+    `scanned_grantor`: in a dual-code region the only grantor who may pay (see dual_code); `wallet`: whether the
+    institution accepts the wallet (H1, W5)."""
     if d.acct_used_flag == "0":  # S5
         return FundingPlan(use_own=False, grantors=[], use_wallet=False)
-    aid = [bindings[b] for b in order if b in bindings and bindings[b].active
-           and bindings[b].kind == BindingKind.MUTUAL_AID and bindings[b].recipient_psn_no == d.psn_no]
+    aid = mutual_aid(d.psn_no, order, bindings)
     mode = aid[0].multi_grantor_mode if aid else MultiGrantorMode.SEQUENTIAL
     # S4 dual code, binding by binding (each carries its region's flag): only the grantor whose code was scanned
     aid = [b for b in aid if not b.dual_code_required or b.grantor_psn_no == scanned_grantor]
     return FundingPlan(
-        use_own=True, use_wallet=True, multi_grantor_mode=mode,
+        use_own=True, use_wallet=wallet, multi_grantor_mode=mode,
         grantors=[GrantorSource(binding_id=b.binding_id, grantor_psn_no=b.grantor_psn_no,
                                 funding_mode=b.funding_mode) for b in aid],
     )
+
+
+def mutual_aid(psn_no: str, order: list[str], bindings: dict[str, BindingView]) -> list[BindingView]:
+    """The active mutual-aid bindings paying for `psn_no`, in the recipient's order (B7)."""
+    return [bindings[b] for b in order if b in bindings and bindings[b].active
+            and bindings[b].kind == BindingKind.MUTUAL_AID and bindings[b].recipient_psn_no == psn_no]
+
+
+def lookup_plan(psn_no: str, order: list[str], bindings: dict[str, BindingView]) -> FundingPlan:
+    """1101: every source that could pay for `psn_no`: own account, each grantor in turn (whatever the region's
+    multi-grantor mode or dual code: the lookup says who could, billing decides who does), and the wallet."""
+    return FundingPlan(use_own=True, use_wallet=True, multi_grantor_mode=MultiGrantorMode.SEQUENTIAL,
+                       grantors=[GrantorSource(binding_id=b.binding_id, grantor_psn_no=b.grantor_psn_no,
+                                               funding_mode=b.funding_mode)
+                                 for b in mutual_aid(psn_no, order, bindings)])
 
 
 def setl_id_for(msgid: str) -> str:
@@ -148,11 +177,18 @@ def quote_payment_id(msgid: str) -> str:
 # ---------------------------------------------------------------- reconciliation (S7)
 
 
-def reconcile_totals(ours: list[dict[str, Any]], count: int, medfee_fen: int, acct_fen: int) -> dict[str, Any]:
-    mine = {"setl_cnt": len(ours), "medfee_sumamt_fen": sum(r["medfee_fen"] for r in ours),
-            "acct_pay_fen": sum(r["acct_fen"] for r in ours)}
-    theirs = {"setl_cnt": count, "medfee_sumamt_fen": medfee_fen, "acct_pay_fen": acct_fen}
-    return {"stmt_rslt": "0" if mine == theirs else "1", "center": mine, "hospital": theirs}
+def reconcile_totals(ours: list[dict[str, Any]], d: TotalsData) -> dict[str, Any]:
+    """S7 3201 as institutions send it: the day's net totals (a cancellation counts -1 with negative amounts),
+    optionally for one insurance type and one clearing type; the fund total is compared when given."""
+    rows = [r for r in ours if d.insutype in (None, r.get("insutype")) and d.clr_type in (None, r.get("clr_type"))]
+    mine = {"setl_cnt": sum(-1 if r.get("refd") == "1" else 1 for r in rows),
+            "medfee_sumamt_fen": sum(r["medfee_fen"] for r in rows), "acct_pay_fen": sum(r["acct_fen"] for r in rows)}
+    theirs = {"setl_cnt": d.setl_cnt, "medfee_sumamt_fen": d.medfee_sumamt, "acct_pay_fen": d.acct_pay}
+    if d.fund_pay_sumamt is not None:
+        mine["fund_pay_sumamt_fen"] = sum(r.get("fund_fen", 0) for r in rows)
+        theirs["fund_pay_sumamt_fen"] = d.fund_pay_sumamt
+    scope = {"insutype": d.insutype, "clr_type": d.clr_type}
+    return {"stmt_rslt": "0" if mine == theirs else "1", **scope, "center": mine, "hospital": theirs}
 
 
 def reconcile_details(ours: list[dict[str, Any]], theirs: list[dict[str, Any]], page_num: int = 1,
@@ -205,3 +241,21 @@ def clearing_statement(period: str, entries: dict[str, int]) -> dict[str, Any]:
         "net_fen": dict(sorted(net.items())),
         "sum_of_nets_fen": sum(net.values()),
     }
+
+
+# ---------------------------------------------------------------- institutions (H1)
+
+# National person insurance status (psn_insu_stas) of the enrolment statuses kept here.
+INSURANCE_STATUS = {"normal": "1", "suspended": "2", "terminated": "4", "died": "4"}
+
+
+def check_family(infno: str, institution: Institution) -> None:
+    """H1: pharmacies settle with the pharmacy family (2101–2103) and hospitals with the outpatient and inpatient
+    families; anything else an institution may send (1101, 9001/9002, 2601, 3201/3202) is common to both."""
+    settling = PRE_SETTLE | SETTLE | set(CANCELS) | INPATIENT
+    if infno in PHARMACY and institution.kind != "pharmacy":
+        raise HisRequestError(f"infno: {infno} is a pharmacy transaction; {institution.code} is a "
+                              f"{institution.kind}: use the outpatient (2206–2208) or inpatient (2401–2305) family")
+    if infno in settling - PHARMACY and institution.kind != "hospital":
+        raise HisRequestError(f"infno: {infno} is a hospital transaction; {institution.code} is a pharmacy: "
+                              "use 2101–2103")

@@ -30,10 +30,13 @@ from services.settlement.machine import (
     Clear,
     Effect,
     HoldVisit,
+    IndexAdmission,
     IndexPayment,
     IndexSettlement,
     Record,
     Save,
+    SignIn,
+    SignOut,
     StartDeadline,
     StopDeadline,
     UnbookDay,
@@ -59,6 +62,18 @@ def k_visit(fixmedins: str, mdtrt_id: str) -> str:
     """The 2207 that holds a visit: one settlement per visit of an institution until it is cancelled or reversed
     (scoped by institution, so one institution cannot block another's visit numbers)."""
     return f"s:visit:{fixmedins}:{mdtrt_id}"
+
+
+def k_stay(fixmedins: str, mdtrt_id: str) -> str:
+    """The 2401 that opened a stay, by the institution and the mdtrt_id the centre gave it."""
+    return f"s:stay:{fixmedins}:{mdtrt_id}"
+
+
+def k_sign(sign_no: str) -> str:
+    return f"s:sign:{sign_no}"
+
+
+SIGN_KEPT_S = 3 * 86_400  # a sign-in's key outlives its validity (checked against the clock) and then goes
 
 
 def k_day(fixmedins: str, day: str) -> str:
@@ -151,6 +166,15 @@ class Tx:
         msgid = await self.value(k_visit(fixmedins, mdtrt_id))
         return await self.get(msgid) if msgid else None
 
+    async def stay(self, fixmedins: str, mdtrt_id: str) -> Record | None:
+        msgid = await self.value(k_stay(fixmedins, mdtrt_id))
+        return await self.get(msgid) if msgid else None
+
+    async def sign_in(self, sign_no: str) -> dict[str, Any] | None:
+        raw = await self.value(k_sign(sign_no))
+        found: dict[str, Any] | None = orjson.loads(raw) if raw else None
+        return found
+
     async def settlement(self, setl_id: str) -> Record | None:
         msgid = await self.value(k_setl(setl_id))
         return await self.get(msgid) if msgid else None
@@ -231,6 +255,10 @@ _WRITES: dict[type, Callable[[Tx, Any], None]] = {
     BookDay: _book_day,
     UnbookDay: lambda tx, e: tx.op(lambda p: p.hdel(k_day(e.fixmedins, e.day), e.setl_id)),
     Clear: _clear,
+    SignIn: lambda tx, e: tx.set_value(k_sign(e.sign_no), orjson.dumps(
+        {"fixmedins": e.fixmedins, "opter_no": e.opter_no, "until_ms": e.until_ms}).decode(), ex=SIGN_KEPT_S),
+    SignOut: lambda tx, e: tx.op(lambda p: p.delete(k_sign(e.sign_no))),
+    IndexAdmission: lambda tx, e: tx.set_value(k_stay(e.fixmedins, e.mdtrt_id), e.msgid),
 }
 _ABSENT = object()
 _BATCH: ContextVar[Tx | None] = ContextVar("settlement_batch", default=None)
@@ -362,6 +390,11 @@ class SettlementStore:
         if batch is not None and want in batch.memo:
             return batch.memo[want]  # type: ignore[no-any-return]
         return (await self.settle_contexts([want]))[want]
+
+    async def sign_in(self, sign_no: str) -> dict[str, Any] | None:
+        raw = await self.client.get(k_sign(sign_no))
+        found: dict[str, Any] | None = orjson.loads(raw) if raw else None
+        return found
 
     async def person(self, psn: str) -> PersonView | None:
         raw = await self.client.get(f"s:psn:{psn}")

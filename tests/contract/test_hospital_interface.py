@@ -4,6 +4,7 @@ err_msg on the results topic (never silence, never the DLQ)."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -73,9 +74,17 @@ async def test_national_samples_accepted_and_replies_use_national_names() -> Non
         assert reversal["infcode"] == 0
         totals = await ask(h, sample("3201", "300005", '{"stmt_date": "2026-11-23", "setl_cnt": 0, '
                                      '"medfee_sumamt": 0.00, "acct_pay": 0}'))
-        assert totals["output"]["stmt_rslt"] == "0"
-        details = await ask(h, sample("3202", "300006", '{"stmt_date": "2026-11-23", "details": []}'))
-        assert details["output"]["stmt_rslt"] == "0"
+        assert totals["output"]["stmt_rslt"] == "0", totals["output"]
+        # S7: the institution lists the settlement and, as its own negative row, the cancellation
+        rows = [{"setl_id": setl_id, "msgid": paid["msgid"], "medfee_sumamt": "228.50", "acct_pay": "128.50"},
+                {"setl_id": cancel["output"]["setlinfo"]["setl_id"], "msgid": cancel["msgid"],
+                 "medfee_sumamt": "-228.50", "acct_pay": "-128.50", "refd_setl_flag": "1"}]
+        details = await ask(h, sample("3202", "300006", json.dumps({"stmt_date": "2026-11-23", "details": rows})))
+        assert details["output"]["stmt_rslt"] == "0", details["output"]
+        only_settlement = json.dumps({"stmt_date": "2026-11-23", "details": rows[:1]})
+        details = await ask(h, sample("3202", "300007", only_settlement))
+        assert details["output"]["center_only"] == [{"setl_id": rows[1]["setl_id"], "msgid": cancel["msgid"],
+                                                     "kind": "短款"}]
         assert h.seen[dlq(HIS_REQUESTS)] == []
 
 
@@ -83,7 +92,8 @@ async def test_national_samples_accepted_and_replies_use_national_names() -> Non
     ("2207", SETTLE.replace("128.50", "128.505"), "320500", "input.data.psn_part_amt: Value error, amount 128.505 has "
                                                            "more than two decimals (national type 16,2)"),
     ("2207", SETTLE.replace('"psn_no": "P1", ', ""), "320500", "input.data.psn_no: Field required"),
-    ("9999", SETTLE, "320500", "infno: unknown transaction '9999'; supported 2206, 2207, 2208, 2601, 3201, 3202"),
+    ("9999", SETTLE, "320500", "infno: unknown transaction '9999'; supported 1101, 2101, 2102, 2103, 2206, 2207, "
+                               "2208, 2301, 2303, 2304, 2305, 2401, 2601, 3201, 3202, 9001, 9002"),
     ("2207", SETTLE, "510100", "insuplc_admdvs: 510100 is not the insured region of this person"),
     ("2207", SETTLE, "990100", "insuplc_admdvs: Value error, unknown region code '990100': province '99' is not a "
                                "GB/T 2260 province"),

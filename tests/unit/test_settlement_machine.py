@@ -65,7 +65,7 @@ def settle_request(msgid: str = f"{H}202611241000000001", infno: str = "2207", *
 def paid_record(**kw: Any) -> Record:
     effects = machine.settle(None, settle_request(**kw), None, PLAN, NOW, 0)
     rec = saved(effects)[0]
-    return last(machine.payment_completed(rec, completed(rec)))
+    return last(machine.payment_completed(rec, completed(rec), NOW))
 
 
 def completed(rec: Record, **kw: Any) -> PaymentCompleted:
@@ -146,7 +146,7 @@ def test_a_visit_whose_settlement_was_cancelled_may_be_settled_again() -> None:
 
 
 def test_a_repeated_request_gets_its_answer_or_its_command_again() -> None:
-    answered = machine.answered(settle_request(), "no")
+    answered = machine.answered(settle_request(), "no", at=NOW)
     assert machine.settle(answered, settle_request(), None, PLAN, NOW, 0) == [Reply(answered)]
     in_flight = settle_request(resend="[]")
     assert machine.settle(in_flight, settle_request(), None, PLAN, NOW, 0) == [Resend(in_flight)]
@@ -161,10 +161,10 @@ def test_a_request_reversed_before_it_arrived_is_answered_voided() -> None:
 
 
 def test_reject_answers_once_and_leaves_an_in_flight_request_alone() -> None:
-    effects = machine.reject(None, "m1", "2207", "input.data.psn_no: missing")
+    effects = machine.reject(None, "m1", "2207", "input.data.psn_no: missing", NOW)
     assert last(effects).state == State.REJECTED and replies(effects)["m1"]["err_msg"] == "input.data.psn_no: missing"
-    assert machine.reject(last(effects), "m1", "2207", "other") == [Reply(last(effects))]
-    assert machine.reject(settle_request(msgid="m1"), "m1", "2207", "other") == []
+    assert machine.reject(last(effects), "m1", "2207", "other", NOW) == [Reply(last(effects))]
+    assert machine.reject(settle_request(msgid="m1"), "m1", "2207", "other", NOW) == []
 
 
 # ---------------------------------------------------------------- wallet answers
@@ -172,7 +172,7 @@ def test_reject_answers_once_and_leaves_an_in_flight_request_alone() -> None:
 
 def test_payment_completed_pays_books_the_day_and_clears_across_provinces() -> None:
     rec = settle_request(care="51")  # a Jiangsu insured person treated in Sichuan
-    effects = machine.payment_completed(rec, completed(rec))
+    effects = machine.payment_completed(rec, completed(rec), NOW)
     new = last(effects)
     assert new.state == State.PAID and new.cleared_fen == 20_000  # account 15,000 + wallet 5,000
     assert Clear("2026-11-24", "32", "51", "care", 20_000) in effects and StopDeadline(rec.msgid) in effects
@@ -183,23 +183,23 @@ def test_payment_completed_pays_books_the_day_and_clears_across_provinces() -> N
 
 def test_payment_completed_after_timeout_changes_nothing() -> None:
     rec = settle_request(state=State.TIMED_OUT)
-    assert machine.payment_completed(rec, completed(rec)) == []
+    assert machine.payment_completed(rec, completed(rec), NOW) == []
 
 
 def test_a_payment_of_another_amount_is_never_settled() -> None:
     rec = settle_request()
     with pytest.raises(machine.AmountMismatch):
-        machine.payment_completed(rec, completed(rec, amount_fen=19_999))
+        machine.payment_completed(rec, completed(rec, amount_fen=19_999), NOW)
 
 
 def test_payment_rejected_answers_the_reason() -> None:
     rec = settle_request()
     event = PaymentRejected(message_id="e1", correlation_id=rec.msgid, occurred_at=NOW, payment_id="S1",
                             psn_no="P1", province="32", reason="INVALID_PLAN", detail="no grantor")
-    effects = machine.payment_rejected(rec, event)
+    effects = machine.payment_rejected(rec, event, NOW)
     assert last(effects).state == State.REFUSED and StopDeadline(rec.msgid) in effects
     assert replies(effects)[rec.msgid]["err_msg"] == "wallet refused the payment: INVALID_PLAN no grantor"
-    assert machine.payment_rejected(last(effects), event) == []
+    assert machine.payment_rejected(last(effects), event, NOW) == []
 
 
 def test_a_deadline_answers_nothing_charged_and_reverses_a_2207() -> None:
@@ -243,8 +243,13 @@ def test_cancel_of_a_cash_settlement_ends_it_at_once() -> None:
     orig = last(machine.settle(None, settle_request(wallet_used=False), None, None, NOW, 0))
     me = received(f"{H}202611241100000001", "2208")
     effects = machine.cancel(None, me, orig, "P1", "M1", NOW)
-    assert by_msgid(effects, orig.msgid).state == State.CANCELLED and UnbookDay(H, "2026-11-24", "S1") in effects
-    assert replies(effects)[me.msgid]["output"]["refunded"] == "0.00" and not commands(effects)
+    assert by_msgid(effects, orig.msgid).state == State.CANCELLED and not commands(effects)
+    output = replies(effects)[me.msgid]["output"]
+    assert output["refunded"] == "0.00" and output["setlinfo"]["psn_cash_pay"] == "-200.00"
+    # S7: the cancellation is a row of its own, negative, in the cancel's day; the settlement's row stays
+    [row] = [e for e in effects if isinstance(e, BookDay)]
+    assert row.setl_id == output["setlinfo"]["setl_id"] != "S1" and row.row["refd"] == "1"
+    assert row.row["medfee_fen"] == -30_000 and not any(isinstance(e, UnbookDay) for e in effects)
 
 
 def test_cancel_while_a_refund_is_under_way_waits_for_it() -> None:
@@ -291,10 +296,15 @@ def test_reversal_of_another_institutions_or_persons_request_is_refused() -> Non
     assert [r.msgid for r in saved(effects)] == [mine.msgid] and last(effects).state == State.REJECTED
 
 
-def test_reversal_of_a_cancel_is_not_supported() -> None:
+def test_reversal_of_a_cancel_voids_it_before_arrival_and_otherwise_says_the_refund_stands() -> None:
     me = received(f"{H}202611241200000001", "2601")
     effects = machine.reverse(None, me, f"{H}202611241100000001", "2208", "P1", None, NOW)
-    assert last(effects).state == State.REJECTED and "oinfno" in replies(effects)[me.msgid]["err_msg"]
+    assert by_msgid(effects, f"{H}202611241100000001").state == State.VOIDED
+    done = received(f"{H}202611241100000001", "2208", state=State.DONE, psn_no="P1")
+    effects = machine.reverse(None, me, done.msgid, "2208", "P1", done, NOW)
+    assert last(effects).state == State.REJECTED and "cannot be undone" in replies(effects)[me.msgid]["err_msg"]
+    effects = machine.reverse(None, me, done.msgid, "2207", "P1", done, NOW)  # oinfno names what it is
+    assert "is a 2208, not a 2207" in replies(effects)[me.msgid]["err_msg"]
 
 
 def test_reversal_of_a_finished_request_reports_its_state() -> None:
@@ -314,16 +324,21 @@ def test_reversal_of_a_finished_request_reports_its_state() -> None:
 def test_payment_reversed_finishes_the_cancel_and_unbooks_clearing() -> None:
     orig = paid_record(care="51").model_copy(update={"state": State.CANCELLING, "waiting": ["c1"]})
     waiting = received("c1", "2208", state=State.AWAITING_REVERSAL)
-    effects = machine.payment_reversed(orig, reversed_event(orig, 20_000), {"c1": waiting})
+    effects = machine.payment_reversed(orig, reversed_event(orig, 20_000), {"c1": waiting}, NOW)
     new = by_msgid(effects, orig.msgid)
     assert new.state == State.CANCELLED and new.waiting == [] and new.cleared_fen == 0
     assert Clear("2026-11-24", "32", "51", "care", -20_000) in effects
-    assert replies(effects)["c1"]["output"] == {"setl_id": "S1", "omsgid": orig.msgid, "refunded": "200.00"}
+    output = replies(effects)["c1"]["output"]
+    assert {k: output[k] for k in ("setl_id", "omsgid", "refunded")} == {"setl_id": "S1", "omsgid": orig.msgid,
+                                                                          "refunded": "200.00"}
+    info = output["setlinfo"]  # the negative settlement, as the national 2208 answers
+    assert (info["medfee_sumamt"], info["acct_pay"], info["psn_part_amt"]) == ("-300.00", "-150.00", "-200.00")
+    assert not any(isinstance(e, UnbookDay) for e in effects)
 
 
 def test_a_refund_of_a_payment_never_answered_as_paid_unbooks_nothing() -> None:
     timed_out = settle_request(care="51", state=State.TIMED_OUT)
-    effects = machine.payment_reversed(timed_out, reversed_event(timed_out, 20_000), {})
+    effects = machine.payment_reversed(timed_out, reversed_event(timed_out, 20_000), {}, NOW)
     assert not any(isinstance(e, Clear) for e in effects) and last(effects).state == State.TIMED_OUT
 
 
@@ -377,11 +392,11 @@ def test_no_order_of_events_changes_a_reply_or_unbooks_what_was_not_booked(cross
         n += 1
         me = received(f"{H}20261124130000{n:04d}", "2601" if event == "reverse" else "2208")
         if event == "completed":
-            run(machine.payment_completed(rec, completed(rec)))
+            run(machine.payment_completed(rec, completed(rec), NOW))
         elif event == "rejected":
             run(machine.payment_rejected(rec, PaymentRejected(message_id="r", correlation_id=rec.msgid, occurred_at=NOW,
                                                               payment_id="S1", psn_no="P1", province="32",
-                                                              reason="VOIDED")))
+                                                              reason="VOIDED"), NOW))
         elif event == "deadline":
             run(machine.timed_out(rec.msgid, rec, 1, NOW))
         elif event == "cancel":
@@ -390,7 +405,7 @@ def test_no_order_of_events_changes_a_reply_or_unbooks_what_was_not_booked(cross
             run(machine.reverse(None, me, rec.msgid, "2207", "P1", rec, NOW))
         elif event == "refund" and rec.state in (State.CANCELLING, State.REVERSING, State.TIMED_OUT):
             run(machine.payment_reversed(rec, reversed_event(rec, rec.part or 0),
-                                         {m: records.get(m) for m in rec.waiting}))
+                                         {m: records.get(m) for m in rec.waiting}, NOW))
         elif event == "repeat":
             run(machine.settle(rec, new, None, PLAN, NOW, 0))
     final = records[new.msgid]

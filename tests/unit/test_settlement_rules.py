@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
 import pytest
 
 from contracts.binding import BindingKind, FundingMode, MultiGrantorMode
-from contracts.his import HisRequestError, SettleData, setlinfo
+from contracts.his import HisRequestError, SettleData, TotalsData, setlinfo
 from services.settlement import domain
 from services.settlement.domain import BindingView, PersonView
 from shared import evoucher
@@ -81,11 +82,11 @@ def test_s4_dual_code_missing_is_answered_not_silent() -> None:
 
 def test_s4_e_voucher_code_must_be_the_patients_own_and_current() -> None:
     mine = evoucher.issue("R1", NOW, KEY)
-    assert domain.voucher_owner(data(mdtrt_cert_type="01", mdtrt_cert_no=mine), NOW, KEY) == "R1"
+    assert domain.voucher_owner(mine, "R1", NOW, KEY) == "R1"
     for other in ("R1", evoucher.issue("SOMEONE", NOW, KEY), mine[:-2] + "AA"):  # bare psn_no, another's, forged
-        assert domain.voucher_owner(data(mdtrt_cert_type="01", mdtrt_cert_no=other), NOW, KEY) is None
+        assert domain.voucher_owner(other, "R1", NOW, KEY) is None
     with pytest.raises(HisRequestError, match="expired"):
-        domain.voucher_owner(data(mdtrt_cert_type="01", mdtrt_cert_no=mine), NOW + evoucher.VALIDITY, KEY)
+        domain.voucher_owner(mine, "R1", NOW + evoucher.VALIDITY, KEY)
     assert len(mine) <= 50  # the national mdtrt_cert_no field
 
 
@@ -129,7 +130,7 @@ def test_s4_own_card_passes_and_other_card_is_misuse() -> None:
         domain.check_own_card(data(mdtrt_cert_type="01", mdtrt_cert_no="OTHER"), "320500", PERSON, None)
     with pytest.raises(domain.CardMisuse):  # a bare person number is no e-voucher code
         domain.check_own_card(data(mdtrt_cert_type="01", mdtrt_cert_no="R1"), "320500", PERSON,
-                              domain.voucher_owner(data(mdtrt_cert_type="01", mdtrt_cert_no="R1"), NOW, KEY))
+                              domain.voucher_owner("R1", "R1", NOW, KEY))
 
 
 def test_s4_insured_region_must_match() -> None:
@@ -163,10 +164,26 @@ def test_s7_detail_reconciliation_lists_one_sided_entries() -> None:
     assert domain.reconcile_details(ours, ours)["stmt_rslt"] == "0"
 
 
-def test_s7_totals() -> None:
-    ours = [{"setl_id": "A", "msgid": "m", "medfee_fen": 100, "acct_fen": 60}]
-    assert domain.reconcile_totals(ours, 1, 100, 60)["stmt_rslt"] == "0"
-    assert domain.reconcile_totals(ours, 2, 100, 60)["stmt_rslt"] == "1"
+def totals(**kw: Any) -> TotalsData:
+    return TotalsData.model_validate({"stmt_date": "2026-11-24", **kw})
+
+
+def test_s7_totals_net_of_cancellations_by_insurance_and_clearing_type() -> None:
+    ours = [{"setl_id": "A", "msgid": "m", "medfee_fen": 100, "acct_fen": 60}]  # a row from before the types
+    assert domain.reconcile_totals(ours, totals(setl_cnt=1, medfee_sumamt=1, acct_pay="0.60"))["stmt_rslt"] == "0"
+    assert domain.reconcile_totals(ours, totals(setl_cnt=2, medfee_sumamt=1, acct_pay="0.60"))["stmt_rslt"] == "1"
+    ours = [
+        {"setl_id": "A", "medfee_fen": 1000, "acct_fen": 600, "fund_fen": 400, "insutype": "310", "clr_type": "11"},
+        {"setl_id": "B", "medfee_fen": 500, "acct_fen": 500, "fund_fen": 0, "insutype": "310", "clr_type": "41"},
+        {"setl_id": "C", "medfee_fen": -500, "acct_fen": -500, "fund_fen": 0, "insutype": "310", "clr_type": "41",
+         "refd": "1"},
+    ]
+    pharmacy = totals(setl_cnt=0, medfee_sumamt=0, acct_pay=0, fund_pay_sumamt=0, insutype="310", clr_type="41")
+    assert domain.reconcile_totals(ours, pharmacy)["stmt_rslt"] == "0"
+    outpatient = totals(setl_cnt=1, medfee_sumamt=10, acct_pay=6, fund_pay_sumamt=4, clr_type="11")
+    assert domain.reconcile_totals(ours, outpatient)["stmt_rslt"] == "0"
+    wrong_fund = totals(setl_cnt=1, medfee_sumamt=10, acct_pay=6, fund_pay_sumamt=5, clr_type="11")
+    assert domain.reconcile_totals(ours, wrong_fund)["center"]["fund_pay_sumamt_fen"] == 400
 
 
 def test_w7_clearing_nets_sum_to_zero() -> None:
