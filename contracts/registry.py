@@ -49,8 +49,8 @@ TOPICS: dict[str, TopicContract] = {
         TopicContract(BINDING_EVENTS, BindingEvent, ("binding",), ("settlement", *WALLETS), "recipient psn_no"),
         TopicContract(WALLET_EVENTS, WalletEvent, WALLETS, ("settlement", "binding", "app"),
                       "payment_id / transfer_id / psn_no"),
-        TopicContract(HIS_REQUESTS, HisEnvelope, ("hospital",), ("settlement",), "mdtrt_id"),
-        TopicContract(HIS_RESULTS, HisResult, ("settlement",), ("hospital",), "msgid"),
+        TopicContract(HIS_REQUESTS, HisEnvelope, ("hospital", "gateway"), ("settlement",), "mdtrt_id"),
+        TopicContract(HIS_RESULTS, HisResult, ("settlement",), ("hospital", "gateway"), "msgid"),
         *[TopicContract(wallet_commands(p), WalletCommand, ("settlement", "app", *WALLETS), (f"wallet-{p}",),
                         "payment_id / transfer_id")
           for p in DEPLOYED_PROVINCES],

@@ -107,7 +107,7 @@ def setup_script(cluster: bool = False) -> str:
 
 def cluster_override() -> str:
     """docker-compose.cluster.yml: the three-broker profile, laid over docker-compose.yml."""
-    services = ["binding", "settlement", *(f"wallet-{p}" for p in DEPLOYED_PROVINCES)]
+    services = ["binding", "settlement", *(f"wallet-{p}" for p in DEPLOYED_PROVINCES), "gateway"]
     bootstrap = ",".join(f"{h}:9092" for h in CLUSTER_NODES.values())
     health = (f'      test: ["CMD-SHELL", "{BIN}/kafka-topics.sh --bootstrap-server localhost:9092 '
               f'--command-config {MOUNT}/admin.properties --list"]')

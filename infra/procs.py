@@ -90,6 +90,7 @@ def service_set(stack_env: dict[str, str], log_dir: Path, provinces: tuple[str, 
     for p in provinces:
         procs.append(ServiceProc(f"wallet-{p}", "services.wallet", free_port(), {**own(f"wallet-{p}"), "PROVINCE": p},
                                  log_dir / f"wallet-{p}.log"))
+    procs.append(ServiceProc("gateway", "services.gateway", free_port(), own("gateway"), log_dir / "gateway.log"))
     return procs
 
 

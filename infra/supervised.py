@@ -96,7 +96,7 @@ class Layout:
         return f"redis://127.0.0.1:{self.redis_port}/0"
 
     def service_names(self) -> list[str]:
-        return ["binding", "settlement", *(f"wallet-{p}" for p in self.provinces)]
+        return ["binding", "settlement", *(f"wallet-{p}" for p in self.provinces), "gateway"]
 
 
 def _port(name: str) -> int:
@@ -105,8 +105,9 @@ def _port(name: str) -> int:
 
 
 def _http_ports(base: int, provinces: list[str]) -> dict[str, int]:
-    # binding base+1, settlement base+2, wallet of province NN base+NN (8132 for Jiangsu by default)
-    return {"binding": base + 1, "settlement": base + 2, **{f"wallet-{p}": base + int(p) for p in provinces}}
+    # binding base+1, settlement base+2, the HTTP gateway base+3, wallet of province NN base+NN (8132 for Jiangsu)
+    return {"binding": base + 1, "settlement": base + 2, "gateway": base + 3,
+            **{f"wallet-{p}": base + int(p) for p in provinces}}
 
 
 # Ports for throw-away stacks come from below the kernel's ephemeral range (32768–60999 here): a port handed out
@@ -221,6 +222,8 @@ def open_layout(state: Path) -> tuple[Layout, bool]:
             setattr(layout, attr, _port(name))
     if DEFAULT_PORTS["http"][0] in os.environ:
         layout.http_ports = _http_ports(_port("http"), layout.provinces)
+    # stacks created before the HTTP gateway existed get it on its usual port next to settlement's
+    layout.http_ports.setdefault("gateway", layout.http_ports["settlement"] + 1)
     return layout, False
 
 
@@ -257,7 +260,12 @@ def credentials(state: Path, layout: Layout) -> dict[str, str] | None:
     if not path.exists():
         raise StackError(f"{path} is missing: this stack's broker authenticates and its passwords were kept "
                          "there; nothing was started or deleted.")
-    return kafka_security.load(path)
+    found = kafka_security.load(path)
+    added = {n: pw for n, pw in kafka_security.new_credentials().items() if n not in found}
+    if added:  # principals that came with an upgrade (the gateway): their passwords are set by `apply` on start
+        found |= added
+        kafka_security.save(path, found)
+    return found
 
 
 def admin_auth(state: Path) -> dict[str, Any]:
@@ -334,7 +342,7 @@ def write_config(state: Path, layout: Layout, extra_env: dict[str, str]) -> Path
                                         str(layout.network["api_port"]), "-config",
                                         str(write_proxies(state, layout))], state, priority=15, autostart=True)]
     python = sys.executable
-    modules = {"binding": "services.binding", "settlement": "services.settlement"}
+    modules = {"binding": "services.binding", "settlement": "services.settlement", "gateway": "services.gateway"}
     sections = [
         f"[unix_http_server]\nfile={state / 'supervisor.sock'}\nchmod=0700",
         f"[supervisord]\nlogfile={state / 'supervisord.log'}\npidfile={state / 'supervisord.pid'}\n"

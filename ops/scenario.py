@@ -97,6 +97,57 @@ def bill(who: dict[str, Any], part_fen: int, *, treated_in: str | None = None, i
     return his_request(infno, HOSPITAL[treated], who["region"], REGION[treated], data)
 
 
+PHARMACY = {"32": "P32050500001", "51": "P51010000001", "33": "P33010000001"}  # the first two accept the wallet
+
+
+def certificate(who: dict[str, Any], cert: str = "03") -> dict[str, str]:
+    return {"mdtrt_cert_type": cert, "mdtrt_cert_no": who["card_no"] if cert == "03" else who["id_no"]}
+
+
+def lookup(who: dict[str, Any], treated_in: str | None = None) -> dict[str, Any]:
+    """1101 at a hospital, by the person's card."""
+    treated = treated_in or who["province"]
+    return his_request("1101", HOSPITAL[treated], who["region"], REGION[treated], {"psn_no": who["psn_no"],
+                                                                                  **certificate(who)})
+
+
+def pharmacy_bill(who: dict[str, Any], part_fen: int, *, infno: str = "2102", pharmacy: str | None = None,
+                  **extra: Any) -> dict[str, Any]:
+    """A pharmacy purchase (2101/2102): no pooling-fund part, med_type 41."""
+    code = pharmacy or PHARMACY[who["province"]]
+    data = {"psn_no": who["psn_no"], **certificate(who), "mdtrt_id": f"RX{uuid.uuid4().hex[:18].upper()}",
+            "medfee_sumamt": yuan(part_fen), "fund_pay_sumamt": yuan(0), "psn_part_amt": yuan(part_fen),
+            "acct_used_flag": "1", "med_type": "41", "insutype": "310", **extra}
+    return his_request(infno, code, who["region"], REGION[code[1:3]], data)
+
+
+def admission(who: dict[str, Any], treated_in: str, ipt_no: str = "ZY0001") -> dict[str, Any]:
+    """2401 at the hospital of `treated_in` (its reply carries the stay's mdtrt_id)."""
+    request = his_request("2401", HOSPITAL[treated_in], who["region"], REGION[treated_in], {})
+    request["input"] = {"mdtrtinfo": {"psn_no": who["psn_no"], "insutype": "310", **certificate(who),
+                                      "med_type": "21", "ipt_no": ipt_no, "begntime": request["inf_time"]},
+                        "diseinfo": []}
+    return request
+
+
+def fee_upload(who: dict[str, Any], treated_in: str, mdtrt_id: str, rows: list[tuple[str, int]]) -> dict[str, Any]:
+    """2301: (feedetl_sn, fen) rows of one stay."""
+    request = his_request("2301", HOSPITAL[treated_in], who["region"], REGION[treated_in], {})
+    request["input"] = {"feedetail": [{"feedetl_sn": sn, "mdtrt_id": mdtrt_id, "psn_no": who["psn_no"],
+                                       "det_item_fee_sumamt": yuan(fen), "med_list_codg": "XA01"} for sn, fen in rows]}
+    return request
+
+
+def inpatient_bill(who: dict[str, Any], treated_in: str, mdtrt_id: str, medfee_fen: int, fund_fen: int,
+                   infno: str = "2304", hosp_part_fen: int = 0, **extra: Any) -> dict[str, Any]:
+    """2303/2304 of a stay: what the pooling fund and the hospital do not pay is the person's part."""
+    data = {"psn_no": who["psn_no"], **certificate(who), "mdtrt_id": mdtrt_id, "medfee_sumamt": yuan(medfee_fen),
+            "fund_pay_sumamt": yuan(fund_fen), "psn_part_amt": yuan(medfee_fen - fund_fen - hosp_part_fen),
+            "hosp_part_amt": yuan(hosp_part_fen), "acct_used_flag": "1", "med_type": "21", "insutype": "310",
+            **extra}
+    return his_request(infno, HOSPITAL[treated_in], who["region"], REGION[treated_in], data)
+
+
 def setl(result: dict[str, Any]) -> dict[str, str]:
     assert result["infcode"] == 0, result
     return result["output"]["setlinfo"]  # type: ignore[no-any-return]

@@ -61,6 +61,8 @@ class Settings(BaseSettings):
     evoucher_key: str = DEV_EVOUCHER_KEY
     # Settlement waits this long for the wallet before answering the hospital and reversing (see settlement docs).
     wallet_timeout_ms: int = Field(default=8000, ge=100, le=120_000)
+    # The HTTP gateway's wait for an answer; beyond it the HIS hears "outcome unknown" (query again or reverse).
+    gateway_wait_ms: int = Field(default=15_000, ge=100, le=120_000)
     # Tests and demos may shift the business clock (ms); production leaves it 0.
     clock_offset_ms: int = 0
     # Tests and demos only: a file holding a clock offset in ms, re-read while running (shared/clock.py).
@@ -79,7 +81,7 @@ class Settings(BaseSettings):
         if self.mode != "production":
             return []
         problems = []
-        verifies_consent = not service.startswith("settlement")  # binding and the wallets check consent proofs
+        verifies_consent = service in ("", "binding") or service.startswith("wallet")  # they check consent proofs
         hashes_ids = service in ("", "settlement")
         if verifies_consent and self.consent_public_key in ("", public_key_b64(dev_private_key().public_key())):
             problems.append("CONSENT_PUBLIC_KEY: unset or the development key, whose private half is in the "

@@ -1,0 +1,207 @@
+"""HTTP gateway: the national HTTP interface for institutions whose HIS already speaks it.
+
+`POST /fsi/api/rsfComIfsService/callService` takes the national request envelope exactly as a HIS sends it,
+publishes the bytes unchanged to his.settlement.requests.v1 and answers with the national reply when settlement
+publishes it on his.settlement.results.v1. It is the same contract, not a second implementation: the gateway
+checks only what it needs to route (JSON with a msgid); everything else is settlement's to decide and answer.
+
+- Bounded wait (GATEWAY_WAIT_MS): without an answer by then the HIS gets HTTP 504 with a national body saying
+  the outcome is unknown: send the same msgid again to get its answer, or reverse it with 2601. It never says
+  "failed" for a request that may yet be settled.
+- The same msgid answers identically: a repeated POST is published again and settlement answers a repeat with
+  its stored reply.
+- Bounded in-flight requests (MAX_IN_FLIGHT) and body size (MAX_BODY_BYTES); OpenAPI at /openapi.json and
+  /docs. Each instance reads every result (no consumer group), so instances scale behind a load balancer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any
+
+import structlog
+import uvicorn
+import uvloop
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import Counter, make_asgi_app
+
+from contracts.his import HisEnvelope, HisResult, parse_his_json
+from contracts.topics import HIS_REQUESTS, HIS_RESULTS
+from shared.clock import china_time, clock_from
+from shared.kafka import kafka_auth
+from shared.logs import configure_logging
+from shared.pii import kafka_key
+from shared.service import ConfigurationRefused
+from shared.settings import Settings
+
+SERVICE = "gateway"
+NATIONAL_PATH = "/fsi/api/rsfComIfsService/callService"
+MAX_IN_FLIGHT = 10_000  # requests waiting for their answer; more are refused with 503 (the HIS retries)
+MAX_BODY_BYTES = 1_000_000  # what one Kafka message carries (a 2301 upload of 5,000 rows fits)
+log = structlog.get_logger()
+ANSWERS = Counter("gateway_answers", "HTTP answers by outcome", ["outcome"])
+
+
+def national_error(msgid: str, infno: str, err: str, now: datetime) -> dict[str, Any]:
+    """A national reply the gateway itself gives (the request never reached settlement, or its answer is late)."""
+    now = china_time(now)
+    return {"infcode": -1, "err_msg": err, "warn_msg": None, "msgid": msgid, "infno": infno, "inf_refmsgid": None,
+            "refmsg_time": None, "respond_time": f"{now:%Y%m%d%H%M%S}{now.microsecond // 1000:03d}", "output": {}}
+
+
+class Gateway:
+    """Requests out, answers in: each waiting HTTP request holds a future for its msgid."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.clock = clock_from(settings.clock_offset_ms, settings.clock_file)  # the services' business clock
+        self.settings = settings
+        self.wait_s = settings.gateway_wait_ms / 1000
+        self.waiting: dict[str, list[asyncio.Future[dict[str, Any]]]] = defaultdict(list)
+        self.in_flight = 0
+        self.reader: asyncio.Task[None] | None = None
+        self.ready = False
+
+    async def start(self) -> None:
+        """Connect (in the event loop, as aiokafka wants): produce requests, read every result from now on."""
+        settings = self.settings
+        auth = kafka_auth(settings.kafka_username, settings.kafka_password, settings.kafka_ssl_cafile)
+        bootstrap = settings.kafka_bootstrap_servers.split(",")
+        self.producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True,
+                                         client_id=SERVICE, **auth)
+        self.consumer = AIOKafkaConsumer(HIS_RESULTS, bootstrap_servers=bootstrap, group_id=None,
+                                         auto_offset_reset="latest", enable_auto_commit=False, client_id=SERVICE,
+                                         **auth)
+        await self.producer.start()
+        await self.consumer.start()
+        await self.consumer.seek_to_end()  # positioned before the first request is published
+        self.reader = asyncio.create_task(self.read())
+        self.ready = True
+
+    async def stop(self) -> None:
+        self.ready = False
+        if self.reader is not None:
+            self.reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.reader
+        await self.consumer.stop()
+        await self.producer.stop()
+
+    async def read(self) -> None:
+        while True:
+            batch = await self.consumer.getmany(timeout_ms=500, max_records=1_000)
+            for records in batch.values():
+                for record in records:
+                    with contextlib.suppress(ValueError):
+                        self.answer(json.loads(record.value))
+
+    def answer(self, reply: Any) -> None:
+        if not isinstance(reply, dict):
+            return
+        for future in self.waiting.get(str(reply.get("msgid")), []):
+            if not future.done():
+                future.set_result(reply)
+
+    async def call(self, raw: bytes) -> tuple[int, dict[str, Any]]:
+        """(HTTP status, national reply) for one request body."""
+        try:
+            obj = parse_his_json(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            return 400, national_error("", "", f"body: not JSON ({exc})", self.clock.now())
+        msgid = obj.get("msgid") if isinstance(obj, dict) else None
+        if not isinstance(msgid, str) or not 0 < len(msgid) <= 64:
+            return 400, national_error("", "", "msgid: missing; every request carries the national msgid",
+                                   self.clock.now())
+        infno = str(obj.get("infno", ""))
+        if self.in_flight >= MAX_IN_FLIGHT:
+            return 503, national_error(msgid, infno, "gateway busy: send the same msgid again shortly",
+                                       self.clock.now())
+        data = obj.get("input", {}).get("data") if isinstance(obj.get("input"), dict) else None
+        key = data.get("mdtrt_id") if isinstance(data, dict) and isinstance(data.get("mdtrt_id"), str) else msgid
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.waiting[msgid].append(future)
+        self.in_flight += 1
+        try:
+            await self.producer.send_and_wait(HIS_REQUESTS, raw, key=kafka_key(str(key)))
+            return 200, await asyncio.wait_for(future, self.wait_s)
+        except TimeoutError:
+            log.warning("no answer in time", msgid=msgid, infno=infno, wait_ms=int(self.wait_s * 1000))
+            return 504, national_error(msgid, infno, f"outcome unknown: no answer within {self.wait_s:g} s; send "
+                                                     "the same msgid again to get its answer, or reverse it with "
+                                                     "2601 (nothing is lost: it is answered exactly once)",
+                                    self.clock.now())
+        finally:
+            self.in_flight -= 1
+            waiting = self.waiting[msgid]
+            waiting.remove(future)
+            if not waiting:
+                del self.waiting[msgid]
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    problems = settings.production_problems(SERVICE)
+    if problems:
+        raise ConfigurationRefused(problems)
+    configure_logging(SERVICE, settings.log_level)
+    gateway = Gateway(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await gateway.start()
+        try:
+            yield
+        finally:
+            await gateway.stop()
+
+    app = FastAPI(title="Family mutual aid: national interface gateway", version="1", lifespan=lifespan,
+                  description=__doc__)
+    request_schema = HisEnvelope.model_json_schema(ref_template="#/components/schemas/{model}")
+    reply = {"content": {"application/json": {"schema": HisResult.model_json_schema(
+        ref_template="#/components/schemas/{model}")}}}
+
+    @app.post(NATIONAL_PATH, summary="Any national transaction (infno in the envelope)", responses={
+        200: {"description": "settlement's answer (infcode 0 or -1)", **reply},
+        400: {"description": "not JSON, or no msgid: nothing was published", **reply},
+        503: {"description": "too many requests in flight: nothing was published", **reply},
+        504: {"description": "outcome unknown: send the same msgid again, or reverse with 2601", **reply}},
+        openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
+            "schema": request_schema, "example": EXAMPLE}}}})
+    async def call_service(request: Request) -> Response:
+        raw = await request.body()
+        if len(raw) > MAX_BODY_BYTES:
+            status, body = 413, national_error("", "", f"body: larger than {MAX_BODY_BYTES} bytes", gateway.clock.now())
+        else:
+            status, body = await gateway.call(raw)
+        ANSWERS.labels(outcome=str(status)).inc()
+        return JSONResponse(body, status_code=status)
+
+    @app.get("/health", status_code=204, include_in_schema=False)
+    async def health() -> Response:
+        return Response(status_code=204 if gateway.ready else 503)
+
+    app.mount("/metrics", make_asgi_app())
+    return app
+
+
+EXAMPLE = {
+    "infno": "2207", "msgid": "H32050500002202611231015300001", "mdtrtarea_admvs": "320500",
+    "insuplc_admdvs": "320500", "fixmedins_code": "H32050500002", "inf_time": "2026-11-23 10:15:30",
+    "opter": "D0042", "sign_no": "null",
+    "input": {"data": {"psn_no": "32A1B2C3D4E5F6A7B8", "mdtrt_cert_type": "03", "mdtrt_cert_no": "C3205000001",
+                       "mdtrt_id": "M20261123000001", "medfee_sumamt": 228.50, "fund_pay_sumamt": 100.00,
+                       "psn_part_amt": 128.50, "acct_used_flag": "1", "med_type": "11", "insutype": "310"}},
+}
+
+
+def serve() -> None:
+    settings = Settings()
+    config = uvicorn.Config(create_app(settings), host=settings.http_host, port=settings.http_port,
+                            log_config=None, access_log=False)
+    uvloop.run(uvicorn.Server(config).serve())
