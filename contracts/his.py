@@ -32,6 +32,7 @@ CLR_TYPES: dict[str, str] = {"2206": "11", "2207": "11", "2303": "21", "2304": "
 CLR_WAY = "1"  # 按项目: fee for service, the only clearing way here
 INFNOS: tuple[str, ...] = ("1101", "2101", "2102", "2103", "2206", "2207", "2208", "2301", "2303", "2304", "2305",
                            "2401", "2601", "3201", "3202", "9001", "9002")
+NATIONAL_PATH = "/fsi/api/rsfComIfsService/callService"  # where a HIS POSTs the envelope (the HTTP gateway)
 RECONCILE_PAGE_SIZE_MAX = 1_000  # 3202 reply rows per list and page: ≈ 100 B each, 3 lists ≈ 300 KB at most
 MAX_FEE_ROWS = 5_000  # 2301 rows per message, as the national interface bounds a fee-detail upload
 NATIONAL_MSGID = r"^[A-Z]\d{11}\d{14}\d{4}$"  # fixmedins_code + yyyyMMddHHmmss + 4 digits

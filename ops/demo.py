@@ -23,10 +23,24 @@ from rich.table import Table
 
 from contracts.binding import BindingKind, Relation
 from contracts.enrollment import YearRolledOver
+from contracts.his import NATIONAL_PATH
 from infra import supervised
 from ops import stack
-from ops.scenario import HOSPITAL, audit, balance, bill, bound, person, url
-from shared.client import Bus, his_request
+from ops.scenario import (
+    HOSPITAL,
+    admission,
+    audit,
+    balance,
+    bill,
+    bound,
+    fee_upload,
+    inpatient_bill,
+    lookup,
+    person,
+    pharmacy_bill,
+    url,
+)
+from shared.client import Bus, dumps_his, his_request
 from shared.clock import FileOffsetClock, offset_ms_to
 from shared.settings import operator_headers
 
@@ -68,7 +82,12 @@ class Demo:
 
     async def settle(self, label: str, key: str, part_fen: int, expect: tuple[str | None, ...],
                      treated_in: str | None = None, **extra: Any) -> dict[str, Any]:
-        request = bill(self.people[key], part_fen, treated_in=treated_in, **extra)
+        return await self.send(label, key, part_fen, expect, bill(self.people[key], part_fen, treated_in=treated_in,
+                                                                  **extra), treated_in)
+
+    async def send(self, label: str, key: str, part_fen: int, expect: tuple[str | None, ...],
+                   request: dict[str, Any], treated_in: str | None = None) -> dict[str, Any]:
+        """Any settlement family's request, checked against the expected (acct, mutual aid, wallet, cash)."""
         result = await self.bus.his(request)
         info = result.get("output", {}).get("setlinfo", {})
         got = (info.get("acct_pay"), info.get("acct_mulaid_pay"), info.get("wlt_pay"), info.get("psn_cash_pay"))
@@ -90,7 +109,7 @@ class Demo:
         return out
 
     async def run(self, progress: Progress) -> None:
-        task = progress.add_task("business clock → 10:00 China time", total=9)
+        task = progress.add_task("business clock → 10:00 China time", total=10)
         self.set_china_time(time(10, 0))
         bus = self.bus
 
@@ -155,6 +174,26 @@ class Demo:
                                    cert_no=self.people["wang"]["card_no"])
         self.check("card misuse refused (冒名就医)", True, "冒名就医" in str(misuse["result"].get("err_msg")))
 
+        progress.update(task, advance=1, description="a pharmacy purchase and an inpatient stay")
+        known = await bus.his(lookup(self.people["fang"]))  # 1101 at the counter, before billing
+        self.check("1101: Wang Fang's father can pay for her", [{"grantor_psn_no": self.people["wang"]["psn_no"],
+                                                                 "can_pay": True}],
+                   known.get("output", {}).get("mulaidinfo"))
+        rx = await self.send("Wang Fang at a pharmacy (2102), her father pays", "fang", 4_000,
+                             ("40.00", "40.00", "0.00", "0.00"), pharmacy_bill(self.people["fang"], 4_000))
+        async with httpx.AsyncClient(timeout=30) as http:  # a HIS speaking the national HTTP interface
+            over_http = await http.post(f"{url(self.urls, 'gateway')}{NATIONAL_PATH}",
+                                        content=dumps_his(rx["request"]))
+        self.check("the same purchase over HTTP (gateway): the same answer", True,
+                   over_http.status_code == 200 and over_http.json() == rx["result"])
+        liu = self.people["liu"]
+        stay = await bus.his(admission(liu, treated_in="32"))  # 2401: Liu admitted in Suzhou
+        mdtrt_id = stay.get("output", {}).get("result", {}).get("mdtrt_id", "")
+        fees = await bus.his(fee_upload(liu, "32", mdtrt_id, [("1", 120_000), ("2", 180_000)]))  # 2301
+        self.check("2301 fee details of Liu's stay", "3000.00", fees.get("output", {}).get("fee_sumamt"))
+        await self.send("Liu's inpatient stay in Suzhou (2304)", "liu", 100_000, ("540.00", "0.00", "0.00", "460.00"),
+                        inpatient_bill(liu, "32", mdtrt_id, 300_000, 200_000), treated_in="32")
+
         progress.update(task, advance=1, description="a cancel and a reversal")
         c = await self.settle("Wang Fang, later cancelled", "fang", 9_000, ("90.00", "90.00", "0.00", "0.00"))
         info = c["result"]["output"]["setlinfo"]
@@ -180,8 +219,8 @@ class Demo:
         progress.update(task, advance=1, description="audits and clearing")
         after = self.snapshot()
         self.before, self.after = before, after
-        self.check("Wang: ¥5,000 - 1,500 transferred - 350 - 70 paid for family", 500_000 - 150_000 - 35_000 - 7_000,
-                   after["wang"])
+        self.check("Wang: ¥5,000 - 1,500 transferred - 350 - 70 - 40 paid for family",
+                   500_000 - 150_000 - 35_000 - 7_000 - 4_000, after["wang"])
         self.audits = {p: await asyncio.to_thread(audit, self.urls, p) for p in ("32", "51", "33", "45")}
         for p, a in self.audits.items():
             self.check(f"audit province {p}", True, a["ok"])
@@ -236,7 +275,7 @@ class Demo:
 async def main() -> int:
     started = clock_time.monotonic()
     state = supervised.state_dir()
-    with console.status("starting the local stack (Kafka, Redis, 6 services)…"):
+    with console.status("starting the local stack (Kafka, Redis, 7 services)…"):
         layout = await asyncio.to_thread(supervised.up, state)
     os.environ.update(supervised.client_env(state))  # the demo's clients: the stack's admin principal
     urls = {name: s["url"] for name, s in stack.services_table(state).items()}

@@ -32,7 +32,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import Counter, make_asgi_app
 
-from contracts.his import HisEnvelope, HisResult, parse_his_json
+from contracts.his import NATIONAL_PATH, HisEnvelope, HisResult, parse_his_json
 from contracts.topics import HIS_REQUESTS, HIS_RESULTS
 from shared.clock import china_time, clock_from
 from shared.kafka import kafka_auth
@@ -42,7 +42,6 @@ from shared.service import ConfigurationRefused
 from shared.settings import Settings
 
 SERVICE = "gateway"
-NATIONAL_PATH = "/fsi/api/rsfComIfsService/callService"
 MAX_IN_FLIGHT = 10_000  # requests waiting for their answer; more are refused with 503 (the HIS retries)
 MAX_BODY_BYTES = 1_000_000  # what one Kafka message carries (a 2301 upload of 5,000 rows fits)
 log = structlog.get_logger()

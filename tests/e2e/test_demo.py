@@ -27,5 +27,6 @@ def test_demo_runs_the_scripted_day_and_all_checks_pass() -> None:
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     for title in ("Settlements (yuan)", "Transfers", "Conservation audit per province", "Clearing statement", "Checks"):
         assert title in done.stdout
-    assert "all 29 checks passed" in done.stdout
+    assert "all 34 checks passed" in done.stdout
+    assert "at a pharmacy (2102)" in done.stdout and "inpatient stay in Suzhou (2304)" in done.stdout
     assert "TransferReturned (EXPIRED)" in done.stdout

@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from contracts.binding import Relation
+from contracts.his import NATIONAL_PATH
 from ops.scenario import (
     HOSPITAL,
     admission,
@@ -30,7 +31,6 @@ from shared.client import Bus, dumps_his, his_request
 from shared.settings import Settings
 
 pytestmark = pytest.mark.e2e
-NATIONAL_PATH = "/fsi/api/rsfComIfsService/callService"
 
 
 def spendable(services: Any, who: dict[str, Any]) -> int:
