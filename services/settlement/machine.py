@@ -366,8 +366,10 @@ CANCEL_OF = {settles: cancels for cancels, settles in CANCELS.items()}
 ENVELOPE_FIELDS = {"msgid", "infno", "fixmedins", "day", "insuplc", "province", "care", "received", "opter"}
 
 
-def settled(rec: Record, split: Split, sign: int = 1, setl_id: str | None = None, at: str = "") -> dict[str, Any]:
-    """The national settlement output of `rec` (a cancellation's: negative, under its own setl_id)."""
+def settled(rec: Record, split: Split, sign: int = 1, setl_id: str | None = None, at: str = "",
+            by: str | None = None) -> dict[str, Any]:
+    """The national settlement output of `rec` (a cancellation's: negative, under its own setl_id and the
+    cancel's msgid `by`; `balc` stays the balance after the settlement: what it is now, 1101 tells)."""
     assert rec.setl_id is not None and rec.psn_no is not None and rec.mdtrt_id is not None
     assert rec.medfee is not None and rec.fund is not None and rec.part is not None
     info, detail = settlement_output(Settled(
@@ -375,7 +377,8 @@ def settled(rec: Record, split: Split, sign: int = 1, setl_id: str | None = None
         fund_fen=rec.fund, part_fen=rec.part, acct_fen=split.acct_fen, mulaid_fen=split.mulaid_fen,
         wallet_fen=split.wallet_fen, cash_fen=split.cash_fen, balc_fen=split.balc_fen,
         hosp_part_fen=rec.hosp_part or 0, funds=rec.funds, insutype=rec.insutype or "",
-        clr_type=rec.clr_type or "", clr_optins=rec.insuplc or "", medins_setl_id=rec.medins_setl_id or rec.msgid,
+        clr_type=rec.clr_type or "", clr_optins=rec.insuplc or "",
+        medins_setl_id=by or rec.medins_setl_id or rec.msgid,
         setl_time=at, sign=sign))
     return {"setlinfo": info.model_dump(), "setldetail": [d.model_dump() for d in detail]}
 
@@ -414,7 +417,7 @@ def cancellation_done(orig: Record, me: Record, refunded_fen: int, now: datetime
     own_id = cancellation_setl_id(me.msgid)
     output = {"setl_id": orig.setl_id, "omsgid": orig.msgid, "refunded": fen_to_yuan(refunded_fen),
               **settled(orig, orig.split or cash_only(orig.part or 0), sign=-1, setl_id=own_id,
-                        at=f"{china_time(now):%Y-%m-%d %H:%M:%S}")}
+                        at=f"{china_time(now):%Y-%m-%d %H:%M:%S}", by=me.msgid)}
     done = answered(me, output=output, state=State.DONE, at=now)
     return [Save(done), Reply(done), BookDay(me.fixmedins, me.day, own_id, day_row(orig, own_id, me.msgid, -1))]
 
