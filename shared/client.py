@@ -162,10 +162,8 @@ class Bus:
         """Publish a hospital request as a HIS does (keyed by visit); its answer arrives in `results`. Like a
         HIS, the institution signs in (9001) before its first request and sends the sign_no with every one
         (H2; `sign_in=False` sends the request as it is)."""
-        if sign_in and request["infno"] != "9001" and not request.get("sign_no"):
-            sign_no = await self.sign_in(request["fixmedins_code"], request["mdtrtarea_admvs"])
-            if sign_no is not None:
-                request["sign_no"] = sign_no
+        if sign_in:
+            await self.signed(request)
         data = request.get("input", {}).get("data") or {}
         await self.producer.send_and_wait(HIS_REQUESTS, dumps_his(request), key=kafka_key(
             str(data.get("mdtrt_id", request["msgid"]))))
@@ -177,6 +175,15 @@ class Bus:
         await self.send_his(request, sign_in)
         return await self.wait_for(lambda: len(self.results[msgid]) > before and self.results[msgid][before],
                                    timeout_s, f"HIS result for {msgid}")  # type: ignore[no-any-return]
+
+    async def signed(self, request: dict[str, Any]) -> dict[str, Any]:
+        """`request` with its institution's sign_no (signing in first if needed), for callers that publish it
+        themselves."""
+        if request["infno"] != "9001" and not request.get("sign_no"):
+            sign_no = await self.sign_in(request["fixmedins_code"], request["mdtrtarea_admvs"])
+            if sign_no is not None:
+                request["sign_no"] = sign_no
+        return request
 
     async def sign_in(self, fixmedins: str, region: str, opter_no: str = "OP0001") -> str | None:
         """9001 for `fixmedins`, reused until it is SIGN_IN_RENEW old by the services' clock; None if the

@@ -219,7 +219,7 @@ class Run:
         else:
             absurd = bill(who, part_fen)
             absurd["input"]["data"]["psn_part_amt"] = "ABSURD"
-            raw = dumps_his(absurd).replace(b'"ABSURD"', b"12345678901234567890123456789.001")
+            raw = dumps_his(await self.bus.signed(absurd)).replace(b'"ABSURD"', b"12345678901234567890123456789.001")
             await self.bus.send(HIS_REQUESTS, absurd["msgid"], raw)
             self.sent += 1
             try:
@@ -238,7 +238,7 @@ class Run:
                                {"psn_no": who["psn_no"], "omsgid": request["msgid"], "oinfno": "2207"})
         key = request["input"]["data"]["mdtrt_id"]
         for r in (request, reversal):
-            await self.bus.send(HIS_REQUESTS, key, dumps_his(r))
+            await self.bus.send(HIS_REQUESTS, key, dumps_his(await self.bus.signed(r)))
         self.sent += 2
         try:
             await self.bus.wait_for(lambda: self.bus.results.get(request["msgid"])
@@ -552,7 +552,8 @@ class Run:
         self.oplog.append({"t": round(time.monotonic(), 3), "reconcile": request["msgid"], "rows": rows})
         self.sent += 1
         assert self.gzip_producer is not None, "the run starts it with the bus"
-        await self.gzip_producer.send_and_wait(HIS_REQUESTS, dumps_his(request), key=kafka_key(request["msgid"]))
+        await self.gzip_producer.send_and_wait(HIS_REQUESTS, dumps_his(await self.bus.signed(request)),
+                                               key=kafka_key(request["msgid"]))
         try:
             answer = await self.bus.wait_for(lambda: self.bus.results.get(request["msgid"]), ANSWER_TIMEOUT_S,
                                              "3202")

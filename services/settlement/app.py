@@ -25,6 +25,7 @@ from contracts.his import (
     CLR_TYPES,
     INPATIENT,
     SIGN_IN,
+    SIGN_OUT,
     AdmissionData,
     CancelData,
     DetailData,
@@ -183,10 +184,10 @@ class SettlementService:
         raise TypeError(type(data))  # pragma: no cover
 
     async def _sign_in_problem(self, env: HisEnvelope, institution: Institution, now: datetime) -> str | None:
-        """H2: where the institution's region requires it, every request but 9001 carries a sign_no that is
-        valid now for this institution."""
+        """H2: where the institution's region requires it, every request but 9001 and 9002 (whose input names
+        the sign-in it ends) carries a sign_no that is valid now for this institution."""
         policy = self.policies.find(institution.region)
-        if env.infno == SIGN_IN or policy is None or not policy.sign_in_required:
+        if env.infno in (SIGN_IN, SIGN_OUT) or policy is None or not policy.sign_in_required:
             return None
         sign_no = env.signed_in_as
         if sign_no is None:
@@ -307,7 +308,10 @@ class SettlementService:
                 return await self._reject(me, "input.data.mdtrt_cert_no: no insured person with this certificate")
         person, owner, order, views = await self.store.settle_context(psn_no, id_hash, card)
         if d.mdtrt_cert_type == "01" and d.mdtrt_cert_no:
-            owner = domain.voucher_owner(d.mdtrt_cert_no, psn_no, now, self.settings.evoucher_key)
+            try:
+                owner = domain.voucher_owner(d.mdtrt_cert_no, psn_no, now, self.settings.evoucher_key)
+            except HisRequestError as exc:
+                return await self._reject(me, str(exc))
         if person is None:
             return await self._reject(me, "input.data.psn_no: person is not enrolled in basic medical insurance")
         if d.mdtrt_cert_type is not None and owner != psn_no:

@@ -474,9 +474,9 @@ def reverse(existing: Record | None, me: Record, omsgid: str, oinfno: str, psn_n
                        state=State.REJECTED, at=now)
         return [Save(rec), Reply(rec)]
     if oinfno in CANCELS:  # the refund it made stands: money is not taken back by a reversal
-        rec = answered(me, f"input.data.omsgid: the cancel {omsgid} was carried out ({orig.state.lower()}) and "
-                           f"cannot be undone; settle the visit again with {CANCELS[oinfno]}", state=State.REJECTED,
-                       at=now)
+        rec = answered(me, f"input.data.omsgid: the cancel {omsgid} ({orig.state.lower()}) cannot be undone: its "
+                           f"refund stands or is under way; settle the visit again with {CANCELS[oinfno]}",
+                       state=State.REJECTED, at=now)
         return [Save(rec), Reply(rec)]
     if oinfno == ADMISSION:
         return reverse_admission(me, orig, stay_settled, now)

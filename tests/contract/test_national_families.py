@@ -134,7 +134,7 @@ async def test_sign_in_and_out_where_the_region_requires_it() -> None:
         other = await ask(h, sample("1101", lookup, fixmedins="H33010099999", region="330100", extra=signed))
         assert other["err_msg"].startswith(f"sign_no: {sign_no} is not a valid sign-in of H33010099999")
         signout = '{"signOut": {"sign_no": "%s", "opter_no": "OP01"}}' % sign_no
-        out = await ask(h, sample("9002", signout, fixmedins=HANGZHOU, region="330100", extra=signed))
+        out = await ask(h, sample("9002", signout, fixmedins=HANGZHOU, region="330100"))  # its input names it
         assert out["infcode"] == 0 and "sign_time" in out["output"]["signoutoutb"]
         after = await ask(h, sample("1101", lookup, fixmedins=HANGZHOU, region="330100", extra=signed))
         assert after["err_msg"].startswith(f"sign_no: {sign_no} is not a valid sign-in")
@@ -166,6 +166,18 @@ async def test_sign_in_and_out_where_the_region_requires_it() -> None:
      "input.data.omsgid: String should match pattern '^[0-9A-Za-z]{30}$'"),
     ("2601", '{"data": {"psn_no": "R1", "omsgid": "%s202611231015309999", "oinfno": "2206"}}' % HOSPITAL,
      "input.data.oinfno: Input should be '2102', '2103', '2207', '2208', '2304', '2305' or '2401'"),
+    ("2101", bill("R1", "RX1", "1.00", med_type="41").replace('"insutype": "310"', '"insutype": "320"'),
+     "input.data.insutype: Input should be '310' or '390'"),
+    ("2102", bill("R1", "RX1", "1.00", med_type="41").replace('"mdtrt_id": "RX1", ', ""),
+     "input.data.mdtrt_id: Field required"),
+    ("2103", '{"data": {"psn_no": "R1", "mdtrt_id": "RX1"}}', "input.data.setl_id: Field required"),
+    ("2303", bill("R1", "M1", "1.00", med_type="21", hifmi_pay="5.00"),
+     "input.data: hifmi_pay exceed fund_pay_sumamt"),
+    ("2305", '{"data": {"psn_no": "R1", "mdtrt_id": "M1", "setl_id": ""}}',
+     "input.data.setl_id: String should have at least 1 character"),
+    ("3202", '{"data": {"stmt_date": "2026-11-23", "details": [{"setl_id": "S1", "msgid": "m", '
+             '"medfee_sumamt": -1.00, "acct_pay": -1.00, "refd_setl_flag": "2"}]}}',
+     "input.data.details.0.refd_setl_flag: Input should be '0' or '1'"),
     ("3201", '{"data": {"stmt_date": "2026-11-23", "setl_cnt": 0, "medfee_sumamt": 0, "acct_pay": 0, '
              '"clr_type": "99"}}', "input.data.clr_type: Input should be '11', '21' or '41'"),
 ])
