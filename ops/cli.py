@@ -5,8 +5,10 @@ and exit code 2."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
+import secrets
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
@@ -203,6 +205,26 @@ def reverse(omsgid: str, psn_no: str = typer.Option(...), insured: str = typer.O
     prov = omsgid[1:3] if omsgid[1:3] in HOSPITAL else "32"
     _his(his_request("2601", HOSPITAL[prov], insured, REGION[prov],
                      {"psn_no": psn_no, "omsgid": omsgid, "oinfno": "2207"}), as_json)
+
+
+@app.command()
+def lookup(psn_no: str, insured: str = typer.Option(..., help="insuplc_admdvs"),
+           care_province: str = typer.Option(None, help="province of the hospital; default: insured"),
+           as_json: bool = JSON) -> None:
+    """1101: balances, and which relatives could pay for the person now."""
+    care = care_province or insured[:2]
+    if care not in HOSPITAL:
+        fail(f"no demo hospital in province {care}; use one of {sorted(HOSPITAL)}")
+    _his(his_request("1101", HOSPITAL[care], insured, REGION[care], {"psn_no": psn_no}), as_json)
+
+
+@app.command("gateway-key")
+def gateway_key(fixmedins: str) -> None:
+    """A new HTTP-gateway key for an institution: give the key to its HIS (X-Institution-Key), put the hash
+    in policies/institutions.yaml (`key_sha256`)."""
+    key = secrets.token_urlsafe(32)
+    typer.echo(f"key for {fixmedins} (give to its HIS, keep nowhere else): {key}")
+    typer.echo(f"registry line: key_sha256: \"{hashlib.sha256(key.encode()).hexdigest()}\"")
 
 
 @app.command()

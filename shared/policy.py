@@ -92,6 +92,9 @@ class Institution(BaseModel):
     kind: Literal["hospital", "pharmacy"]
     wallet_accepted: bool
     msgid: Literal["national", "any"] = "national"
+    # The HTTP gateway's credential of this institution: SHA-256 (hex) of the key its HIS sends in
+    # X-Institution-Key. Production gateways serve only institutions that have one (README "Production").
+    key_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
 
 
 class Institutions:

@@ -86,7 +86,7 @@ class Settings(BaseSettings):
         if verifies_consent and self.consent_public_key in ("", public_key_b64(dev_private_key().public_key())):
             problems.append("CONSENT_PUBLIC_KEY: unset or the development key, whose private half is in the "
                             "repository (anyone could forge consent); set the platform identity service's key")
-        secrets = [("OPERATOR_TOKEN", self.operator_token, DEV_OPERATOR_TOKEN)]
+        secrets = [] if service == "gateway" else [("OPERATOR_TOKEN", self.operator_token, DEV_OPERATOR_TOKEN)]
         if hashes_ids:
             secrets += [("PII_HASH_KEY", self.pii_hash_key, DEV_PII_HASH_KEY),
                         ("EVOUCHER_KEY", self.evoucher_key, DEV_EVOUCHER_KEY)]

@@ -10,6 +10,9 @@ checks only what it needs to route (JSON with a msgid); everything else is settl
   "failed" for a request that may yet be settled.
 - The same msgid answers identically: a repeated POST is published again and settlement answers a repeat with
   its stored reply.
+- Who is calling: the envelope's `fixmedins_code` must be a designated institution (H1) whose registry entry
+  holds the SHA-256 of the key sent in `X-Institution-Key`; otherwise HTTP 401 and nothing is published. In
+  development mode an institution without a registered key is let through (the local stacks and tests).
 - Bounded in-flight requests (MAX_IN_FLIGHT) and body size (MAX_BODY_BYTES); OpenAPI at /openapi.json and
   /docs. Each instance reads every result (no consumer group), so instances scale behind a load balancer.
 """
@@ -18,6 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import json
 from collections import defaultdict
 from collections.abc import AsyncIterator
@@ -38,6 +43,7 @@ from shared.clock import china_time, clock_from
 from shared.kafka import kafka_auth
 from shared.logs import configure_logging
 from shared.pii import kafka_key
+from shared.policy import Institutions
 from shared.service import ConfigurationRefused
 from shared.settings import Settings
 
@@ -61,6 +67,7 @@ class Gateway:
     def __init__(self, settings: Settings) -> None:
         self.clock = clock_from(settings.clock_offset_ms, settings.clock_file)  # the services' business clock
         self.settings = settings
+        self.institutions = Institutions.load(settings.institutions_path)
         self.wait_s = settings.gateway_wait_ms / 1000
         self.waiting: dict[str, list[asyncio.Future[dict[str, Any]]]] = defaultdict(list)
         self.in_flight = 0
@@ -107,8 +114,22 @@ class Gateway:
             if not future.done():
                 future.set_result(reply)
 
-    async def call(self, raw: bytes) -> tuple[int, dict[str, Any]]:
-        """(HTTP status, national reply) for one request body."""
+    def refusal(self, obj: dict[str, Any], key: str | None) -> str | None:
+        """Why this caller may not send for the institution the envelope names (None: it may)."""
+        code = obj.get("fixmedins_code")
+        institution = self.institutions.find(code) if isinstance(code, str) else None
+        if institution is None:
+            return f"fixmedins_code: {code!r} is not a designated institution in the registry (H1)"
+        if institution.key_sha256 is None:
+            return None if self.settings.mode == "development" else (
+                f"X-Institution-Key: no gateway key is registered for {institution.code}; ask the centre for one")
+        offered = hashlib.sha256((key or "").encode()).hexdigest()
+        if not hmac.compare_digest(offered, institution.key_sha256):
+            return f"X-Institution-Key: missing or not the key of {institution.code}"
+        return None
+
+    async def call(self, raw: bytes, key: str | None = None) -> tuple[int, dict[str, Any]]:
+        """(HTTP status, national reply) for one request body sent with institution key `key`."""
         try:
             obj = parse_his_json(raw)
         except (ValueError, UnicodeDecodeError) as exc:
@@ -118,6 +139,9 @@ class Gateway:
             return 400, national_error("", "", "msgid: missing; every request carries the national msgid",
                                    self.clock.now())
         infno = str(obj.get("infno", ""))
+        refused = self.refusal(obj, key)
+        if refused is not None:
+            return 401, national_error(msgid, infno, refused, self.clock.now())
         if self.in_flight >= MAX_IN_FLIGHT:
             return 503, national_error(msgid, infno, "gateway busy: send the same msgid again shortly",
                                        self.clock.now())
@@ -168,16 +192,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.post(NATIONAL_PATH, summary="Any national transaction (infno in the envelope)", responses={
         200: {"description": "settlement's answer (infcode 0 or -1)", **reply},
         400: {"description": "not JSON, or no msgid: nothing was published", **reply},
+        401: {"description": "not a designated institution, or not its X-Institution-Key: nothing was published",
+              **reply},
         503: {"description": "too many requests in flight: nothing was published", **reply},
         504: {"description": "outcome unknown: send the same msgid again, or reverse with 2601", **reply}},
         openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
-            "schema": request_schema, "example": EXAMPLE}}}})
+            "schema": request_schema, "example": EXAMPLE}}},
+            "parameters": [{"name": "X-Institution-Key", "in": "header", "required": False,
+                            "description": "the institution's gateway key (required in production)",
+                            "schema": {"type": "string"}}]})
     async def call_service(request: Request) -> Response:
         raw = await request.body()
         if len(raw) > MAX_BODY_BYTES:
             status, body = 413, national_error("", "", f"body: larger than {MAX_BODY_BYTES} bytes", gateway.clock.now())
         else:
-            status, body = await gateway.call(raw)
+            status, body = await gateway.call(raw, request.headers.get("x-institution-key"))
         ANSWERS.labels(outcome=str(status)).inc()
         return JSONResponse(body, status_code=status)
 

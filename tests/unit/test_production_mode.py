@@ -81,3 +81,7 @@ def test_each_service_needs_only_the_keys_it_uses() -> None:
     assert len(Settings(**no_pii).production_problems("settlement")) == 3  # both keys, and "the same secret"
     assert Settings(**{**PRODUCTION_READY, "consent_public_key": ""}).production_problems("settlement") == []
     assert len(Settings(**{**PRODUCTION_READY, "consent_public_key": ""}).production_problems("binding")) == 1
+    # the HTTP gateway holds no key of its own: only its Kafka credentials (institutions' keys are hashes)
+    bare = {**no_pii, "consent_public_key": "", "operator_token": ""}
+    assert Settings(**bare).production_problems("gateway") == []
+    assert Settings(**{**bare, "kafka_password": ""}).production_problems("gateway") != []
