@@ -394,15 +394,6 @@ class Settled:
     sign: int = 1
 
 
-def setlinfo(
-    *, setl_id: str, psn_no: str, mdtrt_id: str, medfee_fen: int, fund_fen: int, part_fen: int,
-    acct_fen: int, mulaid_fen: int, wallet_fen: int, cash_fen: int, balc_fen: int,
-) -> SetlInfo:
-    """The reply's setlinfo from the split alone (older callers); `settlement_output` is the whole output."""
-    return settlement_output(Settled(setl_id, psn_no, mdtrt_id, medfee_fen, fund_fen, part_fen, acct_fen,
-                                     mulaid_fen, wallet_fen, cash_fen, balc_fen))[0]
-
-
 def settlement_output(s: Settled) -> tuple[SetlInfo, list[SetlDetail]]:
     # The national invariants: the person's share is exactly account + wallet + cash (S1), and the bill is
     # fund + person + institution (H6).

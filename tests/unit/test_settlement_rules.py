@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 import pytest
 
 from contracts.binding import BindingKind, FundingMode, MultiGrantorMode
-from contracts.his import HisRequestError, SettleData, TotalsData, setlinfo
+from contracts.his import HisRequestError, Settled, SettleData, TotalsData, settlement_output
 from services.settlement import domain
 from services.settlement.domain import BindingView, PersonView
 from shared import evoucher
@@ -141,12 +142,24 @@ def test_s4_insured_region_must_match() -> None:
 def test_amounts_must_add_up() -> None:
     with pytest.raises(HisRequestError, match="must equal"):
         domain.check_amounts(data(medfee_sumamt=Decimal("301.00")))
+    # H6: the institution may bear a part; the fund's named parts may not exceed the fund
+    assert domain.check_amounts(data(medfee_sumamt=Decimal("301.00"), hosp_part_amt=Decimal("1.00"))) == {
+        "hifp_pay": data().fund_pay_sumamt}
+    with pytest.raises(HisRequestError, match="exceed fund_pay_sumamt"):
+        domain.check_amounts(data(maf_pay=Decimal("1000.00")))
 
 
-def test_split_invariant_enforced() -> None:
-    with pytest.raises(ValueError, match="does not add up"):
-        setlinfo(setl_id="S", psn_no="R1", mdtrt_id="M", medfee_fen=300, fund_fen=100, part_fen=200, acct_fen=100,
-                 mulaid_fen=0, wallet_fen=0, cash_fen=50, balc_fen=0)
+def test_split_and_bill_invariants_enforced() -> None:
+    ok = Settled(setl_id="S", psn_no="R1", mdtrt_id="M", medfee_fen=310, fund_fen=100, part_fen=200, acct_fen=150,
+                 mulaid_fen=0, wallet_fen=0, cash_fen=50, balc_fen=0, hosp_part_fen=10)
+    info, detail = settlement_output(ok)
+    assert (info.hosp_part_amt, [d.fund_payamt for d in detail]) == ("0.10", ["1.00", "1.50"])
+    with pytest.raises(ValueError, match="split does not add up"):
+        settlement_output(replace(ok, cash_fen=40))
+    with pytest.raises(ValueError, match="bill does not add up"):
+        settlement_output(replace(ok, hosp_part_fen=0))
+    with pytest.raises(ValueError, match="fund parts"):
+        settlement_output(replace(ok, funds={"hifp_pay": 50, "maf_pay": 40}))
 
 
 def test_s7_detail_reconciliation_lists_one_sided_entries() -> None:
