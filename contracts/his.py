@@ -149,16 +149,15 @@ class ReversalData(_Data):
 
 
 class PersonQueryData(_Data):
-    """1101 person lookup before billing, by psn_no or by a certificate."""
+    """1101 person lookup before billing, by the certificate the patient presents (with psn_no, optionally):
+    balances are shown only of someone at the counter."""
 
     psn_no: PsnNo | None = None
-    mdtrt_cert_type: Literal["01", "02", "03"] | None = None
-    mdtrt_cert_no: str | None = Field(default=None, min_length=1, max_length=50)
+    mdtrt_cert_type: Literal["01", "02", "03"]
+    mdtrt_cert_no: str = Field(min_length=1, max_length=50)
 
     @model_validator(mode="after")
-    def _someone(self) -> PersonQueryData:
-        if self.psn_no is None and (self.mdtrt_cert_type is None or self.mdtrt_cert_no is None):
-            raise ValueError("give psn_no, or mdtrt_cert_type with mdtrt_cert_no")
+    def _voucher_names_its_person(self) -> PersonQueryData:
         if self.mdtrt_cert_type == "01" and self.psn_no is None:
             raise ValueError("an e-voucher (01) is checked against psn_no: give psn_no too")
         return self
@@ -272,18 +271,19 @@ def first_error(exc: ValidationError) -> str:
     return f"{where}: {err['msg']}"
 
 
-def check_sender(envelope: HisEnvelope, any_msgid: bool = False) -> None:
+def check_sender(msgid: str, fixmedins_code: str, any_msgid: bool = False) -> None:
     """H3: a national msgid begins with the sending institution's code, so one institution can neither answer
     for nor pre-empt another's message ids. An institution whose registry entry allows any 30-character id
-    (SDK-generated UUIDs) is exempt; its ids are then kept apart by the institution code (see `record_id`)."""
-    if any_msgid and re.fullmatch(ANY_MSGID, envelope.msgid) and not re.fullmatch(NATIONAL_MSGID, envelope.msgid):
+    (SDK-generated UUIDs) is exempt, except that it may not use another institution's national id; an id already
+    used by another institution is refused when it arrives (machine.seen)."""
+    if any_msgid and re.fullmatch(ANY_MSGID, msgid) and not re.fullmatch(NATIONAL_MSGID, msgid):
         return
-    if not (re.fullmatch(NATIONAL_MSGID, envelope.msgid) and envelope.msgid.startswith(envelope.fixmedins_code)):
+    if not (re.fullmatch(NATIONAL_MSGID, msgid) and msgid.startswith(fixmedins_code)):
         if any_msgid:
             raise HisRequestError("msgid: 30 letters and digits, and a national-format msgid only with this "
-                                  f"institution's own code {envelope.fixmedins_code}")
-        raise HisRequestError(f"msgid: must begin with the sending institution's fixmedins_code "
-                              f"{envelope.fixmedins_code} (national format: code + yyyyMMddHHmmss + 4 digits)")
+                                  f"institution's own code {fixmedins_code}")
+        raise HisRequestError(f"msgid: must begin with the sending institution's fixmedins_code {fixmedins_code} "
+                              "(national format: code + yyyyMMddHHmmss + 4 digits)")
 
 
 def parse_data(envelope: HisEnvelope) -> _Data:
@@ -361,6 +361,9 @@ class HisResult(BaseModel):
     warn_msg: str | None = Field(default=None, description="settled, but something the institution may act on")
     msgid: str
     infno: str
+    fixmedins_code: str | None = Field(default=None, description="the institution answered (our extension, with "
+                                                                  "msgid: where ids are not national, a reply is "
+                                                                  "matched on both)")
     inf_refmsgid: str | None = None
     refmsg_time: str | None = None
     respond_time: str | None = None

@@ -209,13 +209,15 @@ def reverse(omsgid: str, psn_no: str = typer.Option(...), insured: str = typer.O
 
 @app.command()
 def lookup(psn_no: str, insured: str = typer.Option(..., help="insuplc_admdvs"),
+           card_no: str = typer.Option(..., help="the card the person presents (mdtrt_cert_type 03)"),
            care_province: str = typer.Option(None, help="province of the hospital; default: insured"),
            as_json: bool = JSON) -> None:
-    """1101: balances, and which relatives could pay for the person now."""
+    """1101: balances, and which relatives could pay for the person now (the person present, with their card)."""
     care = care_province or insured[:2]
     if care not in HOSPITAL:
         fail(f"no demo hospital in province {care}; use one of {sorted(HOSPITAL)}")
-    _his(his_request("1101", HOSPITAL[care], insured, REGION[care], {"psn_no": psn_no}), as_json)
+    _his(his_request("1101", HOSPITAL[care], insured, REGION[care],
+                     {"psn_no": psn_no, "mdtrt_cert_type": "03", "mdtrt_cert_no": card_no}), as_json)
 
 
 @app.command("gateway-key")

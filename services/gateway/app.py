@@ -3,9 +3,10 @@
 `POST /fsi/api/rsfComIfsService/callService` takes the national request envelope exactly as a HIS sends it,
 publishes the bytes unchanged to his.settlement.requests.v1 and answers with the national reply when settlement
 publishes it on his.settlement.results.v1. It is the same contract, not a second implementation: the gateway
-checks only what it needs to route (JSON with a msgid); everything else is settlement's to decide and answer.
+checks only what it needs to route and whom it serves (JSON, the institution's key, a msgid that is the
+institution's); everything else is settlement's to decide and answer.
 
-- Bounded wait (GATEWAY_WAIT_MS): without an answer by then the HIS gets HTTP 504 with a national body saying
+- Bounded wait (GATEWAY_WAIT_MS): without an answer by then the HIS gets HTTP 504 and a body (no infcode) saying
   the outcome is unknown: send the same msgid again to get its answer, or reverse it with 2601. It never says
   "failed" for a request that may yet be settled.
 - The same msgid answers identically: a repeated POST is published again and settlement answers a repeat with
@@ -33,11 +34,12 @@ import structlog
 import uvicorn
 import uvloop
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import KafkaError
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import Counter, make_asgi_app
 
-from contracts.his import NATIONAL_PATH, HisEnvelope, HisResult, parse_his_json
+from contracts.his import NATIONAL_PATH, HisEnvelope, HisRequestError, HisResult, check_sender, parse_his_json
 from contracts.topics import HIS_REQUESTS, HIS_RESULTS
 from shared.clock import china_time, clock_from
 from shared.kafka import kafka_auth
@@ -48,14 +50,22 @@ from shared.service import ConfigurationRefused
 from shared.settings import Settings
 
 SERVICE = "gateway"
-MAX_IN_FLIGHT = 10_000  # requests waiting for their answer; more are refused with 503 (the HIS retries)
+MAX_IN_FLIGHT = 1_000  # requests waiting for their answer (≤ 1 GB of bodies); more get 503 (the HIS retries)
 MAX_BODY_BYTES = 1_000_000  # what one Kafka message carries (a 2301 upload of 5,000 rows fits)
 log = structlog.get_logger()
 ANSWERS = Counter("gateway_answers", "HTTP answers by outcome", ["outcome"])
 
 
+def outcome_unknown(msgid: str, infno: str, why: str) -> dict[str, Any]:
+    """Not a national reply, on purpose: no infcode, because -1 would tell the HIS "failed, nothing charged" of
+    a request that may yet settle. HTTP 504 and `outcome` say what is known."""
+    return {"outcome": "unknown", "msgid": msgid, "infno": infno,
+            "err_msg": f"outcome unknown: {why}; send the same msgid again to get its answer, or reverse it with "
+                       "2601 (it is answered exactly once)"}
+
+
 def national_error(msgid: str, infno: str, err: str, now: datetime) -> dict[str, Any]:
-    """A national reply the gateway itself gives (the request never reached settlement, or its answer is late)."""
+    """A national reply the gateway itself gives: the request was not published, so it failed (infcode -1)."""
     now = china_time(now)
     return {"infcode": -1, "err_msg": err, "warn_msg": None, "msgid": msgid, "infno": infno, "inf_refmsgid": None,
             "refmsg_time": None, "respond_time": f"{now:%Y%m%d%H%M%S}{now.microsecond // 1000:03d}", "output": {}}
@@ -69,7 +79,8 @@ class Gateway:
         self.settings = settings
         self.institutions = Institutions.load(settings.institutions_path)
         self.wait_s = settings.gateway_wait_ms / 1000
-        self.waiting: dict[str, list[asyncio.Future[dict[str, Any]]]] = defaultdict(list)
+        # (msgid, fixmedins_code) → the HTTP calls waiting for its answer
+        self.waiting: dict[tuple[str, str], list[asyncio.Future[dict[str, Any]]]] = defaultdict(list)
         self.in_flight = 0
         self.reader: asyncio.Task[None] | None = None
         self.ready = False
@@ -88,6 +99,7 @@ class Gateway:
         await self.consumer.start()
         await self.consumer.seek_to_end()  # positioned before the first request is published
         self.reader = asyncio.create_task(self.read())
+        self.reader.add_done_callback(lambda _: setattr(self, "ready", False))  # answers stopped: unhealthy
         self.ready = True
 
     async def stop(self) -> None:
@@ -108,11 +120,16 @@ class Gateway:
                         self.answer(json.loads(record.value))
 
     def answer(self, reply: Any) -> None:
+        """Hand a reply to whoever waits for its msgid, of the institution it answers (a reply naming none, from
+        an older settlement, goes to every waiter of the msgid)."""
         if not isinstance(reply, dict):
             return
-        for future in self.waiting.get(str(reply.get("msgid")), []):
-            if not future.done():
-                future.set_result(reply)
+        institution = reply.get("fixmedins_code")
+        for (msgid, code), futures in list(self.waiting.items()):
+            if msgid == reply.get("msgid") and institution in (None, code):
+                for future in futures:
+                    if not future.done():
+                        future.set_result(reply)
 
     def refusal(self, obj: dict[str, Any], key: str | None) -> str | None:
         """Why this caller may not send for the institution the envelope names (None: it may)."""
@@ -120,6 +137,10 @@ class Gateway:
         institution = self.institutions.find(code) if isinstance(code, str) else None
         if institution is None:
             return f"fixmedins_code: {code!r} is not a designated institution in the registry (H1)"
+        try:  # H3 before anything is published: a reply to another institution's msgid never reaches its waiter
+            check_sender(str(obj.get("msgid")), institution.code, any_msgid=institution.msgid == "any")
+        except HisRequestError as exc:
+            return str(exc)
         if institution.key_sha256 is None:
             return None if self.settings.mode == "development" else (
                 f"X-Institution-Key: no gateway key is registered for {institution.code}; ask the centre for one")
@@ -146,25 +167,28 @@ class Gateway:
             return 503, national_error(msgid, infno, "gateway busy: send the same msgid again shortly",
                                        self.clock.now())
         data = obj.get("input", {}).get("data") if isinstance(obj.get("input"), dict) else None
-        key = data.get("mdtrt_id") if isinstance(data, dict) and isinstance(data.get("mdtrt_id"), str) else msgid
+        visit = data.get("mdtrt_id") if isinstance(data, dict) and isinstance(data.get("mdtrt_id"), str) else msgid
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self.waiting[msgid].append(future)
+        waiter = (msgid, str(obj["fixmedins_code"]))
+        self.waiting[waiter].append(future)
         self.in_flight += 1
-        try:
-            await self.producer.send_and_wait(HIS_REQUESTS, raw, key=kafka_key(str(key)))
-            return 200, await asyncio.wait_for(future, self.wait_s)
-        except TimeoutError:
-            log.warning("no answer in time", msgid=msgid, infno=infno, wait_ms=int(self.wait_s * 1000))
-            return 504, national_error(msgid, infno, f"outcome unknown: no answer within {self.wait_s:g} s; send "
-                                                     "the same msgid again to get its answer, or reverse it with "
-                                                     "2601 (nothing is lost: it is answered exactly once)",
-                                    self.clock.now())
+
+        async def publish_and_wait() -> dict[str, Any]:
+            await self.producer.send_and_wait(HIS_REQUESTS, raw, key=kafka_key(str(visit)))
+            return await future
+
+        try:  # one bound for both: a producer stuck on Kafka counts against the same wait
+            return 200, await asyncio.wait_for(publish_and_wait(), self.wait_s)
+        except (TimeoutError, KafkaError) as exc:  # it may have been published: the outcome is not known
+            why = f"no answer within {self.wait_s:g} s" if isinstance(exc, TimeoutError) else f"Kafka: {exc!r}"
+            log.warning("outcome unknown", msgid=msgid, infno=infno, why=why)
+            return 504, outcome_unknown(msgid, infno, why)
         finally:
             self.in_flight -= 1
-            waiting = self.waiting[msgid]
+            waiting = self.waiting[waiter]
             waiting.remove(future)
             if not waiting:
-                del self.waiting[msgid]
+                del self.waiting[waiter]
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -195,15 +219,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         401: {"description": "not a designated institution, or not its X-Institution-Key: nothing was published",
               **reply},
         503: {"description": "too many requests in flight: nothing was published", **reply},
-        504: {"description": "outcome unknown: send the same msgid again, or reverse with 2601", **reply}},
+        504: {"description": "outcome unknown (no infcode, on purpose): send the same msgid again, or reverse "
+                             "with 2601"}},
         openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
             "schema": request_schema, "example": EXAMPLE}}},
             "parameters": [{"name": "X-Institution-Key", "in": "header", "required": False,
                             "description": "the institution's gateway key (required in production)",
                             "schema": {"type": "string"}}]})
     async def call_service(request: Request) -> Response:
-        raw = await request.body()
-        if len(raw) > MAX_BODY_BYTES:
+        raw = await bounded_body(request)
+        if raw is None:
             status, body = 413, national_error("", "", f"body: larger than {MAX_BODY_BYTES} bytes", gateway.clock.now())
         else:
             status, body = await gateway.call(raw, request.headers.get("x-institution-key"))
@@ -226,6 +251,20 @@ EXAMPLE = {
                        "mdtrt_id": "M20261123000001", "medfee_sumamt": 228.50, "fund_pay_sumamt": 100.00,
                        "psn_part_amt": 128.50, "acct_used_flag": "1", "med_type": "11", "insutype": "310"}},
 }
+
+
+async def bounded_body(request: Request) -> bytes | None:
+    """The body, or None once it passes MAX_BODY_BYTES (read no further: an oversized POST is never buffered)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        return None
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def serve() -> None:

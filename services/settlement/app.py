@@ -149,15 +149,18 @@ class SettlementService:
             if institution is None:
                 raise HisRequestError(f"fixmedins_code: {env.fixmedins_code} is not a designated institution in "
                                       "the registry (H1)")
-            check_sender(env, any_msgid=institution.msgid == "any")
+            check_sender(env.msgid, env.fixmedins_code, any_msgid=institution.msgid == "any")
         except (ValidationError, HisRequestError) as exc:
             err = first_error(exc) if isinstance(exc, ValidationError) else str(exc)
-            rec = Record(msgid=msgid, infno=infno, state=State.REJECTED)
+            code = obj.get("fixmedins_code")  # a claim, but where the answer goes back to (gateway matching)
+            rec = Record(msgid=msgid, infno=infno, state=State.REJECTED,
+                         fixmedins=code if isinstance(code, str) and len(code) <= 12 else None)
             return [reply_out(machine.answered(rec, err, at=now))]
         me = received(env, machine.stamp(now))
         try:
             data = parse_data(env)
             domain.check_family(env.infno, institution)
+            domain.check_care_region(env.mdtrtarea_admvs, institution)
             signed_out = await self._sign_in_problem(env, institution, now)
             if signed_out is not None:
                 raise HisRequestError(signed_out)
@@ -170,7 +173,7 @@ class SettlementService:
         if isinstance(data, CancelData):
             return await self._cancel(env, data, me)
         if isinstance(data, ReversalData):
-            return await self._reverse(env, data, me)
+            return await self._reverse(env, data, me, institution.msgid == "any")
         if isinstance(data, TotalsData | DetailData):
             return await self._reconcile(env, data, me)
         if isinstance(data, PersonQueryData):
@@ -201,7 +204,7 @@ class SettlementService:
     async def _reject(self, me: Record, err: str) -> list[Outgoing]:
         async def decide(tx: Tx) -> list[Outgoing]:
             return execute(tx, machine.reject(await tx.get(me.msgid), me.msgid, me.infno, err, self.clock.now(),
-                                              me.received))
+                                              me.received, me.fixmedins))
 
         return await self.store.transact(None, decide)
 
@@ -266,7 +269,7 @@ class SettlementService:
 
         return await self.store.transact(None, decide)
 
-    async def _reverse(self, env: HisEnvelope, d: ReversalData, me: Record) -> list[Outgoing]:
+    async def _reverse(self, env: HisEnvelope, d: ReversalData, me: Record, any_msgid: bool) -> list[Outgoing]:
         # S6: 2601 by original msgid, whatever state it reached, including "never arrived".
         async def decide(tx: Tx) -> list[Outgoing]:
             existing = await tx.get(env.msgid)
@@ -276,7 +279,7 @@ class SettlementService:
                 holder = await tx.visit_holder(orig.fixmedins, orig.mdtrt_id)
                 stay_settled = holder is not None and holder.state in machine.VISIT_HELD_STATES
             return execute(tx, machine.reverse(existing, me, d.omsgid, d.oinfno, d.psn_no, orig, self.clock.now(),
-                                               stay_settled))
+                                               stay_settled, any_msgid))
 
         return await self.store.transact(None, decide)
 
@@ -296,10 +299,10 @@ class SettlementService:
         return await self.store.transact(None, decide)
 
     async def _lookup(self, env: HisEnvelope, d: PersonQueryData, me: Record) -> list[Outgoing]:
-        """1101: found by psn_no or certificate; the certificate must be the person's (S4, as when billing)."""
+        """1101: found by the certificate the patient presents (with psn_no, it must be theirs, S4): an institution
+        sees balances only of someone at its counter."""
         now = self.clock.now()
-        id_hash = keyed_hash(self.settings.pii_hash_key, d.mdtrt_cert_no) if (
-            d.mdtrt_cert_type == "02" and d.mdtrt_cert_no) else None
+        id_hash = keyed_hash(self.settings.pii_hash_key, d.mdtrt_cert_no) if d.mdtrt_cert_type == "02" else None
         card = d.mdtrt_cert_no if d.mdtrt_cert_type == "03" else None
         psn_no = d.psn_no
         if psn_no is None:
@@ -307,18 +310,18 @@ class SettlementService:
             if psn_no is None:
                 return await self._reject(me, "input.data.mdtrt_cert_no: no insured person with this certificate")
         person, owner, order, views = await self.store.settle_context(psn_no, id_hash, card)
-        if d.mdtrt_cert_type == "01" and d.mdtrt_cert_no:
+        if d.mdtrt_cert_type == "01":
             try:
                 owner = domain.voucher_owner(d.mdtrt_cert_no, psn_no, now, self.settings.evoucher_key)
             except HisRequestError as exc:
                 return await self._reject(me, str(exc))
+        if owner != psn_no:  # first: nothing is said of a person whose certificate is not at the counter
+            return await self._reject(me, "input.data.mdtrt_cert_no: certificate does not belong to psn_no (S4)")
         if person is None:
             return await self._reject(me, "input.data.psn_no: person is not enrolled in basic medical insurance")
-        if d.mdtrt_cert_type is not None and owner != psn_no:
-            return await self._reject(me, "input.data.mdtrt_cert_no: certificate does not belong to psn_no (S4)")
         if person.admdvs != env.insuplc_admdvs:
             return await self._reject(me, f"insuplc_admdvs: {env.insuplc_admdvs} is not the insured region of this "
-                                          f"person ({person.admdvs})")
+                                          "person")
         plan = domain.lookup_plan(psn_no, order, views)
         new = me.model_copy(update={"psn_no": psn_no, "insutype": person.insutype,
                                     "payment_id": "L" + domain.quote_payment_id(env.msgid)[1:],

@@ -259,3 +259,11 @@ def check_family(infno: str, institution: Institution) -> None:
     if infno in settling - PHARMACY and institution.kind != "hospital":
         raise HisRequestError(f"infno: {infno} is a hospital transaction; {institution.code} is a pharmacy: "
                               "use 2101–2103")
+
+
+def check_care_region(mdtrtarea_admvs: str, institution: Institution) -> None:
+    """W7: the province of care is where the institution is, whatever the request says: clearing pays that
+    province's fund (a wrong care region would credit another province with money it never advanced)."""
+    if mdtrtarea_admvs[:2] != institution.region[:2]:
+        raise HisRequestError(f"mdtrtarea_admvs: {mdtrtarea_admvs} is not in the province of {institution.code} "
+                              f"({institution.region})")

@@ -20,6 +20,7 @@ once `reply` is set it never changes, and a repeated request is answered with it
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -28,7 +29,16 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from contracts.envelope import derive_id
-from contracts.his import ADMISSION, CANCELS, CLR_TYPES, INPATIENT, HisResult, Settled, settlement_output
+from contracts.his import (
+    ADMISSION,
+    CANCELS,
+    CLR_TYPES,
+    INPATIENT,
+    NATIONAL_MSGID,
+    HisResult,
+    Settled,
+    settlement_output,
+)
 from contracts.types import MAX_AMOUNT_FEN, fen_to_yuan
 from contracts.wallet import (
     AccountMovedIn,
@@ -42,6 +52,7 @@ from contracts.wallet import (
     ReversePayment,
     TransferAccepted,
 )
+from services.settlement.domain import setl_id_for
 from shared.clock import china_time
 
 
@@ -272,14 +283,38 @@ def answered(rec: Record, err: str | None = None, output: dict[str, Any] | None 
     respond = stamp(at)
     ref = respond[:14] + derive_id("reply", rec.msgid).replace("-", "")[:16].upper()
     result = HisResult(infcode=-1 if err else 0, err_msg=err, warn_msg=warn, msgid=rec.msgid, infno=rec.infno,
-                       inf_refmsgid=ref, refmsg_time=rec.received or respond, respond_time=respond,
-                       output=output or {})
+                       fixmedins_code=rec.fixmedins, inf_refmsgid=ref, refmsg_time=rec.received or respond,
+                       respond_time=respond, output=output or {})
     return rec.model_copy(update={**changes, "reply": result.model_dump_json()})
 
 
 def repeat(rec: Record) -> list[Effect]:
     """A request seen before: its answer again, or, still in flight, what it sent."""
     return [Reply(rec)] if rec.reply else [Resend(rec)]
+
+
+def foreign(existing: Record, me: Record) -> bool:
+    """The msgid is another institution's (possible only where ids are not national, H3)."""
+    return bool(existing.fixmedins and me.fixmedins and existing.fixmedins != me.fixmedins)
+
+
+def refused_as_foreign(me: Record, now: datetime) -> list[Effect]:
+    """Answered without reading or changing anything of the other institution's request (not stored: the msgid
+    is theirs)."""
+    rec = Record(msgid=me.msgid, infno=me.infno, state=State.REJECTED, fixmedins=me.fixmedins, received=me.received)
+    return [Reply(answered(rec, "msgid: already used by another institution; send a new msgid", at=now))]
+
+
+def seen(existing: Record, me: Record, now: datetime) -> list[Effect]:
+    """A msgid seen before: the same institution's repeat gets its answer again (or, still in flight, what it
+    sent); a request a 2601 voided before it arrived is answered -1 now, whatever its transaction."""
+    if foreign(existing, me):
+        return refused_as_foreign(me, now)
+    if existing.reply or existing.state != State.VOIDED:
+        return repeat(existing)
+    voided = Record(**me.model_dump(include=ENVELOPE_FIELDS), state=State.VOIDED, reversed_by=existing.reversed_by)
+    rec = answered(voided, f"request was reversed by 2601 {existing.reversed_by or ''} before it arrived", at=now)
+    return [Save(rec), Reply(rec)]
 
 
 def booked_clearing(rec: Record) -> int:
@@ -303,13 +338,16 @@ def reverse_command(rec: Record, why: str, now: datetime) -> Command:
 
 
 def reject(existing: Record | None, msgid: str, infno: str, err: str, now: datetime,
-           received: str | None = None) -> list[Effect]:
+           received: str | None = None, fixmedins: str | None = None) -> list[Effect]:
     """A request with a usable msgid that cannot be settled: answered -1 and kept, so a repeat is answered alike."""
+    rec = Record(msgid=msgid, infno=infno, state=State.REJECTED, received=received, fixmedins=fixmedins)
+    if existing is not None and foreign(existing, rec):
+        return refused_as_foreign(rec, now)
     if existing is not None and existing.reply:
         return [Reply(existing)]
     if existing is not None and existing.state != State.VOIDED:
         return []  # a valid request with this msgid is in flight; its answer stands
-    rec = answered(Record(msgid=msgid, infno=infno, state=State.REJECTED, received=received), err, at=now)
+    rec = answered(rec, err, at=now)
     return [Save(rec), Reply(rec)]
 
 
@@ -331,12 +369,7 @@ def settle(existing: Record | None, new: Record, holder: Record | None, plan: Fu
     the visit (settlements); `stay`: the 2401 admission an inpatient bill settles. `plan` None: nothing for
     accounts to pay (S5, or no personal part), so it is all cash without a wallet round trip."""
     if existing is not None:
-        if existing.reply or existing.state != State.VOIDED:
-            return repeat(existing)
-        voided = Record(**new.model_dump(include=ENVELOPE_FIELDS), state=State.VOIDED,
-                        reversed_by=existing.reversed_by)
-        rec = answered(voided, f"request was reversed by 2601 {existing.reversed_by or ''} before it arrived", at=now)
-        return [Save(rec), Reply(rec)]
+        return seen(existing, new, now)
     assert new.setl_id is not None and new.payment_id is not None and new.part is not None
     problem = check_stay(new, stay) if new.infno in INPATIENT else None
     if problem is not None:
@@ -414,7 +447,7 @@ def cancellation_done(orig: Record, me: Record, refunded_fen: int, now: datetime
     """A cancel (2208/2103/2305) answered with the negative settlement, booked in its own day as a reversal row
     (S7: the institution's books keep both, so reconciliation lists both)."""
     assert me.fixmedins is not None and me.day is not None and orig.setl_id is not None
-    own_id = cancellation_setl_id(me.msgid)
+    own_id = setl_id_for(me.msgid)
     output = {"setl_id": orig.setl_id, "omsgid": orig.msgid, "refunded": fen_to_yuan(refunded_fen),
               **settled(orig, orig.split or cash_only(orig.part or 0), sign=-1, setl_id=own_id,
                         at=f"{china_time(now):%Y-%m-%d %H:%M:%S}", by=me.msgid)}
@@ -422,16 +455,12 @@ def cancellation_done(orig: Record, me: Record, refunded_fen: int, now: datetime
     return [Save(done), Reply(done), BookDay(me.fixmedins, me.day, own_id, day_row(orig, own_id, me.msgid, -1))]
 
 
-def cancellation_setl_id(msgid: str) -> str:
-    return "S" + derive_id("setl", msgid).replace("-", "")[:24].upper()
-
-
 def cancel(existing: Record | None, me: Record, orig: Record | None, psn_no: str, mdtrt_id: str,
            now: datetime) -> list[Effect]:
     """S6 cancel (`me`, as received) of the settlement `orig` found by setl_id: every fen back where it came
     from. Only a settlement of the cancel's own family, by the institution that made it (H5)."""
     if existing is not None:
-        return repeat(existing)
+        return seen(existing, me, now)
     if (orig is None or orig.psn_no != psn_no or orig.mdtrt_id != mdtrt_id
             or orig.fixmedins != me.fixmedins or orig.infno != CANCELS.get(me.infno)):
         rec = answered(me, "input.data.setl_id: no settlement with this setl_id for this psn_no and mdtrt_id",
@@ -452,13 +481,17 @@ def cancel(existing: Record | None, me: Record, orig: Record | None, psn_no: str
 
 
 def reverse(existing: Record | None, me: Record, omsgid: str, oinfno: str, psn_no: str, orig: Record | None,
-            now: datetime, stay_settled: bool = False) -> list[Effect]:
+            now: datetime, stay_settled: bool = False, any_msgid: bool = False) -> list[Effect]:
     """S6 2601 (`me`, as received) of the request `omsgid`, whatever state it reached, including never arrived.
-    `stay_settled`: for a 2401, whether the stay holds a settlement (then it is cancelled first, with 2305)."""
+    `stay_settled`: for a 2401, whether the stay holds a settlement (then it is cancelled first, with 2305);
+    `any_msgid`: the institution sends non-national ids, so an id not seen yet is taken as its own unless it is
+    another institution's national id."""
     if existing is not None:
-        return repeat(existing)
+        return seen(existing, me, now)
     assert me.fixmedins is not None
     owner = orig.fixmedins if orig is not None and orig.fixmedins else omsgid[:12]
+    if orig is None and any_msgid and not re.fullmatch(NATIONAL_MSGID, omsgid):
+        owner = me.fixmedins
     if owner != me.fixmedins or (orig is not None and orig.psn_no not in (None, psn_no)):
         # Only the institution that sent a request may reverse it, and only for the same person (H5); the answer
         # does not say whether another institution's msgid exists.
@@ -518,8 +551,8 @@ def reverse_admission(me: Record, stay: Record, stay_settled: bool, now: datetim
 
 def reconciled(existing: Record | None, me: Record, output: dict[str, Any], now: datetime) -> list[Effect]:
     """S7 3201/3202 answered with the comparison made from the day's rows."""
-    if existing is not None and existing.reply:
-        return [Reply(existing)]
+    if existing is not None:
+        return seen(existing, me, now)
     rec = answered(me, output=output, state=State.DONE, at=now)
     return [Save(rec), Reply(rec)]
 
@@ -529,7 +562,7 @@ def answer_once(existing: Record | None, me: Record, err: str | None = None, out
     """A request answered at once (1101 refusals, 9001, 9002, 2401, 2301): a repeat gets the stored answer and
     changes nothing; `effects` happen only with a successful first answer."""
     if existing is not None:
-        return repeat(existing)
+        return seen(existing, me, now)
     rec = answered(me, err, output, state=State.REJECTED if err else State.DONE, at=now)
     return [*(() if err else effects), Save(rec), Reply(rec)]
 
@@ -566,7 +599,7 @@ def stay_id_for(msgid: str) -> str:
 def admit(existing: Record | None, me: Record, psn_no: str, insutype: str, ipt_no: str, now: datetime) -> list[Effect]:
     """2401: a stay begins; the centre gives it the mdtrt_id its uploads and settlement use."""
     if existing is not None:
-        return repeat(existing)
+        return seen(existing, me, now)
     assert me.fixmedins is not None
     mdtrt_id = stay_id_for(me.msgid)
     stay = answered(me, output={"result": {"mdtrt_id": mdtrt_id, "psn_no": psn_no, "ipt_no": ipt_no}},
@@ -583,7 +616,7 @@ def upload_fees(existing: Record | None, me: Record, stay: Record | None, settle
     """2301: fee rows added to an open stay. A row sent again with the same amount is accepted (at-least-once
     HIS retries); the same feedetl_sn with another amount is refused: the uploaded total is what settles."""
     if existing is not None:
-        return repeat(existing)
+        return seen(existing, me, now)
     err: str | None = None
     fees = dict(stay.fees or {}) if stay is not None else {}
     if stay is None or stay.state != State.ADMITTED or stay.psn_no != psn_no:
@@ -614,7 +647,7 @@ def lookup(existing: Record | None, me: Record, grantors: list[str], plan: Fundi
     """1101: what the person's own account, relatives and wallet could pay now, asked of the insured province's
     wallet as a dry run of the largest possible payment (nothing moves; the answer is the same rule as paying)."""
     if existing is not None:
-        return repeat(existing)
+        return seen(existing, me, now)
     assert me.payment_id is not None and me.psn_no is not None and me.province is not None
     new = me.model_copy(update={"state": State.AWAITING_WALLET, "part": MAX_AMOUNT_FEN, "grantors": grantors})
     cmd = PaySettlement(message_id=derive_id("PaySettlement", me.msgid), correlation_id=me.msgid,
@@ -647,8 +680,9 @@ def timed_out(msgid: str, rec: Record | None, timeout_ms: int, now: datetime) ->
     before it moves money)."""
     if rec is None or rec.state != State.AWAITING_WALLET:
         return [StopDeadline(msgid)]
-    new = answered(rec, f"wallet of province {rec.province} did not answer within {timeout_ms} ms; nothing was "
-                        "charged, settle again or pay cash", state=State.TIMED_OUT, at=now)
+    advice = "ask again" if rec.infno == "1101" else "nothing was charged, settle again or pay cash"
+    new = answered(rec, f"wallet of province {rec.province} did not answer within {timeout_ms} ms; {advice}",
+                   state=State.TIMED_OUT, at=now)
     effects: list[Effect] = [StopDeadline(msgid), Save(new), Reply(new)]
     if rec.infno in SETTLING:
         effects.append(reverse_command(rec, "timeout", now))
@@ -690,9 +724,15 @@ def payment_reversed(rec: Record, e: PaymentReversed, waiting: dict[str, Record 
         w = waiting.get(msgid)
         if w is None or w.reply:
             continue
-        if w.infno in CANCELS and rec.state == State.CANCELLING and not cancelled:
-            cancelled = True  # the one cancel that asked for this refund: the negative settlement, booked
-            effects += cancellation_done(rec, w, e.refunded_fen, now)
+        if w.infno in CANCELS:
+            if rec.state == State.CANCELLING and not cancelled:
+                cancelled = True  # the one cancel that asked for this refund: the negative settlement, booked
+                effects += cancellation_done(rec, w, e.refunded_fen, now)
+                continue
+            # a second cancel, or one queued behind a 2601: answered as it would be after the refund
+            done = answered(w, f"setl_id: settlement is {final.lower()}, nothing to cancel", state=State.REJECTED,
+                            at=now)
+            effects += [Save(done), Reply(done)]
             continue
         done = answered(w, output={"setl_id": rec.setl_id, "omsgid": rec.msgid,
                                    "refunded": fen_to_yuan(e.refunded_fen)}, state=State.DONE, at=now)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -21,6 +22,8 @@ HOSPITAL, PHARMACY, DRY_PHARMACY = "H32050500002", "P32050500001", "P32050500002
 HANGZHOU = "H33010000003"
 ID_NO = "11010519491231002X"
 _seq = iter(range(1, 10_000))
+HERE = json.dumps({"data": {"psn_no": "R1", "mdtrt_cert_type": "02", "mdtrt_cert_no": ID_NO}})  # 1101, R1 present
+NOBODY = json.dumps({"data": {"mdtrt_cert_type": "03", "mdtrt_cert_no": "NOCARD"}})
 
 
 def sample(infno: str, input_json: str, fixmedins: str = HOSPITAL, region: str = "320500",
@@ -47,7 +50,7 @@ def data(**fields: Any) -> str:
 
 
 def bill(psn: str, mdtrt_id: str, part: str, fund: str = "0.00", medfee: str | None = None, **more: Any) -> str:
-    medfee = medfee or f"{float(part) + float(fund):.2f}"
+    medfee = medfee or str(Decimal(part) + Decimal(fund))
     return ('{"data": {"psn_no": "%s", "mdtrt_cert_type": "02", "mdtrt_cert_no": "%s", "mdtrt_id": "%s", '
             '"medfee_sumamt": %s, "fund_pay_sumamt": %s, "psn_part_amt": %s, "acct_used_flag": "1", '
             '"med_type": "%s", "insutype": "310"%s}}'
@@ -78,11 +81,12 @@ def setlinfo(reply: dict[str, Any]) -> SetlInfo:
 
 async def test_unknown_institutions_are_refused_and_replies_carry_the_national_envelope() -> None:
     async with harness() as h:
-        unknown = await ask(h, sample("1101", data(psn_no="R1"), fixmedins="H32050500111"))
+        unknown = await ask(h, sample("1101", HERE, fixmedins="H32050500111"))
         assert unknown["err_msg"] == "fixmedins_code: H32050500111 is not a designated institution in the registry (H1)"
-        reply = HisResult.model_validate(await ask(h, sample("1101", data(psn_no="NOBODY"))))
-        assert reply.infcode == -1 and reply.err_msg == "input.data.psn_no: person is not enrolled in basic medical " \
-                                                        "insurance"
+        reply = HisResult.model_validate(await ask(h, sample("1101", NOBODY)))
+        assert reply.infcode == -1 and reply.err_msg == "input.data.mdtrt_cert_no: no insured person with this " \
+                                                        "certificate"
+        assert reply.fixmedins_code == HOSPITAL
         assert reply.inf_refmsgid is not None and re.fullmatch(r"\d{14}[0-9A-F]{16}", reply.inf_refmsgid)
         assert reply.refmsg_time is not None and reply.respond_time is not None
         assert re.fullmatch(r"\d{17}", reply.refmsg_time) and re.fullmatch(r"\d{17}", reply.respond_time)
@@ -115,6 +119,61 @@ async def test_an_institution_allowed_any_msgid_may_send_sdk_uuids_but_not_anoth
         assert strict["err_msg"].startswith("msgid: must begin with the sending institution's fixmedins_code")
 
 
+async def test_an_id_already_used_by_another_institution_reads_nothing_of_its_request() -> None:
+    async with harness() as h:
+        await family(h, recipient_fen=50_000)
+        uuid_id = "5d0f6c3e2a8b4f1e9c7d3b2a1f0e9d8c"[:30]
+        first = await ask(h, sample("2207", bill("R1", "V6", "3.00"), fixmedins="H32050500888", msgid=uuid_id))
+        assert setlinfo(first).acct_pay == "3.00"
+        other = await ask(h, sample("1101", HERE, fixmedins="H45010000888", region="450100", insuplc="320500",
+                                    msgid=uuid_id))
+        assert other["err_msg"] == "msgid: already used by another institution; send a new msgid"
+        assert other["fixmedins_code"] == "H45010000888" and "setlinfo" not in json.dumps(other)
+        assert await ask(h, sample("2207", bill("R1", "V6", "3.00"), fixmedins="H32050500888", msgid=uuid_id)) \
+            == first  # the owner's repeat still gets its own answer
+
+
+async def test_a_reversal_may_overtake_the_request_of_an_institution_with_any_ids() -> None:
+    """The 2601 is keyed by msgid and the 2207 by visit: on different partitions, the reversal may come first.
+    It voids the id, and the late 2207 is answered -1 without charging."""
+    async with harness() as h:
+        await family(h, recipient_fen=50_000)
+        uuid_id = "7e1d2c3b4a5f6e7d8c9b0a1f2e3d4c5b"[:30]
+        voided = await ask(h, sample("2601", data(psn_no="R1", omsgid=uuid_id, oinfno="2207"),
+                                     fixmedins="H32050500888"))
+        assert voided["output"]["result"] == "voided_before_arrival"
+        late = await ask(h, sample("2207", bill("R1", "V5", "7.00"), fixmedins="H32050500888", msgid=uuid_id))
+        assert late["err_msg"].startswith("request was reversed by 2601")
+        assert (await ask(h, sample("1101", HERE)))["output"]["acctinfo"]["cur_year_balc"] == "500.00"
+
+
+async def test_a_2601_before_its_cancel_or_admission_arrives_leaves_the_late_one_answered() -> None:
+    async with harness() as h:
+        await family(h, recipient_fen=50_000)
+        paid = setlinfo(await ask(h, sample("2207", bill("R1", "V4", "20.00"))))
+        cancel_id, admission_id = f"{HOSPITAL}202611231015308001", f"{HOSPITAL}202611231015308002"
+        for omsgid, oinfno in ((cancel_id, "2208"), (admission_id, "2401")):
+            reply = await ask(h, sample("2601", data(psn_no="R1", omsgid=omsgid, oinfno=oinfno)))
+            assert reply["output"]["result"] == "voided_before_arrival"
+        cancel = await ask(h, sample("2208", data(psn_no="R1", mdtrt_id="V4", setl_id=paid.setl_id),
+                                     msgid=cancel_id))
+        assert cancel["err_msg"].startswith("request was reversed by 2601")
+        admitted = await ask(h, sample("2401", ADMIT, msgid=admission_id))
+        assert admitted["err_msg"].startswith("request was reversed by 2601")
+        # the cancel never happened: the settlement stands and may still be cancelled under a new msgid
+        assert (await ask(h, sample("1101", HERE)))["output"]["acctinfo"]["cur_year_balc"] == "480.00"
+        again = await ask(h, sample("2208", data(psn_no="R1", mdtrt_id="V4", setl_id=paid.setl_id)))
+        assert again["output"]["refunded"] == "20.00"
+
+
+async def test_the_care_region_is_where_the_institution_is() -> None:
+    """W7 clears to the province of care: a request claiming another one is refused, not cleared there."""
+    async with harness() as h:
+        await family(h, recipient_fen=50_000)
+        elsewhere = await ask(h, sample("2207", bill("R1", "V3", "1.00"), region="330100", insuplc="320500"))
+        assert elsewhere["err_msg"] == "mdtrtarea_admvs: 330100 is not in the province of H32050500002 (320500)"
+
+
 # ---------------------------------------------------------------- H2 sign-in
 
 
@@ -124,12 +183,12 @@ async def test_sign_in_and_out_where_the_region_requires_it() -> None:
         reply = await ask(h, sample("9001", signin, fixmedins=HANGZHOU, region="330100"))
         sign_no = reply["output"]["signinoutb"]["sign_no"]
         assert reply["infcode"] == 0 and len(sign_no) == 30
-        lookup = data(psn_no="NOBODY")
+        lookup = NOBODY
         without = await ask(h, sample("1101", lookup, fixmedins=HANGZHOU, region="330100"))
         assert without["err_msg"] == "sign_no: institutions in 330100 sign in with 9001 first and send its sign_no (H2)"
         signed = ', "sign_no": "%s"' % sign_no
         with_it = await ask(h, sample("1101", lookup, fixmedins=HANGZHOU, region="330100", extra=signed))
-        assert with_it["err_msg"].startswith("input.data.psn_no: person is not enrolled")  # past the sign-in
+        assert with_it["err_msg"].startswith("input.data.mdtrt_cert_no: no insured person")  # past the sign-in
         # another institution cannot use it
         other = await ask(h, sample("1101", lookup, fixmedins="H33010099999", region="330100", extra=signed))
         assert other["err_msg"].startswith(f"sign_no: {sign_no} is not a valid sign-in of H33010099999")
@@ -140,7 +199,7 @@ async def test_sign_in_and_out_where_the_region_requires_it() -> None:
         assert after["err_msg"].startswith(f"sign_no: {sign_no} is not a valid sign-in")
         # Suzhou does not require it: the same lookup without sign-in goes through
         suzhou = await ask(h, sample("1101", lookup))
-        assert suzhou["err_msg"].startswith("input.data.psn_no: person is not enrolled")
+        assert suzhou["err_msg"].startswith("input.data.mdtrt_cert_no: no insured person")
 
 
 @pytest.mark.parametrize(("infno", "input_json", "expected"), [
@@ -148,7 +207,7 @@ async def test_sign_in_and_out_where_the_region_requires_it() -> None:
     ("9001", '{"data": {"opter_no": "OP01"}}', "input.signIn: missing; the transaction input goes under input.signIn"),
     ("9002", '{"signOut": {"sign_no": "N1", "opter_no": "OP01"}}',
      "input.signOut.sign_no: N1 is not signed in at this institution"),
-    ("1101", '{"data": {}}', "input.data: Value error, give psn_no, or mdtrt_cert_type with mdtrt_cert_no"),
+    ("1101", '{"data": {"psn_no": "R1"}}', "input.data.mdtrt_cert_type: Field required"),  # the patient present
     ("1101", '{"data": {"mdtrt_cert_type": "04", "mdtrt_cert_no": "x"}}',
      "input.data.mdtrt_cert_type: Input should be '01', '02' or '03'"),
     ("2401", '{"mdtrtinfo": {"psn_no": "R1", "insutype": "310", "mdtrt_cert_type": "02", "mdtrt_cert_no": "x", '
@@ -194,7 +253,7 @@ async def test_malformed_national_samples_name_the_field(infno: str, input_json:
 async def test_1101_shows_balances_and_which_relatives_could_pay_without_their_balances() -> None:
     async with harness() as h:
         await family(h, recipient_fen=1_234)
-        for query in (data(psn_no="R1"), data(mdtrt_cert_type="02", mdtrt_cert_no=ID_NO)):
+        for query in (HERE, data(mdtrt_cert_type="02", mdtrt_cert_no=ID_NO)):
             out = (await ask(h, sample("1101", query)))["output"]
             assert out["baseinfo"] == {"psn_no": "R1"}
             assert out["insuinfo"] == [{"insutype": "310", "insuplc_admdvs": "320500", "psn_insu_stas": "1",
@@ -207,7 +266,7 @@ async def test_1101_shows_balances_and_which_relatives_could_pay_without_their_b
         assert wrong["err_msg"] == "input.data.mdtrt_cert_no: certificate does not belong to psn_no (S4)"
         # a grantor whose quota is spent can no longer pay: the lookup says so
         await ask(h, sample("2207", bill("R1", "V1", "512.34")))
-        spent = (await ask(h, sample("1101", data(psn_no="R1"))))["output"]
+        spent = (await ask(h, sample("1101", HERE)))["output"]
         assert spent["mulaidinfo"] == [{"grantor_psn_no": "G1", "can_pay": False}]
         assert spent["acctinfo"]["cur_year_balc"] == "0.00"
 
@@ -233,7 +292,7 @@ async def test_a_pharmacy_purchase_paid_by_a_relative_and_cancelled_as_a_negativ
         assert (negative.medfee_sumamt, negative.acct_mulaid_pay, negative.psn_part_amt) == (
             "-88.00", "-88.00", "-88.00")
         assert negative.setl_id != paid.setl_id and cancel["output"]["setl_id"] == paid.setl_id
-        lookup = (await ask(h, sample("1101", data(psn_no="R1"))))["output"]
+        lookup = (await ask(h, sample("1101", HERE)))["output"]
         assert lookup["mulaidinfo"] == [{"grantor_psn_no": "G1", "can_pay": True}]  # the quota came back
 
 
@@ -321,7 +380,7 @@ async def test_an_inpatient_stay_is_admitted_uploaded_settled_and_cancelled() ->
         closed = await ask(h, sample("2303", stay_bill))
         assert closed["err_msg"].startswith(f"input.data.mdtrt_id: no open stay {mdtrt_id}")
         # the money is home: R1 300.00, G1's quota whole
-        lookup = (await ask(h, sample("1101", data(psn_no="R1"))))["output"]
+        lookup = (await ask(h, sample("1101", HERE)))["output"]
         assert lookup["acctinfo"]["cur_year_balc"] == "300.00"
 
 

@@ -60,6 +60,22 @@ async def test_only_the_institutions_own_key_may_send_for_it(tmp_path: Path) -> 
     assert g.producer.sent == []  # type: ignore[attr-defined]  # nothing refused was published
 
 
+async def test_an_institution_cannot_send_or_wait_on_another_institutions_msgid(tmp_path: Path) -> None:
+    g = gateway(tmp_path, mode="development")
+    theirs = json.loads(request())
+    theirs["fixmedins_code"] = "H32050599999"  # its own institution, another's msgid
+    status, body = await g.call(json.dumps(theirs).encode(), None)
+    assert status == 401 and body["err_msg"].startswith("msgid: must begin with the sending institution's")
+    assert g.producer.sent == []  # type: ignore[attr-defined]
+    # replies go to the waiter of the institution they answer
+    mine = asyncio.get_running_loop().create_future()
+    g.waiting[("M1", "H32050500002")].append(mine)
+    g.answer({"msgid": "M1", "fixmedins_code": "H32050599999", "infcode": -1})
+    assert not mine.done()
+    g.answer({"msgid": "M1", "fixmedins_code": "H32050500002", "infcode": 0})
+    assert mine.result()["infcode"] == 0
+
+
 async def test_development_lets_an_institution_without_a_key_through(tmp_path: Path) -> None:
     g = gateway(tmp_path, mode="development")
     assert g.refusal(json.loads(request("H32050599999")), None) is None
@@ -93,4 +109,5 @@ async def test_an_answer_in_time_is_returned_and_a_late_one_is_outcome_unknown(t
     await answering
     status, body = await g.call(request(), KEY)  # nobody answers within 200 ms
     assert status == 504 and body["err_msg"].startswith("outcome unknown: no answer within 0.2 s; send the same")
+    assert "infcode" not in body  # -1 would say "failed, nothing charged" of a request that may yet settle
     assert len(g.producer.sent) == 2 and g.waiting == {} and g.in_flight == 0  # type: ignore[attr-defined]
