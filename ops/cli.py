@@ -34,15 +34,17 @@ from shared.kafka import kafka_auth
 from shared.pii import keyed_hash
 from shared.settings import Settings, operator_headers
 
-app = typer.Typer(help="Operate the family mutual-aid stack (家庭共济).", no_args_is_help=True)
+app = typer.Typer(help="Operate the family mutual-aid stack (家庭共济).", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
 dlq_app = typer.Typer(help="Inspect and replay dead-letter queues.", no_args_is_help=True)
 app.add_typer(dlq_app, name="dlq")
 console = Console()
+errors = Console(stderr=True, soft_wrap=True)  # one line per error, whatever the terminal's width
 JSON = typer.Option(False, "--json", help="machine-readable output")
 
 
 def fail(message: str) -> None:
-    console.print(f"[red]error:[/] {message}")
+    errors.print(f"[red]error:[/] {message}", highlight=False)
     raise typer.Exit(2)
 
 
@@ -66,18 +68,63 @@ def services() -> dict[str, str]:
 
 
 def out(data: Any, as_json: bool, title: str = "") -> None:
+    """JSON with --json; otherwise tables for people: amounts in yuan, nested lists as tables of their own."""
     if as_json:
         typer.echo(json.dumps(data, ensure_ascii=False, default=str))
         return
-    if isinstance(data, dict) and all(not isinstance(v, dict | list) for v in data.values()):
-        table = Table(title=title)
-        table.add_column("field")
-        table.add_column("value")
-        for k, v in data.items():
-            table.add_row(str(k), str(v))
-        console.print(table)
-    else:
-        console.print_json(json.dumps(data, ensure_ascii=False, default=str))
+    rows = data if isinstance(data, list) else [data]
+    if rows and all(isinstance(r, dict) for r in rows) and isinstance(data, list):
+        console.print(list_table(title, rows))
+        return
+    if not isinstance(data, dict):
+        console.print(str(data), highlight=False)
+        return
+    fields, lists = flatten(data)
+    table = Table(title=title or None, show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    for name, value in fields:
+        table.add_row(name, value)
+    console.print(table)
+    for name, items in lists:
+        console.print(list_table(name, items))
+
+
+def human(name: str, value: Any) -> tuple[str, str]:
+    """(label, text): an amount in fen becomes yuan with two decimals, its label loses the unit."""
+    if name.endswith("_fen") and isinstance(value, int) and not isinstance(value, bool):
+        return name.removesuffix("_fen"), yuan_text(value)
+    return name, "" if value is None else str(value)
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> tuple[list[tuple[str, str]], list[tuple[str, list[Any]]]]:
+    """Scalar fields as (label, text), nested dicts as dotted labels, lists of records set apart."""
+    fields: list[tuple[str, str]] = []
+    lists: list[tuple[str, list[Any]]] = []
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            more, nested = flatten(value, f"{name}.")
+            fields += more
+            lists += nested
+        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            lists.append((name, value))
+        elif isinstance(value, list):
+            fields.append((name, ", ".join(str(v) for v in value) or "(none)"))
+        else:
+            fields.append(human(name, value))
+    return fields, lists
+
+
+def list_table(title: str, items: list[dict[str, Any]]) -> Table:
+    columns = list(dict.fromkeys(k for item in items for k in item))
+    table = Table(title=title or None)
+    for column in columns:
+        table.add_column(human(column, 0)[0])
+    for item in items:
+        table.add_row(*(human(c, item.get(c))[1] if not isinstance(item.get(c), dict | list)
+                        else json.dumps(item.get(c), ensure_ascii=False) for c in columns))
+    return table
 
 
 def run(coro: Any) -> Any:
@@ -112,7 +159,11 @@ def enroll(psn_no: str, region: str = typer.Option(..., help="6-digit 统筹区,
            resident: bool = typer.Option(False, help="resident insurance (390), no personal account"),
            card_no: str = typer.Option(None), version: int = 1, as_json: bool = JSON) -> None:
     """Publish PersonEnrolled (as the enrollment platform would)."""
-    checked = TypeAdapter(ResidentId).validate_python(id_no)  # check digit, birth date: refused here, not later
+    try:  # check digit, birth date: refused here, not later
+        checked = TypeAdapter(ResidentId).validate_python(id_no)
+    except ValidationError as exc:
+        fail(f"--id-no: {exc.errors()[0]['msg']}")
+        raise
     event = PersonEnrolled(psn_no=psn_no, admdvs=region, insutype="390" if resident else "310",
                            has_personal_account=not resident, card_no=card_no, version=version,
                            id_hash=keyed_hash(Settings().pii_hash_key, checked), occurred_at=SystemClock().now())
@@ -318,6 +369,16 @@ def clearing(day: str = typer.Option(None, help="YYYY-MM-DD, default today (Chin
                   headers=operator_headers()).json(), as_json)
 
 
+@app.command()
+def flags(limit: int = typer.Option(100, min=1, max=10_000), as_json: bool = JSON) -> None:
+    """S4 card-misuse flags (冒名就医), newest first: when, which institution, whose number, which certificate."""
+    found = httpx.get(f"{services()['settlement']}/flags", params={"limit": limit}, timeout=10,
+                      headers=operator_headers()).json()
+    out(found, as_json, title="card-misuse flags (S4)")
+    if not found and not as_json:
+        console.print("no card misuse flagged")
+
+
 # ---------------------------------------------------------------- DLQ
 
 
@@ -404,5 +465,16 @@ def dlq_replay(topic: str, partition: int, offset: int) -> None:
     console.print(f"replayed {topic}[{partition}]@{offset}")
 
 
+def main() -> None:
+    """The `mutualaid` command: an invalid argument is one line naming the field and the rule, not a traceback."""
+    try:
+        app()
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(map(str, err["loc"])) or "argument"
+        errors.print(f"[red]error:[/] {where}: {err['msg']}", highlight=False)
+        raise SystemExit(2) from None
+
+
 if __name__ == "__main__":
-    app()
+    main()

@@ -221,7 +221,7 @@ class SettlementService:
             domain.check_own_card(d, env.insuplc_admdvs, person, owner)
         except domain.CardMisuse:
             await self.store.flag({"msgid": env.msgid, "psn_no": d.psn_no, "fixmedins": env.fixmedins_code,
-                                   "cert_type": d.mdtrt_cert_type, "rule": "S4"})
+                                   "cert_type": d.mdtrt_cert_type, "rule": "S4", "at": now.isoformat()})
             log.warning("card misuse flagged", msgid=env.msgid, psn_no=d.psn_no, fixmedins=env.fixmedins_code)
             raise
         return order, views
@@ -567,5 +567,11 @@ def create_app(settings: Settings | None = None) -> Any:
         return JSONResponse({"psn_no": view.psn_no, "admdvs": view.admdvs, "status": view.status,
                              "version": view.version})
 
-    routes = [("/settlement", settlement), ("/person", person), ("/bindings", bindings), ("/clearing", clearing)]
+    @get
+    async def flags(request: Request) -> AsgiResponse:
+        limit = query_one(request, "limit")
+        return JSONResponse(await service.store.flags(int(limit) if limit.isdigit() else 100))
+
+    routes = [("/settlement", settlement), ("/person", person), ("/bindings", bindings), ("/clearing", clearing),
+              ("/flags", flags)]
     return build_app(parts, SERVICE, routes=routes, ticks=[("wallet deadlines", deadlines, SCAN_INTERVAL_MS)])

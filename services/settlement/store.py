@@ -413,6 +413,11 @@ class SettlementStore:
         await self.client.rpush(K_FLAGS, raw)
         await self.client.ltrim(K_FLAGS, -10_000, -1)  # bounded: the newest 10,000 flags
 
+    async def flags(self, limit: int = 100) -> list[dict[str, Any]]:
+        """S4 card-misuse flags, newest first (at most `limit`, at most the 10,000 kept)."""
+        raws = await self.client.lrange(K_FLAGS, -min(limit, 10_000), -1)
+        return [json.loads(raw) for raw in reversed(raws)]
+
     async def clearing_totals(self, period: str) -> dict[str, int]:
         """W7 `payer>payee:kind` → fen over a day (YYYY-MM-DD) or the days of a month (YYYY-MM)."""
         days = [period] if len(period) == 10 else sorted(

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+import httpx
 import pytest
 
 from contracts.binding import Relation
@@ -11,7 +13,7 @@ from contracts.his import HisResult
 from ops.scenario import HOSPITAL, audit, balance, bill, bound, person, setl
 from shared import evoucher
 from shared.client import Bus, his_request, yuan
-from shared.settings import Settings
+from shared.settings import Settings, operator_headers
 from tests.factories import T0
 
 pytestmark = pytest.mark.e2e
@@ -141,10 +143,19 @@ async def test_in_law_and_card_misuse_rejected(bus: Bus, services: Any) -> None:
     rejected = await bus.bind(a["psn_no"], b["psn_no"], Relation.MOTHER_IN_LAW, quota_fen=1_000)
     assert rejected["type"] == "BindingRejected" and rejected["reason"] == "RELATION_NOT_ALLOWED"
     # b presents a's card / a's ID number
+    misused = []
     for cert, cert_no in (("03", a["card_no"]), ("02", a["id_no"])):
-        result = await bus.his(bill(b, 1_000, cert=cert, cert_no=cert_no))
+        request = bill(b, 1_000, cert=cert, cert_no=cert_no)
+        result = await bus.his(request)
         assert result["infcode"] == -1 and "冒名就医" in result["err_msg"]
+        misused.append(request["msgid"])
     assert balance(services, "32", a["psn_no"])["spendable_current_fen"] == 10_000
+    # an operator reads the flags: which institution, when, whose number, which certificate (never the number)
+    flags = httpx.get(f"{services['settlement'].url}/flags", timeout=10, headers=operator_headers()).json()
+    mine = {f["msgid"]: f for f in flags if f["msgid"] in misused}
+    assert set(mine) == set(misused) and {f["cert_type"] for f in mine.values()} == {"02", "03"}
+    assert all(f["fixmedins"] == HOSPITAL["32"] and f["psn_no"] == b["psn_no"] and f["at"] for f in mine.values())
+    assert a["id_no"] not in json.dumps(flags)
 
 
 async def test_duplicate_msgid_answered_with_same_content_and_charged_once(bus: Bus, services: Any) -> None:
