@@ -151,6 +151,7 @@ def prepare() -> None:
     ensure_kafka_jars()
     redis_server_binary()
     debian_binary("faketime", "faketime")  # the suite runs itself with the wall clock shifted (issue 11)
+    debian_binary("promtool", "prometheus")  # the alert rules are checked by Prometheus's own checker
 
 
 # ---------------------------------------------------------------- readiness

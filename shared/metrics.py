@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 MESSAGES = Counter(
     "mutualaid_messages_total", "Messages consumed, by outcome", ["service", "topic", "outcome"]
@@ -14,3 +14,10 @@ BATCH_SECONDS = Histogram(
 )
 RETRIES = Counter("mutualaid_transient_retries_total", "Transient errors retried", ["service", "topic"])
 PUBLISHED = Counter("mutualaid_published_total", "Messages published, by topic", ["topic"])
+WALLET_TIMEOUTS = Counter("mutualaid_wallet_timeouts_total",
+                          "Requests answered 'nothing charged' because the insured province's wallet did not answer",
+                          ["province"])
+AUDIT_OK = Gauge("mutualaid_audit_ok", "Last conservation audit of the province: 1 passed, 0 failed", ["province"])
+EXPIRY_FAILURES = Counter("mutualaid_expiry_failures_total",
+                          "06:00 returns of held transfers that failed and were postponed (a saga not moving)",
+                          ["province"])

@@ -7,8 +7,9 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import os
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -19,7 +20,9 @@ from faststream.asgi.handlers import HttpHandler
 from faststream.kafka import KafkaBroker
 from faststream.kafka.opentelemetry import KafkaTelemetryMiddleware
 from faststream.kafka.prometheus import KafkaPrometheusMiddleware
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from prometheus_client import REGISTRY, make_asgi_app
 
 from contracts.topics import PARTITIONS, all_topics
@@ -29,7 +32,19 @@ from shared.logs import configure_logging
 from shared.redis_store import connect
 from shared.settings import Settings
 
-_TRACER_PROVIDER = TracerProvider()
+
+def tracer_provider(environ: Mapping[str, str] = os.environ) -> TracerProvider:
+    """Spans of consumed and published messages; exported over OTLP/HTTP when an endpoint is configured
+    (OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, the OpenTelemetry variables; the
+    exporter reads them, and OTEL_SERVICE_NAME names the service), otherwise kept in the process."""
+    provider = TracerProvider()
+    if environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+        # bounded: at most 2,048 spans queued, sent in batches of 512; a collector away drops spans, never work
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(), max_queue_size=2_048))
+    return provider
+
+
+_TRACER_PROVIDER = tracer_provider()
 log = structlog.get_logger()
 
 

@@ -66,6 +66,7 @@ from services.settlement.machine import Command, Effect, KeepSent, Record, Reply
 from services.settlement.store import SettlementStore, Tx, decode_out, encode_out
 from shared.clock import Clock, china_time, epoch_ms
 from shared.kafka import BatchConflict, Consumer, Outgoing, PoisonMessage, model_parser, publish_all
+from shared.metrics import WALLET_TIMEOUTS
 from shared.pii import kafka_key, keyed_hash
 from shared.policy import Institution, Institutions, Policies
 from shared.service import assemble, build_app, query_one
@@ -467,12 +468,16 @@ class SettlementService:
         """Answer requests whose wallet did not answer in time; returns how many were timed out."""
         timed_out = 0
         for msgid in await self.store.due(epoch_ms(self.clock.now())):
-            async def decide(tx: Tx, msgid: str = msgid) -> list[Outgoing]:
-                return execute(tx, machine.timed_out(msgid, await tx.get(msgid), self.settings.wallet_timeout_ms,
-                                                     self.clock.now()))
+            province: list[str] = []  # whose wallet did not answer, for the metric
+
+            async def decide(tx: Tx, msgid: str = msgid, province: list[str] = province) -> list[Outgoing]:
+                rec = await tx.get(msgid)
+                province[:] = [rec.province or "?"] if rec is not None else ["?"]
+                return execute(tx, machine.timed_out(msgid, rec, self.settings.wallet_timeout_ms, self.clock.now()))
 
             if await self.store.transact(None, decide, outbox=True):
                 timed_out += 1
+                WALLET_TIMEOUTS.labels(province=province[0] if province else "?").inc()
         return timed_out
 
     async def flush_outbox(self, broker: Any) -> None:

@@ -66,6 +66,7 @@ from services.wallet.store import WalletStore
 from shared.clock import Clock, epoch_ms
 from shared.consent import check_consent, public_key_from_setting
 from shared.kafka import Consumer, Outgoing, PoisonMessage, model_parser, publish_all
+from shared.metrics import AUDIT_OK, EXPIRY_FAILURES
 from shared.pii import kafka_key
 from shared.policy import Policies
 from shared.service import assemble, build_app, query_one
@@ -468,6 +469,7 @@ class WalletService:
                 # (Redis or Kafka being away is not caught here: the tick retries everything then.)
                 log.exception("transfer expiry failed; postponed", transfer_id=transfer_id,
                               retry_in_ms=EXPIRY_RETRY_MS)
+                EXPIRY_FAILURES.labels(province=self.province).inc()
                 await self.store.reschedule(transfer_id, now_ms + EXPIRY_RETRY_MS)
                 continue
             await self.store.unschedule(transfer_id)
@@ -500,6 +502,7 @@ def create_app(settings: Settings | None = None) -> Any:
     @get
     async def audit_endpoint() -> AsgiResponse:
         report = await audit(parts.redis, settings.province)
+        AUDIT_OK.labels(province=settings.province).set(1 if report.ok else 0)
         return JSONResponse({"ok": report.ok, **report.__dict__}, status_code=200 if report.ok else 409)
 
     @get
