@@ -246,6 +246,19 @@ BatchRunner = Callable[[Callable[[Any], Awaitable[list[Outgoing]]]], Awaitable[l
 Prefetch = Callable[[Any, list[Any]], Awaitable[None]]
 
 
+CORRELATING = ("message_id", "correlation_id", "causation_id", "msgid", "payment_id", "transfer_id")
+
+
+def correlation(record: Any, message: Any) -> dict[str, Any]:
+    """The ids a log line of a message's handling carries: where it was read, and its own ids."""
+    ids: dict[str, Any] = {"topic": record.topic, "partition": record.partition, "offset": record.offset}
+    for name in CORRELATING:
+        value = message.get(name) if isinstance(message, dict) else getattr(message, name, None)
+        if isinstance(value, str) and value:
+            ids[name] = value
+    return ids
+
+
 class Consumer(Generic[T]):
     """One topic, one consumer group, one handler. With `batch`, a consumed batch is decided in one transaction
     (`prefetch` reads what its messages need first, in a few round trips); otherwise each message is its own."""
@@ -313,7 +326,8 @@ class Consumer(Generic[T]):
                 try:
                     # an oversized output raises here: its effects are undone with it (nothing is left that no
                     # one was told of)
-                    produced = check_sizes(await self.handle(message, record))
+                    with structlog.contextvars.bound_contextvars(**correlation(record, message)):
+                        produced = check_sizes(await self.handle(message, record))
                 except PoisonMessage as exc:
                     uow.rollback(savepoint)
                     outcomes.append(exc.reason)
@@ -389,6 +403,11 @@ class Consumer(Generic[T]):
                 message = exc
         if isinstance(message, PoisonMessage):
             return [self._to_dlq(record, message.reason, message.detail)]
+        # every log line of this message's handling names it (the task's context: concurrent keys stay apart)
+        with structlog.contextvars.bound_contextvars(**correlation(record, message)):
+            return await self._handled(record, message)
+
+    async def _handled(self, record: Any, message: Any) -> list[Outgoing]:
         for attempt in range(TRANSIENT_ATTEMPTS):
             try:
                 out = check_sizes(await self.handle(message, record))
