@@ -2,7 +2,8 @@
 enrolment platform, one for the national app, one for operators, and `admin` (the stack's own tooling). The
 ACLs are generated from the topic registry (contracts/registry.py), never listed by hand: a principal writes
 the topics it produces, reads the topics it consumes (with its own consumer groups) and writes the dead-letter
-topics of what it consumes. Operators read everything and write the topics that have dead letters (replay).
+topics of what it consumes. Operators read everything, write the topics that have dead letters (replay) and
+describe the services' consumer groups (lag).
 
 Passwords are random per durable stack (`new_credentials`), kept in the stack's folder (mode 0600) and given to
 each process in its environment (KAFKA_USERNAME / KAFKA_PASSWORD); they reach the broker through the Admin API
@@ -41,6 +42,11 @@ def principals() -> list[str]:
     return sorted(names)
 
 
+def principal_of(process: str) -> str:
+    """Whom a process of the stack authenticates as: itself, except the operator console (an operators' tool)."""
+    return OPERATOR if process == "console" else process
+
+
 def service_principals() -> set[str]:
     """The processes of this repository (they park what they cannot process in the topic's DLQ)."""
     return {n for n in principals() if n in ("binding", "settlement") or n.startswith("wallet-")}
@@ -73,6 +79,8 @@ def acl_lines() -> list[str]:
             allow("GROUP", "PREFIXED", f"{consumer}.", consumer, "READ", "DESCRIBE")
             if consumer in service_principals():
                 allow("TOPIC", "LITERAL", dlq(t.topic), consumer, "WRITE", "DESCRIBE")
+                # operators see how far behind each service's groups are (the console's lag); describe, not join
+                allow("GROUP", "PREFIXED", f"{consumer}.", OPERATOR, "DESCRIBE")
         allow("TOPIC", "LITERAL", t.topic, OPERATOR, "READ", "DESCRIBE")
         if set(t.consumers) & service_principals():  # its DLQ exists: operators read it and replay into the topic
             allow("TOPIC", "LITERAL", t.topic, OPERATOR, "WRITE")

@@ -108,17 +108,23 @@ def debian_binary(binary: str, package: str) -> str:
     found = shutil.which(binary)
     if found:
         return found
-    if os.geteuid() == 0 and shutil.which("apt-get"):
+    debian_package(package)
+    if not shutil.which(binary):
+        raise StackError(f"Debian's {package} was installed but gives no {binary}")
+    return str(shutil.which(binary))
+
+
+def debian_package(package: str) -> None:
+    """apt-get install `package` (we must be root); the package lists are fetched first if that fails."""
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        raise StackError(f"Debian's {package} package is missing: install it (apt-get install {package})")
+    done = subprocess.run(["apt-get", "install", "-y", "-qq", package], capture_output=True, text=True, check=False)
+    if done.returncode != 0:  # package lists may be missing on a fresh machine
+        subprocess.run(["apt-get", "update", "-qq"], check=False, capture_output=True)
         done = subprocess.run(["apt-get", "install", "-y", "-qq", package], capture_output=True, text=True,
                               check=False)
-        if done.returncode != 0:  # package lists may be missing on a fresh machine
-            subprocess.run(["apt-get", "update", "-qq"], check=False, capture_output=True)
-            done = subprocess.run(["apt-get", "install", "-y", "-qq", package], capture_output=True, text=True,
-                                  check=False)
-        if done.returncode == 0 and shutil.which(binary):
-            return str(shutil.which(binary))
+    if done.returncode != 0:
         raise StackError(f"apt-get install {package} failed: {done.stderr[-1000:]}")
-    raise StackError(f"{binary} not found: install Debian's {package} package (apt-get install {package})")
 
 
 def redis_server_binary() -> str:

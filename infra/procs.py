@@ -6,6 +6,7 @@ Used by `make up`, the demo and the end-to-end tests.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -81,7 +82,7 @@ def service_set(stack_env: dict[str, str], log_dir: Path, provinces: tuple[str, 
     def own(name: str) -> dict[str, str]:
         if credentials is None:
             return {**env, "KAFKA_USERNAME": "", "KAFKA_PASSWORD": ""}
-        return {**env, **kafka_security.client_env(credentials, name)}
+        return {**env, **kafka_security.client_env(credentials, kafka_security.principal_of(name))}
 
     procs = [
         ServiceProc("binding", "services.binding", free_port(), own("binding"), log_dir / "binding.log"),
@@ -91,6 +92,9 @@ def service_set(stack_env: dict[str, str], log_dir: Path, provinces: tuple[str, 
         procs.append(ServiceProc(f"wallet-{p}", "services.wallet", free_port(), {**own(f"wallet-{p}"), "PROVINCE": p},
                                  log_dir / f"wallet-{p}.log"))
     procs.append(ServiceProc("gateway", "services.gateway", free_port(), own("gateway"), log_dir / "gateway.log"))
+    urls = json.dumps({p.name: p.url for p in procs})
+    procs.append(ServiceProc("console", "services.console", free_port(), {**own("console"), "SERVICE_URLS": urls},
+                             log_dir / "console.log"))
     return procs
 
 

@@ -96,7 +96,7 @@ class Layout:
         return f"redis://127.0.0.1:{self.redis_port}/0"
 
     def service_names(self) -> list[str]:
-        return ["binding", "settlement", *(f"wallet-{p}" for p in self.provinces), "gateway"]
+        return ["binding", "settlement", *(f"wallet-{p}" for p in self.provinces), "gateway", "console"]
 
 
 def _port(name: str) -> int:
@@ -105,8 +105,9 @@ def _port(name: str) -> int:
 
 
 def _http_ports(base: int, provinces: list[str]) -> dict[str, int]:
-    # binding base+1, settlement base+2, the HTTP gateway base+3, wallet of province NN base+NN (8132 for Jiangsu)
-    return {"binding": base + 1, "settlement": base + 2, "gateway": base + 3,
+    # binding base+1, settlement base+2, the HTTP gateway base+3, the operator console base+4, wallet of province NN
+    # base+NN (8132 for Jiangsu)
+    return {"binding": base + 1, "settlement": base + 2, "gateway": base + 3, "console": base + 4,
             **{f"wallet-{p}": base + int(p) for p in provinces}}
 
 
@@ -224,6 +225,7 @@ def open_layout(state: Path) -> tuple[Layout, bool]:
         layout.http_ports = _http_ports(_port("http"), layout.provinces)
     # stacks created before the HTTP gateway existed get it on its usual port next to settlement's
     layout.http_ports.setdefault("gateway", layout.http_ports["settlement"] + 1)
+    layout.http_ports.setdefault("console", layout.http_ports["settlement"] + 2)  # and the console
     return layout, False
 
 
@@ -287,6 +289,9 @@ def client_env(state: Path) -> dict[str, str]:
 
 
 def _quote(value: str) -> str:
+    """A value for supervisord's key="value" lists (a POSIX shlex): JSON keeps its double quotes in single ones."""
+    if '"' in value and "'" not in value:
+        return "'" + value.replace("%", "%%") + "'"
     return '"' + value.replace("%", "%%").replace('"', '\\"') + '"'
 
 
@@ -326,9 +331,12 @@ def service_env(layout: Layout, state: Path, name: str, extra: dict[str, str]) -
         env["REDIS_URL"] = f"redis://127.0.0.1:{link['redis_proxy']}/0"
     if name.startswith("wallet-"):
         env["PROVINCE"] = name.removeprefix("wallet-")
+    if name == "console":  # it reads the others' endpoints directly (not through any fault proxy)
+        env["SERVICE_URLS"] = json.dumps({n: f"http://127.0.0.1:{layout.http_ports[n]}"
+                                          for n in layout.service_names() if n != name})
     creds = credentials(state, layout)
-    if creds is not None:  # each service authenticates as its own principal
-        env.update(kafka_security.client_env(creds, name))
+    if creds is not None:  # each service authenticates as its own principal; the console as the operators'
+        env.update(kafka_security.client_env(creds, kafka_security.principal_of(name)))
     replicas, min_isr = native.cluster_shape(layout.brokers)
     env.update({"KAFKA_REPLICATION_FACTOR": str(replicas), "KAFKA_MIN_INSYNC_REPLICAS": str(min_isr)})
     return env
@@ -342,7 +350,8 @@ def write_config(state: Path, layout: Layout, extra_env: dict[str, str]) -> Path
                                         str(layout.network["api_port"]), "-config",
                                         str(write_proxies(state, layout))], state, priority=15, autostart=True)]
     python = sys.executable
-    modules = {"binding": "services.binding", "settlement": "services.settlement", "gateway": "services.gateway"}
+    modules = {"binding": "services.binding", "settlement": "services.settlement", "gateway": "services.gateway",
+               "console": "services.console"}
     sections = [
         f"[unix_http_server]\nfile={state / 'supervisor.sock'}\nchmod=0700",
         f"[supervisord]\nlogfile={state / 'supervisord.log'}\npidfile={state / 'supervisord.pid'}\n"
@@ -517,7 +526,8 @@ def reset(state: Path | None = None) -> list[str]:
     down(state)
     wiped = []
     for name in ("kafka-data", "redis", "node-2", "node-3", "layout.json", CREDENTIALS, "restarts.json",
-                 "clock_offset_ms", "stack.json", "services.json", "env", "server.properties", "supervisord.conf"):
+                 "clock_offset_ms", "stack.json", "services.json", "env", "server.properties", "supervisord.conf",
+                 "demo.json"):
         path = state / name
         if path.is_dir():
             shutil.rmtree(path)

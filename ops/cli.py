@@ -15,7 +15,6 @@ from typing import Any
 
 import httpx
 import typer
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from pydantic import TypeAdapter, ValidationError
 from rich.console import Console
 from rich.progress import track
@@ -30,7 +29,7 @@ from ops.national_audit import national_audit
 from ops.scenario import HOSPITAL, REGION
 from shared.client import Bus, his_request, yuan
 from shared.clock import SystemClock
-from shared.kafka import kafka_auth
+from shared.dlq import ReplayError, read_dlq, replay
 from shared.pii import keyed_hash
 from shared.settings import Settings, operator_headers
 
@@ -382,84 +381,29 @@ def flags(limit: int = typer.Option(100, min=1, max=10_000), as_json: bool = JSO
 # ---------------------------------------------------------------- DLQ
 
 
-async def _read_dlq(bootstrap: str, topics: list[str], limit: int) -> list[dict[str, Any]]:
-    consumer = AIOKafkaConsumer(*topics, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                                enable_auto_commit=False, group_id=None, **kafka_auth())
-    await consumer.start()
-    found: list[dict[str, Any]] = []
-    try:
-        for _ in range(10):
-            batch = await consumer.getmany(timeout_ms=300, max_records=limit)
-            for records in batch.values():
-                for r in records:
-                    found.append({"dlq": r.topic, "offset": r.offset, **{k: v.decode() for k, v in r.headers}})
-            if not batch:
-                break
-    finally:
-        await consumer.stop()
-    return found[:limit]
-
-
 @dlq_app.command("list")
 def dlq_list(topic: str = typer.Option(None, help="original topic; default all"), limit: int = 100,
              as_json: bool = JSON) -> None:
     """Parked messages with their reason (payloads are masked; the original stays in its topic)."""
     topics = [dlq(topic)] if topic else [t for t in all_topics() if t.endswith(".dlq")]
-    rows = run(_read_dlq(stack_env()["KAFKA_BOOTSTRAP_SERVERS"], topics, limit))
+    rows = run(read_dlq(stack_env()["KAFKA_BOOTSTRAP_SERVERS"], topics, limit))
     if as_json:
         out(rows, True)
         return
     table = Table(title="dead letters")
-    for col in ("dlq", "offset", "x-dlq-reason", "x-dlq-detail", "x-dlq-topic", "x-dlq-partition", "x-dlq-offset"):
+    columns = ("dlq", "offset", "x-dlq-reason", "x-dlq-detail", "x-dlq-topic", "x-dlq-partition", "x-dlq-offset")
+    for col in columns:
         table.add_column(col)
     for r in rows:
-        table.add_row(*(str(r.get(c, "")) for c in ("dlq", "offset", "x-dlq-reason", "x-dlq-detail", "x-dlq-topic",
-                                                      "x-dlq-partition", "x-dlq-offset")))
+        table.add_row(*(str(r.get(c, "")) for c in columns))
     console.print(table)
-
-
-class ReplayError(RuntimeError):
-    """The record asked for cannot be replayed; the message says why and nothing was published."""
-
-
-async def fetch_original(bootstrap: str, topic: str, partition: int, offset: int) -> Any:
-    """The record at exactly `offset`. Kafka's retention may have deleted it, and a seek to a deleted offset
-    silently moves to the earliest one left: that would republish the wrong record, so it is refused."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None, **kafka_auth())
-    await consumer.start()
-    tp = TopicPartition(topic, partition)
-    try:
-        consumer.assign([tp])
-        earliest = (await consumer.beginning_offsets([tp]))[tp]
-        end = (await consumer.end_offsets([tp]))[tp]
-        if not earliest <= offset < end:
-            raise ReplayError(f"{topic}[{partition}]@{offset} is gone (the partition now holds offsets {earliest} "
-                              f"to {end - 1}; retention deleted older ones); nothing was replayed")
-        consumer.seek(tp, offset)
-        record = await asyncio.wait_for(consumer.getone(), timeout=10)
-    finally:
-        await consumer.stop()
-    if record.offset != offset:
-        raise ReplayError(f"{topic}[{partition}]@{offset} is gone (read offset {record.offset} instead); "
-                          "nothing was replayed")
-    return record
-
-
-async def _replay(bootstrap: str, topic: str, partition: int, offset: int) -> None:
-    record = await fetch_original(bootstrap, topic, partition, offset)
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, **kafka_auth())
-    await producer.start()
-    try:
-        await producer.send_and_wait(topic, record.value, key=record.key, headers=record.headers)
-    finally:
-        await producer.stop()
 
 
 @dlq_app.command("replay")
 def dlq_replay(topic: str, partition: int, offset: int) -> None:
     """Republish the unmasked original (TOPIC PARTITION OFFSET from `dlq list`) after fixing the consumer."""
     try:
-        run(_replay(stack_env()["KAFKA_BOOTSTRAP_SERVERS"], topic, partition, offset))
+        run(replay(stack_env()["KAFKA_BOOTSTRAP_SERVERS"], topic, partition, offset))
     except ReplayError as exc:
         fail(str(exc))
     console.print(f"replayed {topic}[{partition}]@{offset}")

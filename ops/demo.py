@@ -8,6 +8,7 @@ Exits 1 if anything did not come out as expected.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 import time as clock_time
@@ -67,6 +68,7 @@ class Demo:
         self.settlements: list[dict[str, str]] = []
         self.transfers: list[dict[str, str]] = []
         self.people: dict[str, dict[str, Any]] = {}
+        self.sent: list[dict[str, Any]] = []  # every settlement request: label, patient, msgid, setl_id, answer
 
     def check(self, step: str, expected: object, actual: object) -> None:
         self.checks.append(Check(step, str(expected), str(actual)))
@@ -98,6 +100,8 @@ class Demo:
                                  "share": f"{part_fen / 100:.2f}", "acct_pay": str(got[0]), "mutual aid": str(got[1]),
                                  "wallet": str(got[2]), "cash": str(got[3]),
                                  "result": "ok" if result["infcode"] == 0 else result["err_msg"]})
+        self.sent.append({"bill": label, "patient": key, "msgid": request["msgid"], "setl_id": info.get("setl_id"),
+                          "infcode": result["infcode"], "setlinfo": info})
         return {"request": request, "result": result}
 
     def snapshot(self) -> dict[str, int]:
@@ -289,6 +293,10 @@ async def main() -> int:
         finally:
             clock_file.write_text("0")
     demo.summary()
+    # what happened, for whoever looks at the stack next (the console's browser tests read it)
+    people = {k: {f: v for f, v in p.items() if f != "id_no"} for k, p in demo.people.items()}  # no ID numbers
+    (state / "demo.json").write_text(json.dumps({"people": people, "settlements": demo.sent}, default=str,
+                                                ensure_ascii=False, indent=1))
     failed = [c for c in demo.checks if not c.ok]
     seconds = clock_time.monotonic() - started
     if failed:

@@ -35,6 +35,9 @@ def _print_up(state: Path, layout: supervised.Layout, seconds: float) -> None:
     console.print(f"redis       {layout.redis_url:<28} log {state / 'logs' / 'redis.log'}")
     for name, s in services_table(state).items():
         console.print(f"{name:<11} {s['url']:<28} log {s['log']}")
+    if "console" in services_table(state):
+        console.print(f"\noperator console: {services_table(state)['console']['url']}  (sign in with OPERATOR_TOKEN; "
+                      "this local stack accepts the development token dev-only-operator-token)")
     console.print(f"\nexport the addresses with:  source {state / 'env'}")
 
 

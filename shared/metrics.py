@@ -21,3 +21,6 @@ AUDIT_OK = Gauge("mutualaid_audit_ok", "Last conservation audit of the province:
 EXPIRY_FAILURES = Counter("mutualaid_expiry_failures_total",
                           "06:00 returns of held transfers that failed and were postponed (a saga not moving)",
                           ["province"])
+TRANSFER_OVERDUE = Gauge("mutualaid_transfer_overdue_seconds",
+                         "Saga age: how far the held transfer most overdue is past its 06:00 return (0: none late)",
+                         ["province"])

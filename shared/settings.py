@@ -67,6 +67,10 @@ class Settings(BaseSettings):
     clock_offset_ms: int = 0
     # Tests and demos only: a file holding a clock offset in ms, re-read while running (shared/clock.py).
     clock_file: str = ""
+    # The operator console: where the services' HTTP endpoints are ({"settlement": "http://…", "wallet-32": …})
+    # and how often it runs every province's conservation audit (the overview shows the last result).
+    service_urls: dict[str, str] = {}
+    console_audit_interval_s: int = Field(default=300, ge=10, le=86_400)
     log_level: str = "INFO"
     consumer_max_records: int = Field(default=500, ge=1, le=5000)
 

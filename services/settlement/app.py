@@ -526,7 +526,7 @@ class SettlementService:
 
 def wire(settings: Settings, redis: Any, clock: Clock) -> tuple[SettlementService, list[Consumer[Any]]]:
     """The service and what it consumes; shared by the process (create_app) and the contract tests."""
-    service = SettlementService(settings, SettlementStore(redis), clock, Policies.load(settings.policies_path),
+    service = SettlementService(settings, SettlementStore(redis, clock), clock, Policies.load(settings.policies_path),
                                 Institutions.load(settings.institutions_path))
     return service, [
         Consumer(SERVICE, HIS_REQUESTS, parse_request, service.on_request, batch=service.store.batch,
@@ -548,9 +548,10 @@ def create_app(settings: Settings | None = None) -> Any:
 
     @get
     async def settlement(request: Request) -> AsgiResponse:
-        msgid = query_one(request, "msgid")
-        raw = await service.store.record_json(msgid)
-        return JSONResponse(json.loads(raw) if raw else {"error": "unknown msgid"}, status_code=200 if raw else 404)
+        msgid = query_one(request, "msgid") or await service.store.setl_msgid(query_one(request, "setl_id")) or ""
+        raw = await service.store.record_json(msgid) if msgid else None
+        return JSONResponse(json.loads(raw) if raw else {"error": "unknown msgid or setl_id"},
+                            status_code=200 if raw else 404)
 
     @get
     async def bindings(request: Request) -> AsgiResponse:

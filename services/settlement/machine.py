@@ -137,6 +137,7 @@ class Record(BaseModel):
     reversed_by: str | None = None
     reply: str | None = None  # the HisResult JSON, once answered; never changes after
     resend: str | None = None  # what an unanswered request sent, sent again on redelivery (store's encoding)
+    history: list[str] = []  # "STATE 17-digit time" of each state it was saved in (store.Tx.put), oldest first
 
     def to_json(self) -> bytes:
         return self.model_dump_json(exclude_none=True).encode()

@@ -40,7 +40,9 @@ from services.settlement.machine import (
     StartDeadline,
     StopDeadline,
     UnbookDay,
+    stamp,
 )
+from shared.clock import Clock
 from shared.kafka import BatchConflict, Outgoing
 from shared.redis_store import claim_due
 
@@ -48,6 +50,7 @@ from shared.redis_store import claim_due
 Context = tuple[PersonView | None, str | None, list[str], dict[str, BindingView]]
 
 MAX_CAS_ATTEMPTS = 20
+MAX_HISTORY = 16  # states kept per record (a settlement passes through at most 5)
 MAX_BATCH_ATTEMPTS = 3  # a batch whose keys keep changing under it goes message by message instead
 IDEMPOTENCY_TTL_S = 35 * 86400  # longer than Kafka retention: every redelivery still finds its record
 
@@ -116,8 +119,9 @@ class Tx:
     """One optimistic transaction: keys read under WATCH, writes queued until commit. Reads see the writes made
     before them in the same transaction (a batch decides many messages in one Tx)."""
 
-    def __init__(self, pipe: Pipeline) -> None:
+    def __init__(self, pipe: Pipeline, stamp: str = "") -> None:
         self.pipe = pipe
+        self.stamp = stamp  # business time of this transaction (17 digits, China time): when its saves happened
         self.values: dict[str, str | None] = {}  # key → its value as this transaction sees it (JSON for records)
         self.dirty: dict[str, Record] = {}  # records saved: serialised at commit
         self.ops: list[Callable[[Pipeline], Any]] = []
@@ -181,8 +185,12 @@ class Tx:
 
     def put(self, record: Record) -> None:
         """Written at commit as last put: a record put twice is one SET (rolling back to a savepoint restores the
-        record that SET then writes)."""
+        record that SET then writes). A record saved in a new state gets that state and this transaction's time
+        added to its history (the operator console shows it; the newest MAX_HISTORY are kept)."""
         key = k_req(record.msgid)
+        if not record.history or record.history[-1].split(" ", 1)[0] != record.state:
+            entry = f"{record.state} {self.stamp}".rstrip()
+            record = record.model_copy(update={"history": [*record.history[1 - MAX_HISTORY:], entry]})
         queued = key in self.dirty
         self._remember(key)
         self.dirty[key] = record
@@ -265,8 +273,12 @@ _BATCH: ContextVar[Tx | None] = ContextVar("settlement_batch", default=None)
 
 
 class SettlementStore:
-    def __init__(self, client: aioredis.Redis) -> None:
+    def __init__(self, client: aioredis.Redis, clock: Clock | None = None) -> None:
         self.client = client
+        self.clock = clock
+
+    def _stamp(self) -> str:
+        return stamp(self.clock.now()) if self.clock is not None else ""
 
     async def done(self, message_id: str) -> list[Outgoing] | None:
         batch = _BATCH.get()
@@ -279,6 +291,11 @@ class SettlementStore:
         batch = _BATCH.get()
         key = k_pay(payment_id)
         found: str | None = await batch.value(key) if batch is not None else await self.client.get(key)
+        return found
+
+    async def setl_msgid(self, setl_id: str) -> str | None:
+        """The request a setl_id was given to (a settlement, or a cancellation's negative one)."""
+        found: str | None = await self.client.get(k_setl(setl_id)) if setl_id else None
         return found
 
     async def record_json(self, msgid: str) -> bytes | None:
@@ -296,7 +313,7 @@ class SettlementStore:
             return out
         for _ in range(MAX_CAS_ATTEMPTS):
             async with self.client.pipeline(transaction=True) as pipe:
-                tx = Tx(pipe)
+                tx = Tx(pipe, self._stamp())
                 try:
                     out = await decide(tx)
                     self._outputs(tx, message_id, out, outbox)
@@ -319,7 +336,7 @@ class SettlementStore:
         """Decide a whole batch in one transaction (see the module doc); BatchConflict when it kept conflicting."""
         for _ in range(MAX_BATCH_ATTEMPTS):
             async with self.client.pipeline(transaction=True) as pipe:
-                tx = Tx(pipe)
+                tx = Tx(pipe, self._stamp())
                 token = _BATCH.set(tx)
                 try:
                     result = await decide_all(tx)

@@ -66,7 +66,7 @@ from services.wallet.store import WalletStore
 from shared.clock import Clock, epoch_ms
 from shared.consent import check_consent, public_key_from_setting
 from shared.kafka import Consumer, Outgoing, PoisonMessage, model_parser, publish_all
-from shared.metrics import AUDIT_OK, EXPIRY_FAILURES
+from shared.metrics import AUDIT_OK, EXPIRY_FAILURES, TRANSFER_OVERDUE
 from shared.pii import kafka_key
 from shared.policy import Policies
 from shared.service import assemble, build_app, query_one
@@ -78,6 +78,7 @@ EXPIRY_RETRY_MS = 60_000  # a transfer whose expiry failed is tried again this m
 SERVICE = "wallet"
 ACCOUNT_MOVED = "account_moved"  # ReturnFunds.reason of money following a person to their new province
 EXPIRY_SCAN_MS = 250
+OVERDUE_SCAN_MS = 10_000  # the saga-age gauge: a stuck return shows within seconds, costs one read per 10 s
 
 
 class WalletService:
@@ -451,6 +452,15 @@ class WalletService:
             out += await self.forward(r["from"], f"void:{transfer_id}")  # the sender moved away meanwhile
         return out
 
+    async def measure_overdue(self) -> float:
+        """Saga age: how long the held transfer furthest past its 06:00 return has been waiting to go back (0: none
+        is late). A return that keeps failing is postponed, so the first few hundred by schedule are looked at."""
+        now_ms = epoch_ms(self.clock.now())
+        held = await self.store.held_transfers(limit=200)
+        late_s = max([(now_ms - t["expires_ms"]) / 1000 for t in held["transfers"] if t["expires_ms"]] + [0.0])
+        TRANSFER_OVERDUE.labels(province=self.province).set(max(late_s, 0.0))
+        return late_s
+
     async def expire_due(self, broker: Any) -> int:
         """W4: unaccepted transfers return at 06:00 China time next day. Durable: the schedule is a Redis
         sorted set, and an entry is removed only after its messages are confirmed by Kafka."""
@@ -509,5 +519,12 @@ def create_app(settings: Settings | None = None) -> Any:
     async def transfer(request: Request) -> AsgiResponse:
         return JSONResponse(await service.store.transfer(query_one(request, "transfer_id")))
 
-    return build_app(parts, name, routes=[("/balance", balance), ("/audit", audit_endpoint), ("/transfer", transfer)],
-                     ticks=[("transfer expiry", lambda: service.expire_due(parts.broker), EXPIRY_SCAN_MS)])
+    @get
+    async def transfers(request: Request) -> AsgiResponse:
+        limit = query_one(request, "limit")
+        return JSONResponse(await service.store.held_transfers(min(int(limit), 1_000) if limit.isdigit() else 200))
+
+    return build_app(parts, name, routes=[("/balance", balance), ("/audit", audit_endpoint), ("/transfer", transfer),
+                                          ("/transfers", transfers)],
+                     ticks=[("transfer expiry", lambda: service.expire_due(parts.broker), EXPIRY_SCAN_MS),
+                            ("saga age", service.measure_overdue, OVERDUE_SCAN_MS)])

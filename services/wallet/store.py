@@ -110,6 +110,21 @@ class WalletStore:
         found: str | None = await self.client.get(f"{self.prefix}xpending:{sender}:{recipient}")
         return found
 
+    async def held_transfers(self, limit: int = 200) -> dict[str, Any]:
+        """Transfers held at the source and waiting for the recipient, soonest return first: how many, and the
+        first `limit` with what they hold and when they go back (their 06:00) — the operator's saga view."""
+        key = f"{self.prefix}xexpiry"
+        due = await self.client.zrange(key, 0, limit - 1, withscores=True)
+        async with self.client.pipeline(transaction=False) as pipe:
+            for transfer_id, _ in due:
+                pipe.hgetall(f"{self.prefix}xfer:{transfer_id}")
+            found = await pipe.execute()
+        rows = [{"transfer_id": transfer_id, "status": x.get("status"), "from": x.get("from"), "to": x.get("to"),
+                 "to_province": x.get("to_prov"), "amount_fen": int(x.get("amount", 0)),
+                 "expires_ms": int(x.get("expires_ms", 0)), "next_try_ms": int(score)}
+                for (transfer_id, score), x in zip(due, found, strict=True)]
+        return {"province": self.province, "held": await self.client.zcard(key), "transfers": rows}
+
     async def reschedule(self, transfer_id: str, at_ms: int) -> None:
         await self.client.zadd(f"{self.prefix}xexpiry", {transfer_id: at_ms})
 

@@ -12,7 +12,7 @@ import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic, RecordsToDelete
 
-from ops.cli import ReplayError, fetch_original
+from shared.dlq import ReplayError, fetch_original
 from shared.kafka import kafka_auth
 
 pytestmark = pytest.mark.integration

@@ -6,6 +6,7 @@ decided again message by message with the same outcome."""
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from types import SimpleNamespace
 from typing import Any
 
@@ -177,3 +178,19 @@ async def test_a_reconciliation_sees_the_settlements_before_it_in_its_batch() ->
     answers = {m["msgid"]: m for t, m in broker.sent if t == HIS_RESULTS}
     assert answers[cash["msgid"]]["infcode"] == 0
     assert answers[totals["msgid"]]["output"]["center"]["setl_cnt"] == 1, answers[totals["msgid"]]
+
+
+async def test_a_record_keeps_the_history_of_its_states_with_business_time() -> None:
+    redis = fakeredis.FakeAsyncRedis(decode_responses=True)
+    clock = FixedClock(T0)
+    service, consumers = wire(Settings(), redis, clock)
+    await service.on_enrollment(enrolled(PSN, card_no="CARD1"), None)
+    requests = next(c for c in consumers if c.topic == HIS_REQUESTS)
+    first = bill("M1")
+    await requests.process(Published(), [record(first, 0)])
+    clock.advance(timedelta(seconds=30))  # the wallet never answers: the deadline times it out
+    assert await service.scan_deadlines() == 1
+    history = json.loads(await redis.get(k_req(first["msgid"])))["history"]
+    assert history == ["AWAITING_WALLET 20261123100000000", "TIMED_OUT 20261123100030000"]
+    by_setl_id = await service.store.setl_msgid(setl_id_for(first["msgid"]))
+    assert by_setl_id == first["msgid"]

@@ -1,0 +1,1 @@
+"""The operator console (web pages over the running stack); see app.py."""
