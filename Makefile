@@ -28,7 +28,8 @@ status: ## each process: state, pid, uptime, restarts (ARGS=--json for scripts)
 demo: setup ## the scripted day over the real local stack; exits non-zero if anything came out wrong
 	@$(PY) -m ops.demo
 
-test: setup ## every test; starts its own Kafka and Redis
+test: setup ## every test; starts its own Kafka and Redis (and installs Chromium for the console's browser tests)
+	@$(PY) -m infra.browser >/dev/null
 	@$(PY) -m pytest -q -p no:cacheprovider
 
 test-fast: setup ## unit and contract tests only (no servers)
@@ -44,8 +45,9 @@ bench: setup ## throughput and latency over the real local stack, with raw Kafka
 chaos: setup ## seeded bank test under faults over the real stack: make chaos SEED=<n> DURATION=<s> (defaults: random, 60)
 	@$(PY) -m sim $(if $(SEED),--seed $(SEED)) --duration $(or $(DURATION),60)
 
-docs: setup ## AsyncAPI documents and the human-readable topic page in docs/
+docs: setup ## AsyncAPI documents, the topic page and the console's screenshot (a demo stack of its own) in docs/
 	@$(PY) -m contracts.docs write
+	@$(PY) -m ops.console_screenshot
 
 audit: ## conservation audit of every province of the running stack
 	@$(PY) -m ops.cli audit

@@ -12,6 +12,7 @@ from typing import Any
 from infra.native import debian_binary, debian_package
 
 WINDOW = (1360, 1000)
+WAIT_S = 30  # for a page or an element; the console answers in well under a second
 
 
 CJK_FONT = Path("/usr/share/fonts/truetype/wqy/wqy-microhei.ttc")  # the pages' Chinese terms (1.6 MB package)
@@ -37,6 +38,37 @@ def chromium() -> Any:
                 f"--window-size={WINDOW[0]},{WINDOW[1]}", "--lang=en-US"):
         options.add_argument(arg)
     return webdriver.Chrome(service=Service(executable_path=driver), options=options)
+
+
+def text(driver: Any, css: str, wait_s: float = WAIT_S) -> str:
+    """The text of the first element matching `css`, waiting for it to appear (through page loads)."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(driver, wait_s, ignored_exceptions=(NoSuchElementException, StaleElementReferenceException))
+    return str(wait.until(lambda d: d.find_element(By.CSS_SELECTOR, css).text))
+
+
+def click(driver: Any, element: Any, wait_s: float = WAIT_S) -> None:
+    """Click, and wait until the next page replaced this one (the console's forms answer with a redirect)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.expected_conditions import staleness_of
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    page = driver.find_element(By.TAG_NAME, "html")
+    element.click()
+    WebDriverWait(driver, wait_s).until(staleness_of(page))
+
+
+def sign_in(driver: Any, console_url: str, token: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver.get(f"{console_url}/login")
+    field = driver.find_element(By.ID, "token")
+    field.clear()
+    field.send_keys(token)
+    click(driver, driver.find_element(By.ID, "sign-in"))
 
 
 if __name__ == "__main__":  # `python -m infra.browser`: install what the browser tests need

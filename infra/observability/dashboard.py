@@ -21,6 +21,10 @@ PANELS: list[tuple[str, str, str]] = [  # title, PromQL, unit
     ("Failed 06:00 returns (30 min)", "sum by (province) (increase(mutualaid_expiry_failures_total[30m]))",
      "short"),
     ("Gateway answers per second, by HTTP status", "sum by (outcome) (rate(gateway_answers_total[1m]))", "ops"),
+    ("Consumer lag, records behind (console)", "max by (group) (mutualaid_consumer_lag)", "short"),
+    ("Saga age: held transfers past their 06:00 return", "max by (province) (mutualaid_transfer_overdue_seconds)",
+     "s"),
+    ("Dead letters not replayed (console)", "max by (topic) (mutualaid_dlq_open)", "short"),
 ]
 
 

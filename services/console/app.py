@@ -183,7 +183,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if not signed_in(request):
             return to_login(request)
         try:
-            _, dlq_counts = await sources.dead_letters()
+            _, dlq_counts = await sources.dead_letters(rows_too=False)
             dlq_error = ""
         except Exception as exc:  # Kafka away: the rest of the page still shows
             dlq_counts, dlq_error = {}, f"Kafka: {exc.__class__.__name__}"
@@ -292,7 +292,11 @@ def chart_svg(points: list[dict[str, float]], width: int = 640, height: int = 16
     return {"empty": False, "width": width, "height": height, "top_rate": top_rate, "top_ms": top_ms,
             "rate": line([p["per_s"] for p in points], top_rate),
             "p99": line([min(p["p99_ms"], top_ms) for p in points], top_ms),
-            "last": points[-1], "minutes": len(points) * SAMPLE_INTERVAL_S / 60}
+            "last": points[-1], "points": len(points), "span": span_text(len(points) * SAMPLE_INTERVAL_S)}
+
+
+def span_text(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} minutes"
 
 
 def serve() -> None:

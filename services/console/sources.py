@@ -173,8 +173,13 @@ class Sources:
     # ---------------------------------------------------------------- samples: throughput, latency, lag
 
     async def sample(self) -> None:
-        await self._sample_settlement()
-        await self._sample_lag()
+        """One round; each source on its own, so one away does not stop the others."""
+        # the dead-letter counts keep mutualaid_dlq_open current for its alert between page views
+        for part in (self._sample_settlement, self._sample_lag, lambda: self.dead_letters(rows_too=False)):
+            try:
+                await part()
+            except Exception:
+                log.exception("console sample failed; next round in 5 s")
 
     async def _sample_settlement(self) -> None:
         base = self.url("settlement")
@@ -247,8 +252,9 @@ class Sources:
 
     # ---------------------------------------------------------------- dead letters
 
-    async def dead_letters(self) -> tuple[list[dict[str, Any]], dict[str, int]]:
-        """(the newest dead letters not replayed yet, newest first; per DLQ topic: how many are not replayed)."""
+    async def dead_letters(self, rows_too: bool = True) -> tuple[list[dict[str, Any]], dict[str, int]]:
+        """(the newest dead letters not replayed yet, newest first — read only with `rows_too`; per DLQ topic: how
+        many are not replayed, from offsets alone, which the overview and the sampler use)."""
         replayed = set(await self.redis.hkeys(K_REPLAYED))
         rows: list[dict[str, Any]] = []
         counts: dict[str, int] = {}
@@ -257,16 +263,13 @@ class Sources:
             by_topic = await self._partitions(dlq_topics())
             for topic in dlq_topics():
                 parts = by_topic.get(topic, [])
-                if not parts:
-                    counts[topic] = 0
-                    continue
                 begins, ends = await consumer.beginning_offsets(parts), await consumer.end_offsets(parts)
-                found = await self._read_tail(consumer, parts, begins, ends)
-                open_rows = [r for r in found if f"{topic}:{r['partition']}:{r['offset']}" not in replayed]
                 gone = sum(1 for key in replayed if key.startswith(f"{topic}:"))
                 counts[topic] = max(sum(ends[p] - begins[p] for p in parts) - gone, 0)
                 DLQ_OPEN.labels(topic=topic).set(counts[topic])
-                rows += open_rows
+                if rows_too and counts[topic]:
+                    found = await self._read_tail(consumer, parts, begins, ends)
+                    rows += [r for r in found if f"{topic}:{r['partition']}:{r['offset']}" not in replayed]
         rows.sort(key=lambda r: r["at_ms"], reverse=True)
         return rows, counts
 

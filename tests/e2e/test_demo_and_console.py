@@ -21,14 +21,13 @@ from typing import Any
 import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
-from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
-from selenium.webdriver.support.expected_conditions import staleness_of
 from selenium.webdriver.support.ui import WebDriverWait
 
 from contracts.topics import BINDING_COMMANDS, dlq
 from infra import browser, supervised
+from infra.browser import click, text
 from services.console.app import yuan
 from shared.client import Bus
 from shared.clock import FileOffsetClock, offset_ms_to
@@ -88,28 +87,12 @@ def read(stack: dict[str, Any], service: str, path: str, **params: Any) -> Any:
     return httpx.get(f"{stack['urls'][service]}{path}", params=params, headers=operator_headers(), timeout=120).json()
 
 
-def text(driver: WebDriver, css: str) -> str:
-    wait = WebDriverWait(driver, WAIT_S, ignored_exceptions=(NoSuchElementException, StaleElementReferenceException))
-    return str(wait.until(lambda d: d.find_element(By.CSS_SELECTOR, css).text))
-
-
-def click(driver: WebDriver, element: Any) -> None:
-    """Click, and wait until the next page replaced this one (forms answer with a redirect)."""
-    page = driver.find_element(By.TAG_NAME, "html")
-    element.click()
-    WebDriverWait(driver, WAIT_S).until(staleness_of(page))
-
-
 def open_page(driver: WebDriver, stack: dict[str, Any], path: str) -> None:
     driver.get(f"{stack['urls']['console']}{path}")
 
 
 def sign_in(driver: WebDriver, stack: dict[str, Any], token: str = DEV_OPERATOR_TOKEN) -> None:
-    open_page(driver, stack, "/login")
-    field = driver.find_element(By.ID, "token")
-    field.clear()
-    field.send_keys(token)
-    click(driver, driver.find_element(By.ID, "sign-in"))
+    browser.sign_in(driver, stack["urls"]["console"], token)
 
 
 async def park_a_bad_command(stack: dict[str, Any]) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 
 from prometheus_client import REGISTRY
 
+import services.console.sources  # (registers the console's metrics: lag, open dead letters)
 import services.gateway.app  # noqa: F401  (registers the gateway's metrics)
 import shared.metrics  # noqa: F401
 from infra import native
@@ -37,7 +38,7 @@ def test_rules_and_scrape_config_load_in_promtool() -> None:
     for args in (["check", "rules", str(HERE / "alerts.yml")], ["check", "config", str(HERE / "prometheus.yml")]):
         done = subprocess.run([promtool, *args], capture_output=True, text=True, check=False, timeout=60)
         assert done.returncode == 0, done.stdout + done.stderr
-    assert "SUCCESS: 7 rules found" in subprocess.run(
+    assert "SUCCESS: 10 rules found" in subprocess.run(
         [promtool, "check", "rules", str(HERE / "alerts.yml")], capture_output=True, text=True, check=False).stdout
 
 
