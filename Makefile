@@ -13,7 +13,7 @@ setup: .venv/.synced
 	@if command -v uv >/dev/null 2>&1; then uv sync --frozen -q; else python3 -m uv sync --frozen -q; fi
 	@touch $@
 
-up: setup ## Kafka + Redis + every service under supervisord; starts only what is not running, never deletes data (BROKERS=3: a Kafka cluster, new stacks)
+up: setup ## Kafka + Redis + every service under supervisord; starts only what is not running, never deletes data (BROKERS=3: a Kafka cluster, new stacks; PROMETHEUS=1: and Prometheus with the alert rules)
 	@$(PY) -m ops.stack up
 
 down: ## stop everything `make up` or `make demo` started; the data stays

@@ -342,7 +342,32 @@ def service_env(layout: Layout, state: Path, name: str, extra: dict[str, str]) -
     return env
 
 
-def write_config(state: Path, layout: Layout, extra_env: dict[str, str]) -> Path:
+def prometheus_port(layout: Layout) -> int:
+    return layout.http_ports["settlement"] + 7  # base+9 (8109): beside the services, below the wallets' ports
+
+
+def write_prometheus_config(state: Path, layout: Layout) -> Path:
+    """Scrapes every service of this stack and evaluates the repository's alert rules (`make up PROMETHEUS=1`)."""
+    import yaml
+
+    config = {"global": {"scrape_interval": "10s", "evaluation_interval": "10s"},
+              "rule_files": [str(ROOT / "infra" / "observability" / "alerts.yml")],
+              "scrape_configs": [{"job_name": "mutualaid", "static_configs": [
+                  {"targets": [f"127.0.0.1:{port}" for port in sorted(layout.http_ports.values())]}]}]}
+    path = state / "prometheus.yml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def _prometheus_program(state: Path, layout: Layout) -> str:
+    config = write_prometheus_config(state, layout)
+    command = [native.debian_binary("prometheus", "prometheus"), f"--config.file={config}",
+               f"--storage.tsdb.path={state / 'prometheus'}", "--storage.tsdb.retention.time=15d",
+               f"--web.listen-address=127.0.0.1:{prometheus_port(layout)}"]
+    return _program("prometheus", command, state, priority=200, autostart=False)
+
+
+def write_config(state: Path, layout: Layout, extra_env: dict[str, str], prometheus: bool = False) -> Path:
     props = write_kafka_properties(state, layout, credentials(state, layout))
     proxy: list[str] = []
     if layout.network:
@@ -367,6 +392,7 @@ def write_config(state: Path, layout: Layout, extra_env: dict[str, str]) -> Path
         *(_program(name, [python, "-m", modules.get(name, "services.wallet")], state, priority=100, autostart=False,
                    env=service_env(layout, state, name, extra_env))
           for name in layout.service_names()),
+        *([_prometheus_program(state, layout)] if prometheus else []),
         f"[eventlistener:restarts]\ncommand={python} -m infra.restart_listener {state / 'restarts.json'}\n"
         f"directory={ROOT}\nevents=PROCESS_STATE_STARTING\nautorestart=true\npriority=1\n"
         f"stderr_logfile={state / 'logs' / 'restart-listener.log'}",
@@ -445,9 +471,11 @@ def _health_ok(url: str) -> bool:
     return _answers(f"{url}/health", 204)
 
 
-def up(state: Path | None = None, extra_env: dict[str, str] | None = None, network: bool = False) -> Layout:
+def up(state: Path | None = None, extra_env: dict[str, str] | None = None, network: bool = False,
+       prometheus: bool = False) -> Layout:
     """Start whatever is not running, on the existing data; create the stack if the folder is new (`network`:
-    with a fault proxy between each service and Kafka / Redis, for the simulator)."""
+    with a fault proxy between each service and Kafka / Redis, for the simulator; `prometheus`: with Debian's
+    Prometheus scraping the services and evaluating the alert rules, keeping its data in the stack's folder)."""
     state = state or state_dir()
     state.mkdir(parents=True, exist_ok=True)
     state.chmod(0o700)  # credentials, the broker's admin login and every service's environment live in it
@@ -468,7 +496,7 @@ def up(state: Path | None = None, extra_env: dict[str, str] | None = None, netwo
     clock_file = state / "clock_offset_ms"
     if not clock_file.exists():
         clock_file.write_text("0")
-    conf = write_config(state, layout, extra_env or {})
+    conf = write_config(state, layout, extra_env or {}, prometheus)
     if supervisord_running(state):
         subprocess.run([sys.executable, "-m", "supervisor.supervisorctl", "-c", str(conf), "update"],
                        capture_output=True, check=False)  # picks up changed settings, keeps the rest running
@@ -489,6 +517,10 @@ def up(state: Path | None = None, extra_env: dict[str, str] | None = None, netwo
     for name in layout.service_names():
         url = f"http://127.0.0.1:{layout.http_ports[name]}"
         _wait_until(lambda url=url: _health_ok(url), name, state, logs / f"{name}.log")  # type: ignore[misc]
+    if prometheus:
+        _start_if_stopped(state, ["prometheus"])
+        ready = f"http://127.0.0.1:{prometheus_port(layout)}/-/ready"
+        _wait_until(lambda: _answers(ready), "prometheus", state, logs / "prometheus.log")
     _write_client_files(state, layout)
     return layout
 
@@ -525,9 +557,9 @@ def reset(state: Path | None = None) -> list[str]:
     state = state or state_dir()
     down(state)
     wiped = []
-    for name in ("kafka-data", "redis", "node-2", "node-3", "layout.json", CREDENTIALS, "restarts.json",
-                 "clock_offset_ms", "stack.json", "services.json", "env", "server.properties", "supervisord.conf",
-                 "demo.json"):
+    for name in ("kafka-data", "redis", "node-2", "node-3", "prometheus", "prometheus.yml", "layout.json", CREDENTIALS,
+                 "restarts.json", "clock_offset_ms", "stack.json", "services.json", "env", "server.properties",
+                 "supervisord.conf", "demo.json"):
         path = state / name
         if path.is_dir():
             shutil.rmtree(path)

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -35,6 +36,8 @@ def _print_up(state: Path, layout: supervised.Layout, seconds: float) -> None:
     console.print(f"redis       {layout.redis_url:<28} log {state / 'logs' / 'redis.log'}")
     for name, s in services_table(state).items():
         console.print(f"{name:<11} {s['url']:<28} log {s['log']}")
+    if "prometheus" in supervised.processes(state):
+        console.print(f"prometheus  http://127.0.0.1:{supervised.prometheus_port(layout)}  (alerts: /alerts)")
     if "console" in services_table(state):
         console.print(f"\noperator console: {services_table(state)['console']['url']}  (sign in with OPERATOR_TOKEN; "
                       "this local stack accepts the development token dev-only-operator-token)")
@@ -84,7 +87,7 @@ def main(argv: list[str]) -> int:
     try:
         if verb == "up":
             started = time.monotonic()
-            layout = supervised.up(state)
+            layout = supervised.up(state, prometheus=os.environ.get("PROMETHEUS") == "1")
             _print_up(state, layout, time.monotonic() - started)
         elif verb == "down":
             stopped = supervised.down(state)

@@ -46,7 +46,7 @@ def stack() -> Iterator[tuple[Path, dict[str, str]]]:
     for name in ("KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL"):  # the stack's own addresses, not the session's
         os.environ.pop(name, None)
     try:
-        supervised.up(state, {"LOG_LEVEL": "WARNING"})
+        supervised.up(state, {"LOG_LEVEL": "WARNING"}, prometheus=True)  # as `make up PROMETHEUS=1`
         urls = {n: f"http://127.0.0.1:{p}" for n, p in supervised.open_layout(state)[0].http_ports.items()}
         yield state, urls
     finally:
@@ -96,6 +96,27 @@ async def money(stack: tuple[Path, dict[str, str]]) -> list[dict[str, Any]]:
                   for p in PROVINCES for _ in range(PEOPLE_PER_PROVINCE)]
         await pay_some(bus, urls, people)
     return people
+
+
+def test_prometheus_scrapes_every_process_and_loads_the_alert_rules(stack: tuple[Path, dict[str, str]]) -> None:
+    """Issue 18: `make up PROMETHEUS=1` runs Debian's Prometheus on the stack: every service (the console with
+    its lag gauge included) is scraped and the repository's rules are evaluated. (Runs before anything in this
+    module calls `up` without the flag, which takes Prometheus out again.)"""
+    state, urls = stack
+    api = f"http://127.0.0.1:{supervised.prometheus_port(layout(state))}/api/v1"
+    wanted = {u.removeprefix("http://") for u in urls.values()}
+    deadline = time.monotonic() + 60  # a scrape every 10 s
+    while True:
+        targets = httpx.get(f"{api}/targets", timeout=5).json()["data"]["activeTargets"]
+        up = {t["labels"]["instance"] for t in targets if t["health"] == "up"}
+        lag = httpx.get(f"{api}/query", params={"query": "mutualaid_consumer_lag"}, timeout=5).json()["data"]
+        if up >= wanted and lag["result"]:
+            break
+        assert time.monotonic() < deadline, f"not scraped: {sorted(wanted - up)}; lag series: {lag['result']}"
+        time.sleep(2)
+    rules = httpx.get(f"{api}/rules", timeout=5).json()["data"]["groups"]
+    names = {r["name"] for g in rules for r in g["rules"]}
+    assert {"ConsumerLagHigh", "TransferReturnOverdue", "AuditFailed", "DeadLettersWaiting"} <= names
 
 
 async def test_redis_sigkill_then_make_up_keeps_every_balance_and_ledger_entry(
