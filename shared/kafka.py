@@ -11,12 +11,13 @@ idempotent stores guarantee by returning stored results.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -29,7 +30,7 @@ from faststream import AckPolicy
 from faststream.exceptions import IncorrectState
 from faststream.kafka import KafkaBroker, KafkaMessage
 from faststream.security import SASLScram512
-from opentelemetry import propagate
+from opentelemetry import propagate, trace
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from redis.exceptions import WatchError
 
@@ -259,6 +260,36 @@ def correlation(record: Any, message: Any) -> dict[str, Any]:
     return ids
 
 
+def tracing_on(environ: Mapping[str, str] = os.environ) -> bool:
+    """Spans per message only where they leave the process (an OTLP endpoint is set): elsewhere they would cost
+    the hot path and reach no one."""
+    return bool(environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+
+
+TRACING = tracing_on()
+
+
+@contextlib.contextmanager
+def handling(service: str, record: Any, message: Any) -> Iterator[Callable[[list[Outgoing]], list[Outgoing]]]:
+    """The scope of one message's handling: its ids in every log line and, with tracing on, a span of its own
+    (a child of the span that published it, from the record's headers, with msgid/payment_id/transfer_id as
+    attributes). Yields `stamp`, which puts that span's context on what the handling publishes, so one
+    settlement's trace runs hospital request → settlement → wallet → settlement, however batches mix them."""
+    ids = correlation(record, message)
+    with structlog.contextvars.bound_contextvars(**ids):
+        if not TRACING:
+            yield lambda out: out
+            return
+        parent = propagate.extract({k: v.decode(errors="replace") for k, v in (getattr(record, "headers", None) or ())})
+        attributes = {k: v for k, v in ids.items() if isinstance(v, str | int)}
+        with trace.get_tracer("mutualaid").start_as_current_span(
+                f"{service} handle {record.topic}", context=parent, kind=trace.SpanKind.CONSUMER,
+                attributes=attributes):
+            carrier: dict[str, str] = {}
+            propagate.inject(carrier)
+            yield lambda out: [Outgoing(o.topic, o.key, o.body, {**o.headers, **carrier}) for o in out]
+
+
 class Consumer(Generic[T]):
     """One topic, one consumer group, one handler. With `batch`, a consumed batch is decided in one transaction
     (`prefetch` reads what its messages need first, in a few round trips); otherwise each message is its own."""
@@ -326,8 +357,8 @@ class Consumer(Generic[T]):
                 try:
                     # an oversized output raises here: its effects are undone with it (nothing is left that no
                     # one was told of)
-                    with structlog.contextvars.bound_contextvars(**correlation(record, message)):
-                        produced = check_sizes(await self.handle(message, record))
+                    with handling(self.service, record, message) as stamp:
+                        produced = stamp(check_sizes(await self.handle(message, record)))
                 except PoisonMessage as exc:
                     uow.rollback(savepoint)
                     outcomes.append(exc.reason)
@@ -404,8 +435,8 @@ class Consumer(Generic[T]):
         if isinstance(message, PoisonMessage):
             return [self._to_dlq(record, message.reason, message.detail)]
         # every log line of this message's handling names it (the task's context: concurrent keys stay apart)
-        with structlog.contextvars.bound_contextvars(**correlation(record, message)):
-            return await self._handled(record, message)
+        with handling(self.service, record, message) as stamp:
+            return stamp(await self._handled(record, message))
 
     async def _handled(self, record: Any, message: Any) -> list[Outgoing]:
         for attempt in range(TRANSIENT_ATTEMPTS):

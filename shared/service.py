@@ -20,6 +20,7 @@ from faststream.asgi.handlers import HttpHandler
 from faststream.kafka import KafkaBroker
 from faststream.kafka.opentelemetry import KafkaTelemetryMiddleware
 from faststream.kafka.prometheus import KafkaPrometheusMiddleware
+from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -45,6 +46,7 @@ def tracer_provider(environ: Mapping[str, str] = os.environ) -> TracerProvider:
 
 
 _TRACER_PROVIDER = tracer_provider()
+trace.set_tracer_provider(_TRACER_PROVIDER)  # the per-message spans of shared/kafka.handling use it too
 log = structlog.get_logger()
 
 

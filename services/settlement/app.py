@@ -16,6 +16,7 @@ from typing import Any
 import structlog
 from faststream.asgi import AsgiResponse, Request, get
 from faststream.asgi.response import JSONResponse
+from opentelemetry import trace
 from pydantic import TypeAdapter, ValidationError
 
 from contracts.binding import BindingCreated, BindingDissolved, BindingEvent, BindingKind, GrantorsReordered
@@ -430,6 +431,7 @@ class SettlementService:
         msgid = await self.store.payment_msgid(e.payment_id)
         if msgid is None:
             return []  # not ours (another settlement instance's test data) or already purged
+        trace.get_current_span().set_attribute("msgid", msgid)  # the hospital's request this answer settles
 
         async def decide(tx: Tx) -> list[Outgoing]:
             rec = await tx.get(msgid)
