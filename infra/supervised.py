@@ -289,10 +289,14 @@ def client_env(state: Path) -> dict[str, str]:
 
 
 def _quote(value: str) -> str:
-    """A value for supervisord's key="value" lists (a POSIX shlex): JSON keeps its double quotes in single ones."""
-    if '"' in value and "'" not in value:
-        return "'" + value.replace("%", "%%") + "'"
-    return '"' + value.replace("%", "%%").replace('"', '\\"') + '"'
+    """A value for supervisord's key="value" lists. supervisord splits them with a non-POSIX shlex (no escapes)
+    and strips quotes from both ends, so a value is wrapped in the quote kind it does not contain (JSON in
+    single quotes); one it would mangle (both kinds, or a quote at either end) is refused, never passed changed."""
+    ends = {value[:1], value[-1:]} - {""}
+    if ('"' in value and "'" in value) or ends & {"'", '"'}:
+        raise StackError(f"cannot pass {value[:40]!r}… to supervisord: quotes at its ends or of both kinds")
+    quote = "'" if '"' in value else '"'
+    return quote + value.replace("%", "%%") + quote
 
 
 def _program(name: str, command: list[str], state: Path, *, priority: int, autostart: bool,

@@ -280,14 +280,23 @@ def handling(service: str, record: Any, message: Any) -> Iterator[Callable[[list
         if not TRACING:
             yield lambda out: out
             return
-        parent = propagate.extract({k: v.decode(errors="replace") for k, v in (getattr(record, "headers", None) or ())})
+        # only the W3C trace parent of what a producer wrote (a hospital's tracestate or baggage stays out)
+        headers = dict(getattr(record, "headers", None) or ())
+        parent = propagate.extract({"traceparent": headers["traceparent"].decode(errors="replace")}
+                                   if "traceparent" in headers else {})
         attributes = {k: v for k, v in ids.items() if isinstance(v, str | int)}
+        # exceptions are recorded here, masked: their text may hold a resident ID number
         with trace.get_tracer("mutualaid").start_as_current_span(
                 f"{service} handle {record.topic}", context=parent, kind=trace.SpanKind.CONSUMER,
-                attributes=attributes):
+                attributes=attributes, record_exception=False, set_status_on_exception=False) as span:
             carrier: dict[str, str] = {}
             propagate.inject(carrier)
-            yield lambda out: [Outgoing(o.topic, o.key, o.body, {**o.headers, **carrier}) for o in out]
+            try:
+                yield lambda out: [Outgoing(o.topic, o.key, o.body, {**o.headers, **carrier}) for o in out]
+            except BaseException as exc:
+                span.set_status(trace.Status(trace.StatusCode.ERROR,
+                                             mask_text(f"{type(exc).__name__}: {exc}")[:DETAIL_MAX_CHARS]))
+                raise
 
 
 class Consumer(Generic[T]):

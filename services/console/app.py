@@ -151,7 +151,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if request.headers.get("authorization"):
             return signed_in(request) == "bearer"
         sid = request.cookies.get(COOKIE)
-        return sessions.valid(sid) and hmac.compare_digest(csrf, sessions.form_token(sid or ""))
+        return sessions.valid(sid) and hmac.compare_digest(csrf.encode(), sessions.form_token(sid or "").encode())
 
     @app.get("/health", status_code=204, include_in_schema=False)
     async def health() -> Response:
@@ -240,21 +240,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def dead_letters(request: Request, done: str = "", error: str = "") -> Response:
         if not signed_in(request):
             return to_login(request)
-        rows, counts = await sources.dead_letters()
+        try:
+            rows, counts = await sources.dead_letters()
+        except Exception as exc:  # Kafka away: said on the page
+            rows, counts, error = [], {}, error or f"Kafka: {exc.__class__.__name__}: {exc}"[:300]
         return page(request, "dlq.html", rows=rows, counts=counts, replayed=await sources.replayed(), done=done,
                     error=error)
 
     @app.post("/dlq/replay")
     async def replay(request: Request, dlq: str = Form(...), partition: int = Form(...), offset: int = Form(...),
-                     topic: str = Form(...), o_partition: int = Form(...), o_offset: int = Form(...),
                      csrf: str = Form("")) -> Response:
         if not form_ok(request, csrf):
             return Response("operator sign-in required", status_code=401)
         try:
-            await sources.replay(dlq, partition, offset, (topic, o_partition, o_offset), who=signed_in(request) or "")
+            original = await sources.replay(dlq, partition, offset, who=signed_in(request) or "")
         except Exception as exc:  # ReplayError, or Kafka away: said on the page, nothing marked replayed
-            return RedirectResponse("/dlq?" + urlencode({"error": str(exc)[:300]}), 303)
-        return RedirectResponse("/dlq?" + urlencode({"done": f"{topic}[{o_partition}]@{o_offset}"}), 303)
+            return RedirectResponse("/dlq?" + urlencode({"error": f"{exc.__class__.__name__}: {exc}"[:300]}), 303)
+        return RedirectResponse("/dlq?" + urlencode({"done": original}), 303)
 
     @app.get("/flags", response_class=HTMLResponse)
     async def flags(request: Request) -> Response:

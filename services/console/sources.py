@@ -14,8 +14,9 @@ import contextlib
 import itertools
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import orjson
@@ -31,16 +32,20 @@ from contracts.topics import DEPLOYED_PROVINCES, HIS_REQUESTS, dlq
 from infra.kafka_security import service_principals
 from ops.national_audit import national_audit
 from shared.clock import Clock, epoch_ms
-from shared.dlq import dead_letter, replay
+from shared.dlq import ReplayError, dead_letter, fetch_original, replay
 from shared.kafka import kafka_auth
 from shared.settings import Settings
 
 log = structlog.get_logger()
+T = TypeVar("T")
 SAMPLE_INTERVAL_S = 5.0
 HISTORY_SAMPLES = 120  # ten minutes of samples for the overview's chart
 MAX_DLQ_ROWS = 200  # newest dead letters read per DLQ topic for the browser
 HTTP_TIMEOUT_S = 5.0
 AUDIT_TIMEOUT_S = 120.0  # an audit reads every ledger entry of a province
+KAFKA_WAIT_S = 15.0  # for the shared Kafka clients' turn, and again for one piece of work with them
+REPORT_FIELDS = {"ok", "discrepancies", "balances_fen", "credited_fen", "paid_fen", "lots", "posted", "returns_out",
+                 "returns_in"}  # what the national audit reads of each province's report
 K_REPLAYED = "c:dlq:replayed"  # Redis hash: "<dlq topic>:<partition>:<offset>" → when and what was replayed
 
 LAG = Gauge("mutualaid_consumer_lag", "Records in a topic not yet consumed by a service's group",
@@ -88,6 +93,7 @@ class Sources:
     kafka: AIOKafkaConsumer | None = None
     admin: AIOKafkaAdminClient | None = None
     kafka_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    audit_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def __post_init__(self) -> None:
         token = self.settings.bearer_token()
@@ -200,16 +206,17 @@ class Sources:
     async def _sample_lag(self, groups: dict[str, str] | None = None) -> None:
         """Records behind per group (group → the topic it consumes; default: every service's, from the registry)."""
         groups = groups if groups is not None else consumer_groups()
+
+        async def read(consumer: AIOKafkaConsumer, admin: AIOKafkaAdminClient) -> tuple[Any, Any, Any]:
+            by_topic = await self._partitions(admin, sorted(set(groups.values())))
+            partitions = [tp for tps in by_topic.values() for tp in tps]
+            found = await asyncio.gather(*(self._committed(admin, g) for g in groups))
+            return partitions, await consumer.end_offsets(partitions), dict(zip(groups, found, strict=True))
+
         try:
-            async with self.kafka_lock:
-                consumer, admin = await self._kafka()
-                by_topic = await self._partitions(sorted(set(groups.values())))
-                partitions = [tp for tps in by_topic.values() for tp in tps]
-                ends = await consumer.end_offsets(partitions)
-                committed = {g: await self._committed(admin, g) for g in groups}
+            partitions, ends, committed = await self._with_kafka(read)
         except Exception as exc:
             self.lag_error = f"Kafka: {exc.__class__.__name__}: {exc}"[:300]
-            await self._close_kafka()
             return
         self.lag_error = ""
         lag: dict[str, dict[str, int]] = {}
@@ -221,6 +228,20 @@ class Sources:
             LAG.labels(group=group, topic=topic).set(behind)
         self.lag = lag
 
+    async def _with_kafka(self, work: Callable[[AIOKafkaConsumer, AIOKafkaAdminClient], Awaitable[T]]) -> T:
+        """Run `work` with the shared Kafka clients, one at a time and bounded (KAFKA_WAIT_S for the turn, again for
+        the work): Kafka away makes a page say so within seconds, never hang. After a failure the clients are
+        closed (under the lock, so nobody is using them) and made again next time."""
+        await asyncio.wait_for(self.kafka_lock.acquire(), KAFKA_WAIT_S)
+        try:
+            consumer, admin = await asyncio.wait_for(self._kafka(), KAFKA_WAIT_S)
+            return await asyncio.wait_for(work(consumer, admin), KAFKA_WAIT_S)
+        except BaseException:
+            await self._close_kafka()
+            raise
+        finally:
+            self.kafka_lock.release()
+
     @staticmethod
     async def _committed(admin: AIOKafkaAdminClient, group: str) -> dict[TopicPartition, Any]:
         """A group's committed offsets; none for a group that has not committed yet (nothing consumed: all behind)."""
@@ -230,9 +251,9 @@ class Sources:
             return {}
         return found
 
-    async def _partitions(self, topics: list[str]) -> dict[str, list[TopicPartition]]:
+    @staticmethod
+    async def _partitions(admin: AIOKafkaAdminClient, topics: list[str]) -> dict[str, list[TopicPartition]]:
         """Each topic's partitions as the broker describes them now (an operator may have added some)."""
-        _, admin = await self._kafka()
         described = await admin.describe_topics(topics)
         return {d["topic"]: sorted(TopicPartition(d["topic"], p["partition"]) for p in d["partitions"])
                 for d in described if d["error_code"] == 0}
@@ -256,20 +277,22 @@ class Sources:
         """(the newest dead letters not replayed yet, newest first — read only with `rows_too`; per DLQ topic: how
         many are not replayed, from offsets alone, which the overview and the sampler use)."""
         replayed = set(await self.redis.hkeys(K_REPLAYED))
-        rows: list[dict[str, Any]] = []
-        counts: dict[str, int] = {}
-        async with self.kafka_lock:
-            consumer, _ = await self._kafka()
-            by_topic = await self._partitions(dlq_topics())
+
+        async def read(consumer: AIOKafkaConsumer, admin: AIOKafkaAdminClient) -> tuple[list[Any], dict[str, int]]:
+            rows: list[dict[str, Any]] = []
+            counts: dict[str, int] = {}
+            by_topic = await self._partitions(admin, dlq_topics())
             for topic in dlq_topics():
                 parts = by_topic.get(topic, [])
                 begins, ends = await consumer.beginning_offsets(parts), await consumer.end_offsets(parts)
-                gone = sum(1 for key in replayed if key.startswith(f"{topic}:"))
-                counts[topic] = max(sum(ends[p] - begins[p] for p in parts) - gone, 0)
+                counts[topic] = sum(ends[p] - begins[p] for p in parts) - replayed_within(topic, replayed, begins, ends)
                 DLQ_OPEN.labels(topic=topic).set(counts[topic])
                 if rows_too and counts[topic]:
                     found = await self._read_tail(consumer, parts, begins, ends)
                     rows += [r for r in found if f"{topic}:{r['partition']}:{r['offset']}" not in replayed]
+            return rows, counts
+
+        rows, counts = await self._with_kafka(read)
         rows.sort(key=lambda r: r["at_ms"], reverse=True)
         return rows, counts
 
@@ -279,28 +302,44 @@ class Sources:
         if not wanted:
             return []
         consumer.assign(list(wanted))
-        for p in wanted:
-            consumer.seek(p, max(begins[p], ends[p] - MAX_DLQ_ROWS))
         found: list[dict[str, Any]] = []
-        deadline = time.monotonic() + 10
-        while wanted and time.monotonic() < deadline:
-            batch = await consumer.getmany(*wanted, timeout_ms=500, max_records=MAX_DLQ_ROWS)
-            for tp, records in batch.items():
-                found += [dead_letter(r) for r in records]
-                if records and records[-1].offset + 1 >= wanted.get(tp, 0):
-                    wanted.pop(tp, None)
-        consumer.assign([])
+        try:
+            for p in wanted:
+                consumer.seek(p, max(begins[p], ends[p] - MAX_DLQ_ROWS))
+            deadline = time.monotonic() + 5
+            while wanted and time.monotonic() < deadline:
+                batch = await consumer.getmany(*wanted, timeout_ms=500, max_records=MAX_DLQ_ROWS)
+                for tp, records in batch.items():
+                    found += [dead_letter(r) for r in records]
+                    if records and records[-1].offset + 1 >= wanted.get(tp, 0):
+                        wanted.pop(tp, None)
+        finally:
+            consumer.assign([])
         return found
 
-    async def replay(self, dlq_topic: str, partition: int, offset: int, original: tuple[str, int, int],
-                     who: str) -> None:
-        """Republish the original of one dead letter and mark that dead letter replayed (it leaves the list)."""
-        topic, o_partition, o_offset = original
-        if dlq(topic) != dlq_topic:
-            raise ValueError(f"{dlq_topic}@{offset} does not hold dead letters of {topic}")
-        await replay(self.bootstrap, topic, o_partition, o_offset)
-        await self.redis.hset(K_REPLAYED, f"{dlq_topic}:{partition}:{offset}", orjson.dumps(
-            {"at_ms": epoch_ms(self.clock.now()), "by": who, "original": f"{topic}[{o_partition}]@{o_offset}"}))
+    async def replay(self, dlq_topic: str, partition: int, offset: int, who: str) -> str:
+        """Republish the original of the dead letter at dlq_topic[partition]@offset and mark it replayed (it leaves
+        the list). Where the original is comes from the dead letter itself, read here, never from the form; each
+        dead letter is replayed once. Returns the original's place."""
+        if dlq_topic not in dlq_topics():
+            raise ReplayError(f"{dlq_topic} is not a dead-letter topic of this stack")
+        key = f"{dlq_topic}:{partition}:{offset}"
+        if not await self.redis.hsetnx(K_REPLAYED, key, orjson.dumps({"at_ms": 0, "by": who, "original": "…"})):
+            raise ReplayError(f"{key} was replayed already")
+        try:
+            letter = dead_letter(await fetch_original(self.bootstrap, dlq_topic, partition, offset))
+            topic, o_partition, o_offset = (letter.get("x-dlq-topic", ""), int(letter.get("x-dlq-partition", -1)),
+                                            int(letter.get("x-dlq-offset", -1)))
+            if dlq(topic) != dlq_topic:
+                raise ReplayError(f"{key} names {topic!r} as its original, not a topic of {dlq_topic}")
+            await replay(self.bootstrap, topic, o_partition, o_offset)
+        except BaseException:
+            await self.redis.hdel(K_REPLAYED, key)  # nothing was republished: it stays on the list
+            raise
+        original = f"{topic}[{o_partition}]@{o_offset}"
+        await self.redis.hset(K_REPLAYED, key, orjson.dumps(
+            {"at_ms": epoch_ms(self.clock.now()), "by": who, "original": original}))
+        return original
 
     async def replayed(self, limit: int = 50) -> list[dict[str, Any]]:
         found = await self.redis.hgetall(K_REPLAYED)
@@ -310,21 +349,46 @@ class Sources:
     # ---------------------------------------------------------------- audit
 
     async def run_audit(self) -> Audit:
-        """Every deployed province's conservation audit and the national one over them (kept for the overview)."""
-        reports: dict[str, dict[str, Any]] = {}
-        errors = []
-        for province in DEPLOYED_PROVINCES:
-            base = self.url(f"wallet-{province}")
-            if base is None:
-                continue
-            try:
-                reports[province] = (await self.http.get(f"{base}/audit", timeout=AUDIT_TIMEOUT_S)).json()
-            except (httpx.HTTPError, ValueError) as exc:
-                errors.append(f"wallet-{province}: {exc.__class__.__name__}")
-        national = national_audit(reports)
-        self.audit = Audit(epoch_ms(self.clock.now()), national.ok and not errors, reports,
-                           {**national.__dict__, "ok": national.ok}, "; ".join(errors))
-        return self.audit
+        """Every deployed province's conservation audit and the national one over them (kept for the overview).
+        One at a time: asked for while one runs, it waits for that one's result. A province that does not answer
+        with a report makes the whole result a failure, never leaves an older success showing."""
+        if self.audit_lock.locked():
+            async with self.audit_lock:
+                if self.audit is not None:
+                    return self.audit
+        async with self.audit_lock:
+            reports: dict[str, dict[str, Any]] = {}
+            errors = []
+            for province in DEPLOYED_PROVINCES:
+                base = self.url(f"wallet-{province}")
+                if base is None:
+                    continue
+                try:
+                    response = await self.http.get(f"{base}/audit", timeout=AUDIT_TIMEOUT_S)
+                    report = response.json()
+                    if response.status_code not in (200, 409) or not REPORT_FIELDS <= set(report):
+                        raise ValueError(f"HTTP {response.status_code}")
+                    reports[province] = report
+                except (httpx.HTTPError, ValueError) as exc:
+                    errors.append(f"wallet-{province}: no report ({exc.__class__.__name__}: {exc})"[:200])
+            national = national_audit(reports)
+            self.audit = Audit(epoch_ms(self.clock.now()), national.ok and not errors, reports,
+                               {**national.__dict__, "ok": national.ok}, "; ".join(errors))
+            return self.audit
+
+
+def replayed_within(topic: str, replayed: set[str], begins: dict[Any, int], ends: dict[Any, int]) -> int:
+    """How many replayed marks of `topic` name a record still in its partition (retention moves the start on, a
+    recreated topic starts again: marks outside the range no longer hide anything)."""
+    count = 0
+    for key in replayed:
+        place = key.rsplit(":", 2)  # "<dlq topic>:<partition>:<offset>"
+        if len(place) != 3 or place[0] != topic or not (place[1].isdigit() and place[2].isdigit()):
+            continue
+        tp = TopicPartition(topic, int(place[1]))
+        if tp in ends and begins[tp] <= int(place[2]) < ends[tp]:
+            count += 1
+    return count
 
 
 def _quantile(counts: dict[float, float], total: float, q: float) -> float:

@@ -578,7 +578,8 @@ def create_app(settings: Settings | None = None) -> Any:
     @get
     async def flags(request: Request) -> AsgiResponse:
         limit = query_one(request, "limit")
-        return JSONResponse(await service.store.flags(int(limit) if limit.isdigit() else 100))
+        wanted = int(limit) if limit.isascii() and limit.isdigit() else 100
+        return JSONResponse(await service.store.flags(min(max(wanted, 1), 10_000)))
 
     routes = [("/settlement", settlement), ("/person", person), ("/bindings", bindings), ("/clearing", clearing),
               ("/flags", flags)]

@@ -522,7 +522,8 @@ def create_app(settings: Settings | None = None) -> Any:
     @get
     async def transfers(request: Request) -> AsgiResponse:
         limit = query_one(request, "limit")
-        return JSONResponse(await service.store.held_transfers(min(int(limit), 1_000) if limit.isdigit() else 200))
+        wanted = int(limit) if limit.isascii() and limit.isdigit() else 200
+        return JSONResponse(await service.store.held_transfers(min(max(wanted, 1), 1_000)))
 
     return build_app(parts, name, routes=[("/balance", balance), ("/audit", audit_endpoint), ("/transfer", transfer),
                                           ("/transfers", transfers)],

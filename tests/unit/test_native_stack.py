@@ -47,3 +47,20 @@ def test_a_supervised_cluster_lists_every_broker_and_keeps_its_size(tmp_path: Pa
     monkeypatch.setenv("BROKERS", "2")
     with pytest.raises(native.StackError, match="1 broker or a cluster of 3"):
         supervised.open_layout(tmp_path / "other")
+
+
+def test_environment_values_reach_supervisord_unchanged_or_are_refused() -> None:
+    """supervisord splits `environment=` without escapes and strips quotes at both ends: the console's JSON
+    SERVICE_URLS must arrive whole, and a value it would change must stop `make up` instead."""
+    import json
+
+    from supervisor.datatypes import dict_of_key_value_pairs
+
+    from infra.native import StackError
+    from infra.supervised import _quote
+
+    for value in (json.dumps({"settlement": "http://127.0.0.1:8102"}), "it's", "a b", ""):
+        assert dict_of_key_value_pairs(f"X={_quote(value)},Y=1")["X"] == value
+    for value in ('x"', '"s"', "it's \"x\""):
+        with pytest.raises(StackError):
+            _quote(value)

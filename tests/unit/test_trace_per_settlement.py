@@ -98,3 +98,19 @@ async def test_without_an_endpoint_nothing_is_traced_or_stamped(monkeypatch: pyt
         assert stamp(out) == out
     assert shared.kafka.tracing_on({}) is False
     assert shared.kafka.tracing_on({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"}) is True
+
+
+def test_a_failure_is_recorded_on_the_span_with_id_numbers_masked(exported: InMemorySpanExporter) -> None:
+    """A hospital's traceparent is followed, its baggage is not; an exception's text is masked as in the DLQ."""
+    hospital_trace = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    record = SimpleNamespace(topic="t", partition=0, offset=7, headers=[
+        ("traceparent", hospital_trace.encode()), ("baggage", b"secret=110101199003074512")])
+    with pytest.raises(ValueError), shared.kafka.handling("svc", record, {"msgid": "M"}) as stamp:
+        stamped = stamp([shared.kafka.Outgoing("u", b"k", b"{}")])
+        raise ValueError("bad certificate 110101199003074512")
+    (span,) = exported.get_finished_spans()
+    assert span.status.description is not None and "110101199003074512" not in span.status.description
+    assert "110***********4512" in span.status.description  # masked as the DLQ masks it, not dropped
+    assert not span.events  # no exception event carrying the clear text
+    assert f"{span.context.trace_id:032x}" == "0af7651916cd43dd8448eb211c80319c"
+    assert "baggage" not in stamped[0].headers
