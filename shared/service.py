@@ -190,6 +190,17 @@ def serve(create_app: Callable[[Settings], AsgiFastStream]) -> None:
     uvloop.run(run(create_app(settings), settings))
 
 
+def serve_http(create_app: Callable[[Settings], Any]) -> None:
+    """`python -m services.gateway|console`: a plain ASGI app (FastAPI) under uvicorn and uvloop, logging through
+    our JSON handler (uvicorn's own logging set-up and access log off)."""
+    import uvicorn
+
+    settings = Settings()
+    config = uvicorn.Config(create_app(settings), host=settings.http_host, port=settings.http_port,
+                            log_config=None, access_log=False)
+    uvloop.run(uvicorn.Server(config).serve())
+
+
 async def run(app: AsgiFastStream, settings: Settings) -> None:
     # log_config=None: uvicorn keeps its hands off logging, so its lines go through our JSON handler too
     await app.run(run_extra_options={"host": settings.http_host, "port": settings.http_port,

@@ -1,3 +1,4 @@
-from services.console.app import serve
+from services.console.app import create_app
+from shared.service import serve_http
 
-serve()
+serve_http(create_app)

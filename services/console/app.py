@@ -26,8 +26,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-import uvicorn
-import uvloop
 from fastapi import FastAPI, Form, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
@@ -299,10 +297,3 @@ def chart_svg(points: list[dict[str, float]], width: int = 640, height: int = 16
 
 def span_text(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} minutes"
-
-
-def serve() -> None:
-    settings = Settings()
-    config = uvicorn.Config(create_app(settings), host=settings.http_host, port=settings.http_port,
-                            log_config=None, access_log=False)
-    uvloop.run(uvicorn.Server(config).serve())

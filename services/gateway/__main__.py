@@ -1,3 +1,4 @@
-from services.gateway.app import serve
+from services.gateway.app import create_app
+from shared.service import serve_http
 
-serve()
+serve_http(create_app)

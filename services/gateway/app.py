@@ -31,8 +31,6 @@ from datetime import datetime
 from typing import Any
 
 import structlog
-import uvicorn
-import uvloop
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from fastapi import FastAPI, Request, Response
@@ -265,10 +263,3 @@ async def bounded_body(request: Request) -> bytes | None:
             return None
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-def serve() -> None:
-    settings = Settings()
-    config = uvicorn.Config(create_app(settings), host=settings.http_host, port=settings.http_port,
-                            log_config=None, access_log=False)
-    uvloop.run(uvicorn.Server(config).serve())
