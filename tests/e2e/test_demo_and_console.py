@@ -162,6 +162,8 @@ def test_a_person_shows_balances_bindings_and_the_ledger(chromium: WebDriver, st
     assert text(chromium, "#prior") == yuan(balance["spendable_prior_fen"])
     assert fang["psn_no"] in text(chromium, "#as-grantor")  # Wang pays for her daughter
     assert "monthly_credit" in text(chromium, "#ledger")
+    open_page(chromium, stack, f"/person?psn_no={wang['psn_no']}&province=51")  # insured in Jiangsu, not Sichuan
+    assert "No personal account" in text(chromium, "#no-account")
 
 
 def test_a_settlement_shows_its_split_and_state_history_by_msgid_or_setl_id(chromium: WebDriver,
