@@ -9,7 +9,7 @@ import hmac
 import logging
 import os
 import sys
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -97,14 +97,34 @@ class ConfigurationRefused(SystemExit):
         super().__init__(2)
 
 
-def assemble(settings: Settings, name: str,
-             wire: Callable[[Settings, Any, Clock], tuple[S, list[Consumer[Any]]]]) -> Assembled[S]:
-    """The parts of a service process; in production mode only with a configuration fit for it (every way of
-    starting a service comes through here)."""
+def configure(settings: Settings, name: str) -> None:
+    """What every process does first: refuse a production configuration unfit for it (exit 2, naming each
+    setting, before any I/O), then log as JSON under its name."""
     problems = settings.production_problems(name)
     if problems:
         raise ConfigurationRefused(problems)
     configure_logging(name, settings.log_level)
+
+
+def lifespan_of(start: Callable[[], Awaitable[Any]],
+                stop: Callable[[], Awaitable[Any]]) -> Callable[[Any], contextlib.AbstractAsyncContextManager[None]]:
+    """An ASGI app's lifespan (FastAPI): `start` before the first request, `stop` after the last."""
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Any) -> AsyncIterator[None]:
+        await start()
+        try:
+            yield
+        finally:
+            await stop()
+
+    return lifespan
+
+
+def assemble(settings: Settings, name: str,
+             wire: Callable[[Settings, Any, Clock], tuple[S, list[Consumer[Any]]]]) -> Assembled[S]:
+    """The parts of a service process; in production mode only with a configuration fit for it (every way of
+    starting a service comes through here)."""
+    configure(settings, name)
     redis = connect(settings.redis_url)
     service, consumers = wire(settings, redis, clock_from(settings.clock_offset_ms, settings.clock_file))
     return Assembled(settings, redis, service, consumers, build_broker(settings, name))

@@ -13,14 +13,12 @@ Sessions live in the process: a restart signs everyone out. Scripts may send `Au
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
 import logging
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -35,9 +33,8 @@ from prometheus_client import make_asgi_app
 from contracts.topics import DEPLOYED_PROVINCES
 from services.console.sources import SAMPLE_INTERVAL_S, Sources, consumer_groups
 from shared.clock import china_time, clock_from
-from shared.logs import configure_logging
 from shared.redis_store import connect
-from shared.service import ConfigurationRefused
+from shared.service import configure, lifespan_of
 from shared.settings import Settings
 
 SERVICE = "console"
@@ -105,10 +102,7 @@ class Sessions:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
-    problems = settings.production_problems(SERVICE)
-    if problems:
-        raise ConfigurationRefused(problems)
-    configure_logging(SERVICE, settings.log_level)
+    configure(settings, SERVICE)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per sample otherwise
     clock = clock_from(settings.clock_offset_ms, settings.clock_file)
     sources = Sources(settings, clock, connect(settings.redis_url))
@@ -117,17 +111,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     templates = Jinja2Templates(directory=HERE / "templates")
     templates.env.filters.update(yuan=yuan, china_ms=china_ms, china_iso=china_iso, stamp17=stamp17)
 
-    @contextlib.asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        await sources.start()
-        try:
-            yield
-        finally:
-            await sources.stop()
-            await sources.redis.aclose()
-
-    app = FastAPI(title="Family mutual aid: operator console", lifespan=lifespan, docs_url=None, redoc_url=None,
-                  openapi_url=None)
+    app = FastAPI(title="Family mutual aid: operator console", lifespan=lifespan_of(sources.start, sources.stop),
+                  docs_url=None, redoc_url=None, openapi_url=None)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     app.mount("/metrics", make_asgi_app())
 

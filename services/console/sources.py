@@ -121,6 +121,7 @@ class Sources:
                 await task
         await self._close_kafka()
         await self.http.aclose()
+        await self.redis.aclose()
 
     async def _every(self, interval_s: float, work: Any) -> None:
         while True:

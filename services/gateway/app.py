@@ -26,7 +26,6 @@ import hashlib
 import hmac
 import json
 from collections import defaultdict
-from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
@@ -41,10 +40,9 @@ from contracts.his import NATIONAL_PATH, HisEnvelope, HisRequestError, HisResult
 from contracts.topics import HIS_REQUESTS, HIS_RESULTS
 from shared.clock import china_time, clock_from
 from shared.kafka import kafka_auth
-from shared.logs import configure_logging
 from shared.pii import kafka_key
 from shared.policy import Institutions
-from shared.service import ConfigurationRefused
+from shared.service import configure, lifespan_of
 from shared.settings import Settings
 
 SERVICE = "gateway"
@@ -191,21 +189,10 @@ class Gateway:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
-    problems = settings.production_problems(SERVICE)
-    if problems:
-        raise ConfigurationRefused(problems)
-    configure_logging(SERVICE, settings.log_level)
+    configure(settings, SERVICE)
     gateway = Gateway(settings)
-
-    @contextlib.asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        await gateway.start()
-        try:
-            yield
-        finally:
-            await gateway.stop()
-
-    app = FastAPI(title="Family mutual aid: national interface gateway", version="1", lifespan=lifespan,
+    app = FastAPI(title="Family mutual aid: national interface gateway", version="1",
+                  lifespan=lifespan_of(gateway.start, gateway.stop),
                   description=__doc__)
     request_schema = HisEnvelope.model_json_schema(ref_template="#/components/schemas/{model}")
     reply = {"content": {"application/json": {"schema": HisResult.model_json_schema(
