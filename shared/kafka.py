@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import logging
 import os
@@ -35,6 +36,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from redis.exceptions import WatchError
 
 from contracts.topics import dlq, retention_ms
+from shared.logs import HANDLING
 from shared.metrics import BATCH_SECONDS, DLQ, MESSAGES, PUBLISHED, RETRIES
 from shared.pii import mask_bytes, mask_text
 
@@ -269,48 +271,79 @@ def tracing_on(environ: Mapping[str, str] = os.environ) -> bool:
 TRACING = tracing_on()
 
 
-@contextlib.contextmanager
-def handling(service: str, record: Any, message: Any) -> Iterator[Callable[[list[Outgoing]], list[Outgoing]]]:
-    """The scope of one message's handling: its ids in every log line and, with tracing on, a span of its own
-    (a child of the span that published it, from the record's headers, with msgid/payment_id/transfer_id as
-    attributes). Yields `stamp`, which puts that span's context on what the handling publishes, so one
-    settlement's trace runs hospital request → settlement → wallet → settlement, however batches mix them."""
-    ids = correlation(record, message)
-    with structlog.contextvars.bound_contextvars(**ids):
+def _as_is(out: list[Outgoing]) -> list[Outgoing]:
+    return out
+
+
+class handling:  # lower case: used like the context-manager function it replaced, `with handling(...) as stamp`
+    """The scope of one message's handling: its ids in every log line written meanwhile (shared/logs) and, with
+    tracing on, a span of its own (a child of the span that published it, from the record's headers, with
+    msgid/payment_id/transfer_id as attributes). Yields `stamp`, which puts that span's context on what the
+    handling publishes, so one settlement's trace runs hospital request → settlement → wallet → settlement,
+    however batches mix them. A class, not a generator: it runs for every message on the hot path."""
+
+    __slots__ = ("message", "record", "service", "span", "token")
+
+    def __init__(self, service: str, record: Any, message: Any) -> None:
+        self.service = service
+        self.record = record
+        self.message = message
+        self.span: contextlib.AbstractContextManager[Callable[[list[Outgoing]], list[Outgoing]]] | None = None
+
+    def __enter__(self) -> Callable[[list[Outgoing]], list[Outgoing]]:
+        self.token = HANDLING.set(functools.partial(correlation, self.record, self.message))
         if not TRACING:
-            yield lambda out: out
-            return
-        # only the W3C trace parent of what a producer wrote (a hospital's tracestate or baggage stays out)
-        headers = dict(getattr(record, "headers", None) or ())
-        parent = propagate.extract({"traceparent": headers["traceparent"].decode(errors="replace")}
-                                   if "traceparent" in headers else {})
-        attributes = {k: v for k, v in ids.items() if isinstance(v, str | int)}
-        # exceptions are recorded here, masked: their text may hold a resident ID number
-        with trace.get_tracer("mutualaid").start_as_current_span(
-                f"{service} handle {record.topic}", context=parent, kind=trace.SpanKind.CONSUMER,
-                attributes=attributes, record_exception=False, set_status_on_exception=False) as span:
-            carrier: dict[str, str] = {}
-            propagate.inject(carrier)
-            try:
-                yield lambda out: [Outgoing(o.topic, o.key, o.body, {**o.headers, **carrier}) for o in out]
-            except BaseException as exc:
-                span.set_status(trace.Status(trace.StatusCode.ERROR,
-                                             mask_text(f"{type(exc).__name__}: {exc}")[:DETAIL_MAX_CHARS]))
-                raise
+            return _as_is
+        self.span = _traced(self.service, self.record, self.message)
+        return self.span.__enter__()
+
+    def __exit__(self, *exc: Any) -> bool | None:
+        try:
+            return self.span.__exit__(*exc) if self.span is not None else None
+        finally:
+            HANDLING.reset(self.token)
+
+
+@contextlib.contextmanager
+def _traced(service: str, record: Any, message: Any) -> Iterator[Callable[[list[Outgoing]], list[Outgoing]]]:
+    # only the W3C trace parent of what a producer wrote (a hospital's tracestate or baggage stays out)
+    headers = dict(getattr(record, "headers", None) or ())
+    parent = propagate.extract({"traceparent": headers["traceparent"].decode(errors="replace")}
+                               if "traceparent" in headers else {})
+    attributes = {k: v for k, v in correlation(record, message).items() if isinstance(v, str | int)}
+    # exceptions are recorded here, masked: their text may hold a resident ID number
+    with trace.get_tracer("mutualaid").start_as_current_span(
+            f"{service} handle {record.topic}", context=parent, kind=trace.SpanKind.CONSUMER,
+            attributes=attributes, record_exception=False, set_status_on_exception=False) as span:
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier)
+        try:
+            yield lambda out: [Outgoing(o.topic, o.key, o.body, {**o.headers, **carrier}) for o in out]
+        except BaseException as exc:
+            span.set_status(trace.Status(trace.StatusCode.ERROR,
+                                         mask_text(f"{type(exc).__name__}: {exc}")[:DETAIL_MAX_CHARS]))
+            raise
+
+
+Ahead = Callable[[list[Any]], Awaitable[None]]
 
 
 class Consumer(Generic[T]):
     """One topic, one consumer group, one handler. With `batch`, a consumed batch is decided in one transaction
-    (`prefetch` reads what its messages need first, in a few round trips); otherwise each message is its own."""
+    (`prefetch` reads what its messages need first, in a few round trips); otherwise each message is its own,
+    after `ahead` (if any) has done for the whole batch, in one round trip, what their handlers would each do in
+    one of their own (idempotent work that keeps each key's order: the handlers then find it done)."""
 
     def __init__(self, service: str, topic: str, parse: Callable[[bytes], T], handle: Handler[T],
-                 batch: BatchRunner | None = None, prefetch: Prefetch | None = None) -> None:
+                 batch: BatchRunner | None = None, prefetch: Prefetch | None = None,
+                 ahead: Ahead | None = None) -> None:
         self.service = service
         self.topic = topic
         self.parse = parse
         self.handle = handle
         self.batch = batch
         self.prefetch = prefetch
+        self.ahead = ahead
 
     async def process(self, broker: KafkaBroker, records: Sequence[Any]) -> None:
         """Outgoing messages of the whole batch are confirmed before the batch is acknowledged."""
@@ -420,6 +453,9 @@ class Consumer(Generic[T]):
             by_key.setdefault(record.key or b"", []).append((record, message))
         if skipped:
             MESSAGES.labels(self.service, self.topic, "ok").inc(skipped)
+        if self.ahead is not None:
+            await self._ahead(self.ahead, [m for group in by_key.values() for _, m in group
+                                           if not isinstance(m, PoisonMessage)])
         limit = asyncio.Semaphore(MAX_CONCURRENT_KEYS)
 
         async def in_order(group: list[tuple[Any, Any]]) -> list[Outgoing]:
@@ -434,6 +470,19 @@ class Consumer(Generic[T]):
             if isinstance(result, BaseException):
                 raise result  # the batch is rewound and redelivered; handlers are idempotent
         await publish_all(broker, [o for result in results for o in result])  # type: ignore[union-attr]
+
+    async def _ahead(self, ahead: Ahead, messages: list[Any]) -> None:
+        """A shortcut only: if it fails, each handler does its own work (an infrastructure fault retries first)."""
+        for attempt in range(TRANSIENT_ATTEMPTS):
+            try:
+                await ahead(messages)
+                return
+            except Exception as exc:
+                if not infrastructure_fault(exc):
+                    log.warning("batch work ahead failed; messages go one by one", topic=self.topic,
+                                error=repr(exc)[:DETAIL_MAX_CHARS])
+                    return
+                await self._pause_or_give_up(attempt, exc)
 
     async def _one(self, record: Any, message: Any = _UNPARSED) -> list[Outgoing]:
         if message is _UNPARSED:

@@ -12,7 +12,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from contracts.wallet import FundingPlan
+from contracts.wallet import FundingPlan, PaySettlement
 from shared.redis_store import claim_due, load_script
 
 LUA = Path(__file__).parent / "lua"
@@ -21,6 +21,14 @@ EXPIRY_LEASE_MS = 30_000  # a claimed expiry not finished in this long (its inst
 
 def key_prefix(province: str) -> str:
     return f"w{province}:"
+
+
+def _result(raw: str) -> dict[str, Any]:
+    result: dict[str, Any] = json.loads(raw)
+    for key in ("parts", "returns", "to_sender"):
+        if isinstance(result.get(key), dict):  # Lua's cjson encodes an empty list as {}
+            result[key] = []
+    return result
 
 
 class WalletStore:
@@ -34,12 +42,7 @@ class WalletStore:
         self._transfers = load_script(client, LUA / "transfers.lua")
 
     async def _call(self, script: Any, *args: object) -> dict[str, Any]:
-        raw = await script(keys=[self.prefix], args=[str(a) for a in args])
-        result: dict[str, Any] = json.loads(raw)
-        for key in ("parts", "returns", "to_sender"):
-            if isinstance(result.get(key), dict):  # Lua's cjson encodes an empty list as {}
-                result[key] = []
-        return result
+        return _result(await script(keys=[self.prefix], args=[str(a) for a in args]))
 
     # accounts (C1)
     async def enroll(self, psn: str, version: int, status: str, admdvs: str) -> dict[str, Any]:
@@ -93,6 +96,18 @@ class WalletStore:
                   message_id: str) -> dict[str, Any]:
         return await self._call(self._pay, "pay", payment_id, psn, amount_fen, "1" if dry_run else "0",
                                 plan.model_dump_json(), message_id)
+
+    async def pay_many(self, payments: list[PaySettlement]) -> dict[str, dict[str, Any]]:
+        """`pay` for each, in one round trip and in their order: message_id → result. A call that failed in
+        Redis has no result here (its handler calls `pay` itself and meets the error there)."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            for p in payments:
+                await self._pay(keys=[self.prefix], client=pipe,  # queued: answered by execute
+                          args=["pay", p.payment_id, p.psn_no, str(p.amount_fen), "1" if p.dry_run else "0",
+                                p.plan.model_dump_json(), p.message_id])
+            raws = await pipe.execute(raise_on_error=False)
+        return {p.message_id: _result(raw) for p, raw in zip(payments, raws, strict=True)
+                if not isinstance(raw, Exception)}
 
     async def reverse(self, payment_id: str, psn: str, message_id: str) -> dict[str, Any]:
         return await self._call(self._pay, "reverse", payment_id, psn, message_id)
