@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from datetime import datetime
 
@@ -11,9 +12,18 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 _ID_NAMESPACE = uuid.UUID("6f1c2b0e-3a0d-4d6e-9a43-6d757475616c")
 
 
+_NAMESPACE_BYTES = _ID_NAMESPACE.bytes
+
+
 def derive_id(*parts: str) -> str:
-    """Deterministic id from the ids that caused a message (replay → same id)."""
-    return str(uuid.uuid5(_ID_NAMESPACE, "|".join(parts)))
+    """Deterministic id from the ids that caused a message (replay → same id): the name-based (SHA-1, version 5)
+    UUID of the parts joined by "|", exactly `str(uuid.uuid5(namespace, name))`, built without the UUID object,
+    which took two thirds of its time (it runs several times per settlement)."""
+    digest = bytearray(hashlib.sha1(_NAMESPACE_BYTES + "|".join(parts).encode()).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    x = digest.hex()
+    return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
 
 
 def new_id() -> str:

@@ -244,12 +244,8 @@ class Tx:
         pipe.multi()
         if not self.ops:
             return
-        flat: list[str | int] = []
-        for command in self.ops:
-            if command[-1] is _RECORD:
-                command = (*command[:-1], self.dirty[command[1]].to_json())  # type: ignore[index]
-            flat += (len(command), *command)
-        pipe.execute_command("EVAL", _APPLY, 0, *flat)
+        words = [[self.dirty[c[1]].to_json().decode() if w is _RECORD else str(w) for w in c] for c in self.ops]
+        pipe.execute_command("EVAL", _APPLY, 0, orjson.dumps(words))  # one argument: packed by orjson, not redis-py
 
 
 def _clear(tx: Tx, e: Clear) -> None:
@@ -275,14 +271,9 @@ _WRITES: dict[type, Callable[[Tx, Any], None]] = {
 _ABSENT = object()
 _RECORD = object()  # the last value of a SET: the record saved under its key, serialised at commit
 Command = tuple[Any, ...]
-# Runs the transaction's writes, given as (number of words, command words…) one after another.
+# Runs the transaction's writes, given as a JSON list of commands, each a list of words (strings).
 _APPLY = """
-local i = 1
-while i <= #ARGV do
-  local n = tonumber(ARGV[i])
-  redis.call(unpack(ARGV, i + 1, i + n))
-  i = i + n + 1
-end
+for _, command in ipairs(cjson.decode(ARGV[1])) do redis.call(unpack(command)) end
 return 1
 """
 _BATCH: ContextVar[Tx | None] = ContextVar("settlement_batch", default=None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from decimal import Decimal
 
 import pytest
@@ -11,6 +12,7 @@ from hypothesis import strategies as st
 from pydantic import TypeAdapter, ValidationError
 
 from contracts.enrollment import EnrollmentEvent, PersonEnrolled
+from contracts.envelope import _ID_NAMESPACE, derive_id
 from contracts.his import parse_his_json
 from contracts.types import fen_to_yuan, resident_id_check_char, yuan_to_fen
 from contracts.wallet import PaySettlement
@@ -102,3 +104,9 @@ def test_yuan_refuses_binary_float() -> None:
 @given(st.integers(min_value=0, max_value=10_000_000_000))
 def test_fen_yuan_round_trip(fen: int) -> None:
     assert yuan_to_fen(fen_to_yuan(fen)) == fen
+
+
+@given(st.lists(st.text(), min_size=1, max_size=4))
+def test_derived_ids_are_the_uuid5_they_always_were(parts: list[str]) -> None:
+    # ids already stored and on the log were made by uuid.uuid5: a replay must still derive the same ones
+    assert derive_id(*parts) == str(uuid.uuid5(_ID_NAMESPACE, "|".join(parts)))
