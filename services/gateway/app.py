@@ -24,11 +24,11 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
-import json
 from collections import defaultdict
 from datetime import datetime
 from typing import Any
 
+import orjson
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
@@ -110,22 +110,27 @@ class Gateway:
     async def read(self) -> None:
         while True:
             batch = await self.consumer.getmany(timeout_ms=500, max_records=1_000)
+            if not self.waiting:
+                continue  # most results answer hospitals on Kafka: read, never parsed, while no HTTP call waits
             for records in batch.values():
                 for record in records:
                     with contextlib.suppress(ValueError):
-                        self.answer(json.loads(record.value))
+                        self.answer(orjson.loads(record.value or b""))
 
     def answer(self, reply: Any) -> None:
         """Hand a reply to whoever waits for its msgid, of the institution it answers (a reply naming none, from
-        an older settlement, goes to every waiter of the msgid)."""
-        if not isinstance(reply, dict):
+        an older settlement, goes to every waiter of the msgid). One lookup per reply, however many wait."""
+        if not isinstance(reply, dict) or not isinstance(msgid := reply.get("msgid"), str):
             return
         institution = reply.get("fixmedins_code")
-        for (msgid, code), futures in list(self.waiting.items()):
-            if msgid == reply.get("msgid") and institution in (None, code):
-                for future in futures:
-                    if not future.done():
-                        future.set_result(reply)
+        if institution is None:
+            waiters = [w for w in self.waiting if w[0] == msgid]
+        else:
+            waiters = [(msgid, institution)] if (msgid, institution) in self.waiting else []
+        for waiter in waiters:
+            for future in self.waiting[waiter]:
+                if not future.done():
+                    future.set_result(reply)
 
     def refusal(self, obj: dict[str, Any], key: str | None) -> str | None:
         """Why this caller may not send for the institution the envelope names (None: it may)."""

@@ -111,3 +111,27 @@ async def test_an_answer_in_time_is_returned_and_a_late_one_is_outcome_unknown(t
     assert status == 504 and body["err_msg"].startswith("outcome unknown: no answer within 0.2 s; send the same")
     assert "infcode" not in body  # -1 would say "failed, nothing charged" of a request that may yet settle
     assert len(g.producer.sent) == 2 and g.waiting == {} and g.in_flight == 0  # type: ignore[attr-defined]
+
+
+async def test_results_are_read_but_not_parsed_while_no_call_waits(tmp_path: Path, monkeypatch: Any) -> None:
+    g = gateway(tmp_path, mode="development")
+    record = type("Record", (), {"value": b'{"msgid": "M1", "fixmedins_code": "H32050500002", "infcode": 0}'})
+    batches = [{"tp": [record]}, {"tp": [record]}]
+    parsed: list[Any] = []
+
+    class Consumer:
+        async def getmany(self, **_: Any) -> dict[str, list[Any]]:
+            if not batches:
+                raise asyncio.CancelledError
+            return batches.pop(0)
+
+    g.consumer = Consumer()  # type: ignore[assignment]
+    monkeypatch.setattr(g, "answer", parsed.append)
+    with pytest.raises(asyncio.CancelledError):
+        await g.read()  # first batch: nobody waits
+    assert parsed == []
+    g.waiting[("M1", "H32050500002")].append(asyncio.get_running_loop().create_future())
+    batches.append({"tp": [record]})
+    with pytest.raises(asyncio.CancelledError):
+        await g.read()
+    assert [r["msgid"] for r in parsed] == ["M1"]  # someone waits: every result is looked at
