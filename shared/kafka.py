@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import inspect
 import logging
@@ -295,8 +296,12 @@ class handling:  # lower case: used like the context-manager function it replace
         self.token = HANDLING.set(functools.partial(correlation, self.record, self.message))
         if not TRACING:
             return _as_is
-        self.span = _traced(self.service, self.record, self.message)
-        return self.span.__enter__()
+        try:
+            self.span = _traced(self.service, self.record, self.message)
+            return self.span.__enter__()
+        except BaseException:  # __exit__ will not run: these ids must not stay on the task's later lines
+            HANDLING.reset(self.token)
+            raise
 
     def __exit__(self, *exc: Any) -> bool | None:
         try:
@@ -308,9 +313,9 @@ class handling:  # lower case: used like the context-manager function it replace
 @contextlib.contextmanager
 def _traced(service: str, record: Any, message: Any) -> Iterator[Callable[[list[Outgoing]], list[Outgoing]]]:
     # only the W3C trace parent of what a producer wrote (a hospital's tracestate or baggage stays out)
-    headers = dict(getattr(record, "headers", None) or ())
-    parent = propagate.extract({"traceparent": headers["traceparent"].decode(errors="replace")}
-                               if "traceparent" in headers else {})
+    traceparent = dict(getattr(record, "headers", None) or ()).get("traceparent")
+    parent = propagate.extract({"traceparent": traceparent.decode(errors="replace")}
+                               if isinstance(traceparent, bytes) else {})  # a header may carry no value at all
     attributes = {k: v for k, v in correlation(record, message).items() if isinstance(v, str | int)}
     # exceptions are recorded here, masked: their text may hold a resident ID number
     with trace.get_tracer("mutualaid").start_as_current_span(
@@ -457,9 +462,6 @@ class Consumer(Generic[T]):
             by_key.setdefault(record.key or b"", []).append((record, message))
         if skipped:
             MESSAGES.labels(self.service, self.topic, "ok").inc(skipped)
-        if self.ahead is not None:
-            await self._ahead(self.ahead, [m for group in by_key.values() for _, m in group
-                                           if not isinstance(m, PoisonMessage)])
         limit = asyncio.Semaphore(MAX_CONCURRENT_KEYS)
 
         async def in_order(group: list[tuple[Any, Any]]) -> list[Outgoing]:
@@ -469,7 +471,14 @@ class Consumer(Generic[T]):
                     out += await self._one(record, message)
             return out
 
-        results = await asyncio.gather(*(in_order(g) for g in by_key.values()), return_exceptions=True)
+        async def handle_all(ahead: Ahead | None) -> list[list[Outgoing] | BaseException]:
+            if ahead is not None:
+                await self._ahead(ahead, [m for group in by_key.values() for _, m in group
+                                          if not isinstance(m, PoisonMessage)])
+            return await asyncio.gather(*(in_order(g) for g in by_key.values()), return_exceptions=True)
+
+        # in a context of its own: what `ahead` leaves for the handlers (context variables) ends with the batch
+        results = await asyncio.create_task(handle_all(self.ahead), context=contextvars.copy_context())
         for result in results:
             if isinstance(result, BaseException):
                 raise result  # the batch is rewound and redelivered; handlers are idempotent
@@ -539,13 +548,13 @@ class Consumer(Generic[T]):
 
     def register(self, broker: KafkaBroker, group_id: str, max_records: int = 500) -> None:
         consumer = self
-        patient = self.patience_ms is not None
 
         @broker.subscriber(
             self.topic, group_id=group_id, batch=True, max_records=max_records, batch_timeout_ms=50,
             auto_offset_reset="earliest", ack_policy=AckPolicy.NACK_ON_ERROR,
             title=f"{self.service}:{self.topic}", decoder=_skip_decoding,
-            fetch_max_wait_ms=self.patience_ms or 500, fetch_min_bytes=GATHER_BYTES if patient else 1,
+            fetch_max_wait_ms=self.patience_ms if self.patience_ms is not None else 500,
+            fetch_min_bytes=GATHER_BYTES if self.patience_ms is not None else 1,
         )
         async def _batch(msg: KafkaMessage) -> None:
             records = msg.raw_message if isinstance(msg.raw_message, tuple | list) else (msg.raw_message,)

@@ -123,6 +123,8 @@ class Gateway:
         if not isinstance(reply, dict) or not isinstance(msgid := reply.get("msgid"), str):
             return
         institution = reply.get("fixmedins_code")
+        if not isinstance(institution, str | None):
+            return  # not a reply of ours: nobody waits for it
         if institution is None:
             waiters = [w for w in self.waiting if w[0] == msgid]
         else:

@@ -82,8 +82,8 @@ EXPIRY_SCAN_MS = 250
 OVERDUE_SCAN_MS = 10_000  # the saga-age gauge: a stuck return shows within seconds, costs one read per 10 s
 
 
-# Results of the payments the current batch made ahead (pay_ahead), by message_id; each handler takes its own.
-_PAID_AHEAD: ContextVar[dict[str, dict[str, Any]]] = ContextVar("wallet_paid_ahead", default={})  # noqa: B039
+# Results of the payments the current batch made ahead (pay_ahead), by message_id; a repeat in the batch gets the same.
+_PAID_AHEAD: ContextVar[dict[str, dict[str, Any] | Exception]] = ContextVar("wallet_paid_ahead", default={})  # noqa: B039
 
 
 class WalletService:
@@ -288,6 +288,7 @@ class WalletService:
         """A batch's payments in one round trip before its commands are handled (issue 14): each key's order is
         kept, so only payments that no other command of their payment_id comes before in the batch are made
         ahead. The script is idempotent: a payment made ahead and then again returns the stored result."""
+        _PAID_AHEAD.set({})  # first: a store that fails below leaves no results of an earlier batch behind
         others: set[str] = set()
         payments = []
         for cmd in commands:
@@ -300,8 +301,10 @@ class WalletService:
     async def on_command(self, cmd: Any, _record: Any) -> list[Outgoing]:
         now = self.clock.now()
         if isinstance(cmd, PaySettlement):
-            r = _PAID_AHEAD.get().pop(cmd.message_id, None) or await self.store.pay(
+            r = _PAID_AHEAD.get().get(cmd.message_id) or await self.store.pay(
                 cmd.payment_id, cmd.psn_no, cmd.amount_fen, cmd.plan, cmd.dry_run, cmd.message_id)
+            if isinstance(r, Exception):
+                raise r  # the script failed when made ahead: handled as its failure would have been then
             env = cmd.caused("PaymentResult", now, province=self.province)
             if not r["ok"]:
                 event: BaseModel = PaymentRejected(**env, payment_id=cmd.payment_id, psn_no=cmd.psn_no,

@@ -97,17 +97,17 @@ class WalletStore:
         return await self._call(self._pay, "pay", payment_id, psn, amount_fen, "1" if dry_run else "0",
                                 plan.model_dump_json(), message_id)
 
-    async def pay_many(self, payments: list[PaySettlement]) -> dict[str, dict[str, Any]]:
-        """`pay` for each, in one round trip and in their order: message_id → result. A call that failed in
-        Redis has no result here (its handler calls `pay` itself and meets the error there)."""
+    async def pay_many(self, payments: list[PaySettlement]) -> dict[str, dict[str, Any] | Exception]:
+        """`pay` for each, in one round trip and in their order: message_id → result, or the error Redis gave
+        (the handler raises it, as `pay` would have: a script that failed is not run a second time)."""
         async with self.client.pipeline(transaction=False) as pipe:
             for p in payments:
                 await self._pay(keys=[self.prefix], client=pipe,  # queued: answered by execute
                           args=["pay", p.payment_id, p.psn_no, str(p.amount_fen), "1" if p.dry_run else "0",
                                 p.plan.model_dump_json(), p.message_id])
             raws = await pipe.execute(raise_on_error=False)
-        return {p.message_id: _result(raw) for p, raw in zip(payments, raws, strict=True)
-                if not isinstance(raw, Exception)}
+        return {p.message_id: raw if isinstance(raw, Exception) else _result(raw)
+                for p, raw in zip(payments, raws, strict=True)}
 
     async def reverse(self, payment_id: str, psn: str, message_id: str) -> dict[str, Any]:
         return await self._call(self._pay, "reverse", payment_id, psn, message_id)

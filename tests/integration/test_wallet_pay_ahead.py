@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from pydantic import TypeAdapter
 
+from contracts.topics import dlq
 from contracts.wallet import FundingPlan, PaySettlement, ReversePayment, WalletCommand
 from services.wallet.app import WalletService
 from services.wallet.audit import audit
@@ -33,9 +34,11 @@ class Published:
 
     def __init__(self) -> None:
         self.bodies: list[bytes] = []
+        self.topics: list[str] = []
 
-    async def publish(self, body: bytes, *_: Any, **__: Any) -> None:
+    async def publish(self, body: bytes, topic: str, **_: Any) -> None:
         self.bodies.append(body)
+        self.topics.append(topic)
 
 
 @pytest.fixture
@@ -64,19 +67,20 @@ def batch() -> list[Any]:
         ReversePayment(message_id="m2", occurred_at=CLOCK.now(), payment_id="P2", psn_no="B"),  # before its payment
         pay(3, "P2", "B", 4_000),  # voided in advance by m2: must stay unpaid
         pay(4, "P3", "A", 9_000),  # more than A has left after P1: part cash
-        pay(5, "P1", "A", 3_000),  # P1 again (a redelivery): the stored result
+        pay(5, "P1", "A", 3_000),  # P1 again under a new message id: the stored result
+        pay(1, "P1", "A", 3_000),  # m1 itself again (redelivered within the batch)
         pay(6, "P4", "C", 2_500),
     ]
     return [SimpleNamespace(topic="wallet.32.commands.v1", partition=0, offset=i, key=kafka_key(c.payment_id),
                             value=c.model_dump_json().encode()) for i, c in enumerate(commands)]
 
 
-async def run(service: WalletService, ahead: bool) -> list[bytes]:
+async def run(service: WalletService, ahead: bool, records: list[Any] | None = None) -> Published:
     consumer = Consumer("wallet-32", "wallet.32.commands.v1", model_parser(TypeAdapter(WalletCommand)),
                         service.on_command, ahead=service.pay_ahead if ahead else None)
     published = Published()
-    await consumer._key_by_key(published, batch())  # type: ignore[arg-type]
-    return published.bodies
+    await consumer._key_by_key(published, batch() if records is None else records)  # type: ignore[arg-type]
+    return published
 
 
 async def balances(service: WalletService) -> dict[str, Any]:
@@ -93,8 +97,8 @@ async def test_a_batch_paid_ahead_ends_as_one_paid_message_by_message(client: An
         return await one_payment(payment_id, *args)
 
     monkeypatch.setattr(ahead.store, "pay", pay_alone)
-    assert sorted(await run(ahead, ahead=True)) == sorted(await run(alone, ahead=False))
-    assert called == ["P2"]  # every other payment was made ahead, in the batch's one round trip
+    assert sorted((await run(ahead, ahead=True)).bodies) == sorted((await run(alone, ahead=False)).bodies)
+    assert called == ["P2"]  # every other payment was made ahead, in the batch's one round trip (m1's repeat too)
     assert await balances(ahead) == await balances(alone)
     after = await balances(ahead)
     assert (after["A"]["cur"], after["B"]["cur"], after["C"]["cur"]) == ("0", "10000", "7500")  # P2 stayed voided
@@ -114,3 +118,18 @@ async def test_only_payments_nothing_else_of_their_id_comes_before_are_made_ahea
     again = [TypeAdapter(WalletCommand).validate_json(r.value) for r in batch()]
     await service.pay_ahead(again)  # a redelivered batch: nothing moves twice
     assert await balances(service) == before
+
+
+async def test_a_payment_whose_script_failed_ahead_is_parked_not_run_again(client: Any) -> None:
+    """A script that fails after a write (here the ledger is not a stream) must not run a second time from the
+    handler: that would repeat the write. It is parked, as it was before payments were made ahead."""
+    service = await wallet(client)
+    prefix = service.store.prefix
+    await client.delete(f"{prefix}ledger")
+    await client.set(f"{prefix}ledger", "not a stream")
+    command = pay(9, "P9", "A", 1_000)
+    record = SimpleNamespace(topic="wallet.32.commands.v1", partition=0, offset=0, key=kafka_key("P9"),
+                             value=command.model_dump_json().encode())
+    published = await run(service, ahead=True, records=[record])
+    assert published.topics == [dlq("wallet.32.commands.v1")]  # parked: no payment event
+    assert (await client.hgetall(f"{prefix}acct:A"))["cur"] == "9000"  # written once by the one run, not twice

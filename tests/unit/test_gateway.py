@@ -71,6 +71,7 @@ async def test_an_institution_cannot_send_or_wait_on_another_institutions_msgid(
     mine = asyncio.get_running_loop().create_future()
     g.waiting[("M1", "H32050500002")].append(mine)
     g.answer({"msgid": "M1", "fixmedins_code": "H32050599999", "infcode": -1})
+    g.answer({"msgid": "M1", "fixmedins_code": ["H32050500002"], "infcode": -1})  # not a reply of ours: no crash
     assert not mine.done()
     g.answer({"msgid": "M1", "fixmedins_code": "H32050500002", "infcode": 0})
     assert mine.result()["infcode"] == 0

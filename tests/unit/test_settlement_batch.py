@@ -18,6 +18,7 @@ from contracts.topics import HIS_REQUESTS, HIS_RESULTS, dlq, wallet_commands
 from services.settlement import store as settlement_store
 from services.settlement.app import wire
 from services.settlement.domain import setl_id_for
+from services.settlement.machine import Record, State
 from services.settlement.store import k_req
 from shared.client import dumps_his, his_request
 from shared.clock import FixedClock
@@ -194,3 +195,35 @@ async def test_a_record_keeps_the_history_of_its_states_with_business_time() -> 
     assert history == ["AWAITING_WALLET 20261123100000000", "TIMED_OUT 20261123100030000"]
     by_setl_id = await service.store.setl_msgid(setl_id_for(first["msgid"]))
     assert by_setl_id == first["msgid"]
+
+
+async def test_a_record_saved_again_after_a_savepoint_is_written_as_it_was_at_the_savepoint() -> None:
+    """The writes go to Redis as one script call; a record's value is taken at commit, after any rollback."""
+    redis = fakeredis.FakeAsyncRedis(decode_responses=True)
+    store = settlement_store.SettlementStore(redis, FixedClock(T0))
+    first = Record(msgid="M1", infno="2207", state=State.AWAITING_WALLET)
+
+    async def decide(tx: settlement_store.Tx) -> list[Any]:
+        tx.put(first)
+        tx.set_value("s:visit:H:V1", "M1", ex=60)
+        tx.op("ZADD", settlement_store.K_DEADLINES, 1_732_400_000_123, "M1")
+        savepoint = tx.savepoint()
+        tx.put(first.model_copy(update={"state": State.PAID}))
+        tx.op("SADD", "s:clr:days", "2026-11-23")
+        tx.rollback(savepoint)
+        return []
+
+    await store.transact(None, decide)
+    saved = Record.model_validate_json(await redis.get(k_req("M1")))
+    assert saved.state == State.AWAITING_WALLET
+    assert await redis.get("s:visit:H:V1") == "M1" and 0 < await redis.ttl("s:visit:H:V1") <= 60
+    assert await redis.zscore(settlement_store.K_DEADLINES, "M1") == 1_732_400_000_123
+    assert not await redis.exists("s:clr:days")  # rolled back with the savepoint
+
+    async def saved_twice(tx: settlement_store.Tx) -> list[Any]:
+        tx.put(first.model_copy(update={"msgid": "M2"}))
+        tx.put(first.model_copy(update={"msgid": "M2", "state": State.PAID}))  # one SET, of the last put
+        return []
+
+    await store.transact(None, saved_twice)
+    assert Record.model_validate_json(await redis.get(k_req("M2"))).state == State.PAID

@@ -19,6 +19,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import shared.kafka
+import shared.logs
 import shared.service  # (installs the services' tracer provider)
 from contracts.topics import HIS_REQUESTS, HIS_RESULTS, WALLET_EVENTS, wallet_commands
 from services.settlement.app import wire as settlement_wire
@@ -114,3 +115,13 @@ def test_a_failure_is_recorded_on_the_span_with_id_numbers_masked(exported: InMe
     assert not span.events  # no exception event carrying the clear text
     assert f"{span.context.trace_id:032x}" == "0af7651916cd43dd8448eb211c80319c"
     assert "baggage" not in stamped[0].headers
+
+
+def test_a_traceparent_header_without_a_value_is_no_parent_and_leaves_no_ids_behind(
+        exported: InMemorySpanExporter) -> None:
+    record = SimpleNamespace(topic="t", partition=0, offset=9, headers=[("traceparent", None)])
+    with shared.kafka.handling("svc", record, {"msgid": "M9"}):
+        assert shared.logs.current_ids()["msgid"] == "M9"
+    (span,) = exported.get_finished_spans()
+    assert span.parent is None  # a root span: nothing to follow
+    assert shared.logs.current_ids() == {}
