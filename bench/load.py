@@ -23,7 +23,7 @@ from shared.client import dumps_his, msgid_for
 from shared.kafka import kafka_auth
 from shared.pii import kafka_key
 
-RATES = (250, 500, 1_000, 2_000, 4_000)  # offered settlements/s, lowest first
+RATES = (250, 500, 750, 1_000, 1_500, 2_000, 4_000)  # offered settlements/s, lowest first
 STEADY_S = 8.0  # each rate is held this long
 DRAIN_S = 12.0  # after the last intended send, answers are awaited this long at most
 GIVE_UP_P99_MS = 5_000.0  # a rate this far beyond its target ends the climb: higher ones only queue more
