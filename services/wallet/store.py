@@ -103,8 +103,8 @@ class WalletStore:
         async with self.client.pipeline(transaction=False) as pipe:
             for p in payments:
                 await self._pay(keys=[self.prefix], client=pipe,  # queued: answered by execute
-                          args=["pay", p.payment_id, p.psn_no, str(p.amount_fen), "1" if p.dry_run else "0",
-                                p.plan.model_dump_json(), p.message_id])
+                                args=["pay", p.payment_id, p.psn_no, str(p.amount_fen), "1" if p.dry_run else "0",
+                                      p.plan.model_dump_json(), p.message_id])
             raws = await pipe.execute(raise_on_error=False)
         return {p.message_id: raw if isinstance(raw, Exception) else _result(raw)
                 for p, raw in zip(payments, raws, strict=True)}
