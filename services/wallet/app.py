@@ -287,8 +287,9 @@ class WalletService:
     async def pay_ahead(self, commands: list[Any]) -> None:
         """A batch's payments in one round trip before its commands are handled (issue 14): each key's order is
         kept, so only payments that no other command of their payment_id comes before in the batch are made
-        ahead. The script is idempotent: a payment made ahead and then again returns the stored result."""
-        _PAID_AHEAD.set({})  # first: a store that fails below leaves no results of an earlier batch behind
+        ahead. The script is idempotent: a payment made ahead and then again returns the stored result. The results
+        live in the batch's own context (shared/kafka): they end with it, and a batch whose store call failed
+        finds none."""
         others: set[str] = set()
         payments = []
         for cmd in commands:
@@ -296,7 +297,7 @@ class WalletService:
                 payments.append(cmd)
             elif isinstance(pid := getattr(cmd, "payment_id", None), str):
                 others.add(pid)
-        _PAID_AHEAD.set(await self.store.pay_many(payments) if payments else {})
+        _PAID_AHEAD.set(await self.store.pay_many(payments))  # none: no round trip (an empty pipeline sends nothing)
 
     async def on_command(self, cmd: Any, _record: Any) -> list[Outgoing]:
         now = self.clock.now()
