@@ -11,6 +11,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
 
+from bench import cpu
 from bench.load import quiet
 from contracts.enrollment import AccountCredited, PersonEnrolled
 from contracts.topics import ENROLLMENT_EVENTS
@@ -79,16 +80,18 @@ async def _chunks(client: Any) -> Any:
             return
 
 
-async def ingestion(bootstrap: str, redis_url: str) -> dict[str, Any]:
+async def ingestion(bootstrap: str, redis_url: str, pids: dict[str, int]) -> dict[str, Any]:
     client = aioredis.Redis.from_url(redis_url)
     await quiet(bootstrap)
     used_before = (await client.info("memory"))["used_memory"]
     before = await memory_by_family(client)
     messages = people_events(PERSONS)
+    cpu_before = cpu.cpu_seconds(pids)
     started = time.perf_counter()
     await publish(bootstrap, ENROLLMENT_EVENTS, messages)
     await quiet(bootstrap, topics=(ENROLLMENT_EVENTS,))
     elapsed = time.perf_counter() - started
+    cpu_ms = cpu.per_unit_ms(cpu_before, cpu.cpu_seconds(pids), len(messages))
     used_after = (await client.info("memory"))["used_memory"]
     after = await memory_by_family(client)
     await client.aclose()
@@ -99,4 +102,4 @@ async def ingestion(bootstrap: str, redis_url: str) -> dict[str, Any]:
     by_family = {f: round(a) for f, (a, _) in sorted(grown.items(), key=lambda kv: -kv[1][0]) if a >= 1}
     return {"enrolment_events": len(messages), "enrolment_events_s": len(messages) / elapsed,
             "redis_bytes_per_person": per_person, "redis_bytes_per_person_after_35_days": per_person - expiring,
-            "redis_bytes_per_person_by_key": by_family}
+            "redis_bytes_per_person_by_key": by_family, "enrolment_cpu_ms_per_event": cpu_ms}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from typing import Any
 
 from faststream.asgi import AsgiResponse, Request, get
@@ -42,6 +43,8 @@ QUOTA_ANSWERS = frozenset({"QuotaEarmarked", "QuotaEarmarkRejected"})
 # batches and commits under load, and a binding's quota is confirmed at most this much later.
 QUOTA_ANSWER_PATIENCE_MS = 200
 MAX_CAS_ATTEMPTS = 20  # optimistic transaction retries before the message is retried as transient
+# Enrolment events the current batch applied ahead (enrolment_ahead), by message_id.
+_ENROLLED_AHEAD: ContextVar[frozenset[str] | set[str]] = ContextVar("binding_enrolled_ahead", default=frozenset())
 
 
 class BindingService:
@@ -160,9 +163,31 @@ class BindingService:
 
     # ------------------------------------------------------------ enrollment
 
+    async def enrolment_ahead(self, events: list[Any]) -> None:
+        """Most enrolment events concern people with no bindings, whose decision is their new view alone (the
+        dissolutions and relocations an event causes are of bindings). A batch applies each person's first such
+        event in two round trips (read the people, then apply each with a check that nothing it was decided on
+        has changed: `apply_if_unbound_many`); an event that fails the check, and every later event of its
+        person, is decided by the handler in full. Results live in the batch's own context (shared/kafka)."""
+        firsts: dict[str, Any] = {}
+        for event in events:
+            if event.type in PERSON_EVENTS:
+                firsts.setdefault(event.psn_no, event)
+        now = self.clock.now()
+        decided = []
+        for (psn, event), raw in zip(firsts.items(), await self.store.persons_raw(list(firsts)), strict=True):
+            if domain.dissolutions_for(event, []) or domain.relocations_for(event, [], now).events:
+                continue  # never with no bindings; the rule stays the domain's to say
+            current = domain.Person.model_validate_json(raw) if raw else None
+            decided.append((event.message_id, psn, raw, domain.apply_enrollment(current, event)))
+        applied = await self.store.apply_if_unbound_many(decided)  # none: no round trip
+        _ENROLLED_AHEAD.set({d[0] for d, ok in zip(decided, applied, strict=True) if ok})
+
     async def on_enrollment(self, event: Any, _record: Any) -> list[Outgoing]:
         if event is None or event.type not in PERSON_EVENTS:
             return []  # account money is the wallet's business
+        if event.message_id in _ENROLLED_AHEAD.get():
+            return []  # applied ahead with the batch: its decision had no events
         return await self.once(event.message_id, lambda: self._apply_enrollment(event))
 
     async def _apply_enrollment(self, event: Any) -> list[BaseModel]:
@@ -234,7 +259,7 @@ def wire(settings: Settings, redis: Any, clock: Clock) -> tuple[BindingService, 
     return service, [
         Consumer(SERVICE, BINDING_COMMANDS, model_parser(TypeAdapter(BindingCommand)), service.on_command),
         Consumer(SERVICE, ENROLLMENT_EVENTS, model_parser(TypeAdapter(EnrollmentEvent), PERSON_EVENTS),
-                 service.on_enrollment),
+                 service.on_enrollment, ahead=service.enrolment_ahead),
         Consumer(SERVICE, WALLET_EVENTS, model_parser(TypeAdapter(WalletEvent), QUOTA_ANSWERS),
                  service.on_wallet_event, patience_ms=QUOTA_ANSWER_PATIENCE_MS),
     ]

@@ -64,7 +64,7 @@ from contracts.wallet import (
 )
 from services.settlement import domain, machine
 from services.settlement.machine import Command, Effect, KeepSent, Record, Reply, Resend, State
-from services.settlement.store import SettlementStore, Tx, decode_out, encode_out
+from services.settlement.store import SettlementStore, Tx, decode_out, encode_out, k_person
 from shared.clock import Clock, china_time, epoch_ms
 from shared.kafka import BatchConflict, Consumer, Outgoing, PoisonMessage, model_parser, publish_all
 from shared.metrics import WALLET_TIMEOUTS
@@ -503,6 +503,11 @@ class SettlementService:
             await self.store.save_order(e.recipient_psn_no, e.grantor_order)
         return []
 
+    async def prefetch_persons(self, tx: Tx, events: list[Any]) -> None:
+        """A batch of enrolment events reads every person it changes in one round trip (`on_enrollment` then
+        decides each in memory, in order, and the batch's writes commit together)."""
+        await tx.prefetch(k_person(e.psn_no) for e in events if not isinstance(e, AccountCredited | YearRolledOver))
+
     async def on_enrollment(self, e: Any, _record: Any) -> list[Outgoing]:
         if isinstance(e, AccountCredited | YearRolledOver):
             return []
@@ -536,7 +541,8 @@ def wire(settings: Settings, redis: Any, clock: Clock) -> tuple[SettlementServic
         Consumer(SERVICE, WALLET_EVENTS, model_parser(TypeAdapter(WalletEvent)), service.on_wallet,
                  batch=service.store.batch, prefetch=service.prefetch_wallet),
         Consumer(SERVICE, BINDING_EVENTS, model_parser(TypeAdapter(BindingEvent)), service.on_binding),
-        Consumer(SERVICE, ENROLLMENT_EVENTS, model_parser(TypeAdapter(EnrollmentEvent)), service.on_enrollment),
+        Consumer(SERVICE, ENROLLMENT_EVENTS, model_parser(TypeAdapter(EnrollmentEvent)), service.on_enrollment,
+                 batch=service.store.batch, prefetch=service.prefetch_persons),
     ]
 
 

@@ -95,6 +95,10 @@ def k_done(message_id: str) -> str:
     return f"s:done:{message_id}"
 
 
+def k_person(psn: str) -> str:
+    return f"s:psn:{psn}"
+
+
 def k_clearing(day: str) -> str:
     return f"s:clr:{day}"
 
@@ -435,7 +439,10 @@ class SettlementStore:
         return found
 
     async def person(self, psn: str) -> PersonView | None:
-        raw = await self.client.get(f"s:psn:{psn}")
+        """Through the batch's transaction when there is one (a batch of enrolment events reads and writes its
+        people in one transaction: `prefetch_persons`, `save_person`)."""
+        batch = _BATCH.get()
+        raw = await batch.value(k_person(psn)) if batch is not None else await self.client.get(k_person(psn))
         return PersonView.model_validate_json(raw) if raw else None
 
     async def day_rows(self, fixmedins: str, day: str) -> list[dict[str, Any]]:
@@ -491,11 +498,19 @@ class SettlementStore:
         await self.client.set(f"s:rm:order:{recipient}", json.dumps(grantor_order))
 
     async def save_person(self, view: PersonView, enrolled: bool) -> None:
-        """A person's identity view; on enrolment also whom the ID hash and the card number belong to."""
+        """A person's identity view; on enrolment also whom the ID hash and the card number belong to. Inside
+        `batch`, written with the batch's transaction (later events of the batch read it from there)."""
+        writes = [(k_person(view.psn_no), view.model_dump_json())]
+        if enrolled:
+            writes.append((f"s:idn:{view.id_hash}", view.psn_no))
+            if view.card_no:
+                writes.append((f"s:card:{view.card_no}", view.psn_no))
+        batch = _BATCH.get()
+        if batch is not None:
+            for key, value in writes:
+                batch.set_value(key, value)
+            return
         async with self.client.pipeline(transaction=True) as p:
-            if enrolled:
-                p.set(f"s:idn:{view.id_hash}", view.psn_no)
-                if view.card_no:
-                    p.set(f"s:card:{view.card_no}", view.psn_no)
-            p.set(f"s:psn:{view.psn_no}", view.model_dump_json())
+            for key, value in writes:
+                p.set(key, value)
             await p.execute()

@@ -164,13 +164,16 @@ class WalletStore:
     async def set_person(self, psn: str, admdvs: str, status: str, version: int, arrived_from: str = "") -> None:
         """Non-money view of people enrolled here (any scheme), for wallet opening (W1); `arrived_from`: the
         region of a person who moved here from another province (their account follows, ReceiveAccount)."""
-        key = f"{self.prefix}person:{psn}"
-        current = await self.client.hget(key, "version")
-        if current is None or int(current) < version:
-            fields: dict[str, str | int] = {"admdvs": admdvs, "status": status, "version": version}
-            if arrived_from:
-                fields["arrived_from"] = arrived_from
-            await self.client.hset(key, mapping=fields)
+        await self._call(self._accounts, "person", psn, admdvs, status, version, arrived_from)
+
+    async def accounts_many(self, calls: list[tuple[str, list[object]]]) -> list[dict[str, Any] | Exception]:
+        """accounts.lua calls `(op, arguments)` in one round trip and in their order: each result, or the error
+        Redis gave for it (a script that failed is not run a second time: its caller raises the error)."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            for op, args in calls:
+                await self._accounts(keys=[self.prefix], args=[op, *(str(a) for a in args)], client=pipe)
+            raws = await pipe.execute(raise_on_error=False)
+        return [raw if isinstance(raw, Exception) else _result(raw) for raw in raws]
 
     async def person_status(self, psn: str) -> str | None:
         status: str | None = await self.client.hget(f"{self.prefix}person:{psn}", "status")

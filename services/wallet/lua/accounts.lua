@@ -7,6 +7,20 @@ local LEDGER = P .. 'ledger'
 
 local function acct_key(psn) return P .. 'acct:' .. psn end
 
+if op == 'person' then
+  -- ARGV: op, psn, admdvs, status, version, arrived_from ('' = none). The non-money view of a person enrolled
+  -- here (W1: who may open a wallet); only a newer version changes it.
+  local psn, admdvs, status, version, from = ARGV[2], ARGV[3], ARGV[4], int(ARGV[5]), ARGV[6] or ''
+  local k = P .. 'person:' .. psn
+  local current = redis.call('HGET', k, 'version')
+  if current and int(current) >= version then
+    return cjson.encode({ok = true, applied = false})
+  end
+  redis.call('HSET', k, 'admdvs', admdvs, 'status', status, 'version', version)
+  if from ~= '' then redis.call('HSET', k, 'arrived_from', from) end
+  return cjson.encode({ok = true, applied = true})
+end
+
 if op == 'enroll' or op == 'status' then
   -- ARGV: op, psn, version, status ('active'|'frozen'), admdvs, reason ('' = none: why it is frozen)
   local psn, version, status, admdvs, why = ARGV[2], int(ARGV[3]), ARGV[4], ARGV[5], ARGV[6] or ''
