@@ -82,9 +82,10 @@ async def main(only: tuple[str, ...] = PHASES) -> dict[str, Any]:
             layout = await asyncio.to_thread(supervised.up, state, {"LOG_LEVEL": "WARNING"})
         os.environ.update(supervised.client_env(state))  # the bench's clients (relays too): admin principal
         urls = {n: f"http://127.0.0.1:{p}" for n, p in layout.http_ports.items()}
-        phases = (("ingestion", "enrolment ingestion", lambda: ingestion(layout.kafka_bootstrap, layout.redis_url,
-                                                                          cpu.stack_processes(state))),
-                  ("transfers", "transfers", lambda: transfers(layout.kafka_bootstrap, clock)),
+        pids = cpu.stack_processes(state)
+        phases = (("ingestion", "enrolment ingestion",
+                   lambda: ingestion(layout.kafka_bootstrap, layout.redis_url, pids)),
+                  ("transfers", "transfers", lambda: transfers(layout.kafka_bootstrap, clock, pids)),
                   ("ceilings", "raw Redis", lambda: ceilings.raw_redis(layout.redis_url)),
                   ("ceilings", "raw Kafka", lambda: ceilings.raw_kafka(layout.kafka_bootstrap)),
                   ("ceilings", "raw three-hop relay", lambda: ceilings.relay_three_hops(layout.kafka_bootstrap)),
@@ -156,14 +157,15 @@ def report(r: dict[str, Any]) -> None:
         spent.add_row(name, *(f"{row['cpu_ms_per_settlement'].get(name, 0):.3f}" for row in cpu_rows))
     if cpu_rows:
         console.print(spent)
-    enrolment = r.get("enrolment_cpu_ms_per_event", {})
-    per_event = Table(title="CPU ms per enrolment event by process")
-    per_event.add_column("process")
-    per_event.add_column("ms/event", justify="right")
-    for name, ms in enrolment.items():
-        per_event.add_row(name, f"{ms:.3f}")
-    if enrolment:
-        console.print(per_event)
+    for key, title in (("enrolment_cpu_ms_per_event", "CPU ms per enrolment event by process"),
+                       ("transfer_cpu_ms_each", "CPU ms per accepted transfer by process (request to accepted)")):
+        if key in r:
+            per_unit = Table(title=title)
+            per_unit.add_column("process")
+            per_unit.add_column("ms", justify="right")
+            for name, ms in r[key].items():
+                per_unit.add_row(name, f"{ms:.3f}")
+            console.print(per_unit)
     keys = Table(title="Redis bytes per person after enrolment and a credit, by key family (the largest)")
     keys.add_column("key family")
     keys.add_column("bytes/person", justify="right")

@@ -12,6 +12,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from bench import cpu
 from bench.ingest import people_events, publish
 from bench.load import pct, quiet
 from contracts.binding import BindingKind, CreateBinding, Relation
@@ -42,7 +43,7 @@ def relatives(count: int, clock: Clock) -> list[tuple[str, bytes]]:
     return out
 
 
-async def transfers(bootstrap: str, clock: Clock) -> dict[str, Any]:
+async def transfers(bootstrap: str, clock: Clock, pids: dict[str, int]) -> dict[str, Any]:
     senders = people_events(TRANSFERS, "32", balance_fen=100_000)
     receivers = relatives(TRANSFERS, clock)
     await publish(bootstrap, ENROLLMENT_EVENTS, senders + receivers)
@@ -74,6 +75,7 @@ async def transfers(bootstrap: str, clock: Clock) -> dict[str, Any]:
         proof = sign(s, r, f"transfer:{t_id}", AMOUNT_FEN, uuid.uuid4().hex, soon)
         commands.append((t_id, RequestTransfer(transfer_id=t_id, from_psn_no=s, to_psn_no=r, to_admdvs=REGION["51"],
                                                amount_fen=AMOUNT_FEN, consent=proof, occurred_at=clock.now())))
+    cpu_before = cpu.cpu_seconds(pids)
     try:
         started = time.perf_counter()
         futures = []
@@ -100,6 +102,8 @@ async def transfers(bootstrap: str, clock: Clock) -> dict[str, Any]:
                         refused.setdefault(t_id, e.get("reason", e["type"]))
             await asyncio.gather(*accepts)
         last = max(accepted.values(), default=started)
+        await quiet(bootstrap)
+        cpu_ms = cpu.per_unit_ms(cpu_before, cpu.cpu_seconds(pids), len(accepted))
     finally:
         await producer.stop()
         await consumer.stop()
@@ -107,4 +111,4 @@ async def transfers(bootstrap: str, clock: Clock) -> dict[str, Any]:
     return {"transfers": TRANSFERS, "transfers_accepted": len(accepted), "transfers_refused": len(refused),
             "transfers_s": len(accepted) / max(last - started, 1e-9), "transfer_p50_ms": pct(latencies, 50),
             "transfer_p99_ms": pct(latencies, 99),
-            "transfer_refusals": sorted(set(refused.values()))}
+            "transfer_refusals": sorted(set(refused.values())), "transfer_cpu_ms_each": cpu_ms}

@@ -13,7 +13,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from contracts.wallet import FundingPlan, PaySettlement
-from shared.redis_store import claim_due, load_script
+from shared.redis_store import ScriptPipeline, claim_due, load_script
 
 LUA = Path(__file__).parent / "lua"
 EXPIRY_LEASE_MS = 30_000  # a claimed expiry not finished in this long (its instance died) is taken up again
@@ -40,9 +40,10 @@ class WalletStore:
         self._bindings = load_script(client, LUA / "bindings.lua")
         self._pay = load_script(client, LUA / "pay.lua")
         self._transfers = load_script(client, LUA / "transfers.lua")
+        self._together = ScriptPipeline(client)
 
     async def _call(self, script: Any, *args: object) -> dict[str, Any]:
-        return _result(await script(keys=[self.prefix], args=[str(a) for a in args]))
+        return _result(await self._together(script, [self.prefix], [str(a) for a in args]))
 
     # accounts (C1)
     async def enroll(self, psn: str, version: int, status: str, admdvs: str) -> dict[str, Any]:
