@@ -102,25 +102,33 @@ class Outgoing:
                    {"content-type": "application/json", "message-type": type(message).__name__})
 
 
-class _Kind(BaseModel):
+class Routing(BaseModel):
+    """What a consumer reads of a message to skip one it does not act on, without building the message."""
+
     type: str
+    admdvs: str = ""
+    from_admdvs: str = ""
 
 
-_KIND = TypeAdapter(_Kind)
+_ROUTING = TypeAdapter(Routing)
 
 
-def model_parser(adapter: TypeAdapter[T], only: frozenset[str] | None = None) -> Callable[[bytes], T | None]:
-    """Parse bytes into a contract union; refuse versions we do not know instead of guessing. With `only`, a
-    message of any other type is skipped (None) after reading just its type: a consumer that acts on a few types
-    of a busy topic does not build every payment event it will drop (their own consumers judge them)."""
+def model_parser(adapter: TypeAdapter[T], only: frozenset[str] | None = None,
+                 wanted: Callable[[Routing], bool] | None = None) -> Callable[[bytes], T | None]:
+    """Parse bytes into a contract union; refuse versions we do not know instead of guessing. With `only` (types)
+    or `wanted` (a test of its routing fields), a message this consumer does not act on is skipped (None) after
+    reading just those fields: a consumer that acts on a few messages of a busy topic does not build every one it
+    would drop (their own consumers judge them, bad ones included)."""
 
     def parse(raw: bytes) -> T | None:
-        if only is not None:
+        if only is not None or wanted is not None:
             try:
-                if _KIND.validate_json(raw).type not in only:
-                    return None
+                routing = _ROUTING.validate_json(raw)
             except ValidationError:
-                pass  # not even a type: the full parse below says what is wrong
+                pass  # not even these fields: the full parse below says what is wrong
+            else:
+                if (only is not None and routing.type not in only) or (wanted is not None and not wanted(routing)):
+                    return None
         try:
             value = adapter.validate_json(raw)
         except ValidationError as exc:

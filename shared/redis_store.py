@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,32 @@ def load_script(client: aioredis.Redis, path: Path) -> AsyncScript:
     return client.register_script(PRELUDE + "\n" + path.read_text())
 
 
+ScriptCall = tuple[AsyncScript, list[str], list[str]]  # (script, keys, args)
+
+
+async def evalsha_many(client: aioredis.Redis, calls: list[ScriptCall]) -> list[Any]:
+    """Each script call, in one round trip and in this order: its reply, or the error Redis gave for it. Not through
+    redis-py's script objects: in a pipeline they first ask Redis whether every script exists, a second round trip
+    each time. A script Redis has forgotten (restart, flush) is loaded, and only the calls that met it run again."""
+    replies = await _evalsha(client, calls)
+    unknown = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+    if unknown:
+        for script in {calls[i][0] for i in unknown}:
+            await client.script_load(script.script)
+        for i, reply in zip(unknown, await _evalsha(client, [calls[i] for i in unknown]), strict=True):
+            replies[i] = reply
+    return replies
+
+
+async def _evalsha(client: aioredis.Redis, calls: list[ScriptCall]) -> list[Any]:
+    if not calls:
+        return []
+    async with client.pipeline(transaction=False) as pipe:
+        for script, keys, args in calls:
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+        return list(await pipe.execute(raise_on_error=False))
+
+
 class ScriptPipeline:
     """Script calls made at the same time go to Redis together, as ioredis's auto-pipelining does: a call joins the
     pipeline that leaves at the event loop's next turn. A batch handles its different keys concurrently (shared/kafka),
@@ -36,51 +63,47 @@ class ScriptPipeline:
     the retry and timeout wrappers, a send and a read) was a quarter of the wallet's CPU in a transfer profile
     (issue 14). Nothing else changes: each script is atomic as before, the calls of one task keep their order (it
     awaits each before making the next), and calls of different tasks had no order between them to keep. A call
-    gets its own reply or its own error; when the pipeline as a whole fails (the connection), every call in it gets
-    that error and its caller's retry decides, as for a call of its own (every script is idempotent)."""
+    gets its own reply or its own error; when the round trip as a whole fails (the connection), every call in it gets
+    that error and its caller's retry decides, as for a call of its own (every script is idempotent). A caller
+    cancelled before its call left takes the call back."""
 
     MAX_CALLS = 512  # per round trip; a fuller queue leaves at once and later calls start the next one
 
     def __init__(self, client: aioredis.Redis) -> None:
         self.client = client
-        self.queued: list[tuple[AsyncScript, list[str], list[str], asyncio.Future[Any]]] = []
+        self.queued: list[tuple[ScriptCall, asyncio.Future[Any]]] = []
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.sending: set[asyncio.Task[None]] = set()  # referenced until done (the loop keeps weak references)
 
     async def __call__(self, script: AsyncScript, keys: list[str], args: list[str]) -> Any:
         loop = asyncio.get_running_loop()
-        reply: asyncio.Future[Any] = loop.create_future()
-        self.queued.append((script, keys, args, reply))
+        if loop is not self.loop:  # calls queued on a loop that has gone (tests run one per example) never leave
+            self.loop, self.queued = loop, []
+        entry = ((script, keys, args), loop.create_future())
+        self.queued.append(entry)
         if len(self.queued) == 1:
-            loop.call_soon(self._send_queued)
+            loop.call_soon(self._send_queued, context=contextvars.Context())  # no caller's log ids or span
         elif len(self.queued) >= self.MAX_CALLS:
             self._send_queued()
-        return await reply
+        try:
+            return await entry[1]
+        except asyncio.CancelledError:
+            if entry in self.queued:
+                self.queued.remove(entry)
+            raise
 
     def _send_queued(self) -> None:
-        if not self.queued:
-            return  # sent already: the queue filled up before this turn came
-        calls, self.queued = self.queued, []
-        task = asyncio.get_running_loop().create_task(self._send(calls))
+        entries = [entry for entry in self.queued if not entry[1].done()]  # a cancelled caller's call stays here
+        self.queued = []
+        if not entries:
+            return  # sent already (the queue filled up before this turn came), or every caller gave up
+        task = asyncio.get_running_loop().create_task(self._send(entries), context=contextvars.Context())
         self.sending.add(task)
-        task.add_done_callback(self.sending.discard)
+        task.add_done_callback(lambda done: self._settle(entries, done))
 
-    async def _send(self, calls: list[tuple[AsyncScript, list[str], list[str], asyncio.Future[Any]]]) -> None:
-        try:
-            replies = await self._evalsha([(script, keys, args) for script, keys, args, _ in calls])
-            unknown = [i for i, answer in enumerate(replies) if isinstance(answer, NoScriptError)]
-            if unknown:  # Redis restarted or was flushed since: load the scripts once, then run those calls again
-                for script in {calls[i][0] for i in unknown}:
-                    await self.client.script_load(script.script)
-                for i, answer in zip(unknown, await self._evalsha([calls[i][:3] for i in unknown]), strict=True):
-                    replies[i] = answer
-        except BaseException as exc:  # the round trip failed: every call in it did
-            for *_, reply in calls:
-                if not reply.done():
-                    reply.set_exception(exc if isinstance(exc, Exception) else ConnectionError(repr(exc)))
-            if not isinstance(exc, Exception):
-                raise
-            return
-        for (*_, reply), answer in zip(calls, replies, strict=True):
+    async def _send(self, entries: list[tuple[ScriptCall, asyncio.Future[Any]]]) -> None:
+        for (_, reply), answer in zip(entries, await evalsha_many(self.client, [call for call, _ in entries]),
+                                      strict=True):
             if reply.done():  # its caller was cancelled meanwhile
                 continue
             if isinstance(answer, Exception):
@@ -88,13 +111,13 @@ class ScriptPipeline:
             else:
                 reply.set_result(answer)
 
-    async def _evalsha(self, calls: list[tuple[AsyncScript, list[str], list[str]]]) -> list[Any]:
-        """EVALSHA each, in one round trip (not through redis-py's script objects: in a pipeline they ask Redis
-        whether every script exists first, a second round trip each time)."""
-        async with self.client.pipeline(transaction=False) as pipe:
-            for script, keys, args in calls:
-                pipe.evalsha(script.sha, len(keys), *keys, *args)
-            return list(await pipe.execute(raise_on_error=False))
+    def _settle(self, entries: list[tuple[ScriptCall, asyncio.Future[Any]]], task: asyncio.Task[None]) -> None:
+        """The round trip failed or was cancelled: every call still waiting in it failed, never left hanging."""
+        self.sending.discard(task)
+        failure = ConnectionError("script round trip cancelled") if task.cancelled() else task.exception()
+        for _, reply in entries:
+            if not reply.done():
+                reply.set_exception(failure or ConnectionError("script round trip ended without a reply"))
 
 
 # Take what is due and move it a lease ahead, in one step: of several instances scanning one schedule, each due id

@@ -165,19 +165,15 @@ class BindingService:
 
     async def enrolment_ahead(self, events: list[Any]) -> None:
         """Most enrolment events concern people with no bindings, whose decision is their new view alone (the
-        dissolutions and relocations an event causes are of bindings). A batch applies each person's first such
-        event in two round trips (read the people, then apply each with a check that nothing it was decided on
-        has changed: `apply_if_unbound_many`); an event that fails the check, and every later event of its
-        person, is decided by the handler in full. Results live in the batch's own context (shared/kafka)."""
+        dissolutions and relocations an event causes are of bindings, B5). A batch applies each person's first
+        event in two round trips: read the people, then apply each with a check that nothing it was decided on has
+        changed (`apply_if_unbound_many`). An event that fails the check, and every later event of its person, is
+        decided by the handler in full. Results live in the batch's own context (shared/kafka)."""
         firsts: dict[str, Any] = {}
-        for event in events:
-            if event.type in PERSON_EVENTS:
-                firsts.setdefault(event.psn_no, event)
-        now = self.clock.now()
+        for event in events:  # only PERSON_EVENTS reach here: the parser skips the others
+            firsts.setdefault(event.psn_no, event)
         decided = []
         for (psn, event), raw in zip(firsts.items(), await self.store.persons_raw(list(firsts)), strict=True):
-            if domain.dissolutions_for(event, []) or domain.relocations_for(event, [], now).events:
-                continue  # never with no bindings; the rule stays the domain's to say
             current = domain.Person.model_validate_json(raw) if raw else None
             decided.append((event.message_id, psn, raw, domain.apply_enrollment(current, event)))
         applied = await self.store.apply_if_unbound_many(decided)  # none: no round trip

@@ -17,6 +17,7 @@ from redis.asyncio.client import Pipeline
 
 from contracts.binding import BindingEvent
 from services.binding.domain import Binding, Person
+from shared.redis_store import evalsha_many
 
 _EVENTS = TypeAdapter(list[BindingEvent])
 IDEMPOTENCY_TTL_S = 35 * 86400  # longer than Kafka retention: every redelivery still finds its record
@@ -86,14 +87,15 @@ class Reader:
 
 
 # One enrolment event decided for a person with no bindings, applied only if that is still the state it was
-# decided on: the message not applied yet, the person as read, no binding of theirs either way (a binding command
-# may have landed since). KEYS: done, person, as grantor, as recipient. ARGV: the person as read ('' = none), the
-# new person ('' = unchanged), the idempotency TTL. 1 = applied; 0 = not, the handler decides it in full.
+# decided on: the message not applied in full before (its stored events are the handler's to publish again), the
+# person as read, no binding of theirs either way (a binding command may have landed since). No idempotency record:
+# such an event has no events to publish again, and its version makes a repeat change nothing (apply_enrollment).
+# KEYS: done, person, as grantor, as recipient. ARGV: the person as read ('' = none), the new person ('' = unchanged).
+# 1 = applied; 0 = not, the handler decides it in full.
 _APPLY_IF_UNBOUND = """
 if redis.call('EXISTS', KEYS[1], KEYS[3], KEYS[4]) > 0 then return 0 end
 if (redis.call('GET', KEYS[2]) or '') ~= ARGV[1] then return 0 end
 if ARGV[2] ~= '' then redis.call('SET', KEYS[2], ARGV[2]) end
-redis.call('SET', KEYS[1], '[]', 'EX', ARGV[3])
 return 1
 """
 
@@ -111,13 +113,13 @@ class BindingStore:
     async def apply_if_unbound_many(self, decided: list[tuple[str, str, str | None, Person | None]]) -> list[bool]:
         """`(message_id, psn, person as read, new person or None)` each applied if still valid (`_APPLY_IF_UNBOUND`),
         in one round trip and in their order: whether each was."""
-        async with self.client.pipeline(transaction=False) as pipe:
-            for message_id, psn, read, updated in decided:
-                await self._apply_if_unbound(
-                    keys=[k_done(message_id), k_person(psn), k_of_grantor(psn), k_of_recipient(psn)],
-                    args=[read or "", updated.model_dump_json() if updated is not None else "", IDEMPOTENCY_TTL_S],
-                    client=pipe)
-            replies = await pipe.execute()
+        replies = await evalsha_many(self.client, [
+            (self._apply_if_unbound, [k_done(message_id), k_person(psn), k_of_grantor(psn), k_of_recipient(psn)],
+             [read or "", updated.model_dump_json() if updated is not None else ""])
+            for message_id, psn, read, updated in decided])
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply  # none applied is lost: every call is checked again by the handlers that follow
         return [reply == 1 for reply in replies]
 
     async def done(self, message_id: str) -> list[BaseModel] | None:

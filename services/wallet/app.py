@@ -66,7 +66,7 @@ from services.wallet.domain import TransferRuleError
 from services.wallet.store import WalletStore
 from shared.clock import Clock, epoch_ms
 from shared.consent import check_consent, public_key_from_setting
-from shared.kafka import Consumer, Outgoing, PoisonMessage, model_parser, publish_all
+from shared.kafka import Consumer, Outgoing, PoisonMessage, Routing, model_parser, publish_all
 from shared.metrics import AUDIT_OK, EXPIRY_FAILURES, TRANSFER_OVERDUE
 from shared.pii import kafka_key
 from shared.policy import Policies
@@ -84,9 +84,6 @@ OVERDUE_SCAN_MS = 10_000  # the saga-age gauge: a stuck return shows within seco
 
 # Results of the payments the current batch made ahead (pay_ahead), by message_id; a repeat in the batch gets the same.
 _PAID_AHEAD: ContextVar[dict[str, dict[str, Any] | Exception]] = ContextVar("wallet_paid_ahead", default={})  # noqa: B039
-# Results of the enrolment events the current batch applied ahead (enrol_ahead), by message_id: each call's result.
-_AheadResults = dict[str, list[dict[str, Any] | Exception]]
-_ENROLLED_AHEAD: ContextVar[_AheadResults] = ContextVar("wallet_enrolled_ahead", default={})  # noqa: B039
 
 
 class WalletService:
@@ -100,45 +97,18 @@ class WalletService:
     def mine(self, region: str) -> bool:
         return region[:2] == self.province
 
+    def concerns(self, event: Routing) -> bool:
+        """An enrolment event about someone insured here, or moving away from here (one naming no region is read
+        in full, and parked as what it is)."""
+        return not event.admdvs or self.mine(event.admdvs) or self.mine(event.from_admdvs)
+
     @staticmethod
     def out(key: str, event: BaseModel) -> Outgoing:
         return Outgoing.of(WALLET_EVENTS, kafka_key(key), event)
 
     # ------------------------------------------------------------ enrollment and accounts (C1)
 
-    def _enrolment_calls(self, e: Any) -> list[tuple[str, list[object]]] | None:
-        """The accounts.lua calls the handler makes for the events most of the stream is (a person enrolled here,
-        a monthly credit), unconditionally and in this order; None for every other event."""
-        if isinstance(e, PersonEnrolled) and self.mine(e.admdvs):
-            calls: list[tuple[str, list[object]]] = [("person", [e.psn_no, e.admdvs, "normal", e.version, ""])]
-            if e.insutype == "310" and e.has_personal_account:
-                calls.append(("enroll", [e.psn_no, e.version, "active", e.admdvs, ""]))
-            return calls
-        if isinstance(e, AccountCredited) and self.mine(e.admdvs):
-            return [("credit", [e.psn_no, e.amount_fen, e.message_id, e.period])]
-        return None
-
-    async def enrol_ahead(self, events: list[Any]) -> None:
-        """A batch's enrolments and credits in one round trip before its events are handled (issue 14). Each
-        person's order is kept: once an event of a person is one the handler must decide itself (a move, a
-        suspension…), none of that person's later events in the batch is applied ahead. Every call is idempotent
-        (by version, or by message id for a credit), so a handler retried or a batch redelivered gets the same
-        outcome. The results live in the batch's own context (shared/kafka) and end with it."""
-        decided_by_handler: set[str] = set()
-        wanted: list[tuple[str, list[tuple[str, list[object]]]]] = []
-        for e in events:
-            calls = self._enrolment_calls(e) if e.psn_no not in decided_by_handler else None
-            if calls is None:
-                decided_by_handler.add(e.psn_no)
-            else:
-                wanted.append((e.message_id, calls))
-        results = iter(await self.store.accounts_many([c for _, calls in wanted for c in calls]))
-        _ENROLLED_AHEAD.set({message_id: [next(results) for _ in calls] for message_id, calls in wanted})
-
     async def on_enrollment(self, e: Any, _record: Any) -> list[Outgoing]:
-        ahead = _applied(_ENROLLED_AHEAD.get().get(e.message_id))
-        if ahead is not None and isinstance(e, PersonEnrolled):
-            return []
         if isinstance(e, PersonTransferred):
             if self.mine(e.from_admdvs) and not self.mine(e.admdvs):
                 return await self._move_out(e)
@@ -167,7 +137,7 @@ class WalletService:
                 await self.store.enroll(e.psn_no, e.version, "active", e.admdvs)
         elif isinstance(e, AccountCredited):
             credited = await self._on_account(e, lambda: self.store.credit(e.psn_no, e.amount_fen, e.message_id,
-                                                                            e.period), ahead[0] if ahead else None)
+                                                                            e.period))
             if credited.get("moved"):  # a late credit for someone who has left: it follows them
                 return await self.forward(e.psn_no, e.message_id)
         elif isinstance(e, YearRolledOver):
@@ -176,9 +146,8 @@ class WalletService:
             await self.store.set_status(e.psn_no, e.version, "frozen", e.admdvs)
         return []
 
-    async def _on_account(self, e: AccountCredited | YearRolledOver, apply: Any,
-                          applied_ahead: dict[str, Any] | None = None) -> dict[str, Any]:
-        result = applied_ahead if applied_ahead is not None else await apply()
+    async def _on_account(self, e: AccountCredited | YearRolledOver, apply: Any) -> dict[str, Any]:
+        result = await apply()
         if result.get("reason") == "NO_ACCOUNT" and (await self.store.person(e.psn_no)).get("arrived_from"):
             # moved here from another province, and this came before their account did (ReceiveAccount): the
             # account opens now and the move's buckets join it when they arrive
@@ -544,19 +513,6 @@ class WalletService:
         return len(due)
 
 
-def _applied(results: list[dict[str, Any] | Exception] | None) -> list[dict[str, Any]] | None:
-    """What a batch applied ahead for a message (None: nothing); a script that failed then raises its error now,
-    as it would have in the handler."""
-    if results is None:
-        return None
-    applied = []
-    for result in results:
-        if isinstance(result, Exception):
-            raise result
-        applied.append(result)
-    return applied
-
-
 def wire(settings: Settings, redis: Any, clock: Clock) -> tuple[WalletService, list[Consumer[Any]]]:
     """The service and what it consumes; shared by the process (create_app) and the contract tests."""
     service = WalletService(WalletStore(redis, settings.province), Policies.load(settings.policies_path), clock,
@@ -565,8 +521,9 @@ def wire(settings: Settings, redis: Any, clock: Clock) -> tuple[WalletService, l
     return service, [
         Consumer(name, wallet_commands(settings.province), model_parser(TypeAdapter(WalletCommand)),
                  service.on_command, ahead=service.pay_ahead),
-        Consumer(name, ENROLLMENT_EVENTS, model_parser(TypeAdapter(EnrollmentEvent)), service.on_enrollment,
-                 ahead=service.enrol_ahead),
+        # another province's people are read no further than their region (on_enrollment ignores them too)
+        Consumer(name, ENROLLMENT_EVENTS, model_parser(TypeAdapter(EnrollmentEvent), wanted=service.concerns),
+                 service.on_enrollment),
         Consumer(name, BINDING_EVENTS, model_parser(TypeAdapter(BindingEvent)), service.on_binding),
     ]
 

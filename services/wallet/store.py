@@ -13,7 +13,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from contracts.wallet import FundingPlan, PaySettlement
-from shared.redis_store import ScriptPipeline, claim_due, load_script
+from shared.redis_store import ScriptPipeline, claim_due, evalsha_many, load_script
 
 LUA = Path(__file__).parent / "lua"
 EXPIRY_LEASE_MS = 30_000  # a claimed expiry not finished in this long (its instance died) is taken up again
@@ -101,12 +101,9 @@ class WalletStore:
     async def pay_many(self, payments: list[PaySettlement]) -> dict[str, dict[str, Any] | Exception]:
         """`pay` for each, in one round trip and in their order: message_id → result, or the error Redis gave
         (the handler raises it, as `pay` would have: a script that failed is not run a second time)."""
-        async with self.client.pipeline(transaction=False) as pipe:
-            for p in payments:
-                await self._pay(keys=[self.prefix], client=pipe,  # queued: answered by execute
-                                args=["pay", p.payment_id, p.psn_no, str(p.amount_fen), "1" if p.dry_run else "0",
-                                      p.plan.model_dump_json(), p.message_id])
-            raws = await pipe.execute(raise_on_error=False)
+        raws = await evalsha_many(self.client, [
+            (self._pay, [self.prefix], ["pay", p.payment_id, p.psn_no, str(p.amount_fen), "1" if p.dry_run else "0",
+                                        p.plan.model_dump_json(), p.message_id]) for p in payments])
         return {p.message_id: raw if isinstance(raw, Exception) else _result(raw)
                 for p, raw in zip(payments, raws, strict=True)}
 
@@ -166,15 +163,6 @@ class WalletStore:
         """Non-money view of people enrolled here (any scheme), for wallet opening (W1); `arrived_from`: the
         region of a person who moved here from another province (their account follows, ReceiveAccount)."""
         await self._call(self._accounts, "person", psn, admdvs, status, version, arrived_from)
-
-    async def accounts_many(self, calls: list[tuple[str, list[object]]]) -> list[dict[str, Any] | Exception]:
-        """accounts.lua calls `(op, arguments)` in one round trip and in their order: each result, or the error
-        Redis gave for it (a script that failed is not run a second time: its caller raises the error)."""
-        async with self.client.pipeline(transaction=False) as pipe:
-            for op, args in calls:
-                await self._accounts(keys=[self.prefix], args=[op, *(str(a) for a in args)], client=pipe)
-            raws = await pipe.execute(raise_on_error=False)
-        return [raw if isinstance(raw, Exception) else _result(raw) for raw in raws]
 
     async def person_status(self, psn: str) -> str | None:
         status: str | None = await self.client.hget(f"{self.prefix}person:{psn}", "status")

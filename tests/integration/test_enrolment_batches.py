@@ -1,8 +1,8 @@
-"""Issue 14: every service takes a consumed batch of enrolment events in a few round trips (binding and the wallet
-apply most of them ahead of their handlers, settlement decides the batch in one transaction). On real Redis with
-the real Lua: any sequence of enrolment events leaves each service's keys and published messages exactly as the
-same events handled one batch per message do (the path every event took before), people with bindings, moves,
-repeats and stale versions included."""
+"""Issue 14: every service takes a consumed batch of enrolment events in a few round trips (binding applies most of
+them ahead of its handler, settlement decides the batch in one transaction, the wallet's script calls share round
+trips). On real Redis with the real Lua: any sequence of enrolment events leaves each service's keys and published
+messages exactly as its handler alone does, one message at a time (the path every event took before), people with
+bindings, moves, repeats and stale versions included."""
 
 from __future__ import annotations
 
@@ -139,10 +139,13 @@ async def outcome(client: aioredis.Redis, service: str, records: list[Any], batc
     broker = Published()
     if batched:
         await enrolment.process(broker, records)
-    else:
+    else:  # the handler alone, one message at a time: no work ahead, no batch transaction
+        plain = Consumer(enrolment.service, enrolment.topic, enrolment.parse, enrolment.handle)
         for one in records:
-            await enrolment.process(broker, [one])
-    return await keys_of(client), sorted(broker.sent)
+            await plain.process(broker, [one])
+    state = await keys_of(client)
+    # a record of having published no events is not kept where there is none to publish again (binding, B5)
+    return {k: v for k, v in state.items() if not (k.startswith("b:done:") and v == "[]")}, sorted(broker.sent)
 
 
 @pytest.mark.parametrize("service", sorted(WIRES))

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from shared.redis_store import ScriptPipeline
@@ -88,3 +89,23 @@ async def test_calls_beyond_the_limit_leave_in_more_than_one_round_trip(client: 
     replies = await asyncio.gather(*(together(script, ["big"], [str(n)]) for n in range(count)))
     assert sorted(replies) == list(range(1, count + 1))
     assert await client.llen("big") == count
+
+
+async def test_a_caller_cancelled_before_its_call_left_takes_it_back(client: aioredis.Redis) -> None:
+    script = client.register_script(APPEND)
+    together = ScriptPipeline(client)
+    kept = asyncio.ensure_future(together(script, ["c"], ["kept"]))
+    taken_back = asyncio.ensure_future(together(script, ["c"], ["taken back"]))
+    await asyncio.sleep(0)  # both queued; the round trip leaves at the next turn
+    taken_back.cancel()
+    assert await kept == 1
+    assert taken_back.cancelled()
+    assert await client.lrange("c", 0, -1) == ["kept"]
+
+
+async def test_a_failed_round_trip_fails_every_call_in_it(client: aioredis.Redis) -> None:
+    script = client.register_script(APPEND)
+    together = ScriptPipeline(aioredis.Redis(port=1, socket_connect_timeout=0.2))  # nothing listens there
+    replies = await asyncio.wait_for(asyncio.gather(*(together(script, ["f"], [str(n)]) for n in range(5)),
+                                                    return_exceptions=True), timeout=10)
+    assert all(isinstance(r, RedisConnectionError | ConnectionError) for r in replies), replies

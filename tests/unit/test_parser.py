@@ -1,18 +1,23 @@
-"""shared.kafka.model_parser with `only`: a consumer that acts on a few types of a busy topic skips the rest after
-reading their type, and still parks what it cannot read."""
+"""shared.kafka.model_parser with `only` or `wanted`: a consumer that acts on a few messages of a busy topic skips
+the rest after reading their type (or region), and still parks what it cannot read."""
 
 from __future__ import annotations
 
 from types import SimpleNamespace
 from typing import Any
 
+import fakeredis
 import pytest
 from pydantic import TypeAdapter
 
+from contracts.enrollment import PersonTransferred
+from contracts.topics import ENROLLMENT_EVENTS
 from contracts.wallet import QuotaEarmarked, WalletEvent
 from shared import kafka
+from shared.clock import FixedClock
 from shared.kafka import PoisonMessage, model_parser
-from tests.factories import T0
+from shared.settings import Settings
+from tests.factories import T0, credited, enrolled
 
 PARSE = model_parser(TypeAdapter(WalletEvent), frozenset({"QuotaEarmarked"}))
 
@@ -55,3 +60,27 @@ async def test_a_skipped_type_never_reaches_the_handler(monkeypatch: pytest.Monk
                                            (b"p2", b'{"type": "PaymentReversed"}')])]
     await consumer._key_by_key(None, records)  # type: ignore[arg-type]
     assert handled == [wanted]
+
+
+def wallet_32_enrolment_parser() -> Any:
+    from services.wallet.app import wire
+
+    _, consumers = wire(Settings(), fakeredis.FakeAsyncRedis(decode_responses=True), FixedClock(T0))
+    return next(c for c in consumers if c.topic == ENROLLMENT_EVENTS).parse
+
+
+def test_a_wallet_reads_another_provinces_people_no_further_than_their_region() -> None:
+    parse = wallet_32_enrolment_parser()
+    here, there = enrolled("32PARSE000000001", "320500"), enrolled("51PARSE000000001", "510100")
+    leaving = PersonTransferred(occurred_at=T0, psn_no="32PARSE000000001", admdvs="510100", from_admdvs="320500",
+                                version=2)
+    assert parse(here.model_dump_json().encode()) == here
+    assert parse(leaving.model_dump_json().encode()) == leaving  # moving away from here: this wallet acts
+    assert parse(there.model_dump_json().encode()) is None
+    assert parse(credited("51PARSE000000001", 100, "510100").model_dump_json().encode()) is None
+    # another province's bad message is its own wallet's to park; one of ours, or one without a region, is ours
+    assert parse(b'{"type": "AccountCredited", "admdvs": "510100", "amount_fen": -1}') is None
+    for raw in (b'{"type": "AccountCredited", "admdvs": "320500", "amount_fen": -1}',
+                b'{"type": "AccountCredited", "amount_fen": 1}', b'{"type": "PersonEnrolled", "admdvs": 32}'):
+        with pytest.raises(PoisonMessage):
+            parse(raw)
