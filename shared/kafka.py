@@ -53,6 +53,11 @@ DETAIL_MAX_CHARS = 500
 SUPPORTED_SCHEMA_VERSION = 1
 MAX_CONCURRENT_KEYS = 64  # keys of one batch processed at once
 GATHER_BYTES = 256 * 1024  # a patient consumer's fetch waits for this much (or its patience) before returning
+# The patience of a consumer nobody waits on (enrolment events, the quota answers among payment events): messages
+# gather for up to this long, so the broker serves fewer, fuller fetches and commits and each batch carries more
+# (issue 14: enrolment ingestion 2,900 → 3,700 events/s, broker CPU per event 0.17 → 0.11 ms). What it delays
+# is applied at most this much later.
+PATIENCE_MS = 200
 # Largest message we publish: below the broker's default message.max.bytes (1 MiB + overhead). A handler whose
 # output is larger could never publish it; retrying would block its partition for good, so the input is parked.
 MAX_MESSAGE_BYTES = 1_000_000

@@ -29,7 +29,7 @@ from services.binding import domain
 from services.binding.store import BindingStore, Reader, k_binding, k_of_grantor, k_order, k_person
 from shared.clock import Clock
 from shared.consent import check_consent, public_key_from_setting
-from shared.kafka import Consumer, Outgoing, model_parser
+from shared.kafka import PATIENCE_MS, Consumer, Outgoing, model_parser
 from shared.pii import kafka_key
 from shared.policy import Policies
 from shared.service import assemble, build_app, query_one
@@ -39,9 +39,6 @@ SERVICE = "binding"
 # What the registry reads of busy topics; every other type is skipped after reading only its type.
 PERSON_EVENTS = frozenset({"PersonEnrolled", "PersonSuspended", "PersonTerminated", "PersonDied", "PersonTransferred"})
 QUOTA_ANSWERS = frozenset({"QuotaEarmarked", "QuotaEarmarkRejected"})
-# The two quota answers come among every payment event: gathered for up to this long, they cost far fewer fetches,
-# batches and commits under load, and a binding's quota is confirmed at most this much later.
-QUOTA_ANSWER_PATIENCE_MS = 200
 MAX_CAS_ATTEMPTS = 20  # optimistic transaction retries before the message is retried as transient
 # Enrolment events the current batch applied ahead (enrolment_ahead), by message_id.
 _ENROLLED_AHEAD: ContextVar[frozenset[str] | set[str]] = ContextVar("binding_enrolled_ahead", default=frozenset())
@@ -255,9 +252,9 @@ def wire(settings: Settings, redis: Any, clock: Clock) -> tuple[BindingService, 
     return service, [
         Consumer(SERVICE, BINDING_COMMANDS, model_parser(TypeAdapter(BindingCommand)), service.on_command),
         Consumer(SERVICE, ENROLLMENT_EVENTS, model_parser(TypeAdapter(EnrollmentEvent), PERSON_EVENTS),
-                 service.on_enrollment, ahead=service.enrolment_ahead),
+                 service.on_enrollment, ahead=service.enrolment_ahead, patience_ms=PATIENCE_MS),
         Consumer(SERVICE, WALLET_EVENTS, model_parser(TypeAdapter(WalletEvent), QUOTA_ANSWERS),
-                 service.on_wallet_event, patience_ms=QUOTA_ANSWER_PATIENCE_MS),
+                 service.on_wallet_event, patience_ms=PATIENCE_MS),
     ]
 
 

@@ -66,7 +66,7 @@ from services.settlement import domain, machine
 from services.settlement.machine import Command, Effect, KeepSent, Record, Reply, Resend, State
 from services.settlement.store import SettlementStore, Tx, decode_out, encode_out, k_person
 from shared.clock import Clock, china_time, epoch_ms
-from shared.kafka import BatchConflict, Consumer, Outgoing, PoisonMessage, model_parser, publish_all
+from shared.kafka import PATIENCE_MS, BatchConflict, Consumer, Outgoing, PoisonMessage, model_parser, publish_all
 from shared.metrics import WALLET_TIMEOUTS
 from shared.pii import kafka_key, keyed_hash
 from shared.policy import Institution, Institutions, Policies
@@ -542,7 +542,8 @@ def wire(settings: Settings, redis: Any, clock: Clock) -> tuple[SettlementServic
                  batch=service.store.batch, prefetch=service.prefetch_wallet),
         Consumer(SERVICE, BINDING_EVENTS, model_parser(TypeAdapter(BindingEvent)), service.on_binding),
         Consumer(SERVICE, ENROLLMENT_EVENTS, model_parser(TypeAdapter(EnrollmentEvent)), service.on_enrollment,
-                 batch=service.store.batch, prefetch=service.prefetch_persons),
+                 batch=service.store.batch, prefetch=service.prefetch_persons,
+                 patience_ms=PATIENCE_MS),
     ]
 
 

@@ -66,7 +66,7 @@ from services.wallet.domain import TransferRuleError
 from services.wallet.store import WalletStore
 from shared.clock import Clock, epoch_ms
 from shared.consent import check_consent, public_key_from_setting
-from shared.kafka import Consumer, Outgoing, PoisonMessage, Routing, model_parser, publish_all
+from shared.kafka import PATIENCE_MS, Consumer, Outgoing, PoisonMessage, Routing, model_parser, publish_all
 from shared.metrics import AUDIT_OK, EXPIRY_FAILURES, TRANSFER_OVERDUE
 from shared.pii import kafka_key
 from shared.policy import Policies
@@ -523,7 +523,7 @@ def wire(settings: Settings, redis: Any, clock: Clock) -> tuple[WalletService, l
                  service.on_command, ahead=service.pay_ahead),
         # another province's people are read no further than their region (on_enrollment ignores them too)
         Consumer(name, ENROLLMENT_EVENTS, model_parser(TypeAdapter(EnrollmentEvent), wanted=service.concerns),
-                 service.on_enrollment),
+                 service.on_enrollment, patience_ms=PATIENCE_MS),
         Consumer(name, BINDING_EVENTS, model_parser(TypeAdapter(BindingEvent)), service.on_binding),
     ]
 
