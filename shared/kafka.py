@@ -404,7 +404,8 @@ class Consumer(Generic[T]):
             outcomes.clear()
             if self.prefetch is not None:
                 try:
-                    await self.prefetch(uow, [m for _, m in parsed if not isinstance(m, PoisonMessage)])
+                    await self.prefetch(uow, [m for _, m in parsed
+                                              if m is not None and not isinstance(m, PoisonMessage)])
                 except Exception as exc:
                     if infrastructure_fault(exc) or isinstance(exc, BatchConflict | WatchError):
                         raise
@@ -413,6 +414,9 @@ class Consumer(Generic[T]):
                                 error=repr(exc)[:DETAIL_MAX_CHARS])
             out: list[Outgoing] = []
             for record, message in parsed:
+                if message is None:  # a type this consumer does not act on (model_parser's `only`)
+                    outcomes.append("")
+                    continue
                 if isinstance(message, PoisonMessage):
                     outcomes.append(message.reason)
                     out.append(self._dlq_entry(record, message.reason, message.detail))

@@ -531,6 +531,12 @@ class SettlementService:
         return []
 
 
+# What settlement reads of the wallets' events (on_wallet): payment answers, and the transfers and moves it clears
+# (W7). Every other type (holds, offers, quotas, wallets opened…) is skipped after reading only its type.
+WALLET_ANSWERS = frozenset({"PaymentCompleted", "PaymentRejected", "PaymentReversed", "TransferAccepted",
+                            "LotsReturned", "AccountMovedIn", "FundsReturned"})
+
+
 def wire(settings: Settings, redis: Any, clock: Clock) -> tuple[SettlementService, list[Consumer[Any]]]:
     """The service and what it consumes; shared by the process (create_app) and the contract tests."""
     service = SettlementService(settings, SettlementStore(redis, clock), clock, Policies.load(settings.policies_path),
@@ -538,7 +544,7 @@ def wire(settings: Settings, redis: Any, clock: Clock) -> tuple[SettlementServic
     return service, [
         Consumer(SERVICE, HIS_REQUESTS, parse_request, service.on_request, batch=service.store.batch,
                  prefetch=service.prefetch_requests),
-        Consumer(SERVICE, WALLET_EVENTS, model_parser(TypeAdapter(WalletEvent)), service.on_wallet,
+        Consumer(SERVICE, WALLET_EVENTS, model_parser(TypeAdapter(WalletEvent), WALLET_ANSWERS), service.on_wallet,
                  batch=service.store.batch, prefetch=service.prefetch_wallet),
         Consumer(SERVICE, BINDING_EVENTS, model_parser(TypeAdapter(BindingEvent)), service.on_binding),
         Consumer(SERVICE, ENROLLMENT_EVENTS, model_parser(TypeAdapter(EnrollmentEvent)), service.on_enrollment,

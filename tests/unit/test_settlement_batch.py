@@ -14,7 +14,8 @@ import fakeredis
 import pytest
 from redis.exceptions import WatchError
 
-from contracts.topics import HIS_REQUESTS, HIS_RESULTS, dlq, wallet_commands
+from contracts.topics import HIS_REQUESTS, HIS_RESULTS, WALLET_EVENTS, dlq, wallet_commands
+from contracts.wallet import TransferAccepted
 from services.settlement import store as settlement_store
 from services.settlement.app import wire
 from services.settlement.domain import setl_id_for
@@ -227,3 +228,29 @@ async def test_a_record_saved_again_after_a_savepoint_is_written_as_it_was_at_th
 
     await store.transact(None, saved_twice)
     assert Record.model_validate_json(await redis.get(k_req("M2"))).state == State.PAID
+
+
+async def test_wallet_events_settlement_does_not_act_on_are_skipped_unbuilt_in_a_batch() -> None:
+    """Holds, offers and quota answers are most of a transfer's wallet events: the batch skips them after reading
+    their type (their handler never runs, nothing is parked), and clears the transfer it does act on."""
+    _, _, redis = await settlement()
+    _, consumers = wire(Settings(), redis, FixedClock(T0))
+    answers = next(c for c in consumers if c.topic == WALLET_EVENTS)
+    handled: list[Any] = []
+    handle = answers.handle
+
+    async def recorded(message: Any, rec: Any) -> Any:
+        handled.append(message)
+        return await handle(message, rec)
+
+    answers.handle = recorded
+    accepted = TransferAccepted(occurred_at=T0, province="51", transfer_id="T1", from_psn_no=PSN,
+                                from_province="32", to_psn_no="51RELATIVE000001", amount_fen=1_000)
+    raws = [b'{"type": "TransferHeld", "transfer_id": 7}',  # not even valid: its own consumers judge it
+            b'{"type": "QuotaEarmarked", "binding_id": "b1"}', accepted.model_dump_json().encode()]
+    broker = Published()
+    await answers.process(broker, [SimpleNamespace(key=b"T1", value=raw, topic=WALLET_EVENTS, partition=0, offset=i)
+                                   for i, raw in enumerate(raws)])
+    assert handled == [accepted]
+    assert not [t for t, _ in broker.sent if t.endswith(".dlq")]
+    assert await redis.hgetall(f"s:clr:{T0 + timedelta(hours=8):%Y-%m-%d}") == {"32>51:transfer": "1000"}
