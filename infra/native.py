@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -88,19 +89,24 @@ def _alive(pid: int) -> bool:
 
 
 def ensure_kafka_jars() -> None:
-    """Download the broker jars once (Maven's ~/.m2 caches them across checkouts too)."""
-    if KAFKA_LIB.is_dir() and any(KAFKA_LIB.glob("kafka_2.13-*.jar")):
-        return
-    if shutil.which("mvn") is None:
-        raise StackError("Maven (mvn) is needed once to fetch the Kafka broker jars from Maven Central")
-    tmp = KAFKA_LIB.with_name("kafka-lib.partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    cmd = ["mvn", "-B", "-q", "-f", str(KAFKA_POM), "dependency:copy-dependencies",
-           "-DincludeScope=runtime", f"-DoutputDirectory={tmp}"]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise StackError(f"fetching Kafka jars failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
-    tmp.rename(KAFKA_LIB)
+    """Download the broker jars once (Maven's ~/.m2 caches them across checkouts too). Two preparations at once
+    (`make test` beside `make bench`) take turns: the second finds the jars the first fetched."""
+    KAFKA_LIB.parent.mkdir(parents=True, exist_ok=True)
+    with open(KAFKA_LIB.with_name("kafka-lib.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or when this process dies
+        if KAFKA_LIB.is_dir() and any(KAFKA_LIB.glob("kafka_2.13-*.jar")):
+            return
+        if shutil.which("mvn") is None:
+            raise StackError("Maven (mvn) is needed once to fetch the Kafka broker jars from Maven Central")
+        tmp = KAFKA_LIB.with_name("kafka-lib.partial")
+        shutil.rmtree(tmp, ignore_errors=True)  # what a download that died left
+        cmd = ["mvn", "-B", "-q", "-f", str(KAFKA_POM), "dependency:copy-dependencies",
+               "-DincludeScope=runtime", f"-DoutputDirectory={tmp}"]
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise StackError(f"fetching Kafka jars failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+        shutil.rmtree(KAFKA_LIB, ignore_errors=True)  # an empty or jarless folder from an older layout
+        tmp.rename(KAFKA_LIB)
 
 
 def debian_binary(binary: str, package: str) -> str:

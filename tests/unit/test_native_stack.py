@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -64,3 +66,26 @@ def test_environment_values_reach_supervisord_unchanged_or_are_refused() -> None
     for value in ('x"', '"s"', "it's \"x\""):
         with pytest.raises(StackError):
             _quote(value)
+
+
+def test_two_preparations_at_once_fetch_the_broker_jars_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`make test` and `make bench` started together on a fresh machine: the second waits for the first's download
+    instead of failing on its half-made folder (seen: OSError, directory not empty)."""
+    fetched: list[str] = []
+
+    def maven(cmd: list[str], **_: object) -> subprocess.CompletedProcess[str]:
+        out = Path(next(a for a in cmd if a.startswith("-DoutputDirectory=")).split("=", 1)[1])
+        time.sleep(0.3)  # long enough for the other preparation to arrive meanwhile
+        out.mkdir(parents=True)
+        (out / "kafka_2.13-4.1.0.jar").write_text("jar")
+        fetched.append(str(out))
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(native, "KAFKA_LIB", tmp_path / "cache" / "kafka-lib")
+    monkeypatch.setattr(native.subprocess, "run", maven)
+    monkeypatch.setattr(native.shutil, "which", lambda _: "/usr/bin/mvn")
+    with ThreadPoolExecutor(2) as pool:
+        for done in [pool.submit(native.ensure_kafka_jars) for _ in range(2)]:
+            done.result()
+    assert len(fetched) == 1
+    assert [p.name for p in (tmp_path / "cache" / "kafka-lib").iterdir()] == ["kafka_2.13-4.1.0.jar"]
