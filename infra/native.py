@@ -91,6 +91,8 @@ def _alive(pid: int) -> bool:
 def ensure_kafka_jars() -> None:
     """Download the broker jars once (Maven's ~/.m2 caches them across checkouts too). Two preparations at once
     (`make test` beside `make bench`) take turns: the second finds the jars the first fetched."""
+    if KAFKA_LIB.is_dir() and any(KAFKA_LIB.glob("kafka_2.13-*.jar")):
+        return  # the common case: no lock needed
     KAFKA_LIB.parent.mkdir(parents=True, exist_ok=True)
     with open(KAFKA_LIB.with_name("kafka-lib.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or when this process dies

@@ -72,7 +72,7 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 # memory (OOM), a long script (BUSY), a failing disk (MISCONF), start-up (LOADING). Replies from inside a Lua
 # script carry the same leading code.
 TRANSIENT_REDIS_CODES = frozenset({"READONLY", "OOM", "BUSY", "MISCONF", "LOADING", "MASTERDOWN", "TRYAGAIN",
-                                   "NOREPLICAS"})
+                                   "NOREPLICAS", "NOSCRIPT"})
 
 
 def infrastructure_fault(exc: BaseException) -> bool:
@@ -121,9 +121,11 @@ _ROUTING = TypeAdapter(Routing)
 def model_parser(adapter: TypeAdapter[T], only: frozenset[str] | None = None,
                  wanted: Callable[[Routing], bool] | None = None) -> Callable[[bytes], T | None]:
     """Parse bytes into a contract union; refuse versions we do not know instead of guessing. With `only` (types)
-    or `wanted` (a test of its routing fields), a message this consumer does not act on is skipped (None) after
-    reading just those fields: a consumer that acts on a few messages of a busy topic does not build every one it
-    would drop (their own consumers judge them, bad ones included)."""
+    or `wanted` (a test of its routing fields), a message of a known type this consumer does not act on is skipped
+    (None) after reading just those fields: a consumer that acts on a few messages of a busy topic does not build
+    every one it would drop (their own consumers judge them, bad ones included). A type the contract does not know
+    is read in full, and parked: no consumer may be its judge, so none may skip it."""
+    known = _types_of(adapter)
 
     def parse(raw: bytes) -> T | None:
         if only is not None or wanted is not None:
@@ -132,7 +134,8 @@ def model_parser(adapter: TypeAdapter[T], only: frozenset[str] | None = None,
             except ValidationError:
                 pass  # not even these fields: the full parse below says what is wrong
             else:
-                if (only is not None and routing.type not in only) or (wanted is not None and not wanted(routing)):
+                skip = (only is not None and routing.type not in only) or (wanted is not None and not wanted(routing))
+                if skip and routing.type in known:
                     return None
         try:
             value = adapter.validate_json(raw)
@@ -146,6 +149,16 @@ def model_parser(adapter: TypeAdapter[T], only: frozenset[str] | None = None,
         return value
 
     return parse
+
+
+def _types_of(adapter: TypeAdapter[Any]) -> frozenset[str]:
+    """The `type` values a contract union knows (its discriminator's mapping; one model: its own literal)."""
+    schema = adapter.json_schema()
+    mapping = schema.get("discriminator", {}).get("mapping")
+    if mapping:
+        return frozenset(mapping)
+    literal = schema.get("properties", {}).get("type", {}).get("const")
+    return frozenset({literal}) if isinstance(literal, str) else frozenset()
 
 
 SASL_MECHANISM = "SCRAM-SHA-512"

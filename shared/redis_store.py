@@ -36,13 +36,18 @@ ScriptCall = tuple[AsyncScript, list[str], list[str]]  # (script, keys, args)
 async def evalsha_many(client: aioredis.Redis, calls: list[ScriptCall]) -> list[Any]:
     """Each script call, in one round trip and in this order: its reply, or the error Redis gave for it. Not through
     redis-py's script objects: in a pipeline they first ask Redis whether every script exists, a second round trip
-    each time. A script Redis has forgotten (restart, flush) is loaded, and only the calls that met it run again."""
+    each time. A script Redis has forgotten (restart, flush) is loaded, and only the calls that met it run again
+    (a NOSCRIPT that stays is an infrastructure fault for shared/kafka: retried, never parked)."""
     replies = await _evalsha(client, calls)
     unknown = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
     if unknown:
-        for script in {calls[i][0] for i in unknown}:
-            await client.script_load(script.script)
-        for i, reply in zip(unknown, await _evalsha(client, [calls[i] for i in unknown]), strict=True):
+        try:
+            for script in {calls[i][0] for i in unknown}:
+                await client.script_load(script.script)
+            again = await _evalsha(client, [calls[i] for i in unknown])
+        except Exception as exc:  # those calls fail with the reload (transient: retried); the others ran
+            again = [exc] * len(unknown)
+        for i, reply in zip(unknown, again, strict=True):
             replies[i] = reply
     return replies
 

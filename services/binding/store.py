@@ -90,6 +90,8 @@ class Reader:
 # decided on: the message not applied in full before (its stored events are the handler's to publish again), the
 # person as read, no binding of theirs either way (a binding command may have landed since). No idempotency record:
 # such an event has no events to publish again, and its version makes a repeat change nothing (apply_enrollment).
+# The person's binding sets only ever grow (a dissolved binding stays, inactive), so a person with none has never
+# had an event decided with bindings; the done check keeps that true even if the sets are ever trimmed.
 # KEYS: done, person, as grantor, as recipient. ARGV: the person as read ('' = none), the new person ('' = unchanged).
 # 1 = applied; 0 = not, the handler decides it in full.
 _APPLY_IF_UNBOUND = """

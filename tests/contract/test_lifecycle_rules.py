@@ -9,8 +9,10 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+import pytest
+
 from contracts.binding import BindingKind, ChangeQuota, DissolveBinding, Relation, ReorderGrantors
-from contracts.enrollment import PersonDied, PersonTerminated, PersonTransferred, YearRolledOver
+from contracts.enrollment import PersonDied, PersonSuspended, PersonTerminated, PersonTransferred, YearRolledOver
 from contracts.topics import BINDING_COMMANDS, BINDING_EVENTS, ENROLLMENT_EVENTS, WALLET_EVENTS, dlq, wallet_commands
 from contracts.wallet import AcceptTransfer, OpenWallet, RequestTransfer
 from ops.national_audit import national_audit
@@ -434,3 +436,20 @@ async def test_5_a_termination_redelivered_after_re_enrolment_closes_nothing() -
         await open_wallet(h, "S")
         await hear(h, "51", term)  # at-least-once: the old event again
         assert (await wallet_view(h, "S", "51"))["wallet"] == "active"
+
+
+@pytest.mark.parametrize("stop", [PersonSuspended, PersonTerminated, PersonDied])
+async def test_5_an_enrolment_heard_after_the_suspension_or_end_that_followed_it_opens_no_paying_account(
+        stop: type) -> None:
+    """C1, out of order: a wallet that hears a suspension (or termination, death) before the enrolment it follows
+    ends as one that heard them in order: the account frozen at the newer version, with its reason. Found by the
+    enrolment batch property (issue 14): the stale enrolment opened an active account for a suspended person, and
+    only a redelivery of the suspension froze it."""
+    async with harness() as h:
+        for psn, order in (("INORDER", (0, 1)), ("REVERSED", (1, 0))):
+            happened = [enrolled(psn, version=1), stop(occurred_at=h.clock.now(), psn_no=psn, admdvs="320500",
+                                                       version=2)]
+            await hear(h, "32", *(happened[i] for i in order))
+        in_order = (await wallet_view(h, "INORDER"))["account"]
+        assert in_order["status"] == "frozen"
+        assert (await wallet_view(h, "REVERSED"))["account"] == in_order

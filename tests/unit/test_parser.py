@@ -84,3 +84,13 @@ def test_a_wallet_reads_another_provinces_people_no_further_than_their_region() 
                 b'{"type": "AccountCredited", "amount_fen": 1}', b'{"type": "PersonEnrolled", "admdvs": 32}'):
         with pytest.raises(PoisonMessage):
             parse(raw)
+
+
+@pytest.mark.parametrize("raw", [b'{"type": "PaymentCompletedV2", "payment_id": "P1"}',
+                                 b'{"type": "PersonEnroled", "admdvs": "510100"}'])
+def test_a_type_the_contract_does_not_know_is_parked_not_skipped(raw: bytes) -> None:
+    """No consumer may judge an unknown type (a newer producer, a typo), so none may skip it unseen: it is read in
+    full and parked, with the reason, by every consumer that reads the topic."""
+    for parse in (PARSE, wallet_32_enrolment_parser()):
+        with pytest.raises(PoisonMessage, match="SCHEMA_INVALID"):
+            parse(raw)

@@ -33,6 +33,17 @@ if op == 'enroll' or op == 'status' then
     if op == 'status' then
       return cjson.encode({ok = true, applied = false})  -- no account here; nothing to freeze
     end
+    -- C1 out of order: a newer suspension or end of this person came first, when there was no account to freeze
+    -- (the person's view holds it). The account opens as hearing them in order would have left it: frozen, at
+    -- that version, with the reason; never active for someone who may not be paid from it.
+    local person = P .. 'person:' .. psn
+    local newer = redis.call('HGET', person, 'version')
+    local now_status = redis.call('HGET', person, 'status')
+    if newer and int(newer) > version and (now_status == 'suspended' or now_status == 'terminated'
+                                            or now_status == 'died') then
+      status, version, why = 'frozen', int(newer), now_status == 'suspended' and '' or now_status
+      admdvs = redis.call('HGET', person, 'admdvs') or admdvs
+    end
     redis.call('HSET', k, 'cur', 0, 'hist', 0)
     redis.call('SADD', P .. 'accts', psn)
   end
