@@ -80,8 +80,10 @@ def infrastructure_fault(exc: BaseException) -> bool:
     if isinstance(exc, TRANSIENT_ERRORS):
         return True
     if isinstance(exc, redis.exceptions.ResponseError):
+        # redis-py's parser takes a code it knows off the message and keeps it as `status_code`; others stay first
         words = str(exc).split(maxsplit=1)
-        return bool(words) and words[0] in TRANSIENT_REDIS_CODES
+        code = getattr(exc, "status_code", None) or (words[0] if words else "")
+        return code in TRANSIENT_REDIS_CODES
     return False
 
 
@@ -126,6 +128,8 @@ def model_parser(adapter: TypeAdapter[T], only: frozenset[str] | None = None,
     every one it would drop (their own consumers judge them, bad ones included). A type the contract does not know
     is read in full, and parked: no consumer may be its judge, so none may skip it."""
     known = _types_of(adapter)
+    if (only is not None or wanted is not None) and not known:
+        raise ValueError("a consumer can skip only types its contract names; this one names none")
 
     def parse(raw: bytes) -> T | None:
         if only is not None or wanted is not None:

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import redis.exceptions
+from redis.connection import DefaultParser
 
 from services.wallet.store import WalletStore
 from shared.kafka import Consumer, infrastructure_fault
@@ -65,6 +66,20 @@ def test_server_condition_replies_are_infrastructure_faults(error: Exception) ->
     assert infrastructure_fault(error)
 
 
+@pytest.mark.parametrize("reply", [
+    "NOSCRIPT No matching script. Please use EVAL.",
+    "MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.",
+    "TRYAGAIN Multiple keys request during rehashing of slot",
+    "LOADING Redis is loading the dataset in memory",
+    "READONLY You can't write against a read only replica.",
+    "OOM command not allowed when used memory > 'maxmemory'.",
+])
+def test_server_conditions_are_infrastructure_faults_as_redis_py_parses_them(reply: str) -> None:
+    """As they reach us: redis-py's parser takes a known code off the message (`status_code` keeps it), so the
+    message alone no longer starts with it (NOSCRIPT, MASTERDOWN and TRYAGAIN were parked as handler errors)."""
+    assert infrastructure_fault(DefaultParser.parse_error(reply))
+
+
 @pytest.mark.parametrize("error", [
     redis.exceptions.ResponseError("user_script:166: attempt to concatenate local 'lot_id' (a nil value)"),
     redis.exceptions.ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value"),
@@ -72,3 +87,9 @@ def test_server_condition_replies_are_infrastructure_faults(error: Exception) ->
 ])
 def test_bugs_and_bad_input_are_not(error: Exception) -> None:
     assert not infrastructure_fault(error)
+
+
+@pytest.mark.parametrize("reply", ["ERR unknown command 'FOO'", "WRONGTYPE Operation against a key holding the wrong",
+                                   "NOPERM this user has no permissions to run the 'evalsha' command"])
+def test_nor_are_other_replies_as_redis_py_parses_them(reply: str) -> None:
+    assert not infrastructure_fault(DefaultParser.parse_error(reply))

@@ -109,3 +109,22 @@ async def test_a_failed_round_trip_fails_every_call_in_it(client: aioredis.Redis
     replies = await asyncio.wait_for(asyncio.gather(*(together(script, ["f"], [str(n)]) for n in range(5)),
                                                     return_exceptions=True), timeout=10)
     assert all(isinstance(r, RedisConnectionError | ConnectionError) for r in replies), replies
+
+
+async def test_a_connection_the_server_dropped_is_tried_once_more(infra: Any) -> None:
+    """An idle pooled connection Redis has closed (timeout, restart) fails on first use; the calls go again on a
+    fresh connection instead of failing every caller into its backoff."""
+    named = aioredis.Redis.from_url(infra.redis_url, db=DB, decode_responses=True, client_name="pipeline-drop-test")
+    admin = aioredis.Redis.from_url(infra.redis_url, db=DB, decode_responses=True)
+    try:
+        script = named.register_script(APPEND)
+        together = ScriptPipeline(named)
+        assert await together(script, ["drop"], ["before"]) == 1
+        for client in await admin.client_list():
+            if client.get("name") == "pipeline-drop-test":
+                await admin.client_kill_filter(_id=client["id"])
+        assert await together(script, ["drop"], ["after"]) == 2
+    finally:
+        await admin.delete("drop")
+        await named.aclose()
+        await admin.aclose()
