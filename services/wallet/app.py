@@ -121,7 +121,10 @@ class WalletService:
         if not self.mine(e.admdvs):
             return []
         if e.type in ("PersonTerminated", "PersonDied") and e.version < await self.store.person_version(e.psn_no):
-            return []  # an old event redelivered after the person came back: it closes nothing any more
+            # an old event, late or redelivered after the person came back: it closes nothing any more, and freezes
+            # only an account no newer enrolment has reopened since (the account's own version decides, C1)
+            await self.store.set_status(e.psn_no, e.version, "frozen", e.admdvs, e.type.removeprefix("Person").lower())
+            return []
         if not isinstance(e, AccountCredited | YearRolledOver):
             status = {"PersonEnrolled": "normal", "PersonSuspended": "suspended", "PersonTerminated": "terminated",
                       "PersonDied": "died"}[e.type]

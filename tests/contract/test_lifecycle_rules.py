@@ -6,6 +6,7 @@ binding and wallet end up agreeing on; each failed on main before its fix.
 
 from __future__ import annotations
 
+import itertools
 from datetime import timedelta
 from typing import Any
 
@@ -453,3 +454,41 @@ async def test_5_an_enrolment_heard_after_the_suspension_or_end_that_followed_it
         in_order = (await wallet_view(h, "INORDER"))["account"]
         assert in_order["status"] == "frozen"
         assert (await wallet_view(h, "REVERSED"))["account"] == in_order
+
+
+@pytest.mark.parametrize("stop", [PersonSuspended, PersonTerminated, PersonDied])
+@pytest.mark.parametrize("then_resident", [True, False])
+async def test_5_any_order_of_enrolment_stop_and_re_enrolment_ends_as_version_order(stop: type,
+                                                                                     then_resident: bool) -> None:
+    """C1: an employee enrolled (v1), suspended or ended (v2), then enrolled again (v3: as a resident without an
+    account, or as an employee). Heard in any of the six orders, the wallet's account ends as heard in version
+    order: frozen at v2 with its reason when v3 opens no account, active at v3 when it does."""
+    async with harness() as h:
+        outcomes = {}
+        for n, order in enumerate(itertools.permutations(range(3))):
+            psn = f"ORDER{n}"
+            happened = [enrolled(psn, version=1),
+                        stop(occurred_at=h.clock.now(), psn_no=psn, admdvs="320500", version=2),
+                        enrolled(psn, version=3, insutype="390", has_pa=False) if then_resident
+                        else enrolled(psn, version=3)]
+            await hear(h, "32", *(happened[i] for i in order))
+            account = (await wallet_view(h, psn))["account"]
+            outcomes[order] = {k: account.get(k) for k in ("status", "version", "reason")}
+        assert all(outcome == outcomes[(0, 1, 2)] for outcome in outcomes.values()), outcomes
+        assert outcomes[(0, 1, 2)]["status"] == ("frozen" if then_resident else "active")
+
+
+@pytest.mark.parametrize("stop", [PersonSuspended, PersonDied])
+async def test_5_an_account_that_moves_in_after_its_holders_suspension_or_death_arrives_frozen(stop: type) -> None:
+    """C1 with a move: the new province hears the move and then the holder's suspension or death before the account
+    itself arrives (ReceiveAccount from a lagging old province). It arrives frozen, with the money it carries, as
+    if everything had been heard in version order; never payable to anyone (a bound relative included)."""
+    async with harness() as h:
+        await enrol(h, "G", 100_000)
+        move = moving(h, "G", "320500", "450100", 2)
+        await hear(h, "45", move, stop(occurred_at=h.clock.now(), psn_no="G", admdvs="450100", version=3))
+        await hear(h, "32", move)  # the old province lets the account go only now
+        account = (await wallet_view(h, "G", "45"))["account"]
+        assert (account["status"], account["version"], account["cur"]) == ("frozen", "3", "100000")
+        assert account["reason"] == ("died" if stop is PersonDied else "")
+        await national_ok(h)

@@ -21,28 +21,39 @@ if op == 'person' then
   return cjson.encode({ok = true, applied = true})
 end
 
+-- C1 in any order: the newest suspension or end heard for a person, kept on their view whatever else was heard
+-- (even before their account exists, even after a newer enrolment). An account that opens or arrives later for an
+-- older enrolment or move opens frozen at it, as hearing everything in version order would have left it.
+local function record_freeze(psn, version, why, admdvs)
+  local key = P .. 'person:' .. psn
+  local known = redis.call('HGET', key, 'freeze_ver')
+  if not known or int(known) < version then
+    redis.call('HSET', key, 'freeze_ver', version, 'freeze_why', why, 'freeze_admdvs', admdvs)
+  end
+end
+
+local function freeze_after(psn, version)  -- the newest freeze if it is newer than `version`: its version, why, region
+  local f = redis.call('HMGET', P .. 'person:' .. psn, 'freeze_ver', 'freeze_why', 'freeze_admdvs')
+  if f[1] and int(f[1]) > version then return int(f[1]), f[2] or '', f[3] end
+  return nil
+end
+
 if op == 'enroll' or op == 'status' then
   -- ARGV: op, psn, version, status ('active'|'frozen'), admdvs, reason ('' = none: why it is frozen)
   local psn, version, status, admdvs, why = ARGV[2], int(ARGV[3]), ARGV[4], ARGV[5], ARGV[6] or ''
   local k = acct_key(psn)
+  if op == 'status' then record_freeze(psn, version, why, admdvs) end
   local current = redis.call('HGET', k, 'version')
   if current and int(current) >= version then
     return cjson.encode({ok = true, applied = false})
   end
   if redis.call('EXISTS', k) == 0 then
     if op == 'status' then
-      return cjson.encode({ok = true, applied = false})  -- no account here; nothing to freeze
+      return cjson.encode({ok = true, applied = false})  -- no account here; nothing to freeze (it is recorded)
     end
-    -- C1 out of order: a newer suspension or end of this person came first, when there was no account to freeze
-    -- (the person's view holds it). The account opens as hearing them in order would have left it: frozen, at
-    -- that version, with the reason; never active for someone who may not be paid from it.
-    local person = P .. 'person:' .. psn
-    local newer = redis.call('HGET', person, 'version')
-    local now_status = redis.call('HGET', person, 'status')
-    if newer and int(newer) > version and (now_status == 'suspended' or now_status == 'terminated'
-                                            or now_status == 'died') then
-      status, version, why = 'frozen', int(newer), now_status == 'suspended' and '' or now_status
-      admdvs = redis.call('HGET', person, 'admdvs') or admdvs
+    local frozen_at, frozen_why, frozen_in = freeze_after(psn, version)
+    if frozen_at then
+      status, version, why, admdvs = 'frozen', frozen_at, frozen_why, frozen_in or admdvs
     end
     redis.call('HSET', k, 'cur', 0, 'hist', 0)
     redis.call('SADD', P .. 'accts', psn)
@@ -231,8 +242,15 @@ if op == 'move_in' then
     end
     hincr(P .. 'totals', 'external_net', total)
     if total > 0 then hincr(P .. 'rin', 'move:' .. id, total) end
-    redis.call('HSET', k, 'status', 'active', 'admdvs', admdvs, 'reason', '',
-               'version', math.max(version, int(redis.call('HGET', k, 'version'))))
+    -- an account arriving for a move older than a suspension or end heard here stays frozen at it (C1)
+    local at = math.max(version, int(redis.call('HGET', k, 'version')))
+    local frozen_at, frozen_why = freeze_after(psn, version)
+    if frozen_at then
+      redis.call('HSET', k, 'status', 'frozen', 'admdvs', admdvs, 'reason', frozen_why,
+                 'version', math.max(at, frozen_at))
+    else
+      redis.call('HSET', k, 'status', 'active', 'admdvs', admdvs, 'reason', '', 'version', at)
+    end
     result = cjson.encode({ok = true, applied = true, amount = total})
   end
   idem_put(done, result)
