@@ -121,10 +121,13 @@ class WalletService:
         if not self.mine(e.admdvs):
             return []
         if e.type in ("PersonTerminated", "PersonDied") and e.version < await self.store.person_version(e.psn_no):
-            # an old event, late or redelivered after the person came back: it closes nothing any more, and freezes
-            # only an account no newer enrolment has reopened since (the account's own version decides, C1)
-            await self.store.set_status(e.psn_no, e.version, "frozen", e.admdvs, e.type.removeprefix("Person").lower())
-            return []
+            # an old event, late or redelivered after the person came back: it freezes and closes only what no newer
+            # enrolment has reopened since (the account's own version decides, C1); then as in version order
+            reason = e.type.removeprefix("Person").lower()
+            if not (await self.store.set_status(e.psn_no, e.version, "frozen", e.admdvs, reason))["applied"]:
+                return []
+            await self.store.transfer_op("close", e.psn_no, reason)
+            return await self.return_lots(e.psn_no, "", f"{e.type}:{e.message_id}", reason)
         if not isinstance(e, AccountCredited | YearRolledOver):
             status = {"PersonEnrolled": "normal", "PersonSuspended": "suspended", "PersonTerminated": "terminated",
                       "PersonDied": "died"}[e.type]

@@ -43,3 +43,12 @@ local function hincr(key, field, delta)
     redis.call('HINCRBY', key, field, string.format('%d', delta))
   end
 end
+
+-- C1 in any order: the newest suspension or end heard for a person (accounts.lua `status` keeps it on their view,
+-- `<prefix>person:<psn>`) if it is newer than `version`: its version, why and region; nil otherwise. An account
+-- that opens or arrives for anything older opens frozen at it, as hearing everything in version order would.
+local function freeze_after(prefix, psn, version)
+  local f = redis.call('HMGET', prefix .. 'person:' .. psn, 'freeze_ver', 'freeze_why', 'freeze_admdvs')
+  if f[1] and int(f[1]) > version then return int(f[1]), f[2] or '', f[3] end
+  return nil
+end

@@ -492,3 +492,17 @@ async def test_5_an_account_that_moves_in_after_its_holders_suspension_or_death_
         assert (account["status"], account["version"], account["cur"]) == ("frozen", "3", "100000")
         assert account["reason"] == ("died" if stop is PersonDied else "")
         await national_ok(h)
+
+
+async def test_5_an_account_that_moves_in_after_a_suspension_and_a_newer_re_enrolment_arrives_active() -> None:
+    """C1 with a move, the other way (review finding): moved here (v2), suspended (v3), enrolled again as an
+    employee (v4), then the account itself arrives. In version order it is active at v4, and so it arrives."""
+    async with harness() as h:
+        await enrol(h, "G", 100_000)
+        move = moving(h, "G", "320500", "450100", 2)
+        await hear(h, "45", move, PersonSuspended(occurred_at=h.clock.now(), psn_no="G", admdvs="450100", version=3),
+                   enrolled("G", admdvs="450100", version=4))
+        await hear(h, "32", move)
+        account = (await wallet_view(h, "G", "45"))["account"]
+        assert (account["status"], account["version"], account["cur"]) == ("active", "4", "100000")
+        await national_ok(h)

@@ -21,21 +21,14 @@ if op == 'person' then
   return cjson.encode({ok = true, applied = true})
 end
 
--- C1 in any order: the newest suspension or end heard for a person, kept on their view whatever else was heard
--- (even before their account exists, even after a newer enrolment). An account that opens or arrives later for an
--- older enrolment or move opens frozen at it, as hearing everything in version order would have left it.
+-- C1 in any order: the newest suspension or end heard for a person is kept on their view whatever else was heard
+-- (even before their account exists, even after a newer enrolment); see `freeze_after` in the prelude.
 local function record_freeze(psn, version, why, admdvs)
   local key = P .. 'person:' .. psn
   local known = redis.call('HGET', key, 'freeze_ver')
   if not known or int(known) < version then
     redis.call('HSET', key, 'freeze_ver', version, 'freeze_why', why, 'freeze_admdvs', admdvs)
   end
-end
-
-local function freeze_after(psn, version)  -- the newest freeze if it is newer than `version`: its version, why, region
-  local f = redis.call('HMGET', P .. 'person:' .. psn, 'freeze_ver', 'freeze_why', 'freeze_admdvs')
-  if f[1] and int(f[1]) > version then return int(f[1]), f[2] or '', f[3] end
-  return nil
 end
 
 if op == 'enroll' or op == 'status' then
@@ -51,7 +44,7 @@ if op == 'enroll' or op == 'status' then
     if op == 'status' then
       return cjson.encode({ok = true, applied = false})  -- no account here; nothing to freeze (it is recorded)
     end
-    local frozen_at, frozen_why, frozen_in = freeze_after(psn, version)
+    local frozen_at, frozen_why, frozen_in = freeze_after(P, psn, version)
     if frozen_at then
       status, version, why, admdvs = 'frozen', frozen_at, frozen_why, frozen_in or admdvs
     end
@@ -242,12 +235,16 @@ if op == 'move_in' then
     end
     hincr(P .. 'totals', 'external_net', total)
     if total > 0 then hincr(P .. 'rin', 'move:' .. id, total) end
-    -- an account arriving for a move older than a suspension or end heard here stays frozen at it (C1)
-    local at = math.max(version, int(redis.call('HGET', k, 'version')))
-    local frozen_at, frozen_why = freeze_after(psn, version)
+    -- C1 in any order, the newest of three states wins: a suspension or end heard here after both the move and the
+    -- account's own state (frozen at it); the account's own freeze, newer than the move (kept); else the move
+    -- (active). A re-enrolment newer than a freeze has already reopened the account at its own version.
+    local own_version = int(redis.call('HGET', k, 'version'))
+    local at = math.max(version, own_version)
+    local frozen_at, frozen_why = freeze_after(P, psn, at)
     if frozen_at then
-      redis.call('HSET', k, 'status', 'frozen', 'admdvs', admdvs, 'reason', frozen_why,
-                 'version', math.max(at, frozen_at))
+      redis.call('HSET', k, 'status', 'frozen', 'admdvs', admdvs, 'reason', frozen_why, 'version', frozen_at)
+    elseif redis.call('HGET', k, 'status') == 'frozen' and own_version > version then
+      redis.call('HSET', k, 'admdvs', admdvs)
     else
       redis.call('HSET', k, 'status', 'active', 'admdvs', admdvs, 'reason', '', 'version', at)
     end
