@@ -308,17 +308,19 @@ class SettlementStore:
     def _stamp(self) -> str:
         return stamp(self.clock.now()) if self.clock is not None else ""
 
-    async def done(self, message_id: str) -> list[Outgoing] | None:
+    async def _read(self, key: str) -> str | None:
+        """A value as the batch's transaction sees it when there is one (watched, with its own writes), else now."""
         batch = _BATCH.get()
-        key = k_done(message_id)
-        raw = await batch.value(key) if batch is not None else await self.client.get(key)
+        found: str | None = await batch.value(key) if batch is not None else await self.client.get(key)
+        return found
+
+    async def done(self, message_id: str) -> list[Outgoing] | None:
+        raw = await self._read(k_done(message_id))
         return decode_out(raw) if raw else None
 
     async def payment_msgid(self, payment_id: str) -> str | None:
         """The request a payment was made for: through the batch's transaction when there is one."""
-        batch = _BATCH.get()
-        key = k_pay(payment_id)
-        found: str | None = await batch.value(key) if batch is not None else await self.client.get(key)
+        found = await self._read(k_pay(payment_id))
         return found
 
     async def setl_msgid(self, setl_id: str) -> str | None:
@@ -441,8 +443,7 @@ class SettlementStore:
     async def person(self, psn: str) -> PersonView | None:
         """Through the batch's transaction when there is one (a batch of enrolment events reads and writes its
         people in one transaction: `prefetch_persons`, `save_person`)."""
-        batch = _BATCH.get()
-        raw = await batch.value(k_person(psn)) if batch is not None else await self.client.get(k_person(psn))
+        raw = await self._read(k_person(psn))
         return PersonView.model_validate_json(raw) if raw else None
 
     async def day_rows(self, fixmedins: str, day: str) -> list[dict[str, Any]]:

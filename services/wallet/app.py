@@ -79,6 +79,7 @@ EXPIRY_RETRY_MS = 60_000  # a transfer whose expiry failed is tried again this m
 SERVICE = "wallet"
 ACCOUNT_MOVED = "account_moved"  # ReturnFunds.reason of money following a person to their new province
 EXPIRY_SCAN_MS = 250
+ENDED = {"PersonTerminated": "terminated", "PersonDied": "died"}  # enrolment events that end an account (B5, W6)
 OVERDUE_SCAN_MS = 10_000  # the saga-age gauge: a stuck return shows within seconds, costs one read per 10 s
 
 
@@ -120,24 +121,15 @@ class WalletService:
             return []
         if not self.mine(e.admdvs):
             return []
-        if e.type in ("PersonTerminated", "PersonDied") and e.version < await self.store.person_version(e.psn_no):
-            # an old event, late or redelivered after the person came back: it freezes and closes only what no newer
-            # enrolment has reopened since (the account's own version decides, C1); then as in version order
-            reason = e.type.removeprefix("Person").lower()
-            if not (await self.store.set_status(e.psn_no, e.version, "frozen", e.admdvs, reason))["applied"]:
-                return []
-            await self.store.transfer_op("close", e.psn_no, reason)
-            return await self.return_lots(e.psn_no, "", f"{e.type}:{e.message_id}", reason)
+        if e.type in ENDED and e.version < await self.store.person_version(e.psn_no):
+            # an old event, late or redelivered after the person came back: it ends only what no newer enrolment
+            # has reopened since (the account's own version decides, C1)
+            return await self._end(e, ENDED[e.type], unless_reopened=True)
         if not isinstance(e, AccountCredited | YearRolledOver):
-            status = {"PersonEnrolled": "normal", "PersonSuspended": "suspended", "PersonTerminated": "terminated",
-                      "PersonDied": "died"}[e.type]
+            status = ENDED.get(e.type) or {"PersonEnrolled": "normal", "PersonSuspended": "suspended"}[e.type]
             await self.store.set_person(e.psn_no, e.admdvs, status, e.version)
-            if status in ("terminated", "died"):
-                # B5/W6: the account is frozen with the reason (what remains is an inheritance matter, out of
-                # scope); the wallet closes and its unspent money returns to each sender.
-                await self.store.set_status(e.psn_no, e.version, "frozen", e.admdvs, status)
-                await self.store.transfer_op("close", e.psn_no, status)
-                return await self.return_lots(e.psn_no, "", f"{e.type}:{e.message_id}", status)
+            if e.type in ENDED:
+                return await self._end(e, status)
         if isinstance(e, PersonEnrolled):
             if e.insutype == "310" and e.has_personal_account:
                 await self.store.enroll(e.psn_no, e.version, "active", e.admdvs)
@@ -151,6 +143,17 @@ class WalletService:
         else:  # suspended, terminated, died: the account stops paying out (B1, C1)
             await self.store.set_status(e.psn_no, e.version, "frozen", e.admdvs)
         return []
+
+    async def _end(self, e: Any, reason: str, unless_reopened: bool = False) -> list[Outgoing]:
+        """B5/W6: the account is frozen with the reason (what remains is an inheritance matter, out of scope); the
+        wallet closes and its unspent money returns to each sender. `unless_reopened`: nothing, if a newer
+        enrolment has reopened the account since (a wallet may exist without an account, so only a late event
+        asks)."""
+        frozen = await self.store.set_status(e.psn_no, e.version, "frozen", e.admdvs, reason)
+        if unless_reopened and not frozen["applied"]:
+            return []
+        await self.store.transfer_op("close", e.psn_no, reason)
+        return await self.return_lots(e.psn_no, "", f"{e.type}:{e.message_id}", reason)
 
     async def _on_account(self, e: AccountCredited | YearRolledOver, apply: Any) -> dict[str, Any]:
         result = await apply()

@@ -44,9 +44,19 @@ local function hincr(key, field, delta)
   end
 end
 
--- C1 in any order: the newest suspension or end heard for a person (accounts.lua `status` keeps it on their view,
--- `<prefix>person:<psn>`) if it is newer than `version`: its version, why and region; nil otherwise. An account
--- that opens or arrives for anything older opens frozen at it, as hearing everything in version order would.
+-- C1 in any order: the newest suspension or end heard for a person is kept on their view (`<prefix>person:<psn>`)
+-- whatever else was heard, even before their account exists or after a newer enrolment (accounts.lua `status`).
+-- An account that opens or arrives for anything older opens frozen at it, as hearing everything in version order
+-- would have left it.
+local function record_freeze(prefix, psn, version, why, admdvs)
+  local key = prefix .. 'person:' .. psn
+  local known = redis.call('HGET', key, 'freeze_ver')
+  if not known or int(known) < version then
+    redis.call('HSET', key, 'freeze_ver', version, 'freeze_why', why, 'freeze_admdvs', admdvs)
+  end
+end
+
+-- The newest freeze if it is newer than `version`: its version, why and region; nil otherwise.
 local function freeze_after(prefix, psn, version)
   local f = redis.call('HMGET', prefix .. 'person:' .. psn, 'freeze_ver', 'freeze_why', 'freeze_admdvs')
   if f[1] and int(f[1]) > version then return int(f[1]), f[2] or '', f[3] end

@@ -21,21 +21,11 @@ if op == 'person' then
   return cjson.encode({ok = true, applied = true})
 end
 
--- C1 in any order: the newest suspension or end heard for a person is kept on their view whatever else was heard
--- (even before their account exists, even after a newer enrolment); see `freeze_after` in the prelude.
-local function record_freeze(psn, version, why, admdvs)
-  local key = P .. 'person:' .. psn
-  local known = redis.call('HGET', key, 'freeze_ver')
-  if not known or int(known) < version then
-    redis.call('HSET', key, 'freeze_ver', version, 'freeze_why', why, 'freeze_admdvs', admdvs)
-  end
-end
-
 if op == 'enroll' or op == 'status' then
   -- ARGV: op, psn, version, status ('active'|'frozen'), admdvs, reason ('' = none: why it is frozen)
   local psn, version, status, admdvs, why = ARGV[2], int(ARGV[3]), ARGV[4], ARGV[5], ARGV[6] or ''
   local k = acct_key(psn)
-  if op == 'status' then record_freeze(psn, version, why, admdvs) end
+  if op == 'status' then record_freeze(P, psn, version, why, admdvs) end
   local current = redis.call('HGET', k, 'version')
   if current and int(current) >= version then
     return cjson.encode({ok = true, applied = false})
