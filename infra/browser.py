@@ -52,13 +52,26 @@ def text(driver: Any, css: str, wait_s: float = WAIT_S) -> str:
 
 def click(driver: Any, element: Any, wait_s: float = WAIT_S) -> None:
     """Click, and wait until the next page replaced this one (the console's forms answer with a redirect)."""
+    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.expected_conditions import staleness_of
     from selenium.webdriver.support.ui import WebDriverWait
 
     page = driver.find_element(By.TAG_NAME, "html")
     element.click()
-    WebDriverWait(driver, wait_s).until(staleness_of(page))
+
+    def replaced(_: Any) -> bool:
+        try:
+            page.is_enabled()
+        except StaleElementReferenceException:
+            return True
+        except WebDriverException as exc:
+            # Chromium asked mid-navigation answers this instead of "stale" (seen once in CI: the page was going)
+            if "does not belong to the document" in str(exc):
+                return True
+            raise
+        return False
+
+    WebDriverWait(driver, wait_s).until(replaced)
 
 
 def sign_in(driver: Any, console_url: str, token: str) -> None:
