@@ -157,10 +157,11 @@ class WalletService:
 
     async def _on_account(self, e: AccountCredited | YearRolledOver, apply: Any) -> dict[str, Any]:
         result = await apply()
-        if result.get("reason") == "NO_ACCOUNT" and (await self.store.person(e.psn_no)).get("arrived_from"):
+        person = await self.store.person(e.psn_no) if result.get("reason") == "NO_ACCOUNT" else {}
+        if person.get("arrived_from"):
             # moved here from another province, and this came before their account did (ReceiveAccount): the
-            # account opens now and the move's buckets join it when they arrive
-            await self.store.enroll(e.psn_no, 0, "active", e.admdvs)
+            # account opens now, as of the arrival, and the move's buckets join it when they arrive
+            await self.store.enroll(e.psn_no, int(person.get("arrived_ver", 0)), "active", e.admdvs)
             result = await apply()
         if not result["ok"]:
             raise PoisonMessage(result["reason"], result["detail"])

@@ -15,8 +15,9 @@ import pytest
 from contracts.binding import BindingKind, ChangeQuota, DissolveBinding, Relation, ReorderGrantors
 from contracts.enrollment import PersonDied, PersonSuspended, PersonTerminated, PersonTransferred, YearRolledOver
 from contracts.topics import BINDING_COMMANDS, BINDING_EVENTS, ENROLLMENT_EVENTS, WALLET_EVENTS, dlq, wallet_commands
-from contracts.wallet import AcceptTransfer, OpenWallet, RequestTransfer
+from contracts.wallet import AcceptTransfer, OpenWallet, RequestTransfer, ReturnFunds
 from ops.national_audit import national_audit
+from services.wallet.app import ACCOUNT_MOVED
 from services.wallet.audit import audit
 from shared.clock import china_time
 from shared.consent import dissolve_command, reorder_command, sign
@@ -506,3 +507,50 @@ async def test_5_an_account_that_moves_in_after_a_suspension_and_a_newer_re_enro
         account = (await wallet_view(h, "G", "45"))["account"]
         assert (account["status"], account["version"], account["cur"]) == ("active", "4", "100000")
         await national_ok(h)
+
+
+async def test_5_money_that_arrives_before_a_returning_persons_account_ignores_their_earlier_suspension() -> None:
+    """C1 with money first (review finding): G was suspended here (v2), left (v3), became an employee in 32 (v4) and
+    came back (v5). Wallet-45 hears the return, then a credit before the account itself. In version order the account
+    is active when the credit lands: the suspension ended with that earlier stay, so the account opened for the
+    credit must not pick it up (it opened frozen at v2 before)."""
+    async with harness() as h:
+        await hear(h, "45", enrolled("G", admdvs="450100", insutype="390", has_pa=False),
+                   PersonSuspended(occurred_at=h.clock.now(), psn_no="G", admdvs="450100", version=2))
+        await enrol(h, "G", 100_000, admdvs="320500", version=4)
+        back = moving(h, "G", "320500", "450100", 5)
+        await hear(h, "45", back, credited("G", 5_000, admdvs="450100"),
+                   moving(h, "G", "450100", "320500", 3))  # the old departure, heard last
+        account = (await wallet_view(h, "G", "45"))["account"]
+        assert (account["status"], account["version"], account["cur"]) == ("active", "5", "5000")
+        await hear(h, "32", back)  # the account from 32 joins it
+        account = (await wallet_view(h, "G", "45"))["account"]
+        assert (account["status"], account["cur"]) == ("active", "105000")
+        await national_ok(h)
+
+
+@pytest.mark.parametrize("suspended_at, expected", [(2, ("active", "5")), (6, ("frozen", "6"))])
+async def test_5_money_following_a_mover_opens_their_account_as_of_their_arrival(suspended_at: int,
+                                                                                  expected: tuple[str, str]) -> None:
+    """C1, money first by the other door (ReturnFunds after a move, `receive_return`): G came back to 45 at v5 and
+    money following them arrives before their account. A suspension from the earlier stay (v2) does not freeze the
+    account it opens; one heard since the arrival (v6) does."""
+    async with harness() as h:
+        await hear(h, "45", enrolled("G", admdvs="450100", insutype="390", has_pa=False),
+                   moving(h, "G", "320500", "450100", 5),
+                   PersonSuspended(occurred_at=h.clock.now(), psn_no="G", admdvs="450100", version=suspended_at))
+        follows = ReturnFunds(occurred_at=h.clock.now(), return_id="fwd:x:G", sender_psn_no="G", holder_psn_no="G",
+                              holder_province="32", amount_fen=700, reason=ACCOUNT_MOVED)
+        await send(h, wallet_commands("45"), follows, "G")
+        account = (await wallet_view(h, "G", "45"))["account"]
+        assert (account["status"], account["version"], account["hist"]) == (*expected, "700")
+
+
+async def test_5_a_credit_after_an_arrival_heard_late_lands_in_a_frozen_account() -> None:
+    """C1, the arrival heard after a newer suspension: the credit that comes before the account still opens it (as
+    of the arrival, frozen at the suspension) instead of being parked for a person who does live here."""
+    async with harness() as h:
+        await hear(h, "45", PersonSuspended(occurred_at=h.clock.now(), psn_no="G", admdvs="450100", version=6),
+                   moving(h, "G", "320500", "450100", 5), credited("G", 5_000, admdvs="450100"))
+        account = (await wallet_view(h, "G", "45"))["account"]
+        assert (account["status"], account["version"], account["cur"]) == ("frozen", "6", "5000")

@@ -12,12 +12,16 @@ if op == 'person' then
   -- here (W1: who may open a wallet); only a newer version changes it.
   local psn, admdvs, status, version, from = ARGV[2], ARGV[3], ARGV[4], int(ARGV[5]), ARGV[6] or ''
   local k = P .. 'person:' .. psn
+  -- the newest arrival, in any order: an account opened for money that comes before it (`_on_account`,
+  -- receive_return) opens as of it, so a suspension from the person's earlier stay here does not freeze it (C1)
+  if from ~= '' and int(redis.call('HGET', k, 'arrived_ver')) < version then
+    redis.call('HSET', k, 'arrived_from', from, 'arrived_ver', version)
+  end
   local current = redis.call('HGET', k, 'version')
   if current and int(current) >= version then
     return cjson.encode({ok = true, applied = false})
   end
   redis.call('HSET', k, 'admdvs', admdvs, 'status', status, 'version', version)
-  if from ~= '' then redis.call('HSET', k, 'arrived_from', from) end
   return cjson.encode({ok = true, applied = true})
 end
 

@@ -258,10 +258,12 @@ if op == 'receive_return' then
   local ak = P .. 'acct:' .. ARGV[3]
   if redis.call('EXISTS', ak) == 0 then
     if ARGV[5] ~= '1' then return fail('NO_ACCOUNT', 'sender has no account here') end
-    -- opened for money that arrived first; frozen if a suspension or end of the person was heard here (C1)
-    local frozen_at, frozen_why = freeze_after(P, ARGV[3], 0)
+    -- opened for money that arrived first, at the person's arrival here; frozen if a suspension or end of the
+    -- person was heard since (C1)
+    local arrived = int(redis.call('HGET', P .. 'person:' .. ARGV[3], 'arrived_ver'))
+    local frozen_at, frozen_why = freeze_after(P, ARGV[3], arrived)
     redis.call('HSET', ak, 'cur', 0, 'hist', 0, 'status', frozen_at and 'frozen' or 'active',
-               'version', frozen_at or 0, 'reason', frozen_why or '')
+               'version', frozen_at or arrived, 'reason', frozen_why or '')
     redis.call('SADD', P .. 'accts', ARGV[3])
   end
   local amount = int(ARGV[4])
