@@ -317,10 +317,15 @@ class WalletService:
     async def on_command(self, cmd: Any, _record: Any) -> list[Outgoing]:
         now = self.clock.now()
         if isinstance(cmd, PaySettlement):
-            r = _PAID_AHEAD.get().get(cmd.message_id) or await self.store.pay(
-                cmd.payment_id, cmd.psn_no, cmd.amount_fen, cmd.plan, cmd.dry_run, cmd.message_id)
+            paid_ahead = _PAID_AHEAD.get()
+            r = paid_ahead.get(cmd.message_id)
             if isinstance(r, Exception):
-                raise r  # the script failed when made ahead: handled as its failure would have been then
+                # the script failed when made ahead: handled as its failure would have been then, once (a transient
+                # one is retried by running the payment itself; the script is idempotent)
+                del paid_ahead[cmd.message_id]
+                raise r
+            r = r or await self.store.pay(cmd.payment_id, cmd.psn_no, cmd.amount_fen, cmd.plan, cmd.dry_run,
+                                          cmd.message_id)
             env = cmd.caused("PaymentResult", now, province=self.province)
             if not r["ok"]:
                 event: BaseModel = PaymentRejected(**env, payment_id=cmd.payment_id, psn_no=cmd.psn_no,

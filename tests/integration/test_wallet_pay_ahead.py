@@ -5,6 +5,7 @@ made ahead of that reversal (each key's order is kept)."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import AsyncIterator
 from types import SimpleNamespace
@@ -12,6 +13,7 @@ from typing import Any
 
 import pytest
 from pydantic import TypeAdapter
+from redis.exceptions import BusyLoadingError
 
 from contracts.topics import dlq
 from contracts.wallet import FundingPlan, PaySettlement, ReversePayment, WalletCommand
@@ -19,6 +21,7 @@ from services.wallet.app import WalletService
 from services.wallet.audit import audit
 from services.wallet.store import WalletStore
 from shared.kafka import Consumer, model_parser
+from shared.metrics import RETRIES
 from shared.pii import kafka_key
 from shared.policy import Policies
 from shared.redis_store import connect
@@ -133,3 +136,26 @@ async def test_a_payment_whose_script_failed_ahead_is_parked_not_run_again(clien
     published = await run(service, ahead=True, records=[record])
     assert published.topics == [dlq("wallet.32.commands.v1")]  # parked: no payment event
     assert (await client.hgetall(f"{prefix}acct:A"))["cur"] == "9000"  # written once by the one run, not twice
+
+
+async def test_a_transient_error_ahead_is_retried_by_the_handler_not_raised_again(client: Any,
+                                                                                   monkeypatch: Any) -> None:
+    """An infrastructure error on one payment made ahead (Redis still loading, a failover) is what the handler's
+    first try meets; its retry runs the payment for real instead of meeting the same stored error until the batch
+    is given up and redelivered (review finding: recovery took every retry's backoff and a redelivery)."""
+    service = await wallet(client)
+    pay_many = service.store.pay_many
+
+    async def loading_for_m1(payments: list[PaySettlement]) -> dict[str, Any]:
+        results = await pay_many([p for p in payments if p.message_id != "m1"])
+        return {**results, "m1": BusyLoadingError("Redis is loading the dataset in memory")}
+
+    monkeypatch.setattr(service.store, "pay_many", loading_for_m1)
+    record = SimpleNamespace(topic="wallet.32.commands.v1", partition=0, offset=0, key=kafka_key("P1"),
+                             value=pay(1, "P1", "A", 3_000).model_dump_json().encode())
+    retried = RETRIES.labels("wallet-32", "wallet.32.commands.v1")
+    before = retried._value.get()
+    published = await run(service, ahead=True, records=[record])
+    assert [json.loads(b)["type"] for b in published.bodies] == ["PaymentCompleted"]
+    assert retried._value.get() - before == 1  # one pause, then the real payment
+    assert (await client.hgetall(f"{service.store.prefix}acct:A"))["cur"] == "7000"
