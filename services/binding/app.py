@@ -26,7 +26,7 @@ from contracts.enrollment import EnrollmentEvent
 from contracts.topics import BINDING_COMMANDS, BINDING_EVENTS, ENROLLMENT_EVENTS, WALLET_EVENTS
 from contracts.wallet import QuotaEarmarked, QuotaEarmarkRejected, WalletEvent
 from services.binding import domain
-from services.binding.store import BindingStore, Reader, k_binding, k_of_grantor, k_order, k_person
+from services.binding.store import PERSON_LAYOUT, BindingStore, Reader, k_binding, k_of_grantor, k_order, k_person
 from shared.clock import Clock
 from shared.consent import check_consent, public_key_from_setting
 from shared.kafka import PATIENCE_MS, Consumer, Outgoing, model_parser
@@ -171,7 +171,7 @@ class BindingService:
             firsts.setdefault(event.psn_no, event)
         decided = []
         for (psn, event), raw in zip(firsts.items(), await self.store.persons_raw(list(firsts)), strict=True):
-            current = domain.Person.model_validate_json(raw) if raw else None
+            current = PERSON_LAYOUT.load(raw, psn) if raw else None
             decided.append((event.message_id, psn, raw, domain.apply_enrollment(current, event)))
         applied = await self.store.apply_if_unbound_many(decided)  # none: no round trip
         _ENROLLED_AHEAD.set({d[0] for d, ok in zip(decided, applied, strict=True) if ok})

@@ -17,6 +17,7 @@ from redis.asyncio.client import Pipeline
 
 from contracts.binding import BindingEvent
 from services.binding.domain import Binding, Person
+from shared.compact import Layout
 from shared.redis_store import evalsha_many
 
 _EVENTS = TypeAdapter(list[BindingEvent])
@@ -25,6 +26,10 @@ IDEMPOTENCY_TTL_S = 35 * 86400  # longer than Kafka retention: every redelivery 
 
 def k_person(psn: str) -> str:
     return f"b:person:{psn}"
+
+
+# stored compact (shared/compact.py): one per insured person
+PERSON_LAYOUT = Layout(Person, "psn_no", ("admdvs", "insutype", "has_personal_account", "status", "version"))
 
 
 def k_binding(binding_id: str) -> str:
@@ -59,7 +64,7 @@ class Reader:
 
     async def person(self, psn: str) -> Person | None:
         raw = await self.pipe.get(k_person(psn))
-        return Person.model_validate_json(raw) if raw else None
+        return PERSON_LAYOUT.load(raw, psn) if raw else None
 
     async def binding(self, binding_id: str) -> Binding | None:
         raw = await self.pipe.get(k_binding(binding_id))
@@ -117,7 +122,7 @@ class BindingStore:
         in one round trip and in their order: whether each was."""
         replies = await evalsha_many(self.client, [
             (self._apply_if_unbound, [k_done(message_id), k_person(psn), k_of_grantor(psn), k_of_recipient(psn)],
-             [read or "", updated.model_dump_json() if updated is not None else ""])
+             [read or "", PERSON_LAYOUT.dump(updated) if updated is not None else ""])
             for message_id, psn, read, updated in decided])
         for reply in replies:
             if isinstance(reply, Exception):
@@ -143,7 +148,7 @@ class BindingStore:
             pipe.sadd(k_of_grantor(b.grantor_psn_no), b.binding_id)
             pipe.sadd(k_of_recipient(b.recipient_psn_no), b.binding_id)
         if person is not None:
-            pipe.set(k_person(person.psn_no), person.model_dump_json())
+            pipe.set(k_person(person.psn_no), PERSON_LAYOUT.dump(person))
         for recipient, order in (orders or {}).items():
             pipe.set(k_order(recipient), json.dumps(order))
         if nonce is not None:

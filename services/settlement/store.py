@@ -43,6 +43,7 @@ from services.settlement.machine import (
     stamp,
 )
 from shared.clock import Clock
+from shared.compact import Layout
 from shared.kafka import BatchConflict, Outgoing
 from shared.redis_store import claim_due
 
@@ -97,6 +98,10 @@ def k_done(message_id: str) -> str:
 
 def k_person(psn: str) -> str:
     return f"s:psn:{psn}"
+
+
+# stored compact (shared/compact.py): one per insured person
+PERSON_LAYOUT = Layout(PersonView, "psn_no", ("admdvs", "version", "id_hash", "status", "insutype", "card_no"))
 
 
 def k_clearing(day: str) -> str:
@@ -421,7 +426,7 @@ class SettlementStore:
         views = {b_id: BindingView.model_validate_json(v) for b_id, v in zip(ids, raws, strict=True) if v}
         out: dict[Any, Context] = {}
         for want, (person_raw, owner, order_raw, members) in zip(wanted, rows, strict=True):
-            person = PersonView.model_validate_json(person_raw) if person_raw else None
+            person = PERSON_LAYOUT.load(person_raw, want[0]) if person_raw else None
             order = json.loads(order_raw) if order_raw else []
             mine = {b: views[b] for b in (*order, *members) if b in views}
             out[want] = (person, owner or None, order, mine)
@@ -444,7 +449,7 @@ class SettlementStore:
         """Through the batch's transaction when there is one (a batch of enrolment events reads and writes its
         people in one transaction: `prefetch_persons`, `save_person`)."""
         raw = await self._read(k_person(psn))
-        return PersonView.model_validate_json(raw) if raw else None
+        return PERSON_LAYOUT.load(raw, psn) if raw else None
 
     async def day_rows(self, fixmedins: str, day: str) -> list[dict[str, Any]]:
         return [json.loads(v) for v in (await self.client.hgetall(k_day(fixmedins, day))).values()]
@@ -501,7 +506,7 @@ class SettlementStore:
     async def save_person(self, view: PersonView, enrolled: bool) -> None:
         """A person's identity view; on enrolment also whom the ID hash and the card number belong to. Inside
         `batch`, written with the batch's transaction (later events of the batch read it from there)."""
-        writes = [(k_person(view.psn_no), view.model_dump_json())]
+        writes = [(k_person(view.psn_no), PERSON_LAYOUT.dump(view))]
         if enrolled:
             writes.append((f"s:idn:{view.id_hash}", view.psn_no))
             if view.card_no:

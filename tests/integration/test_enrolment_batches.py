@@ -23,6 +23,7 @@ from contracts.enrollment import PersonDied, PersonSuspended, PersonTerminated, 
 from contracts.topics import BINDING_COMMANDS, BINDING_EVENTS, ENROLLMENT_EVENTS
 from services.binding.app import wire as wire_binding
 from services.settlement.app import wire as wire_settlement
+from services.settlement.store import PERSON_LAYOUT
 from services.wallet.app import wire as wire_wallet
 from shared.clock import FixedClock
 from shared.kafka import Consumer
@@ -199,7 +200,7 @@ async def test_a_batch_applies_the_common_events_ahead(infra: Any, monkeypatch: 
         assert round_trips <= 6, f"{service}: {round_trips} round trips for a batch of 100 events"
     balances = await client.hgetall("w32:acct:32ENRAHEAD000007")
     assert balances["cur"] == "500"
-    person = json.loads(await client.get("s:psn:32ENRAHEAD000007") or "{}")
-    assert person["version"] == 1
+    person = PERSON_LAYOUT.load(await client.get("s:psn:32ENRAHEAD000007"), "32ENRAHEAD000007")
+    assert person.version == 1
     await client.flushdb()
     await client.aclose()
