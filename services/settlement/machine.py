@@ -273,8 +273,10 @@ def clear(day: str, payer: str, payee: str, kind: str, fen: int) -> list[Effect]
 
 def stamp(at: datetime) -> str:
     """A national 17-digit timestamp, China time: yyyyMMddHHmmssSSS."""
-    local = china_time(at)
-    return f"{local:%Y%m%d%H%M%S}{local.microsecond // 1000:03d}"
+    t = china_time(at)
+    # %-formatting: half the CPU of strftime or of format specifiers (2.0 vs 3.7 µs), on every request (issue 14)
+    return "%04d%02d%02d%02d%02d%02d%03d" % (  # noqa: UP031
+        t.year, t.month, t.day, t.hour, t.minute, t.second, t.microsecond // 1000)
 
 
 def answered(rec: Record, err: str | None = None, output: dict[str, Any] | None = None,
