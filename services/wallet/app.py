@@ -410,7 +410,7 @@ class WalletService:
             if not r["ok"] or r["status"] != "accepted":
                 return []
             closed: list[Outgoing] = []
-            if await self.store.wallet_status(r["to"]) != "active":
+            if r["wallet"] != "active":
                 # accepted just before the holder died: the new lot follows the others back to its sender
                 closed = await self.return_lots(r["to"], r["from"], f"closed:{cmd.transfer_id}", "wallet_closed")
             return [*closed, self.out(cmd.transfer_id, TransferAccepted(

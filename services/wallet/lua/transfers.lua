@@ -201,9 +201,12 @@ if op == 'complete' then
   local id, outcome, ref = ARGV[2], ARGV[3], ARGV[4]
   local dk = P .. 'dxfer:' .. id
   local status = h(dk, 'status')
+  -- `wallet`: the recipient's wallet status as the lot lands, read here rather than in another round trip (a lot
+  -- that lands in a closed wallet follows the others back to its sender)
   if status == 'accepted' or status == 'returned' then
     return cjson.encode({ok = true, status = status, applied = false, from = h(dk, 'from'),
-                         from_prov = h(dk, 'from_prov'), to = h(dk, 'to'), amount = int(h(dk, 'amount'))})
+                         from_prov = h(dk, 'from_prov'), to = h(dk, 'to'), amount = int(h(dk, 'amount')),
+                         wallet = h(P .. 'wallet:' .. h(dk, 'to'), 'status') or ''})
   end
   if not status then return fail('UNKNOWN_TRANSFER', 'no transfer offered with this id') end
   if outcome == 'posted' then
@@ -217,7 +220,8 @@ if op == 'complete' then
     ledger(LEDGER, 'lot:' .. id, amount, 'transfer_in', ref)
     redis.call('HSET', dk, 'status', 'accepted')
     return cjson.encode({ok = true, status = 'accepted', applied = true, from = h(dk, 'from'),
-                         from_prov = h(dk, 'from_prov'), to = to, amount = amount})
+                         from_prov = h(dk, 'from_prov'), to = to, amount = amount,
+                         wallet = h(P .. 'wallet:' .. to, 'status') or ''})
   end
   redis.call('HSET', dk, 'status', 'returned')
   return cjson.encode({ok = true, status = 'returned', applied = true})
