@@ -427,6 +427,8 @@ class SettlementStore:
         out: dict[Any, Context] = {}
         for want, (person_raw, owner, order_raw, members) in zip(wanted, rows, strict=True):
             person = PERSON_LAYOUT.load(person_raw, want[0]) if person_raw else None
+            if person is not None and not person.id_hash:
+                person = None  # only a suspension, end or move heard before the enrolment: not enrolled here yet
             order = json.loads(order_raw) if order_raw else []
             mine = {b: views[b] for b in (*order, *members) if b in views}
             out[want] = (person, owner or None, order, mine)

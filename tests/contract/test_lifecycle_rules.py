@@ -554,3 +554,22 @@ async def test_5_a_credit_after_an_arrival_heard_late_lands_in_a_frozen_account(
                    moving(h, "G", "320500", "450100", 5), credited("G", 5_000, admdvs="450100"))
         account = (await wallet_view(h, "G", "45"))["account"]
         assert (account["status"], account["version"], account["cur"]) == ("frozen", "6", "5000")
+
+
+@pytest.mark.parametrize("stop, status", [(PersonSuspended, "suspended"), (PersonDied, "died")])
+async def test_5_settlement_keeps_a_suspension_or_death_heard_before_the_enrolment_it_follows(stop: type,
+                                                                                             status: str) -> None:
+    """C1 in any order, settlement side (found by the redelivery property in test_enrolment_batches): a stop heard
+    before the enrolment was dropped, so the enrolment left the person `normal` and settleable by every fund until
+    the stop was delivered again. Now it is kept; the person is not enrolled for settlement until the enrolment
+    brings their identity, and then stays as the stop left them."""
+    async with harness() as h:
+        settlement = h.services["settlement"]
+        enrolment = enrolled("G", version=1)
+        await settlement.on_enrollment(stop(occurred_at=h.clock.now(), psn_no="G", admdvs="320500", version=2), None)
+        assert (await settlement.store.settle_context("G", enrolment.id_hash, None))[:2] == (None, None)
+        await settlement.on_enrollment(enrolment, None)
+        person, owner, _, _ = await settlement.store.settle_context("G", enrolment.id_hash, None)
+        assert person is not None and (person.status, person.version, owner) == (status, 2, "G")
+        await settlement.on_enrollment(enrolled("G", version=3), None)  # enrolled again: normal
+        assert (await settlement.store.person("G")).status == "normal"  # type: ignore[union-attr]

@@ -13,14 +13,14 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 from redis.asyncio.connection import AbstractConnection
 
 from contracts.binding import BindingKind, Relation
 from contracts.enrollment import PersonDied, PersonSuspended, PersonTerminated, PersonTransferred, YearRolledOver
-from contracts.topics import BINDING_COMMANDS, BINDING_EVENTS, ENROLLMENT_EVENTS
+from contracts.topics import BINDING_COMMANDS, BINDING_EVENTS, DLQ_SUFFIX, ENROLLMENT_EVENTS
 from services.binding.app import wire as wire_binding
 from services.settlement.app import wire as wire_settlement
 from services.settlement.store import PERSON_LAYOUT
@@ -135,14 +135,15 @@ async def bound_pair(consumers: list[Consumer[Any]]) -> None:
 WIRES = {"binding": wire_binding, "settlement": wire_settlement, "wallet": wire_wallet}
 
 
-async def outcome(client: aioredis.Redis, service: str, records: list[Any], batched: bool) -> tuple[Any, Any]:
+async def outcome(client: aioredis.Redis, service: str, records: list[Any], batched: bool,
+                  deliveries: int = 2) -> tuple[Any, Any]:
     await client.flushdb()
     _, consumers = WIRES[service](Settings(), client, FixedClock(T0))
     if service == "binding":
         await bound_pair(consumers)
     enrolment = next(c for c in consumers if c.topic == ENROLLMENT_EVENTS)
     broker = Published()
-    for _ in range(2):  # then redelivered, as after a lost commit
+    for _ in range(deliveries):  # by default then redelivered, as after a lost commit
         if batched:
             await enrolment.process(broker, records)
         else:  # the handler alone, one message at a time: no work ahead, no batch transaction
@@ -170,6 +171,38 @@ def test_a_batch_of_enrolment_events_ends_as_the_events_one_by_one(service: str,
 
     @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
     @given(drawn=steps)
+    def check(drawn: list[tuple[str, str, int, bool]]) -> None:
+        asyncio.run(compare(stream(drawn)))
+
+    check()
+
+
+@pytest.mark.parametrize("service", sorted(WIRES))
+def test_a_redelivered_batch_of_enrolment_events_changes_nothing(service: str, infra: Any) -> None:
+    """At least once (every consumer idempotent): a batch consumed again, as after a commit that was lost, leaves
+    every key as before and publishes nothing new. A message parked on its first delivery (a credit before the
+    account it is for) may land on the second, as it would when replayed from the DLQ, so a batch that parked
+    something is compared from its second delivery on."""
+
+    async def compare(records: list[Any]) -> None:
+        first, again = databases(infra)
+        try:
+            once = await outcome(first, service, records, batched=True, deliveries=1)
+            twice = await outcome(again, service, records, batched=True, deliveries=2)
+            if not any(topic.endswith(DLQ_SUFFIX) for topic, _ in once[1]):
+                assert twice == once
+            assert await outcome(first, service, records, batched=True, deliveries=3) == twice
+        finally:
+            for client in (first, again):
+                await client.flushdb()
+                await client.aclose()
+
+    @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+    @given(drawn=steps)
+    # found by this test: an enrolment older than the arrival heard before it opened the account at its own older
+    # version, which only a redelivery of the arrival moved on (accounts.lua `enroll`)
+    @example(drawn=[("moved_here", PEOPLE[0], 2, False), ("employee", PEOPLE[0], 1, False)])
+    @example(drawn=[("credit", PEOPLE[0], 1, False), ("employee", PEOPLE[0], 1, False)])  # parked, then lands
     def check(drawn: list[tuple[str, str, int, bool]]) -> None:
         asyncio.run(compare(stream(drawn)))
 

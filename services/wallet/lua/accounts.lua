@@ -15,7 +15,7 @@ if op == 'person' then
   -- the newest arrival, in any order: an account opened for money that comes before it (`_on_account`,
   -- receive_return) opens as of it, so a suspension from the person's earlier stay here does not freeze it (C1)
   if from ~= '' and int(redis.call('HGET', k, 'arrived_ver')) < version then
-    redis.call('HSET', k, 'arrived_from', from, 'arrived_ver', version)
+    redis.call('HSET', k, 'arrived_from', from, 'arrived_ver', version, 'arrived_admdvs', admdvs)
   end
   local current = redis.call('HGET', k, 'version')
   if current and int(current) >= version then
@@ -42,6 +42,9 @@ if op == 'enroll' or op == 'status' then
     if frozen_at then
       status, version, why, admdvs = 'frozen', frozen_at, frozen_why, frozen_in or admdvs
     end
+    -- an arrival here newer than all that (heard first) moves the account to it, as `arrive` would have
+    local arrived = redis.call('HMGET', P .. 'person:' .. psn, 'arrived_ver', 'arrived_admdvs')
+    if int(arrived[1]) > version then version, admdvs = int(arrived[1]), arrived[2] or admdvs end
     redis.call('HSET', k, 'cur', 0, 'hist', 0)
     redis.call('SADD', P .. 'accts', psn)
   end
