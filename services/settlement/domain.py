@@ -66,6 +66,16 @@ class PersonView(BaseModel):
     card_no: str | None = None
     status: str = "normal"
     insutype: str | None = None
+    # the version of the enrolment the identity (id_hash, card_no, insutype) came from when older than `version`
+    # (heard after newer events, C1 in any order); None: from `version` itself
+    id_version: int | None = None
+
+
+def identity_version(view: PersonView) -> int:
+    """The version of the enrolment the view's identity came from; -1: none yet (only later events were heard)."""
+    if not view.id_hash:
+        return -1
+    return view.id_version if view.id_version is not None else view.version
 
 
 class CardMisuse(HisRequestError):

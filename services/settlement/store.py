@@ -101,7 +101,8 @@ def k_person(psn: str) -> str:
 
 
 # stored compact (shared/compact.py): one per insured person
-PERSON_LAYOUT = Layout(PersonView, "psn_no", ("admdvs", "version", "id_hash", "status", "insutype", "card_no"))
+PERSON_LAYOUT = Layout(PersonView, "psn_no", ("admdvs", "version", "id_hash", "status", "insutype", "card_no",
+                                              "id_version"))
 
 
 def k_clearing(day: str) -> str:
@@ -505,14 +506,16 @@ class SettlementStore:
     async def save_order(self, recipient: str, grantor_order: list[str]) -> None:
         await self.client.set(f"s:rm:order:{recipient}", json.dumps(grantor_order))
 
-    async def save_person(self, view: PersonView, enrolled: bool) -> None:
-        """A person's identity view; on enrolment also whom the ID hash and the card number belong to. Inside
-        `batch`, written with the batch's transaction (later events of the batch read it from there)."""
-        writes = [(k_person(view.psn_no), PERSON_LAYOUT.dump(view))]
-        if enrolled:
-            writes.append((f"s:idn:{view.id_hash}", view.psn_no))
-            if view.card_no:
-                writes.append((f"s:card:{view.card_no}", view.psn_no))
+    async def save_person(self, psn: str, view: PersonView | None, identity: tuple[str, str | None] | None) -> None:
+        """A person's identity view (None: unchanged) and, for an enrolment, whom its ID hash and card number
+        belong to (every enrolment's, an older one's included: as hearing them in version order). Inside `batch`,
+        written with the batch's transaction (later events of the batch read it from there)."""
+        writes = [(k_person(psn), PERSON_LAYOUT.dump(view))] if view is not None else []
+        if identity is not None:
+            id_hash, card_no = identity
+            writes.append((f"s:idn:{id_hash}", psn))
+            if card_no:
+                writes.append((f"s:card:{card_no}", psn))
         batch = _BATCH.get()
         if batch is not None:
             for key, value in writes:

@@ -115,8 +115,10 @@ class WalletService:
                 return await self._move_out(e)
             if self.mine(e.admdvs):  # into or inside the province: the region (W1 rollout) follows the person
                 status = (await self.store.person(e.psn_no)).get("status", "normal")
+                # only an arrival from another province is one (its account follows; a suspension of the stay
+                # before it ended there): a move inside the province changes the region, nothing else
                 await self.store.set_person(e.psn_no, e.admdvs, "normal" if status == "moved" else status, e.version,
-                                            arrived_from=e.from_admdvs)
+                                            arrived_from="" if self.mine(e.from_admdvs) else e.from_admdvs)
                 await self.store.arrive(e.psn_no, e.version, e.admdvs)
             return []
         if not self.mine(e.admdvs):

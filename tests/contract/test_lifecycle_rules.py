@@ -21,11 +21,11 @@ from services.wallet.app import ACCOUNT_MOVED
 from services.wallet.audit import audit
 from shared.clock import china_time
 from shared.consent import dissolve_command, reorder_command, sign
-from shared.kafka import publish_all
+from shared.kafka import PoisonMessage, publish_all
 from shared.policy import Policies
 from tests.contract.harness import Harness, harness
 from tests.contract.test_service_pairs import send
-from tests.factories import create_binding, credited, enrolled
+from tests.factories import T0, create_binding, credited, enrolled
 
 
 def events(h: Harness, topic: str, type_: str, **match: Any) -> list[dict[str, Any]]:
@@ -573,3 +573,48 @@ async def test_5_settlement_keeps_a_suspension_or_death_heard_before_the_enrolme
         assert person is not None and (person.status, person.version, owner) == (status, 2, "G")
         await settlement.on_enrollment(enrolled("G", version=3), None)  # enrolled again: normal
         assert (await settlement.store.person("G")).status == "normal"  # type: ignore[union-attr]
+
+
+async def test_5_a_move_inside_the_province_does_not_lift_a_suspension_for_money_that_comes_first() -> None:
+    """Review finding: a move inside the province counted as an arrival, so money that came before the account
+    opened it active at the move, past the suspension before it, and the suspended person's account paid for a
+    relative. Only an arrival from another province is one; such money waits for the account (NO_ACCOUNT)."""
+    async with harness() as h:
+        await hear(h, "32", PersonSuspended(occurred_at=h.clock.now(), psn_no="G", admdvs="320500", version=2),
+                   moving(h, "G", "320500", "320100", 3))
+        with pytest.raises(PoisonMessage):
+            await hear(h, "32", credited("G", 5_000, admdvs="320100"))
+        await hear(h, "32", enrolled("G", version=1), credited("G", 5_000, admdvs="320100"))
+        account = (await wallet_view(h, "G"))["account"]
+        assert (account["status"], account["cur"]) == ("frozen", "5000")
+
+
+async def test_5_an_account_opened_for_an_old_enrolment_after_a_return_from_another_province_is_active() -> None:
+    """Review finding: enrolled here (v1), suspended (v2), left for 32 (v3) and came back (v4); heard as v2, v4, v1,
+    v3, the account opened frozen at the suspension of the earlier stay and stayed so. In version order the
+    departure closed that stay and the return reopened the account: active at v4."""
+    async with harness() as h:
+        await hear(h, "45", PersonSuspended(occurred_at=h.clock.now(), psn_no="G", admdvs="450100", version=2),
+                   moving(h, "G", "320500", "450100", 4), enrolled("G", admdvs="450100", version=1),
+                   moving(h, "G", "450100", "320500", 3))
+        account = (await wallet_view(h, "G", "45"))["account"]
+        assert (account["status"], account["version"], account["admdvs"]) == ("active", "4", "450100")
+
+
+async def test_5_settlement_keeps_the_newest_enrolments_identity_in_any_order() -> None:
+    """Review finding: with enrolments v1 (card A) and v3 (card B) and a move v4 heard first, whichever enrolment
+    came next gave the view its identity for good, and card B could be left unknown: the person presenting it was
+    flagged as using someone else's card (S4). Every order now ends as version order: card B on the view, both
+    cards theirs."""
+    first, second = enrolled("G", version=1, card_no="CARD-A"), enrolled("G", version=3, card_no="CARD-B")
+    move = PersonTransferred(occurred_at=T0, psn_no="G", admdvs="320100", from_admdvs="320500", version=4)
+    for order in itertools.permutations((first, second, move)):
+        async with harness() as h:
+            settlement = h.services["settlement"]
+            for e in order:
+                await settlement.on_enrollment(e, None)
+            person, owner, _, _ = await settlement.store.settle_context("G", None, "CARD-B")
+            assert person is not None and owner == "G", order
+            assert (person.card_no, person.id_hash, person.version, person.admdvs) == \
+                ("CARD-B", second.id_hash, 4, "320100"), order
+            assert (await settlement.store.settle_context("G", None, "CARD-A"))[1] == "G", order

@@ -34,7 +34,7 @@ from tests.factories import T0, create_binding, credited, enrolled
 pytestmark = pytest.mark.integration
 
 PEOPLE = ("32ENRBATCH000001", "32ENRBATCH000002", "32ENRBATCH000003")
-HERE, ELSEWHERE = "320500", "510100"
+HERE, NEARBY, ELSEWHERE = "320500", "320100", "510100"
 DB_ONE_BY_ONE, DB_BATCHED = 11, 12  # apart from the services the other tests run (db 0)
 
 
@@ -69,10 +69,13 @@ def event(kind: str, psn: str, version: int, n: int) -> BaseModel:
         return PersonTransferred(admdvs=ELSEWHERE, from_admdvs=HERE, **common)
     if kind == "moved_here":
         return PersonTransferred(admdvs=HERE, from_admdvs=ELSEWHERE, **common)
+    if kind == "moved_within":
+        return PersonTransferred(admdvs=HERE, from_admdvs=NEARBY, **common)
     return credited(psn, 1_000 + version, HERE, period="2026-11")
 
 
-KINDS = ("employee", "resident", "suspended", "terminated", "died", "moved_away", "moved_here", "credit", "rollover")
+KINDS = ("employee", "resident", "suspended", "terminated", "died", "moved_away", "moved_here", "moved_within",
+         "credit", "rollover")
 steps = st.lists(st.tuples(st.sampled_from(KINDS), st.sampled_from(PEOPLE), st.integers(1, 4),
                            st.booleans()), min_size=1, max_size=14)
 

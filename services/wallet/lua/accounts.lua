@@ -38,13 +38,16 @@ if op == 'enroll' or op == 'status' then
     if op == 'status' then
       return cjson.encode({ok = true, applied = false})  -- no account here; nothing to freeze (it is recorded)
     end
+    -- heard first, the newest of a freeze and an arrival from another province wins, as version order leaves it:
+    -- frozen at a freeze after the arrival; at an arrival after the freeze, active (the stay it froze ended when
+    -- the person left, `move_out`, and `arrive` reopened the account)
     local frozen_at, frozen_why, frozen_in = freeze_after(P, psn, version)
-    if frozen_at then
+    local arrived = redis.call('HMGET', P .. 'person:' .. psn, 'arrived_ver', 'arrived_admdvs')
+    if int(arrived[1]) > math.max(version, frozen_at or 0) then
+      version, admdvs = int(arrived[1]), arrived[2] or admdvs
+    elseif frozen_at then
       status, version, why, admdvs = 'frozen', frozen_at, frozen_why, frozen_in or admdvs
     end
-    -- an arrival here newer than all that (heard first) moves the account to it, as `arrive` would have
-    local arrived = redis.call('HMGET', P .. 'person:' .. psn, 'arrived_ver', 'arrived_admdvs')
-    if int(arrived[1]) > version then version, admdvs = int(arrived[1]), arrived[2] or admdvs end
     redis.call('HSET', k, 'cur', 0, 'hist', 0)
     redis.call('SADD', P .. 'accts', psn)
   end
