@@ -27,7 +27,10 @@ class Layout(Generic[M]):
                             f"{fields} vs {tuple(model.model_fields)}")
         self.model, self.key_field, self.fields = model, key_field, fields
 
-    def dump(self, view: M) -> str:
+    def dump(self, view: M, compact: bool = True) -> str:
+        """The stored form; `compact=False`: the model's JSON object (Settings.compact_views)."""
+        if not compact:
+            return view.model_dump_json()
         data = view.model_dump(mode="json")
         values = [data[name] for name in self.fields]
         while values and values[-1] is None and self.model.model_fields[self.fields[len(values) - 1]].default is None:

@@ -57,6 +57,10 @@ class Settings(BaseSettings):
     consent_public_key: str = ""
     # Key for hashing resident ID numbers (settlement identity view). Local default is for development only.
     pii_hash_key: str = DEV_PII_HASH_KEY
+    # Per-person views of settlement and binding written compact (shared/compact.py; both forms are read). false:
+    # written as JSON objects, which releases before the compact form also read: for a rolling upgrade from such
+    # a release (until no old instance runs) and before rolling back to one.
+    compact_views: bool = True
     # Key the identity service binds e-voucher codes (医保电子凭证, S4) to their person with. Development only.
     evoucher_key: str = DEV_EVOUCHER_KEY
     # Settlement waits this long for the wallet before answering the hospital and reversing (see settlement docs).

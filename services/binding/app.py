@@ -248,7 +248,7 @@ def _rejected(decision: domain.Decision) -> bool:
 def wire(settings: Settings, redis: Any, clock: Clock) -> tuple[BindingService, list[Consumer[Any]]]:
     """The service and what it consumes; shared by the process (create_app) and the contract tests."""
     policies = Policies.load(settings.policies_path)  # fails start-up with a clear message
-    service = BindingService(settings, BindingStore(redis), policies, clock)
+    service = BindingService(settings, BindingStore(redis, settings.compact_views), policies, clock)
     return service, [
         Consumer(SERVICE, BINDING_COMMANDS, model_parser(TypeAdapter(BindingCommand)), service.on_command),
         Consumer(SERVICE, ENROLLMENT_EVENTS, model_parser(TypeAdapter(EnrollmentEvent), PERSON_EVENTS),

@@ -108,8 +108,9 @@ return 1
 
 
 class BindingStore:
-    def __init__(self, client: aioredis.Redis) -> None:
+    def __init__(self, client: aioredis.Redis, compact_views: bool = True) -> None:
         self.client = client
+        self.compact_views = compact_views  # Settings.compact_views
         self.read = Reader(client)
         self._apply_if_unbound = client.register_script(_APPLY_IF_UNBOUND)
 
@@ -122,7 +123,7 @@ class BindingStore:
         in one round trip and in their order: whether each was."""
         replies = await evalsha_many(self.client, [
             (self._apply_if_unbound, [k_done(message_id), k_person(psn), k_of_grantor(psn), k_of_recipient(psn)],
-             [read or "", PERSON_LAYOUT.dump(updated) if updated is not None else ""])
+             [read or "", PERSON_LAYOUT.dump(updated, self.compact_views) if updated is not None else ""])
             for message_id, psn, read, updated in decided])
         for reply in replies:
             if isinstance(reply, Exception):
@@ -136,9 +137,8 @@ class BindingStore:
     def pipeline(self) -> Pipeline:
         return self.client.pipeline(transaction=True)
 
-    @staticmethod
     def stage(
-        pipe: Pipeline, message_id: str, events: list[BaseModel], bindings: list[Binding] = (),  # type: ignore[assignment]
+        self, pipe: Pipeline, message_id: str, events: list[BaseModel], bindings: list[Binding] = (),  # type: ignore[assignment]
         person: Person | None = None, orders: dict[str, list[str]] | None = None,
         nonce: tuple[str, int] | None = None,
     ) -> None:
@@ -148,7 +148,7 @@ class BindingStore:
             pipe.sadd(k_of_grantor(b.grantor_psn_no), b.binding_id)
             pipe.sadd(k_of_recipient(b.recipient_psn_no), b.binding_id)
         if person is not None:
-            pipe.set(k_person(person.psn_no), PERSON_LAYOUT.dump(person))
+            pipe.set(k_person(person.psn_no), PERSON_LAYOUT.dump(person, self.compact_views))
         for recipient, order in (orders or {}).items():
             pipe.set(k_order(recipient), json.dumps(order))
         if nonce is not None:

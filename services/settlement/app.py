@@ -549,7 +549,8 @@ WALLET_ANSWERS = frozenset({"PaymentCompleted", "PaymentRejected", "PaymentRever
 
 def wire(settings: Settings, redis: Any, clock: Clock) -> tuple[SettlementService, list[Consumer[Any]]]:
     """The service and what it consumes; shared by the process (create_app) and the contract tests."""
-    service = SettlementService(settings, SettlementStore(redis, clock), clock, Policies.load(settings.policies_path),
+    store = SettlementStore(redis, clock, settings.compact_views)
+    service = SettlementService(settings, store, clock, Policies.load(settings.policies_path),
                                 Institutions.load(settings.institutions_path))
     return service, [
         Consumer(SERVICE, HIS_REQUESTS, parse_request, service.on_request, batch=service.store.batch,

@@ -307,9 +307,10 @@ _BATCH: ContextVar[Tx | None] = ContextVar("settlement_batch", default=None)
 
 
 class SettlementStore:
-    def __init__(self, client: aioredis.Redis, clock: Clock | None = None) -> None:
+    def __init__(self, client: aioredis.Redis, clock: Clock | None = None, compact_views: bool = True) -> None:
         self.client = client
         self.clock = clock
+        self.compact_views = compact_views  # Settings.compact_views
 
     def _stamp(self) -> str:
         return stamp(self.clock.now()) if self.clock is not None else ""
@@ -510,7 +511,7 @@ class SettlementStore:
         """A person's identity view (None: unchanged) and, for an enrolment, whom its ID hash and card number
         belong to (every enrolment's, an older one's included: as hearing them in version order). Inside `batch`,
         written with the batch's transaction (later events of the batch read it from there)."""
-        writes = [(k_person(psn), PERSON_LAYOUT.dump(view))] if view is not None else []
+        writes = [(k_person(psn), PERSON_LAYOUT.dump(view, self.compact_views))] if view is not None else []
         if identity is not None:
             id_hash, card_no = identity
             writes.append((f"s:idn:{id_hash}", psn))

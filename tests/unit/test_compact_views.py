@@ -3,16 +3,22 @@ records written before it, and pins each view's layout (the layout is data on di
 
 from __future__ import annotations
 
+import fakeredis
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
+from services.binding.app import wire as wire_binding
 from services.binding.domain import Person
 from services.binding.store import PERSON_LAYOUT as BINDING_PERSON
+from services.settlement.app import wire as wire_settlement
 from services.settlement.domain import PersonView
 from services.settlement.store import PERSON_LAYOUT as SETTLEMENT_PERSON
+from shared.clock import FixedClock
 from shared.compact import Layout
+from shared.settings import Settings
+from tests.factories import T0, enrolled
 
 text = st.text(max_size=20)
 maybe = st.none() | text
@@ -64,3 +70,21 @@ def test_a_layout_must_name_every_field_and_keeps_what_would_read_back_different
     assert layout.load('[1,null]', "k") == _Two(key="k", a=1, c=None)
     with pytest.raises(ValueError):
         layout.load('[1,"x",null,4]', "k")
+
+
+@pytest.mark.parametrize("compact", [True, False])
+async def test_compact_views_off_writes_what_the_release_before_it_reads(compact: bool) -> None:
+    """Settings.compact_views=false (a rolling upgrade from, or a rollback to, a release before the compact form):
+    both services write their person views as JSON objects, which that release's `model_validate_json` reads."""
+    redis = fakeredis.FakeAsyncRedis(decode_responses=True)
+    settings = Settings(mode="development", compact_views=compact)
+    enrolment = enrolled("32UPGRADE0000001")
+    settlement, _ = wire_settlement(settings, redis, FixedClock(T0))
+    binding, _ = wire_binding(settings, redis, FixedClock(T0))
+    await settlement.on_enrollment(enrolment, None)
+    await binding.on_enrollment(enrolment, None)
+    for key, model in (("s:psn:32UPGRADE0000001", PersonView), ("b:person:32UPGRADE0000001", Person)):
+        raw = await redis.get(key)
+        assert raw is not None and raw.startswith("[" if compact else "{"), raw
+        if not compact:
+            assert model.model_validate_json(raw).version == 1  # type: ignore[attr-defined]
