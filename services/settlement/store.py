@@ -509,20 +509,27 @@ class SettlementStore:
 
     async def save_person(self, psn: str, view: PersonView | None, identity: tuple[str, str | None] | None) -> None:
         """A person's identity view (None: unchanged) and, for an enrolment, whom its ID hash and card number
-        belong to (every enrolment's, an older one's included: as hearing them in version order). Inside `batch`,
-        written with the batch's transaction (later events of the batch read it from there)."""
+        belong to: taken over when the view takes this identity; an older enrolment's (heard late) only where the
+        number belongs to nobody yet, so a redelivered old enrolment never takes back a card reissued since. Inside
+        `batch`, written with the batch's transaction (later events of the batch read it from there)."""
         writes = [(k_person(psn), PERSON_LAYOUT.dump(view, self.compact_views))] if view is not None else []
+        owned = []
         if identity is not None:
             id_hash, card_no = identity
-            writes.append((f"s:idn:{id_hash}", psn))
-            if card_no:
-                writes.append((f"s:card:{card_no}", psn))
+            owned = [f"s:idn:{id_hash}", *([f"s:card:{card_no}"] if card_no else [])]
+        if view is not None and view.id_hash:
+            writes += [(key, psn) for key in owned]
+            owned = []
         batch = _BATCH.get()
         if batch is not None:
             for key, value in writes:
                 batch.set_value(key, value)
+            for key in owned:
+                batch.op("SET", key, psn, "NX")
             return
         async with self.client.pipeline(transaction=True) as p:
             for key, value in writes:
                 p.set(key, value)
+            for key in owned:
+                p.set(key, psn, nx=True)
             await p.execute()

@@ -118,7 +118,8 @@ class WalletService:
                 # only an arrival from another province is one (its account follows; a suspension of the stay
                 # before it ended there): a move inside the province changes the region, nothing else
                 await self.store.set_person(e.psn_no, e.admdvs, "normal" if status == "moved" else status, e.version,
-                                            arrived_from="" if self.mine(e.from_admdvs) else e.from_admdvs)
+                                            arrived_from="" if self.mine(e.from_admdvs) else e.from_admdvs,
+                                            moved=True)
                 await self.store.arrive(e.psn_no, e.version, e.admdvs)
             return []
         if not self.mine(e.admdvs):

@@ -159,10 +159,12 @@ class WalletStore:
         found: dict[str, str] = await self.client.hgetall(f"{self.prefix}person:{psn}")
         return found
 
-    async def set_person(self, psn: str, admdvs: str, status: str, version: int, arrived_from: str = "") -> None:
+    async def set_person(self, psn: str, admdvs: str, status: str, version: int, arrived_from: str = "",
+                         moved: bool = False) -> None:
         """Non-money view of people enrolled here (any scheme), for wallet opening (W1); `arrived_from`: the
-        region of a person who moved here from another province (their account follows, ReceiveAccount)."""
-        await self._call(self._accounts, "person", psn, admdvs, status, version, arrived_from)
+        region of a person who moved here from another province (their account follows, ReceiveAccount); `moved`:
+        the event is a move into or inside the province."""
+        await self._call(self._accounts, "person", psn, admdvs, status, version, arrived_from, "1" if moved else "0")
 
     async def person_status(self, psn: str) -> str | None:
         status: str | None = await self.client.hget(f"{self.prefix}person:{psn}", "status")

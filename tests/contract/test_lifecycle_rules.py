@@ -586,7 +586,18 @@ async def test_5_a_move_inside_the_province_does_not_lift_a_suspension_for_money
             await hear(h, "32", credited("G", 5_000, admdvs="320100"))
         await hear(h, "32", enrolled("G", version=1), credited("G", 5_000, admdvs="320100"))
         account = (await wallet_view(h, "G"))["account"]
-        assert (account["status"], account["cur"]) == ("frozen", "5000")
+        # as version order leaves it: frozen by the suspension, at the move's version and region
+        assert (account["status"], account["version"], account["admdvs"], account["cur"]) == \
+            ("frozen", "3", "320100", "5000")
+
+
+async def test_5_an_account_opened_for_an_enrolment_heard_after_a_move_inside_the_province_takes_the_move() -> None:
+    """Second review: with a move inside the province no longer an arrival, an account opened for the older
+    enrolment heard after it stayed at the enrolment's version and region (a redelivered move then changed it)."""
+    async with harness() as h:
+        await hear(h, "32", moving(h, "G", "320500", "320100", 2), enrolled("G", version=1))
+        account = (await wallet_view(h, "G"))["account"]
+        assert (account["status"], account["version"], account["admdvs"]) == ("active", "2", "320100")
 
 
 async def test_5_an_account_opened_for_an_old_enrolment_after_a_return_from_another_province_is_active() -> None:
@@ -617,4 +628,12 @@ async def test_5_settlement_keeps_the_newest_enrolments_identity_in_any_order() 
             assert person is not None and owner == "G", order
             assert (person.card_no, person.id_hash, person.version, person.admdvs) == \
                 ("CARD-B", second.id_hash, 4, "320100"), order
+            # the older card is theirs too, unless heard only after the newer one (then it is indexed only where
+            # it belongs to nobody: a redelivered old enrolment never takes back a card reissued since)
             assert (await settlement.store.settle_context("G", None, "CARD-A"))[1] == "G", order
+        async with harness() as h:
+            settlement = h.services["settlement"]
+            await settlement.on_enrollment(enrolled("OTHER", version=1, card_no="CARD-A"), None)
+            for e in (second, first):
+                await settlement.on_enrollment(e, None)
+            assert (await settlement.store.settle_context("G", None, "CARD-A"))[1] == "OTHER"

@@ -205,6 +205,7 @@ def test_a_redelivered_batch_of_enrolment_events_changes_nothing(service: str, i
     # found by this test: an enrolment older than the arrival heard before it opened the account at its own older
     # version, which only a redelivery of the arrival moved on (accounts.lua `enroll`)
     @example(drawn=[("moved_here", PEOPLE[0], 2, False), ("employee", PEOPLE[0], 1, False)])
+    @example(drawn=[("moved_within", PEOPLE[0], 2, False), ("employee", PEOPLE[0], 1, False)])  # the same inside
     @example(drawn=[("credit", PEOPLE[0], 1, False), ("employee", PEOPLE[0], 1, False)])  # parked, then lands
     def check(drawn: list[tuple[str, str, int, bool]]) -> None:
         asyncio.run(compare(stream(drawn)))

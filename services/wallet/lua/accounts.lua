@@ -8,14 +8,20 @@ local LEDGER = P .. 'ledger'
 local function acct_key(psn) return P .. 'acct:' .. psn end
 
 if op == 'person' then
-  -- ARGV: op, psn, admdvs, status, version, arrived_from ('' = none). The non-money view of a person enrolled
-  -- here (W1: who may open a wallet); only a newer version changes it.
+  -- ARGV: op, psn, admdvs, status, version, arrived_from ('' = none), moved ('1': a move into or inside the
+  -- province). The non-money view of a person enrolled here (W1: who may open a wallet); only a newer version
+  -- changes it.
   local psn, admdvs, status, version, from = ARGV[2], ARGV[3], ARGV[4], int(ARGV[5]), ARGV[6] or ''
   local k = P .. 'person:' .. psn
+  -- the newest move here, in any order: an account that opens later for an older enrolment takes its version and
+  -- region, as `arrive` would have given it (a move lifts no freeze; only an arrival from another province does)
+  if ARGV[7] == '1' and int(redis.call('HGET', k, 'moved_ver')) < version then
+    redis.call('HSET', k, 'moved_ver', version, 'moved_admdvs', admdvs)
+  end
   -- the newest arrival, in any order: an account opened for money that comes before it (`_on_account`,
   -- receive_return) opens as of it, so a suspension from the person's earlier stay here does not freeze it (C1)
   if from ~= '' and int(redis.call('HGET', k, 'arrived_ver')) < version then
-    redis.call('HSET', k, 'arrived_from', from, 'arrived_ver', version, 'arrived_admdvs', admdvs)
+    redis.call('HSET', k, 'arrived_from', from, 'arrived_ver', version)
   end
   local current = redis.call('HGET', k, 'version')
   if current and int(current) >= version then
@@ -42,12 +48,11 @@ if op == 'enroll' or op == 'status' then
     -- frozen at a freeze after the arrival; at an arrival after the freeze, active (the stay it froze ended when
     -- the person left, `move_out`, and `arrive` reopened the account)
     local frozen_at, frozen_why, frozen_in = freeze_after(P, psn, version)
-    local arrived = redis.call('HMGET', P .. 'person:' .. psn, 'arrived_ver', 'arrived_admdvs')
-    if int(arrived[1]) > math.max(version, frozen_at or 0) then
-      version, admdvs = int(arrived[1]), arrived[2] or admdvs
-    elseif frozen_at then
+    local heard = redis.call('HMGET', P .. 'person:' .. psn, 'arrived_ver', 'moved_ver', 'moved_admdvs')
+    if int(heard[1]) <= math.max(version, frozen_at or 0) and frozen_at then
       status, version, why, admdvs = 'frozen', frozen_at, frozen_why, frozen_in or admdvs
     end
+    if int(heard[2]) > version then version, admdvs = int(heard[2]), heard[3] end
     redis.call('HSET', k, 'cur', 0, 'hist', 0)
     redis.call('SADD', P .. 'accts', psn)
   end
