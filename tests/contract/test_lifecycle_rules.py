@@ -637,3 +637,21 @@ async def test_5_settlement_keeps_the_newest_enrolments_identity_in_any_order() 
             for e in (second, first):
                 await settlement.on_enrollment(e, None)
             assert (await settlement.store.settle_context("G", None, "CARD-A"))[1] == "OTHER"
+
+
+@pytest.mark.parametrize("stop, reason", [(PersonSuspended, ""), (PersonDied, "died")])
+@pytest.mark.parametrize("heard", ["enrolled, moved, stop", "moved, enrolled, stop"])
+async def test_5_a_stop_heard_after_a_newer_move_inside_the_province_still_freezes_the_account(
+        stop: type, reason: str, heard: str) -> None:
+    """Third review: enrolled v1, suspended or died v2, moved inside the province v3, the stop heard last. The
+    move had raised the account's version, so the stop was taken as stale: the account stayed active and paying (a
+    death closed nothing). A move decides the region, not the status; the account's last status decision
+    (`status_ver`) decides whether a stop is stale. In version order: frozen at v3, in the new region."""
+    async with harness() as h:
+        events_ = {"enrolled": enrolled("G", version=1), "moved": moving(h, "G", "320500", "320100", 3),
+                   "stop": stop(occurred_at=h.clock.now(), psn_no="G", admdvs="320500", version=2)}
+        await hear(h, "32", *(events_[name] for name in heard.split(", ")), credited("G", 5_000, admdvs="320100"))
+        account = (await wallet_view(h, "G"))["account"]
+        assert (account["status"], account["version"], account["admdvs"], account["reason"], account["cur"]) == \
+            ("frozen", "3", "320100", reason, "5000")
+        await national_ok(h)

@@ -36,27 +36,37 @@ if op == 'enroll' or op == 'status' then
   local psn, version, status, admdvs, why = ARGV[2], int(ARGV[3]), ARGV[4], ARGV[5], ARGV[6] or ''
   local k = acct_key(psn)
   if op == 'status' then record_freeze(P, psn, version, why, admdvs) end
-  local current = redis.call('HGET', k, 'version')
-  if current and int(current) >= version then
-    return cjson.encode({ok = true, applied = false})
-  end
   if redis.call('EXISTS', k) == 0 then
     if op == 'status' then
       return cjson.encode({ok = true, applied = false})  -- no account here; nothing to freeze (it is recorded)
     end
     -- heard first, the newest of a freeze and an arrival from another province wins, as version order leaves it:
     -- frozen at a freeze after the arrival; at an arrival after the freeze, active (the stay it froze ended when
-    -- the person left, `move_out`, and `arrive` reopened the account)
+    -- the person left, `move_out`, and `arrive` reopened the account). The newest move then gives the region.
+    local decided = version
     local frozen_at, frozen_why, frozen_in = freeze_after(P, psn, version)
     local heard = redis.call('HMGET', P .. 'person:' .. psn, 'arrived_ver', 'moved_ver', 'moved_admdvs')
     if int(heard[1]) <= math.max(version, frozen_at or 0) and frozen_at then
-      status, version, why, admdvs = 'frozen', frozen_at, frozen_why, frozen_in or admdvs
+      status, decided, why, admdvs = 'frozen', frozen_at, frozen_why, frozen_in or admdvs
     end
+    version = decided
     if int(heard[2]) > version then version, admdvs = int(heard[2]), heard[3] end
-    redis.call('HSET', k, 'cur', 0, 'hist', 0)
+    redis.call('HSET', k, 'cur', 0, 'hist', 0, 'status', status, 'status_ver', decided, 'version', version,
+               'admdvs', admdvs, 'reason', why)
     redis.call('SADD', P .. 'accts', psn)
+    return cjson.encode({ok = true, applied = true})
   end
-  redis.call('HSET', k, 'status', status, 'version', version, 'admdvs', admdvs, 'reason', why)
+  -- C1 in any order: an enrolment or a stop decides the status if it is newer than the account's last status
+  -- decision (`status_ver`; an account from before it has only `version`), even where a newer move has since
+  -- raised the account's version: a move decides the region, not the status. Version and region follow only what
+  -- is newer than the account.
+  local current = int(redis.call('HGET', k, 'version'))
+  local decided = redis.call('HGET', k, 'status_ver')
+  if (decided and int(decided) or current) >= version then
+    return cjson.encode({ok = true, applied = false})
+  end
+  redis.call('HSET', k, 'status', status, 'status_ver', version, 'reason', why)
+  if version > current then redis.call('HSET', k, 'version', version, 'admdvs', admdvs) end
   return cjson.encode({ok = true, applied = true})
 end
 
@@ -171,7 +181,8 @@ if op == 'move_out' then
   local result
   if redis.call('EXISTS', k) == 0 then
     -- no account here (yet): remember where the person went, so an account that arrives late follows them
-    redis.call('HSET', k, 'cur', 0, 'hist', 0, 'status', 'moved', 'moved_to', admdvs, 'version', version)
+    redis.call('HSET', k, 'cur', 0, 'hist', 0, 'status', 'moved', 'moved_to', admdvs, 'version', version,
+               'status_ver', version)
     redis.call('SADD', P .. 'accts', psn)
     result = cjson.encode({ok = true, applied = false})
   elseif int(redis.call('HGET', k, 'version')) >= version then
@@ -179,7 +190,7 @@ if op == 'move_out' then
   else
     local year = redis.call('HGET', k, 'year')
     local cur, hist, nxt = empty_into_flight(k, psn, 'move:' .. id, 'account_moved_out')
-    redis.call('HSET', k, 'status', 'moved', 'moved_to', admdvs, 'version', version)
+    redis.call('HSET', k, 'status', 'moved', 'moved_to', admdvs, 'version', version, 'status_ver', version)
     result = cjson.encode({ok = true, applied = true, cur = cur, hist = hist, next = nxt,
                            year = (year and year ~= '') and int(year) or cjson.null})
   end
@@ -193,7 +204,9 @@ if op == 'arrive' then
   local psn, version, admdvs = ARGV[2], int(ARGV[3]), ARGV[4]
   local k = acct_key(psn)
   if redis.call('EXISTS', k) == 1 and int(redis.call('HGET', k, 'version')) < version then
-    if redis.call('HGET', k, 'status') == 'moved' then redis.call('HSET', k, 'status', 'active', 'reason', '') end
+    if redis.call('HGET', k, 'status') == 'moved' then
+      redis.call('HSET', k, 'status', 'active', 'reason', '', 'status_ver', version)
+    end
     redis.call('HSET', k, 'version', version, 'admdvs', admdvs)
   end
   return cjson.encode({ok = true})
@@ -247,11 +260,12 @@ if op == 'move_in' then
     local at = math.max(version, own_version)
     local frozen_at, frozen_why = freeze_after(P, psn, at)
     if frozen_at then
-      redis.call('HSET', k, 'status', 'frozen', 'admdvs', admdvs, 'reason', frozen_why, 'version', frozen_at)
+      redis.call('HSET', k, 'status', 'frozen', 'admdvs', admdvs, 'reason', frozen_why, 'version', frozen_at,
+                 'status_ver', frozen_at)
     elseif redis.call('HGET', k, 'status') == 'frozen' and own_version > version then
       redis.call('HSET', k, 'admdvs', admdvs)
     else
-      redis.call('HSET', k, 'status', 'active', 'admdvs', admdvs, 'reason', '', 'version', at)
+      redis.call('HSET', k, 'status', 'active', 'admdvs', admdvs, 'reason', '', 'version', at, 'status_ver', at)
     end
     result = cjson.encode({ok = true, applied = true, amount = total})
   end

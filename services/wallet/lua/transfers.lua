@@ -267,7 +267,7 @@ if op == 'receive_return' then
     local arrived = int(redis.call('HGET', P .. 'person:' .. ARGV[3], 'arrived_ver'))
     local frozen_at, frozen_why = freeze_after(P, ARGV[3], arrived)
     redis.call('HSET', ak, 'cur', 0, 'hist', 0, 'status', frozen_at and 'frozen' or 'active',
-               'version', frozen_at or arrived, 'reason', frozen_why or '')
+               'version', frozen_at or arrived, 'status_ver', frozen_at or arrived, 'reason', frozen_why or '')
     redis.call('SADD', P .. 'accts', ARGV[3])
   end
   local amount = int(ARGV[4])
