@@ -9,7 +9,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Self
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
@@ -40,17 +40,16 @@ def pct(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
-class Answers:
-    """Arrival time of every HIS result from now on (msgid found by a byte search: parsing every answer in the
-    generator would take CPU from the services it measures)."""
+class Tail:
+    """Reads one topic from its end on a task of its own while the bench sends (`seen` gets each fetch's records
+    and the moment they arrived), as the other end of a load: hospitals reading results, relatives' apps."""
 
-    def __init__(self, bootstrap: str) -> None:
-        self.consumer = AIOKafkaConsumer(HIS_RESULTS, bootstrap_servers=bootstrap, group_id=None,
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None,
                                          auto_offset_reset="latest", enable_auto_commit=False, **kafka_auth())
-        self.at: dict[bytes, float] = {}
         self._task: asyncio.Task[None] | None = None
 
-    async def __aenter__(self) -> Answers:
+    async def __aenter__(self) -> Self:
         await self.consumer.start()
         await self.consumer.seek_to_end()
         self._task = asyncio.create_task(self._read())
@@ -64,12 +63,25 @@ class Answers:
     async def _read(self) -> None:
         while True:
             batch = await self.consumer.getmany(timeout_ms=50, max_records=5_000)
-            now = time.perf_counter()
-            for records in batch.values():
-                for r in records:
-                    found = MSGID.search(r.value or b"")
-                    if found:
-                        self.at.setdefault(found.group(1), now)
+            await self.seen([r for records in batch.values() for r in records], time.perf_counter())
+
+    async def seen(self, records: list[Any], now: float) -> None:
+        raise NotImplementedError
+
+
+class Answers(Tail):
+    """Arrival time of every HIS result from now on (msgid found by a byte search: parsing every answer in the
+    generator would take CPU from the services it measures)."""
+
+    def __init__(self, bootstrap: str) -> None:
+        super().__init__(bootstrap, HIS_RESULTS)
+        self.at: dict[bytes, float] = {}
+
+    async def seen(self, records: list[Any], now: float) -> None:
+        for r in records:
+            found = MSGID.search(r.value or b"")
+            if found:
+                self.at.setdefault(found.group(1), now)
 
 
 async def offered_rate(producer: AIOKafkaProducer, answers: Answers, rate: int,

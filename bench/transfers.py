@@ -12,11 +12,11 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 
 from bench import cpu
 from bench.ingest import people_events, publish
-from bench.load import SEND_TICK_S, pct, quiet
+from bench.load import SEND_TICK_S, Tail, pct, quiet
 from contracts.binding import BindingKind, CreateBinding, Relation
 from contracts.enrollment import PersonEnrolled
 from contracts.topics import BINDING_COMMANDS, ENROLLMENT_EVENTS, WALLET_EVENTS, wallet_commands
@@ -67,49 +67,33 @@ async def related_pairs(bootstrap: str, clock: Clock, count: int) -> list[tuple[
     return pairs
 
 
-class Relatives:
+class Relatives(Tail):
     """The relatives' app: accepts every offer of the bench's transfers as it arrives, and notes when each was
     accepted or why it was refused."""
 
     def __init__(self, bootstrap: str, producer: AIOKafkaProducer, clock: Clock) -> None:
-        self.consumer = AIOKafkaConsumer(WALLET_EVENTS, bootstrap_servers=bootstrap, group_id=None,
-                                         auto_offset_reset="latest", enable_auto_commit=False, **kafka_auth())
+        super().__init__(bootstrap, WALLET_EVENTS)
         self.producer, self.clock = producer, clock
         self.ours: set[str] = set()
         self.accepted: dict[str, float] = {}
         self.refused: dict[str, str] = {}
-        self._task: asyncio.Task[None] | None = None
 
-    async def __aenter__(self) -> Relatives:
-        await self.consumer.start()
-        await self.consumer.seek_to_end()
-        self._task = asyncio.create_task(self._read())
-        return self
-
-    async def __aexit__(self, *_: object) -> None:
-        if self._task:
-            self._task.cancel()
-        await self.consumer.stop()
-
-    async def _read(self) -> None:
-        while True:
-            accepts = []
-            for records in (await self.consumer.getmany(timeout_ms=50, max_records=5_000)).values():
-                for rec in records:
-                    e = json.loads(rec.value)
-                    t_id = e.get("transfer_id")
-                    if t_id not in self.ours:
-                        continue
-                    if e["type"] == "TransferOffered":  # the app shows it; the relative accepts
-                        accept = AcceptTransfer(transfer_id=t_id, to_psn_no=e["to_psn_no"],
-                                                occurred_at=self.clock.now())
-                        accepts.append(await self.producer.send(wallet_commands("51"),
-                                                                accept.model_dump_json().encode(), key=kafka_key(t_id)))
-                    elif e["type"] == "TransferAccepted":
-                        self.accepted.setdefault(t_id, time.perf_counter())
-                    elif e["type"] in ("TransferRejected", "TransferReturned"):
-                        self.refused.setdefault(t_id, e.get("reason", e["type"]))
-            await asyncio.gather(*accepts)
+    async def seen(self, records: list[Any], now: float) -> None:
+        accepts = []
+        for rec in records:
+            e = json.loads(rec.value)
+            t_id = e.get("transfer_id")
+            if t_id not in self.ours:
+                continue
+            if e["type"] == "TransferOffered":  # the app shows it; the relative accepts
+                accept = AcceptTransfer(transfer_id=t_id, to_psn_no=e["to_psn_no"], occurred_at=self.clock.now())
+                accepts.append(await self.producer.send(wallet_commands("51"), accept.model_dump_json().encode(),
+                                                        key=kafka_key(t_id)))
+            elif e["type"] == "TransferAccepted":
+                self.accepted.setdefault(t_id, now)
+            elif e["type"] in ("TransferRejected", "TransferReturned"):
+                self.refused.setdefault(t_id, e.get("reason", e["type"]))
+        await asyncio.gather(*accepts)
 
 
 async def offered_transfers(producer: AIOKafkaProducer, app: Relatives, rate: int, pairs: list[tuple[str, str]],

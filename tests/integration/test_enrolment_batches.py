@@ -7,7 +7,9 @@ bindings, moves, deaths, rollovers, repeats, stale versions and a redelivery of 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from collections.abc import AsyncIterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -115,6 +117,18 @@ def databases(infra: Any) -> tuple[aioredis.Redis, aioredis.Redis]:
     return one, batched
 
 
+@contextlib.asynccontextmanager
+async def two_databases(infra: Any) -> AsyncIterator[tuple[aioredis.Redis, aioredis.Redis]]:
+    """Two databases for one drawn example to be played in, each side by side with the other, emptied after."""
+    clients = databases(infra)
+    try:
+        yield clients
+    finally:
+        for client in clients:
+            await client.flushdb()
+            await client.aclose()
+
+
 # The first person, enrolled and bound to a partner (mutual aid and a wallet relation): their events take the full
 # path. The partner gets no events: a batch handles different people concurrently, so two bound people's events
 # may be applied in either order, by one consumer as by the other.
@@ -163,14 +177,9 @@ async def outcome(client: aioredis.Redis, service: str, records: list[Any], batc
 def test_a_batch_of_enrolment_events_ends_as_the_events_one_by_one(service: str, infra: Any) -> None:
 
     async def compare(records: list[Any]) -> None:
-        one_by_one, batched = databases(infra)
-        try:
+        async with two_databases(infra) as (one_by_one, batched):
             expected = await outcome(one_by_one, service, records, batched=False)
             assert await outcome(batched, service, records, batched=True) == expected
-        finally:
-            for client in (one_by_one, batched):
-                await client.flushdb()
-                await client.aclose()
 
     @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
     @given(drawn=steps)
@@ -188,17 +197,12 @@ def test_a_redelivered_batch_of_enrolment_events_changes_nothing(service: str, i
     something is compared from its second delivery on."""
 
     async def compare(records: list[Any]) -> None:
-        first, again = databases(infra)
-        try:
+        async with two_databases(infra) as (first, again):
             once = await outcome(first, service, records, batched=True, deliveries=1)
             twice = await outcome(again, service, records, batched=True, deliveries=2)
             if not any(topic.endswith(DLQ_SUFFIX) for topic, _ in once[1]):
                 assert twice == once
             assert await outcome(first, service, records, batched=True, deliveries=3) == twice
-        finally:
-            for client in (first, again):
-                await client.flushdb()
-                await client.aclose()
 
     @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
     @given(drawn=steps)
