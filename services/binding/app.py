@@ -188,28 +188,29 @@ class BindingService:
         async with self.store.pipeline() as pipe:
             read = Reader(pipe)
             await pipe.watch(k_person(event.psn_no), f"b:grantor:{event.psn_no}", f"b:recipient:{event.psn_no}")
-            updated = domain.apply_enrollment(await read.person(event.psn_no), event)
+            person = await read.person(event.psn_no)
+            updated = domain.apply_enrollment(person, event)
             events: list[BaseModel] = []
             upserts: list[domain.Binding] = []
             orders: dict[str, list[str]] = {}
-            if updated is not None:
-                mine = await read.of_grantor(event.psn_no) + await read.of_recipient(event.psn_no)
-                for binding, reason in domain.dissolutions_for(event, mine):
-                    recipient = binding.recipient_psn_no
-                    if recipient in orders:  # already changed in this event: build on that, not on Redis
-                        order = orders[recipient]
-                    else:  # watch before reading, so a concurrent change aborts EXEC
-                        await pipe.watch(k_order(recipient))
-                        order = await read.order(recipient)
-                    decision = domain.dissolve(binding, reason, order, now,
-                                               event.caused(f"BindingDissolved:{binding.binding_id}", now))
-                    events += decision.events
-                    upserts += decision.upsert
-                    if binding.kind == BindingKind.MUTUAL_AID:
-                        orders[binding.recipient_psn_no] = decision.events[0].grantor_order  # type: ignore[attr-defined]
-                relocated = domain.relocations_for(event, mine, now)
-                events += relocated.events
-                upserts += relocated.upsert
+            mine = await read.of_grantor(event.psn_no) + await read.of_recipient(event.psn_no)
+            for binding, reason in domain.dissolutions_for(event, person, mine):
+                recipient = binding.recipient_psn_no
+                if recipient in orders:  # already changed in this event: build on that, not on Redis
+                    order = orders[recipient]
+                else:  # watch before reading, so a concurrent change aborts EXEC
+                    await pipe.watch(k_order(recipient))
+                    order = await read.order(recipient)
+                decision = domain.dissolve(binding, reason, order, now,
+                                           event.caused(f"BindingDissolved:{binding.binding_id}", now))
+                events += decision.events
+                upserts += decision.upsert
+                if binding.kind == BindingKind.MUTUAL_AID:
+                    orders[binding.recipient_psn_no] = decision.events[0].grantor_order  # type: ignore[attr-defined]
+            ended = {b.binding_id for b in upserts}  # dissolved by this event: they move nowhere
+            relocated = domain.relocations_for(event, person, [b for b in mine if b.binding_id not in ended], now)
+            events += relocated.events
+            upserts += relocated.upsert
             pipe.multi()
             self.store.stage(pipe, event.message_id, events, upserts, person=updated, orders=orders)
             await pipe.execute()

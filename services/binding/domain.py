@@ -61,6 +61,10 @@ class Person(BaseModel):
     has_personal_account: bool
     status: PersonStatus
     version: int
+    # C1 in any order: the versions of the events that decided the status and the scheme (insutype, personal
+    # account) when older than `version`, the newest event heard (which gives the region); None: `version` itself
+    status_version: int | None = None
+    enrol_version: int | None = None
 
 
 class Binding(BaseModel):
@@ -85,6 +89,11 @@ class Binding(BaseModel):
     # that asked it for the current `quota_fen` (only a refusal of that one is current).
     funded_quota_fen: int | None = None
     quota_event_id: str | None = None
+    # each party's enrolment version when the binding was made: an event of theirs older than it (heard late, C1
+    # in any order) happened before the binding existed, so it dissolves nothing. None: made before this was
+    # kept, so only an event newer than everything heard of the party dissolves it (the old rule)
+    grantor_version: int | None = None
+    recipient_version: int | None = None
 
 
 class BindingRuleError(Exception):
@@ -201,7 +210,8 @@ def decide_create(
         binding_id=binding_id_for(cmd), grantor_psn_no=g.psn_no, grantor_admdvs=g.admdvs,
         recipient_psn_no=r.psn_no, recipient_admdvs=r.admdvs, relation=cmd.relation, kind=cmd.kind,
         quota_fen=quota, funding_mode=g_policy.funding_mode, multi_grantor_mode=r_policy.multi_grantor_mode,
-        dual_code_required=r_policy.dual_code_required, created_at=now,
+        dual_code_required=r_policy.dual_code_required, created_at=now, grantor_version=g.version,
+        recipient_version=r.version,
     )
     order = recipient_order
     if binding.kind == BindingKind.MUTUAL_AID:  # B7: filing order
@@ -303,33 +313,48 @@ def decide_quota_answer(event: QuotaEarmarked | QuotaEarmarkRejected, binding: B
 EnrollmentStatusEvent = PersonEnrolled | PersonSuspended | PersonTerminated | PersonDied | PersonTransferred
 
 
+STATUS_OF: dict[str, PersonStatus] = {"PersonEnrolled": "normal", "PersonSuspended": "suspended",
+                                      "PersonTerminated": "terminated", "PersonDied": "died"}  # a move decides none
+
+
 def apply_enrollment(current: Person | None, event: EnrollmentStatusEvent) -> Person | None:
-    """New view of the person, or None when the event is stale or a duplicate (version not newer)."""
-    if current is not None and event.version <= current.version:
-        return None
+    """New view of the person, or None when the event changes nothing (older than every part it decides, or a
+    duplicate). C1 in any order: the newest event gives the region; the newest enrolment, suspension, termination
+    or death the status; the newest enrolment the scheme. So a stop heard after a newer move still decides the
+    status, and the view ends as hearing the events in version order leaves it."""
     base = current or Person(psn_no=event.psn_no, admdvs=event.admdvs, insutype="390",
                              has_personal_account=False, status="normal", version=0)
-    if isinstance(event, PersonEnrolled):
-        return Person(psn_no=event.psn_no, admdvs=event.admdvs, insutype=event.insutype,
-                      has_personal_account=event.has_personal_account, status="normal", version=event.version)
-    status: PersonStatus = {
-        "PersonSuspended": "suspended", "PersonTerminated": "terminated", "PersonDied": "died",
-        "PersonTransferred": base.status,
-    }[event.type]  # type: ignore[assignment]
-    return base.model_copy(update={"admdvs": event.admdvs, "status": status, "version": event.version})
+    decided = base.status_version if base.status_version is not None else base.version
+    enrolled = base.enrol_version if base.enrol_version is not None else base.version
+    update: dict[str, object] = {}
+    if event.version > base.version:
+        update.update(admdvs=event.admdvs, version=event.version)
+    if event.type in STATUS_OF and event.version > decided:
+        update["status"], decided = STATUS_OF[event.type], event.version
+    if isinstance(event, PersonEnrolled) and event.version > enrolled:
+        update.update(insutype=event.insutype, has_personal_account=event.has_personal_account)
+        enrolled = event.version
+    if not update:
+        return None
+    version = int(update.get("version", base.version))  # type: ignore[call-overload]
+    return base.model_copy(update={**update, "status_version": None if decided == version else decided,
+                                   "enrol_version": None if enrolled == version else enrolled})
 
 
-def relocations_for(event: EnrollmentStatusEvent, bindings: list[Binding], now: datetime) -> Decision:
+def relocations_for(event: EnrollmentStatusEvent, person: Person | None, bindings: list[Binding],
+                    now: datetime) -> Decision:
     """A move to another province (关系转移接续): wallet relationships and proxies follow the person, so transfers,
-    returned lots and kin checks reach their new province; in-province mutual aid is dissolved instead (B3)."""
-    if not isinstance(event, PersonTransferred) or event.admdvs[:2] == event.from_admdvs[:2]:
+    returned lots and kin checks reach their new province; in-province mutual aid is dissolved instead (B3). They
+    follow the province of the newest event heard, whichever kind gave it: in any order (C1), a move heard after
+    a newer event moves nothing, and that newer event (an enrolment there, say) takes them along instead."""
+    if person is not None and event.version <= person.version:
         return Decision([], [])
     events: list[BaseModel] = []
     moved: list[Binding] = []
     for b in bindings:
-        if not b.active or b.kind == BindingKind.MUTUAL_AID:
-            continue
         side = "grantor_admdvs" if b.grantor_psn_no == event.psn_no else "recipient_admdvs"
+        if not b.active or b.kind == BindingKind.MUTUAL_AID or getattr(b, side)[:2] == event.admdvs[:2]:
+            continue
         after = b.model_copy(update={side: event.admdvs})
         moved.append(after)
         events.append(BindingMoved(**event.caused(f"BindingMoved:{b.binding_id}", now), **_parties(after),
@@ -338,8 +363,17 @@ def relocations_for(event: EnrollmentStatusEvent, bindings: list[Binding], now: 
     return Decision(events, moved)
 
 
-def dissolutions_for(event: EnrollmentStatusEvent, bindings: list[Binding]) -> list[tuple[Binding, DissolveReason]]:
-    """B5 automatic dissolution: which of the person's active bindings end because of this event."""
+def dissolutions_for(event: EnrollmentStatusEvent, person: Person | None,
+                     bindings: list[Binding]) -> list[tuple[Binding, DissolveReason]]:
+    """B5 automatic dissolution: which of the person's active bindings end because of this event (`person`: their
+    view before it). In any order (C1), as in version order: every binding that existed when the event happened,
+    i.e. made while the person's version was older than the event's, even where a newer event came first
+    (bindings never come back)."""
+    def made_at(b: Binding) -> int:
+        at = b.grantor_version if b.grantor_psn_no == event.psn_no else b.recipient_version
+        return at if at is not None else (person.version if person is not None else 0)
+
+    bindings = [b for b in bindings if b.active and event.version > made_at(b)]
     if isinstance(event, PersonTerminated):
         return [(b, DissolveReason.ENROLLMENT_TERMINATED) for b in bindings if b.active]
     if isinstance(event, PersonDied):

@@ -29,7 +29,8 @@ def k_person(psn: str) -> str:
 
 
 # stored compact (shared/compact.py): one per insured person
-PERSON_LAYOUT = Layout(Person, "psn_no", ("admdvs", "insutype", "has_personal_account", "status", "version"))
+PERSON_LAYOUT = Layout(Person, "psn_no", ("admdvs", "insutype", "has_personal_account", "status", "version",
+                                          "status_version", "enrol_version"))
 
 
 def k_binding(binding_id: str) -> str:

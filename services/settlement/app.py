@@ -20,7 +20,7 @@ from opentelemetry import trace
 from pydantic import TypeAdapter, ValidationError
 
 from contracts.binding import BindingCreated, BindingDissolved, BindingEvent, BindingKind, GrantorsReordered
-from contracts.enrollment import AccountCredited, EnrollmentEvent, PersonEnrolled, PersonTransferred, YearRolledOver
+from contracts.enrollment import AccountCredited, EnrollmentEvent, PersonEnrolled, YearRolledOver
 from contracts.his import (
     ADMISSION,
     CLR_TYPES,
@@ -511,33 +511,14 @@ class SettlementService:
     async def on_enrollment(self, e: Any, _record: Any) -> list[Outgoing]:
         if isinstance(e, AccountCredited | YearRolledOver):
             return []
-        current = await self.store.person(e.psn_no)
-        newer = current is None or e.version > current.version
+        identity: dict[str, Any] | None = None
         if isinstance(e, PersonEnrolled):
             if e.id_hash is None:
                 log.warning("enrolment carried a resident ID number in clear; hashed here", psn_no=e.psn_no)
-            id_hash = e.id_hash or keyed_hash(self.settings.pii_hash_key, e.id_no or "")
-            identity = {"id_hash": id_hash, "card_no": e.card_no, "insutype": e.insutype}
-            view: domain.PersonView | None = None
-            if newer:
-                view = domain.PersonView(psn_no=e.psn_no, admdvs=e.admdvs, version=e.version, **identity)
-            elif current is not None and e.version > domain.identity_version(current):
-                # C1 in any order: newer events came first; the newest enrolment's identity joins the view, their
-                # status, region and version stay (as hearing them in version order leaves it)
-                view = current.model_copy(update={**identity, "id_version": e.version})
-            await self.store.save_person(e.psn_no, view, (id_hash, e.card_no))
-            return []
-        if not newer:
-            return []
-        # heard before the enrolment, the event still counts: kept on a view without identity (not enrolled for
-        # settlement, SettlementStore.settle_contexts) until the enrolment brings it
-        base = current or domain.PersonView(psn_no=e.psn_no, admdvs=e.admdvs, version=0, id_hash="")
-        status = {"PersonSuspended": "suspended", "PersonTerminated": "terminated",
-                  "PersonDied": "died"}.get(e.type, base.status)
-        view = base.model_copy(update={"admdvs": e.admdvs if isinstance(e, PersonTransferred) else base.admdvs,
-                                       "status": status, "version": e.version,
-                                       "id_version": domain.identity_version(base) if base.id_hash else None})
-        await self.store.save_person(e.psn_no, view, None)
+            identity = {"id_hash": e.id_hash or keyed_hash(self.settings.pii_hash_key, e.id_no or ""),
+                        "card_no": e.card_no, "insutype": e.insutype}
+        view = domain.person_after(await self.store.person(e.psn_no), e, identity)
+        await self.store.save_person(e.psn_no, view, (identity["id_hash"], e.card_no) if identity else None)
         return []
 
 

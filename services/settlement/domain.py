@@ -55,7 +55,12 @@ class BindingView(BaseModel):
 
 
 class PersonView(BaseModel):
-    """Identity view from enrollment.events.v1: the resident ID only as a keyed hash."""
+    """Identity view from enrollment.events.v1: the resident ID only as a keyed hash.
+
+    C1 in any order: a person's events are versioned, and each kind decides its own part of the view, so the view
+    ends as hearing them in version order leaves it. The newest event gives `version` and the region; the newest
+    enrolment, suspension, termination or death the status; the newest enrolment the identity. A move decides the
+    region only, so a stop heard after a newer move still decides the status."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -69,6 +74,8 @@ class PersonView(BaseModel):
     # the version of the enrolment the identity (id_hash, card_no, insutype) came from when older than `version`
     # (heard after newer events, C1 in any order); None: from `version` itself
     id_version: int | None = None
+    # the version of the event that decided `status` when older than `version`; None: `version` itself
+    status_version: int | None = None
 
 
 def identity_version(view: PersonView) -> int:
@@ -76,6 +83,35 @@ def identity_version(view: PersonView) -> int:
     if not view.id_hash:
         return -1
     return view.id_version if view.id_version is not None else view.version
+
+
+def status_version(view: PersonView) -> int:
+    return view.status_version if view.status_version is not None else view.version
+
+
+STATUS_OF = {"PersonEnrolled": "normal", "PersonSuspended": "suspended", "PersonTerminated": "terminated",
+             "PersonDied": "died"}  # a move (PersonTransferred) decides no status
+
+
+def person_after(current: PersonView | None, event: Any, identity: dict[str, Any] | None) -> PersonView | None:
+    """The person's view after `event` (None: it changes nothing, being older than every part it decides).
+    `identity`: an enrolment's id_hash, card_no and insutype. A suspension, end or move heard before the
+    enrolment is kept on a view without identity, which settlement treats as not enrolled (settle_contexts)."""
+    base = current or PersonView(psn_no=event.psn_no, admdvs=event.admdvs, version=0, id_hash="")
+    ids, decided = identity_version(base), status_version(base)
+    update: dict[str, Any] = {}
+    if event.version > base.version:  # every event names the region the person is insured in by then
+        update.update(version=event.version, admdvs=event.admdvs)
+    if event.type in STATUS_OF and event.version > decided:
+        update["status"], decided = STATUS_OF[event.type], event.version
+    if identity is not None and event.version > ids:
+        update.update(identity)
+        ids = event.version
+    if not update:
+        return None
+    version = update.get("version", base.version)
+    return base.model_copy(update={**update, "status_version": None if decided == version else decided,
+                                   "id_version": None if ids in (version, -1) else ids})
 
 
 class CardMisuse(HisRequestError):

@@ -102,7 +102,7 @@ def k_person(psn: str) -> str:
 
 # stored compact (shared/compact.py): one per insured person
 PERSON_LAYOUT = Layout(PersonView, "psn_no", ("admdvs", "version", "id_hash", "status", "insutype", "card_no",
-                                              "id_version"))
+                                              "id_version", "status_version"))
 
 
 def k_clearing(day: str) -> str:
@@ -517,7 +517,7 @@ class SettlementStore:
         if identity is not None:
             id_hash, card_no = identity
             owned = [f"s:idn:{id_hash}", *([f"s:card:{card_no}"] if card_no else [])]
-        if view is not None and view.id_hash:
+        if view is not None and identity == (view.id_hash, view.card_no):
             writes += [(key, psn) for key in owned]
             owned = []
         batch = _BATCH.get()

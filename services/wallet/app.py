@@ -114,25 +114,22 @@ class WalletService:
             if self.mine(e.from_admdvs) and not self.mine(e.admdvs):
                 return await self._move_out(e)
             if self.mine(e.admdvs):  # into or inside the province: the region (W1 rollout) follows the person
-                status = (await self.store.person(e.psn_no)).get("status", "normal")
-                # only an arrival from another province is one (its account follows; a suspension of the stay
-                # before it ended there): a move inside the province changes the region, nothing else
-                await self.store.set_person(e.psn_no, e.admdvs, "normal" if status == "moved" else status, e.version,
-                                            arrived_from="" if self.mine(e.from_admdvs) else e.from_admdvs,
-                                            moved=True)
-                await self.store.arrive(e.psn_no, e.version, e.admdvs)
+                # only an arrival from another province decides the status (its account follows; a suspension of
+                # the stay before it ended there): a move inside the province changes the region, nothing else
+                within = self.mine(e.from_admdvs)
+                await self.store.set_person(e.psn_no, e.admdvs, None if within else "normal", e.version,
+                                            arrived_from="" if within else e.from_admdvs, moved=True)
+                await self.store.arrive(e.psn_no, e.version, e.admdvs, from_elsewhere=not within)
             return []
         if not self.mine(e.admdvs):
             return []
-        if e.type in ENDED and e.version < await self.store.person_version(e.psn_no):
-            # an old event, late or redelivered after the person came back: it ends only what no newer enrolment
-            # has reopened since (the account's own version decides, C1)
-            return await self._end(e, ENDED[e.type], unless_reopened=True)
         if not isinstance(e, AccountCredited | YearRolledOver):
             status = ENDED.get(e.type) or {"PersonEnrolled": "normal", "PersonSuspended": "suspended"}[e.type]
-            await self.store.set_person(e.psn_no, e.admdvs, status, e.version)
+            decided = await self.store.set_person(e.psn_no, e.admdvs, status, e.version)
             if e.type in ENDED:
-                return await self._end(e, status)
+                # an end older than the person's last status decision (late, or redelivered after they came back)
+                # ends only what no newer decision has reopened since (the account's own `status_ver` decides, C1)
+                return await self._end(e, status, unless_reopened=not decided)
         if isinstance(e, PersonEnrolled):
             if e.insutype == "310" and e.has_personal_account:
                 await self.store.enroll(e.psn_no, e.version, "active", e.admdvs)
@@ -177,7 +174,7 @@ class WalletService:
         if e.version < await self.store.person_version(e.psn_no):
             return []  # an older move, redelivered or late, after the person came back: nothing leaves
         await self.store.set_person(e.psn_no, e.admdvs, "moved", e.version)
-        r = await self.store.move_out(e.psn_no, e.message_id, e.admdvs, e.version)
+        r = await self.store.move_out(e.psn_no, e.message_id, e.admdvs, e.version, e.from_admdvs)
         out: list[Outgoing] = []
         if r["applied"]:
             receive = ReceiveAccount(message_id=derive_id("ReceiveAccount", e.message_id), occurred_at=self.clock.now(),

@@ -56,18 +56,20 @@ class WalletStore:
         """C1: into the year of `period` (YYYY-MM): current, prior years, or next year until the rollover."""
         return await self._call(self._accounts, "credit", psn, amount_fen, message_id, period)
 
-    async def move_out(self, psn: str, move_id: str, admdvs: str, version: int) -> dict[str, Any]:
-        """C1 关系转移接续: empty the account into flight to the person's new province (earmarks released first)."""
-        return await self._call(self._accounts, "move_out", psn, move_id, admdvs, version)
+    async def move_out(self, psn: str, move_id: str, admdvs: str, version: int, left: str) -> dict[str, Any]:
+        """C1 关系转移接续: empty the account into flight to the person's new province (earmarks released first);
+        `left`: the region the person left."""
+        return await self._call(self._accounts, "move_out", psn, move_id, admdvs, version, left)
 
     async def move_in(self, psn: str, move_id: str, admdvs: str, version: int, cur_fen: int, hist_fen: int,
                       next_fen: int, year: int | None) -> dict[str, Any]:
         return await self._call(self._accounts, "move_in", psn, move_id, admdvs, version, cur_fen, hist_fen,
                                 next_fen, "" if year is None else year)
 
-    async def arrive(self, psn: str, version: int, admdvs: str) -> dict[str, Any]:
-        """The person moved (back) here: an account left `moved` by an older move is theirs again."""
-        return await self._call(self._accounts, "arrive", psn, version, admdvs)
+    async def arrive(self, psn: str, version: int, admdvs: str, from_elsewhere: bool) -> dict[str, Any]:
+        """The person moved into or inside the province: the region follows them; an arrival from another
+        province (`from_elsewhere`) makes an account left `moved` or frozen by an older decision active again."""
+        return await self._call(self._accounts, "arrive", psn, version, admdvs, "1" if from_elsewhere else "0")
 
     async def person_version(self, psn: str) -> int:
         version = await self.client.hget(f"{self.prefix}person:{psn}", "version")
@@ -159,12 +161,15 @@ class WalletStore:
         found: dict[str, str] = await self.client.hgetall(f"{self.prefix}person:{psn}")
         return found
 
-    async def set_person(self, psn: str, admdvs: str, status: str, version: int, arrived_from: str = "",
-                         moved: bool = False) -> None:
-        """Non-money view of people enrolled here (any scheme), for wallet opening (W1); `arrived_from`: the
-        region of a person who moved here from another province (their account follows, ReceiveAccount); `moved`:
-        the event is a move into or inside the province."""
-        await self._call(self._accounts, "person", psn, admdvs, status, version, arrived_from, "1" if moved else "0")
+    async def set_person(self, psn: str, admdvs: str, status: str | None, version: int, arrived_from: str = "",
+                         moved: bool = False) -> bool:
+        """Non-money view of people enrolled here (any scheme), for wallet opening (W1); `status` None: the event
+        decides none (a move inside the province); `arrived_from`: the region of a person who moved here from
+        another province (their account follows, ReceiveAccount); `moved`: the event is a move into or inside the
+        province. Whether the event decided the person's status (it is the newest to decide it)."""
+        result = await self._call(self._accounts, "person", psn, admdvs, status or "", version, arrived_from,
+                                  "1" if moved else "0")
+        return bool(result["decided"])
 
     async def person_status(self, psn: str) -> str | None:
         status: str | None = await self.client.hget(f"{self.prefix}person:{psn}", "status")

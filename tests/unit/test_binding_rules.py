@@ -210,16 +210,31 @@ def test_b5_termination_death_and_move_dissolve_automatically() -> None:
     g = person("G1")
     aid, wallet = existing(g, "R1", Relation.SPOUSE), existing(g, "R1", Relation.SPOUSE, BindingKind.WALLET)
     term = PersonTerminated(occurred_at=T0, psn_no="G1", admdvs="320500", version=2)
-    assert [r for _, r in domain.dissolutions_for(term, [aid, wallet])] == [DissolveReason.ENROLLMENT_TERMINATED] * 2
+    assert [r for _, r in domain.dissolutions_for(term, None, [aid, wallet])] == [
+        DissolveReason.ENROLLMENT_TERMINATED] * 2
     died = PersonDied(occurred_at=T0, psn_no="G1", admdvs="320500", version=2)
-    assert [r for _, r in domain.dissolutions_for(died, [aid])] == [DissolveReason.DIED]
+    assert [r for _, r in domain.dissolutions_for(died, None, [aid])] == [DissolveReason.DIED]
     moved = PersonTransferred(occurred_at=T0, psn_no="G1", admdvs="510100", from_admdvs="320500", version=2)
-    assert [(b.kind, r) for b, r in domain.dissolutions_for(moved, [aid, wallet])] == [
+    assert [(b.kind, r) for b, r in domain.dissolutions_for(moved, None, [aid, wallet])] == [
         (BindingKind.MUTUAL_AID, DissolveReason.TRANSFERRED)]
     inside = PersonTransferred(occurred_at=T0, psn_no="G1", admdvs="320100", from_admdvs="320500", version=2)
-    assert domain.dissolutions_for(inside, [aid]) == []
+    assert domain.dissolutions_for(inside, None, [aid]) == []
     assert domain.dissolutions_for(PersonSuspended(occurred_at=T0,
-                                                   psn_no="G1", admdvs="320500", version=2), [aid]) == []
+                                                   psn_no="G1", admdvs="320500", version=2), None, [aid]) == []
+
+
+def test_b5_an_event_heard_late_dissolves_what_existed_when_it_happened() -> None:
+    """C1 in any order: enrolled v1, bound, moved inside the province v3, died v2 heard last: the binding made at
+    v1 existed at v2 and ends; one made after v3 was heard did not, and stays. A binding stored before the versions
+    were kept (None) ends only for an event newer than everything heard of the person, as before."""
+    now_at_v3 = person("G1").model_copy(update={"version": 3})
+    died = PersonDied(occurred_at=T0, psn_no="G1", admdvs="320500", version=2)
+    before = existing(person("G1"), "R1", Relation.SPOUSE).model_copy(update={"grantor_version": 1})
+    after = existing(person("G1"), "R2", Relation.CHILD).model_copy(update={"grantor_version": 3})
+    legacy = existing(person("G1"), "R3", Relation.FATHER)
+    assert legacy.grantor_version is None
+    assert [b.recipient_psn_no for b, _ in domain.dissolutions_for(died, now_at_v3, [before, after, legacy])] == ["R1"]
+    assert len(domain.dissolutions_for(died, person("G1"), [legacy])) == 1  # newer than v1: as before
 
 
 def test_b5_out_of_order_enrollment_events_converge() -> None:
@@ -228,9 +243,13 @@ def test_b5_out_of_order_enrollment_events_converge() -> None:
     in_order = domain.apply_enrollment(domain.apply_enrollment(None, e1), t2)
     first_t2 = domain.apply_enrollment(None, t2)
     assert first_t2 is not None
-    assert domain.apply_enrollment(first_t2, e1) is None  # stale: ignored
-    assert in_order is not None and in_order.status == first_t2.status == "terminated"
+    late_e1 = domain.apply_enrollment(first_t2, e1)  # older: its scheme joins, the termination's status stays
+    assert in_order is not None and late_e1 is not None
+    assert in_order.model_dump(exclude={"status_version", "enrol_version"}) == late_e1.model_dump(
+        exclude={"status_version", "enrol_version"})
+    assert late_e1.status == "terminated" and late_e1.insutype == "310" and late_e1.has_personal_account
     assert domain.apply_enrollment(in_order, t2) is None  # duplicate: ignored
+    assert domain.apply_enrollment(late_e1, e1) is None
 
 
 # ------------------------------------------------------------ B6 funding mode

@@ -8,9 +8,12 @@ local LEDGER = P .. 'ledger'
 local function acct_key(psn) return P .. 'acct:' .. psn end
 
 if op == 'person' then
-  -- ARGV: op, psn, admdvs, status, version, arrived_from ('' = none), moved ('1': a move into or inside the
-  -- province). The non-money view of a person enrolled here (W1: who may open a wallet); only a newer version
-  -- changes it.
+  -- ARGV: op, psn, admdvs, status ('' = decides none: a move inside the province), version, arrived_from ('' =
+  -- none), moved ('1': a move into or inside the province). The non-money view of a person enrolled here (W1: who
+  -- may open a wallet). C1 in any order: the newest event gives the region and `version`; the newest status
+  -- decision the status (`status_ver`, kept only while older than `version`), so a stop heard after a newer move
+  -- inside the province still decides it. Returns whether this event decides the status now (it is the newest
+  -- to decide it, or a redelivery of that one).
   local psn, admdvs, status, version, from = ARGV[2], ARGV[3], ARGV[4], int(ARGV[5]), ARGV[6] or ''
   local k = P .. 'person:' .. psn
   -- the newest move here, in any order: an account that opens later for an older enrolment takes its version and
@@ -23,12 +26,20 @@ if op == 'person' then
   if from ~= '' and int(redis.call('HGET', k, 'arrived_ver')) < version then
     redis.call('HSET', k, 'arrived_from', from, 'arrived_ver', version)
   end
-  local current = redis.call('HGET', k, 'version')
-  if current and int(current) >= version then
-    return cjson.encode({ok = true, applied = false})
+  local held = redis.call('HMGET', k, 'version', 'status_ver')
+  local current = int(held[1])
+  local decided = held[2] and int(held[2]) or current
+  local decides = status ~= '' and version >= decided
+  if version > current then
+    redis.call('HSET', k, 'admdvs', admdvs, 'version', version)
+    current = version
   end
-  redis.call('HSET', k, 'admdvs', admdvs, 'status', status, 'version', version)
-  return cjson.encode({ok = true, applied = true})
+  if decides and version > decided then
+    redis.call('HSET', k, 'status', status)
+    decided = version
+  end
+  if decided == current then redis.call('HDEL', k, 'status_ver') else redis.call('HSET', k, 'status_ver', decided) end
+  return cjson.encode({ok = true, decided = decides})
 end
 
 if op == 'enroll' or op == 'status' then
@@ -48,9 +59,11 @@ if op == 'enroll' or op == 'status' then
     local heard = redis.call('HMGET', P .. 'person:' .. psn, 'arrived_ver', 'moved_ver', 'moved_admdvs')
     if int(heard[1]) <= math.max(version, frozen_at or 0) and frozen_at then
       status, decided, why, admdvs = 'frozen', frozen_at, frozen_why, frozen_in or admdvs
+    elseif int(heard[1]) > decided then
+      decided = int(heard[1])  -- the arrival decided the status (active): an older stop heard later is stale
     end
     version = decided
-    if int(heard[2]) > version then version, admdvs = int(heard[2]), heard[3] end
+    if int(heard[2]) >= version then version, admdvs = int(heard[2]), heard[3] end  -- an arrival is a move
     redis.call('HSET', k, 'cur', 0, 'hist', 0, 'status', status, 'status_ver', decided, 'version', version,
                'admdvs', admdvs, 'reason', why)
     redis.call('SADD', P .. 'accts', psn)
@@ -172,8 +185,8 @@ end
 -- decides: a move older than the account's state is stale, and money arriving for an account that has since
 -- moved on passes through to where the person went (never landing in a province they have left).
 if op == 'move_out' then
-  -- ARGV: op, psn, move_id, new admdvs, version
-  local psn, id, admdvs, version = ARGV[2], ARGV[3], ARGV[4], int(ARGV[5])
+  -- ARGV: op, psn, move_id, new admdvs, version, the region left
+  local psn, id, admdvs, version, left = ARGV[2], ARGV[3], ARGV[4], int(ARGV[5]), ARGV[6]
   local done = P .. 'done:' .. id
   local stored = idem_get(done)
   if stored then return stored end
@@ -182,7 +195,7 @@ if op == 'move_out' then
   if redis.call('EXISTS', k) == 0 then
     -- no account here (yet): remember where the person went, so an account that arrives late follows them
     redis.call('HSET', k, 'cur', 0, 'hist', 0, 'status', 'moved', 'moved_to', admdvs, 'version', version,
-               'status_ver', version)
+               'status_ver', version, 'admdvs', left, 'reason', '')
     redis.call('SADD', P .. 'accts', psn)
     result = cjson.encode({ok = true, applied = false})
   elseif int(redis.call('HGET', k, 'version')) >= version then
@@ -190,7 +203,10 @@ if op == 'move_out' then
   else
     local year = redis.call('HGET', k, 'year')
     local cur, hist, nxt = empty_into_flight(k, psn, 'move:' .. id, 'account_moved_out')
-    redis.call('HSET', k, 'status', 'moved', 'moved_to', admdvs, 'version', version, 'status_ver', version)
+    -- `reason` says why an account is frozen; a moved one is not (the move decides its status). It was last in
+    -- the region the person left, whatever moves inside the province were heard before this one
+    redis.call('HSET', k, 'status', 'moved', 'moved_to', admdvs, 'version', version, 'status_ver', version,
+               'reason', '', 'admdvs', left)
     result = cjson.encode({ok = true, applied = true, cur = cur, hist = hist, next = nxt,
                            year = (year and year ~= '') and int(year) or cjson.null})
   end
@@ -199,15 +215,20 @@ if op == 'move_out' then
 end
 
 if op == 'arrive' then
-  -- ARGV: op, psn, version, admdvs. The person moved (back) here: an account left `moved` by an older move is
-  -- theirs again, so money stops being forwarded away from where they live.
+  -- ARGV: op, psn, version, admdvs, from another province ('1') or from inside it. A move gives the region if it
+  -- is the newest event; an arrival from another province also decides the status, if it is the newest decision
+  -- (C1 in any order, `status_ver`): the person lives here again, so an account left `moved` by an older move, or
+  -- frozen by a suspension of the stay that ended when they left, is active again and money stops being
+  -- forwarded away from where they live. A move inside the province decides no status.
   local psn, version, admdvs = ARGV[2], int(ARGV[3]), ARGV[4]
   local k = acct_key(psn)
-  if redis.call('EXISTS', k) == 1 and int(redis.call('HGET', k, 'version')) < version then
-    if redis.call('HGET', k, 'status') == 'moved' then
+  if redis.call('EXISTS', k) == 1 then
+    local held = redis.call('HMGET', k, 'version', 'status_ver')
+    local decided = held[2] and int(held[2]) or int(held[1])
+    if ARGV[5] == '1' and decided < version then
       redis.call('HSET', k, 'status', 'active', 'reason', '', 'status_ver', version)
     end
-    redis.call('HSET', k, 'version', version, 'admdvs', admdvs)
+    if int(held[1]) < version then redis.call('HSET', k, 'version', version, 'admdvs', admdvs) end
   end
   return cjson.encode({ok = true})
 end
