@@ -5,9 +5,10 @@ names and without the person's number (the key holds it): `["320500","310",true,
 bytes of the model's JSON. Trailing values that are None by default are left off. Records written before this form
 (JSON objects) are still read, and take the compact form when next written, so existing stacks need no migration.
 
-The layout is part of the data on disk: a new field goes at the end (older records read it as its default); a
-field is never moved, renamed or taken out of the middle. `Layout` refuses a model whose fields it does not
-name exactly, so a field added to the model without a place in the layout fails at import, not in production.
+The layout is part of the data on disk: a new field goes at the end (older records read it as its default, and a
+release without it ignores it); a field is never moved, renamed or taken out of the middle. `Layout` refuses a
+model whose fields it does not name exactly, so a field added to the model without a place in the layout fails at
+import, not in production.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class Layout(Generic[M]):
         values: Any = orjson.loads(raw)
         if isinstance(values, dict):
             return self.model.model_validate(values)
-        if not isinstance(values, list) or len(values) > len(self.fields):
+        if not isinstance(values, list):
             raise ValueError(f"{self.model.__name__}: not a stored record: {str(raw)[:80]}")
+        # values past the layout's end are fields a newer release appended: a rollback reads what it knows
         return self.model.model_validate({self.key_field: key, **dict(zip(self.fields, values, strict=False))})

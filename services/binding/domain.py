@@ -89,11 +89,11 @@ class Binding(BaseModel):
     # that asked it for the current `quota_fen` (only a refusal of that one is current).
     funded_quota_fen: int | None = None
     quota_event_id: str | None = None
-    # each party's enrolment version when the binding was made: an event of theirs older than it (heard late, C1
-    # in any order) happened before the binding existed, so it dissolves nothing. None: made before this was
-    # kept, so only an event newer than everything heard of the party dissolves it (the old rule)
-    grantor_version: int | None = None
-    recipient_version: int | None = None
+    # each party's versions when the binding was made (`decided_versions`: their status, scheme and region): an
+    # event older than the one of its part (heard late, C1 in any order) happened before the binding existed, so
+    # it dissolves nothing. None: made before these were kept; then only the newest decision of its part does
+    grantor_versions: tuple[int, int, int] | None = None
+    recipient_versions: tuple[int, int, int] | None = None
 
 
 class BindingRuleError(Exception):
@@ -210,8 +210,8 @@ def decide_create(
         binding_id=binding_id_for(cmd), grantor_psn_no=g.psn_no, grantor_admdvs=g.admdvs,
         recipient_psn_no=r.psn_no, recipient_admdvs=r.admdvs, relation=cmd.relation, kind=cmd.kind,
         quota_fen=quota, funding_mode=g_policy.funding_mode, multi_grantor_mode=r_policy.multi_grantor_mode,
-        dual_code_required=r_policy.dual_code_required, created_at=now, grantor_version=g.version,
-        recipient_version=r.version,
+        dual_code_required=r_policy.dual_code_required, created_at=now, grantor_versions=decided_versions(g),
+        recipient_versions=decided_versions(r),
     )
     order = recipient_order
     if binding.kind == BindingKind.MUTUAL_AID:  # B7: filing order
@@ -317,6 +317,14 @@ STATUS_OF: dict[str, PersonStatus] = {"PersonEnrolled": "normal", "PersonSuspend
                                       "PersonTerminated": "terminated", "PersonDied": "died"}  # a move decides none
 
 
+def decided_versions(person: Person | None) -> tuple[int, int, int]:
+    """The versions of the events that decided the person's status, scheme and region (0: none heard)."""
+    if person is None:
+        return 0, 0, 0
+    return (person.status_version if person.status_version is not None else person.version,
+            person.enrol_version if person.enrol_version is not None else person.version, person.version)
+
+
 def apply_enrollment(current: Person | None, event: EnrollmentStatusEvent) -> Person | None:
     """New view of the person, or None when the event changes nothing (older than every part it decides, or a
     duplicate). C1 in any order: the newest event gives the region; the newest enrolment, suspension, termination
@@ -324,8 +332,7 @@ def apply_enrollment(current: Person | None, event: EnrollmentStatusEvent) -> Pe
     status, and the view ends as hearing the events in version order leaves it."""
     base = current or Person(psn_no=event.psn_no, admdvs=event.admdvs, insutype="390",
                              has_personal_account=False, status="normal", version=0)
-    decided = base.status_version if base.status_version is not None else base.version
-    enrolled = base.enrol_version if base.enrol_version is not None else base.version
+    decided, enrolled, _ = decided_versions(base)
     update: dict[str, object] = {}
     if event.version > base.version:
         update.update(admdvs=event.admdvs, version=event.version)
@@ -363,29 +370,37 @@ def relocations_for(event: EnrollmentStatusEvent, person: Person | None, binding
     return Decision(events, moved)
 
 
+_PART_DECIDED = {"PersonTerminated": 0, "PersonDied": 0, "PersonEnrolled": 1, "PersonTransferred": 2}
+
+
 def dissolutions_for(event: EnrollmentStatusEvent, person: Person | None,
                      bindings: list[Binding]) -> list[tuple[Binding, DissolveReason]]:
     """B5 automatic dissolution: which of the person's active bindings end because of this event (`person`: their
     view before it). In any order (C1), as in version order: every binding that existed when the event happened,
-    i.e. made while the person's version was older than the event's, even where a newer event came first
-    (bindings never come back)."""
+    i.e. made while the part of the person the event decides (status, scheme or region) was older than it, even
+    where a newer event came first (bindings never come back). A binding made after a newer move was checked
+    against the status and scheme before it, so a stop older than that move still ends it."""
+    part = _PART_DECIDED.get(event.type)
+    if part is None:
+        return []  # a suspension is temporary: it dissolves nothing
+
     def made_at(b: Binding) -> int:
-        at = b.grantor_version if b.grantor_psn_no == event.psn_no else b.recipient_version
-        return at if at is not None else (person.version if person is not None else 0)
+        at = b.grantor_versions if b.grantor_psn_no == event.psn_no else b.recipient_versions
+        return (at if at is not None else decided_versions(person))[part]
 
     bindings = [b for b in bindings if b.active and event.version > made_at(b)]
     if isinstance(event, PersonTerminated):
-        return [(b, DissolveReason.ENROLLMENT_TERMINATED) for b in bindings if b.active]
+        return [(b, DissolveReason.ENROLLMENT_TERMINATED) for b in bindings]
     if isinstance(event, PersonDied):
-        return [(b, DissolveReason.DIED) for b in bindings if b.active]
+        return [(b, DissolveReason.DIED) for b in bindings]
     if isinstance(event, PersonEnrolled) and (event.insutype != "310" or not event.has_personal_account):
         # B1 holds for as long as the binding does: a grantor re-enrolled without an employee personal account
         # stops moving money for others. A proxy (B9) moves no money and survives.
         return [(b, DissolveReason.GRANTOR_NOT_ELIGIBLE) for b in bindings
-                if b.active and b.grantor_psn_no == event.psn_no and b.kind != BindingKind.PROXY]
+                if b.grantor_psn_no == event.psn_no and b.kind != BindingKind.PROXY]
     if isinstance(event, PersonTransferred) and event.admdvs[:2] != event.from_admdvs[:2]:
         # Only in-province mutual aid depends on the province (B3); wallet and proxy relations survive.
-        return [(b, DissolveReason.TRANSFERRED) for b in bindings if b.active and b.kind == BindingKind.MUTUAL_AID]
+        return [(b, DissolveReason.TRANSFERRED) for b in bindings if b.kind == BindingKind.MUTUAL_AID]
     return []
 
 

@@ -655,3 +655,28 @@ async def test_5_a_stop_heard_after_a_newer_move_inside_the_province_still_freez
         assert (account["status"], account["version"], account["admdvs"], account["reason"], account["cur"]) == \
             ("frozen", "3", "320100", reason, "5000")
         await national_ok(h)
+
+
+@pytest.mark.parametrize("stop", [None, PersonSuspended, PersonDied])
+async def test_5_an_account_that_comes_home_after_a_newer_move_inside_the_province_stays_home(
+        stop: type | None) -> None:
+    """Fourth review: enrolled in 32 with 10,000 fen (v1), moved to 51 (v2) and back (v3), then inside 32 (v5);
+    32 hears v2 and v5 before its account comes back (ReceiveAccount of v3) and before v3 itself. The move
+    inside the province had raised the `moved` account's version, so the account passed through back to 51 and
+    stayed there, active, in the province the person had left. With a suspension or death (v4) heard last, the
+    account came home active and the stop was taken as stale. A move decides the region, not the status: the
+    account compares its last status decision (`status_ver`) with the arrival. In version order: home, with
+    every fen, active or frozen by the stop."""
+    async with harness() as h:
+        await enrol(h, "G", 10_000)
+        away, back = moving(h, "G", "320500", "510100", 2), moving(h, "G", "510100", "320500", 3)
+        await hear(h, "32", away, moving(h, "G", "320500", "320100", 5))
+        await hear(h, "51", away, back)  # 51 sends the account home (ReceiveAccount v3)
+        await hear(h, "32", back)
+        if stop is not None:
+            await hear(h, "32", stop(occurred_at=h.clock.now(), psn_no="G", admdvs="320500", version=4))
+        assert [await spendable(h, "G", p) for p in ("32", "51")] == [10_000, 0]
+        account = (await wallet_view(h, "G", "32"))["account"]
+        assert (account["status"], account["admdvs"], account["version"]) == \
+            ("active" if stop is None else "frozen", "320100", "5")
+        await national_ok(h)

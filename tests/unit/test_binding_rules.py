@@ -224,17 +224,29 @@ def test_b5_termination_death_and_move_dissolve_automatically() -> None:
 
 
 def test_b5_an_event_heard_late_dissolves_what_existed_when_it_happened() -> None:
-    """C1 in any order: enrolled v1, bound, moved inside the province v3, died v2 heard last: the binding made at
-    v1 existed at v2 and ends; one made after v3 was heard did not, and stays. A binding stored before the versions
-    were kept (None) ends only for an event newer than everything heard of the person, as before."""
-    now_at_v3 = person("G1").model_copy(update={"version": 3})
+    """C1 in any order: a late event ends every binding made while the part of the person it decides was older.
+    Enrolled v1, moved inside the province v3, died v2 heard last: a binding made at v1, and one made after v3 was
+    heard (checked against the status of v1: in version order it would have been refused), both end; one made
+    after a re-enrolment v4 does not. A binding stored before the versions were kept (None) ends when the event is
+    the newest decision of its part (fourth review: it used to be compared with the newest event of any kind)."""
+    seen_v3 = person("G1").model_copy(update={"version": 3, "status_version": 1, "enrol_version": 1})
     died = PersonDied(occurred_at=T0, psn_no="G1", admdvs="320500", version=2)
-    before = existing(person("G1"), "R1", Relation.SPOUSE).model_copy(update={"grantor_version": 1})
-    after = existing(person("G1"), "R2", Relation.CHILD).model_copy(update={"grantor_version": 3})
-    legacy = existing(person("G1"), "R3", Relation.FATHER)
-    assert legacy.grantor_version is None
-    assert [b.recipient_psn_no for b, _ in domain.dissolutions_for(died, now_at_v3, [before, after, legacy])] == ["R1"]
-    assert len(domain.dissolutions_for(died, person("G1"), [legacy])) == 1  # newer than v1: as before
+
+    def made(recipient: str, relation: Relation, at: Person | None) -> Binding:
+        b = existing(person("G1"), recipient, relation)
+        return b if at is None else b.model_copy(update={"grantor_versions": domain.decided_versions(at)})
+
+    at_v1, after_move = made("R1", Relation.SPOUSE, person("G1")), made("R2", Relation.CHILD, seen_v3)
+    after_re_enrolment = made("R3", Relation.FATHER, seen_v3.model_copy(
+        update={"version": 4, "status_version": None, "enrol_version": None}))
+    legacy = made("R4", Relation.MOTHER, None)
+    assert [b.recipient_psn_no for b, _ in domain.dissolutions_for(
+        died, seen_v3, [at_v1, after_move, after_re_enrolment, legacy])] == ["R1", "R2", "R4"]
+    re_enrolled = seen_v3.model_copy(update={"version": 4, "status_version": None, "enrol_version": None})
+    assert domain.dissolutions_for(died, re_enrolled, [legacy]) == []  # not the newest decision: as before
+    resident = enrolled("G1", insutype="390", has_pa=False, version=2)  # the scheme part: the same
+    assert [b.recipient_psn_no for b, _ in domain.dissolutions_for(
+        resident, seen_v3, [at_v1, after_move, after_re_enrolment])] == ["R1", "R2"]
 
 
 def test_b5_out_of_order_enrollment_events_converge() -> None:

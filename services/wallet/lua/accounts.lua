@@ -243,16 +243,21 @@ if op == 'move_in' then
   local k = acct_key(psn)
   local total = cur + hist + nxt
   local result
-  if redis.call('HGET', k, 'status') == 'moved' and int(redis.call('HGET', k, 'version')) > version then
-    -- the person has already moved on from here: the account passes through, buckets intact
+  -- the account's last status decision, apart from its version (a move inside the province raises the version
+  -- and decides nothing, C1): what is compared with the arrival's version
+  local own = redis.call('HMGET', k, 'status', 'version', 'status_ver')
+  local own_version = int(own[2])
+  local own_decided = own[3] and int(own[3]) or own_version
+  if own[1] == 'moved' and own_decided > version then
+    -- the person has already moved on from here (a move out newer than this arrival): the account passes
+    -- through, buckets intact, as of that move out
     local onward = id .. '>' .. string.sub(redis.call('HGET', k, 'moved_to'), 1, 2)
     if total > 0 then
       hincr(P .. 'rin', 'move:' .. id, total)
       hincr(P .. 'rout', 'move:' .. onward, total)
     end
     result = cjson.encode({ok = true, applied = true, amount = total, onward_id = onward,
-                           to_admdvs = redis.call('HGET', k, 'moved_to'),
-                           version = int(redis.call('HGET', k, 'version'))})
+                           to_admdvs = redis.call('HGET', k, 'moved_to'), version = own_decided})
   else
     if redis.call('EXISTS', k) == 0 then
       redis.call('HSET', k, 'cur', 0, 'hist', 0)
@@ -274,20 +279,23 @@ if op == 'move_in' then
     end
     hincr(P .. 'totals', 'external_net', total)
     if total > 0 then hincr(P .. 'rin', 'move:' .. id, total) end
-    -- C1 in any order, the newest of three states wins: a suspension or end heard here after both the move and the
-    -- account's own state (frozen at it); the account's own freeze, newer than the move (kept); else the move
-    -- (active). A re-enrolment newer than a freeze has already reopened the account at its own version.
-    local own_version = int(redis.call('HGET', k, 'version'))
-    local at = math.max(version, own_version)
-    local frozen_at, frozen_why = freeze_after(P, psn, at)
+    -- C1 in any order, the newest of three status decisions wins: a suspension or end heard here after both the
+    -- arrival and the account's own decision (frozen at it); the account's own freeze, newer than the arrival
+    -- (kept); else the arrival, or a newer re-enrolment (active). The status compares decisions (`status_ver`);
+    -- the version and region are the newest event's, never lowered by an older arrival.
+    local at = math.max(version, own_decided)
+    local newest = math.max(version, own_version)
+    local region = version >= own_version and admdvs or redis.call('HGET', k, 'admdvs')
+    local frozen_at, frozen_why, frozen_in = freeze_after(P, psn, at)
     if frozen_at then
-      redis.call('HSET', k, 'status', 'frozen', 'admdvs', admdvs, 'reason', frozen_why, 'version', frozen_at,
-                 'status_ver', frozen_at)
-    elseif redis.call('HGET', k, 'status') == 'frozen' and own_version > version then
-      redis.call('HSET', k, 'admdvs', admdvs)
+      if frozen_at > newest then newest, region = frozen_at, frozen_in or region end
+      redis.call('HSET', k, 'status', 'frozen', 'reason', frozen_why, 'status_ver', frozen_at)
+    elseif own[1] == 'frozen' and own_decided > version then
+      redis.call('HSET', k, 'status_ver', own_decided)  -- kept, and said apart from the version set below
     else
-      redis.call('HSET', k, 'status', 'active', 'admdvs', admdvs, 'reason', '', 'version', at, 'status_ver', at)
+      redis.call('HSET', k, 'status', 'active', 'reason', '', 'status_ver', at)
     end
+    redis.call('HSET', k, 'version', newest, 'admdvs', region)
     result = cjson.encode({ok = true, applied = true, amount = total})
   end
   idem_put(done, result)
