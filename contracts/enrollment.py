@@ -1,7 +1,9 @@
 """enrollment.events.v1 — upstream enrollment and account events (C1), keyed by person.
 
-`version` is the upstream enrollment record's version for that person: consumers keep the highest version
-they have seen and ignore older ones, so out-of-order delivery converges to the same state.
+`version` is the upstream enrollment record's version for that person. Each kind of event decides its own part of
+a consumer's view of the person: every event the region (the newest wins), an enrolment, suspension, termination
+or death the status (`STATUS_OF`; the newest of them wins), an enrolment the scheme. A move decides no status.
+Keeping the parts' versions apart, consumers converge to the state version order gives, in any order (C1).
 Account credits are not versioned: each is applied exactly once, by `message_id`.
 """
 
@@ -15,6 +17,11 @@ from contracts.envelope import Message
 from contracts.types import Fen, PsnNo, RegionCode, ResidentId
 
 IdHash = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+
+
+# the status each status-deciding event gives the person (a move, PersonTransferred, decides none)
+STATUS_OF = {"PersonEnrolled": "normal", "PersonSuspended": "suspended", "PersonTerminated": "terminated",
+             "PersonDied": "died"}
 
 
 class _PersonEvent(Message):

@@ -39,6 +39,7 @@ from contracts.binding import (
     ReorderGrantors,
 )
 from contracts.enrollment import (
+    STATUS_OF,
     PersonDied,
     PersonEnrolled,
     PersonSuspended,
@@ -311,10 +312,6 @@ def decide_quota_answer(event: QuotaEarmarked | QuotaEarmarkRejected, binding: B
 
 
 EnrollmentStatusEvent = PersonEnrolled | PersonSuspended | PersonTerminated | PersonDied | PersonTransferred
-
-
-STATUS_OF: dict[str, PersonStatus] = {"PersonEnrolled": "normal", "PersonSuspended": "suspended",
-                                      "PersonTerminated": "terminated", "PersonDied": "died"}  # a move decides none
 
 
 def decided_versions(person: Person | None) -> tuple[int, int, int]:

@@ -22,6 +22,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from contracts.binding import BindingKind, FundingMode, MultiGrantorMode
+from contracts.enrollment import STATUS_OF
 from contracts.envelope import derive_id
 from contracts.his import (
     CANCELS,
@@ -87,10 +88,6 @@ def identity_version(view: PersonView) -> int:
 
 def status_version(view: PersonView) -> int:
     return view.status_version if view.status_version is not None else view.version
-
-
-STATUS_OF = {"PersonEnrolled": "normal", "PersonSuspended": "suspended", "PersonTerminated": "terminated",
-             "PersonDied": "died"}  # a move (PersonTransferred) decides no status
 
 
 def person_after(current: PersonView | None, event: Any, identity: dict[str, Any] | None) -> PersonView | None:

@@ -22,6 +22,7 @@ from contracts.binding import (
     QuotaChanged,
 )
 from contracts.enrollment import (
+    STATUS_OF,
     AccountCredited,
     EnrollmentEvent,
     PersonEnrolled,
@@ -124,7 +125,7 @@ class WalletService:
         if not self.mine(e.admdvs):
             return []
         if not isinstance(e, AccountCredited | YearRolledOver):
-            status = ENDED.get(e.type) or {"PersonEnrolled": "normal", "PersonSuspended": "suspended"}[e.type]
+            status = STATUS_OF[e.type]
             decided = await self.store.set_person(e.psn_no, e.admdvs, status, e.version)
             if e.type in ENDED:
                 # an end older than the person's last status decision (late, or redelivered after they came back)
