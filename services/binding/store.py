@@ -74,7 +74,12 @@ class Reader:
     async def bindings(self, ids: list[str]) -> list[Binding]:
         if not ids:
             return []
-        raws = await self.pipe.mget([k_binding(i) for i in ids])
+        keys = [k_binding(i) for i in ids]
+        if isinstance(self.pipe, Pipeline):
+            # watched before they are read: a binding decided on here (and maybe written back, moved) that another
+            # transaction changes meanwhile (a partner's death dissolving it) aborts this one, which then re-reads
+            await self.pipe.watch(*keys)
+        raws = await self.pipe.mget(keys)
         return [Binding.model_validate_json(r) for r in raws if r]
 
     async def of_grantor(self, psn: str) -> list[Binding]:

@@ -7,6 +7,7 @@ binding and wallet end up agreeing on; each failed on main before its fix.
 from __future__ import annotations
 
 import itertools
+import json
 from datetime import timedelta
 from typing import Any
 
@@ -17,6 +18,7 @@ from contracts.enrollment import PersonDied, PersonSuspended, PersonTerminated, 
 from contracts.topics import BINDING_COMMANDS, BINDING_EVENTS, ENROLLMENT_EVENTS, WALLET_EVENTS, dlq, wallet_commands
 from contracts.wallet import AcceptTransfer, OpenWallet, RequestTransfer, ReturnFunds
 from ops.national_audit import national_audit
+from services.binding.store import Reader
 from services.wallet.app import ACCOUNT_MOVED
 from services.wallet.audit import audit
 from shared.clock import china_time
@@ -680,3 +682,64 @@ async def test_5_an_account_that_comes_home_after_a_newer_move_inside_the_provin
         assert (account["status"], account["admdvs"], account["version"]) == \
             ("active" if stop is None else "frozen", "320100", "5")
         await national_ok(h)
+
+
+async def test_5_an_account_that_arrives_where_money_came_first_lands_once_and_frozen() -> None:
+    """Fifth review: enrolled in 32 with 10,000 fen (v1), moved to 51 (v2) and on to 33 (v3), suspended in 33 (v4).
+    51 hears v3 before its account arrived, so a late credit there follows the person to 33 and opens their
+    account (ReturnFunds), frozen at v4 but with no region. When 32 hears v2 late, the account passes 51 and
+    reaches 33 as of v3: the script read that missing region after it had written the money and failed, so every
+    replay from the DLQ would have added the money again. Every value is now decided before the first write."""
+    async with harness() as h:
+        await enrol(h, "G", 10_000)
+        to_51, to_33 = moving(h, "G", "320500", "510100", 2), moving(h, "G", "510100", "330100", 3)
+        await hear(h, "33", to_33, PersonSuspended(occurred_at=h.clock.now(), psn_no="G", admdvs="330100", version=4))
+        await hear(h, "51", to_33, credited("G", 700, admdvs="510100", period="2026-11"))
+        await hear(h, "32", to_51)
+        assert [await spendable(h, "G", p) for p in ("32", "51", "33")] == [0, 0, 10_700]
+        account = (await wallet_view(h, "G", "33"))["account"]
+        assert (account["status"], account["admdvs"]) == ("frozen", "330100")
+        await national_ok(h)
+
+
+async def test_5_an_account_that_arrives_after_its_holders_newer_arrival_opens_as_of_it() -> None:
+    """Fifth review: enrolled in 32 with 10,000 fen (v1), moved to 51 (v2), suspended in 51 (v3), moved to 33 (v4)
+    and back to 51 (v5). 51 hears v5 before the account comes from 32 (v2), then the suspension. The account
+    opened as of v2, so the older suspension froze it; as `enroll` does, it now opens as of the arrival heard (v5),
+    active, as version order leaves it."""
+    async with harness() as h:
+        await enrol(h, "G", 10_000)
+        await hear(h, "51", moving(h, "G", "330100", "510100", 5))
+        await hear(h, "32", moving(h, "G", "320500", "510100", 2))
+        await hear(h, "51", PersonSuspended(occurred_at=h.clock.now(), psn_no="G", admdvs="510100", version=3))
+        assert [await spendable(h, "G", p) for p in ("32", "51")] == [0, 10_000]
+        account = (await wallet_view(h, "G", "51"))["account"]
+        assert (account["status"], account["version"]) == ("active", "5")
+        await national_ok(h)
+
+
+
+async def test_5_a_binding_dissolved_while_its_party_moves_stays_dissolved(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fifth review (older than the reviewed change): a sender's move to another province and the holder's death
+    decided at the same time, by two consumers. The move's transaction watched the person and their binding sets,
+    not the bindings themselves, so it wrote its copy of the wallet relationship back, active and moved, over the
+    dissolution. It now watches every binding it reads, and decides again on the dissolved one."""
+    async with harness() as h:
+        await enrol(h, "G", 100_000)
+        await enrol(h, "S", admdvs="510100")
+        await relate(h, "G", "S")
+        key = f"b:binding:{events(h, BINDING_EVENTS, 'BindingCreated')[-1]['binding_id']}"
+        read = Reader.bindings
+        raced: list[str] = []
+
+        async def read_while_the_holder_dies(self: Reader, ids: list[str]) -> list[Any]:
+            found = await read(self, ids)
+            if found and not raced:  # the death's transaction commits right after this one read the binding
+                raced.append(key)
+                dissolved = {**json.loads(await h.redis.get(key)), "active": False, "dissolve_reason": "died"}
+                await h.redis.set(key, json.dumps(dissolved))
+            return found
+
+        monkeypatch.setattr(Reader, "bindings", read_while_the_holder_dies)
+        await send(h, ENROLLMENT_EVENTS, moving(h, "G", "320500", "330100", 2), "G")
+        assert raced and json.loads(await h.redis.get(key))["active"] is False

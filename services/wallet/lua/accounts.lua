@@ -245,9 +245,16 @@ if op == 'move_in' then
   local result
   -- the account's last status decision, apart from its version (a move inside the province raises the version
   -- and decides nothing, C1): what is compared with the arrival's version
-  local own = redis.call('HMGET', k, 'status', 'version', 'status_ver')
+  local own = redis.call('HMGET', k, 'status', 'version', 'status_ver', 'admdvs')
   local own_version = int(own[2])
   local own_decided = own[3] and int(own[3]) or own_version
+  local own_region = own[4]
+  if not own[1] then
+    -- no account yet: it opens as of what was heard of the person here, as `enroll` would (C1 in any order): an
+    -- arrival from another province heard before the account decided its status, the newest move its region
+    local heard = redis.call('HMGET', P .. 'person:' .. psn, 'arrived_ver', 'moved_ver', 'moved_admdvs')
+    own_decided, own_version, own_region = int(heard[1]), int(heard[2]), heard[3]
+  end
   if own[1] == 'moved' and own_decided > version then
     -- the person has already moved on from here (a move out newer than this arrival): the account passes
     -- through, buckets intact, as of that move out
@@ -259,7 +266,25 @@ if op == 'move_in' then
     result = cjson.encode({ok = true, applied = true, amount = total, onward_id = onward,
                            to_admdvs = redis.call('HGET', k, 'moved_to'), version = own_decided})
   else
-    if redis.call('EXISTS', k) == 0 then
+    -- C1 in any order, the newest of three status decisions wins: a suspension or end heard here after both the
+    -- arrival and the account's own decision (frozen at it); the account's own freeze, newer than the arrival
+    -- (kept); else the arrival, or a newer re-enrolment (active). The status compares decisions (`status_ver`);
+    -- the version and region are the newest event's, never lowered by an older arrival. Decided before the first
+    -- write: a script that fails halfway keeps what it wrote, and a replay would then add the money again.
+    local at = math.max(version, own_decided)
+    local newest = math.max(version, own_version)
+    local region = (version >= own_version or not own_region) and admdvs or own_region
+    local frozen_at, frozen_why, frozen_in = freeze_after(P, psn, at)
+    local state
+    if frozen_at then
+      if frozen_at > newest then newest, region = frozen_at, frozen_in or region end
+      state = {'status', 'frozen', 'reason', frozen_why, 'status_ver', frozen_at}
+    elseif own[1] == 'frozen' and own_decided > version then
+      state = {'status_ver', own_decided}  -- kept, and said apart from the version set below
+    else
+      state = {'status', 'active', 'reason', '', 'status_ver', at}
+    end
+    if not own[1] then
       redis.call('HSET', k, 'cur', 0, 'hist', 0)
       redis.call('SADD', P .. 'accts', psn)
     end
@@ -279,23 +304,7 @@ if op == 'move_in' then
     end
     hincr(P .. 'totals', 'external_net', total)
     if total > 0 then hincr(P .. 'rin', 'move:' .. id, total) end
-    -- C1 in any order, the newest of three status decisions wins: a suspension or end heard here after both the
-    -- arrival and the account's own decision (frozen at it); the account's own freeze, newer than the arrival
-    -- (kept); else the arrival, or a newer re-enrolment (active). The status compares decisions (`status_ver`);
-    -- the version and region are the newest event's, never lowered by an older arrival.
-    local at = math.max(version, own_decided)
-    local newest = math.max(version, own_version)
-    local region = version >= own_version and admdvs or redis.call('HGET', k, 'admdvs')
-    local frozen_at, frozen_why, frozen_in = freeze_after(P, psn, at)
-    if frozen_at then
-      if frozen_at > newest then newest, region = frozen_at, frozen_in or region end
-      redis.call('HSET', k, 'status', 'frozen', 'reason', frozen_why, 'status_ver', frozen_at)
-    elseif own[1] == 'frozen' and own_decided > version then
-      redis.call('HSET', k, 'status_ver', own_decided)  -- kept, and said apart from the version set below
-    else
-      redis.call('HSET', k, 'status', 'active', 'reason', '', 'status_ver', at)
-    end
-    redis.call('HSET', k, 'version', newest, 'admdvs', region)
+    redis.call('HSET', k, 'version', newest, 'admdvs', region, unpack(state))
     result = cjson.encode({ok = true, applied = true, amount = total})
   end
   idem_put(done, result)
