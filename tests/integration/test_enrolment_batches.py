@@ -294,9 +294,11 @@ def heard(steps: list[tuple[str, int]], order: list[int]) -> tuple[list[BaseMode
 
 async def observed(client: aioredis.Redis, service: str, events: list[BaseModel]) -> Any:
     """What a person's enrolment events leave that anyone can see, after one delivery in the given order: the
-    person as each service knows them (status, region, scheme, identity), the wallet account's status, region and
-    why it is frozen, and which of the person's bindings are still active. Versions kept beside them are not
-    compared: they may differ where they are only bookkeeping."""
+    person as each service knows them (status, region, scheme, identity); the wallet account's status, region,
+    freeze reason and where it went, and its money with what is on its way out of the province (its first
+    enrolment and a credit of 10,000 fen come first, the rest in the order given); which of the person's bindings
+    are still active, and the provinces of their parties (a relationship follows its parties, B3). Versions kept
+    beside them are not compared: they may differ where they are only bookkeeping."""
     if service == "wallet":  # the account holds money from the start (its first enrolment, then a credit)
         events = [e for e in events if e.version == 1] + [MONEY] + [e for e in events if e.version != 1]  # type: ignore[attr-defined]
     records = [record(m, ENROLLMENT_EVENTS, ONE, i) for i, m in enumerate(events)]
