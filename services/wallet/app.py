@@ -211,10 +211,10 @@ class WalletService:
                                              (e.recipient_psn_no, e.grantor_psn_no, e.recipient_admdvs)):
                 if self.mine(region):
                     await self.store.set_kin(e.binding_id, person, relative, isinstance(e, BindingCreated))
-        if not (self.mine(e.grantor_admdvs) or self.mine(e.recipient_admdvs)) or e.kind == BindingKind.PROXY:
-            return []
         if e.kind == BindingKind.WALLET:
             return await self._wallet_relationship(e)
+        if not (self.mine(e.grantor_admdvs) or self.mine(e.recipient_admdvs)) or e.kind == BindingKind.PROXY:
+            return []
         now = self.clock.now()
         env = e.caused(f"wallet{self.province}", now)
         if isinstance(e, BindingCreated):
@@ -251,18 +251,20 @@ class WalletService:
 
     async def _wallet_relationship(self, e: Any) -> list[Outgoing]:
         """The sender's province records who may receive transfers; on dissolution the recipient's province
-        sends that sender's unspent lots back (W6)."""
+        sends that sender's unspent lots back (W6), and every province voids a transfer it still holds between
+        the two: the sender may have moved since asking, and the relationship with them (BindingMoved), so the
+        dissolution may name another province than the one holding the money."""
         active = isinstance(e, BindingCreated | QuotaChanged)
         out: list[Outgoing] = []
         if self.mine(e.grantor_admdvs):
             await self.store.transfer_op("relate", e.grantor_psn_no, e.recipient_psn_no, "1" if active else "0")
-            pending = None if active else await self.store.pending_transfer(e.grantor_psn_no, e.recipient_psn_no)
-            if pending:
-                # The source decides every transfer: voided here, a later acceptance finds it voided (B5, W4).
-                r = await self.store.transfer_op("void", pending, f"dissolved:{e.binding_id}",
-                                                 TransferReason.RELATIONSHIP_DISSOLVED.value)
-                if r["ok"]:
-                    out += await self._resolved(pending, r, e.caused(f"void:{pending}", self.clock.now()))
+        pending = None if active else await self.store.pending_transfer(e.grantor_psn_no, e.recipient_psn_no)
+        if pending:
+            # The source decides every transfer: voided here, a later acceptance finds it voided (B5, W4).
+            r = await self.store.transfer_op("void", pending, f"dissolved:{e.binding_id}",
+                                             TransferReason.RELATIONSHIP_DISSOLVED.value)
+            if r["ok"]:
+                out += await self._resolved(pending, r, e.caused(f"void:{pending}", self.clock.now()))
         if isinstance(e, BindingDissolved) and self.mine(e.recipient_admdvs):
             out += await self.return_lots(e.recipient_psn_no, e.grantor_psn_no, f"dissolved:{e.binding_id}",
                                           "relationship_dissolved")

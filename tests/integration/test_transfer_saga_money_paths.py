@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from contracts.binding import BindingDissolved, BindingKind, DissolveReason
+from contracts.binding import BindingDissolved, BindingKind, BindingMoved, DissolveReason
 from contracts.wallet import RequestTransfer, ResolveTransfer
 from services.wallet import domain
 from services.wallet.app import WalletService
@@ -129,6 +129,32 @@ async def test_10_dissolution_voids_a_pending_transfer_between_the_two(wallet: W
         ("CompleteTransfer", "voided"), ("TransferReturned", "RELATIONSHIP_DISSOLVED")}
     assert await spendable(wallet) == 500_000
     # the recipient's acceptance, already on its way, reaches the source after the dissolution: no money moves
+    accepted = ResolveTransfer(occurred_at=wallet.clock.now(), transfer_id=cmd.transfer_id, outcome="post")
+    late = [json.loads(o.body) for o in await wallet.on_command(accepted, None)]
+    assert [e["outcome"] for e in late if e["type"] == "CompleteTransfer"] == ["voided"]
+    assert await spendable(wallet) == 500_000
+    assert (await audit(wallet.store.client, "32", wallet.store.prefix)).ok
+
+
+async def test_10_dissolution_after_the_sender_moved_away_voids_what_is_still_held_here(
+        wallet: WalletService) -> None:
+    """The sender moved to another province while a transfer was held here; the relationship followed them
+    (BindingMoved) and later ended there, so the dissolution names the new province. The hold is still here, and
+    the recipient's acceptance still comes here: it must find the transfer voided."""
+    wallet.clock.at = datetime(2026, 11, 23, 10, 0, tzinfo=CHINA_TZ).astimezone(UTC)
+    cmd = request(wallet)
+    assert (await answers(wallet, cmd))[0]["type"] == "TransferHeld"
+    parties = {"binding_id": "B-wallet-1", "grantor_psn_no": GRANTOR, "recipient_psn_no": RELATIVE,
+               "recipient_admdvs": "510100", "kind": BindingKind.WALLET}
+    moved = BindingMoved(occurred_at=wallet.clock.now(), **parties, grantor_admdvs="440100",
+                         previous_grantor_admdvs="320500", previous_recipient_admdvs="510100")
+    assert await wallet.on_binding(moved, None) == []
+    dissolved = BindingDissolved(occurred_at=wallet.clock.now(), **parties, grantor_admdvs="440100",
+                                 reason=DissolveReason.DIED, grantor_order=[])
+    out = [json.loads(o.body) for o in await wallet.on_binding(dissolved, None)]
+    assert {(e["type"], e.get("outcome") or e.get("reason")) for e in out} == {
+        ("CompleteTransfer", "voided"), ("TransferReturned", "RELATIONSHIP_DISSOLVED")}
+    assert await spendable(wallet) == 500_000
     accepted = ResolveTransfer(occurred_at=wallet.clock.now(), transfer_id=cmd.transfer_id, outcome="post")
     late = [json.loads(o.body) for o in await wallet.on_command(accepted, None)]
     assert [e["outcome"] for e in late if e["type"] == "CompleteTransfer"] == ["voided"]
