@@ -47,7 +47,7 @@ MAX_ROUNDS = 200  # commands delivered after the last event, at most: a loop of 
 def life_of(steps: list[tuple[str, int]]) -> list[BaseModel]:
     """An employee enrolment at home, then one event per step, versions 2…, each in the region the person is in by
     then (a move goes to the `pick`th of the other regions)."""
-    region, life = HOME, [enrolled(ONE, HOME, version=1)]
+    region, life = HOME, list[BaseModel]([enrolled(ONE, HOME, version=1)])
     for version, (kind, pick) in enumerate(steps, start=2):
         common = {"occurred_at": T0, "psn_no": ONE, "version": version}
         if kind == "move":
@@ -88,8 +88,9 @@ class Provinces:
     async def _process(self, consumer: Consumer[Any], value: bytes) -> None:
         self.offset += 1
         broker = Published()
-        await consumer.process(broker, [SimpleNamespace(topic=consumer.topic, partition=0, offset=self.offset,
-                                                        key=kafka_key(ONE), value=value, headers=())])
+        record = SimpleNamespace(topic=consumer.topic, partition=0, offset=self.offset, key=kafka_key(ONE),
+                                 value=value, headers=())
+        await consumer.process(broker, [record])  # type: ignore[arg-type]
         for topic, body in broker.sent:
             if topic.endswith(DLQ_SUFFIX):
                 self.refused.append((topic, body))
