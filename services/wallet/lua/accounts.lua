@@ -6,6 +6,9 @@ local op = ARGV[1]
 local LEDGER = P .. 'ledger'
 
 local function acct_key(psn) return P .. 'acct:' .. psn end
+-- The version of the last status decision: `status_ver` is kept only while older than `version` (C1 in any order:
+-- a move decides the region, not the status), and an account or person from before it has only `version`.
+local function decided_of(version, status_ver) return status_ver and int(status_ver) or int(version) end
 
 if op == 'person' then
   -- ARGV: op, psn, admdvs, status ('' = decides none: a move inside the province), version, arrived_from ('' =
@@ -27,8 +30,7 @@ if op == 'person' then
     redis.call('HSET', k, 'arrived_from', from, 'arrived_ver', version)
   end
   local held = redis.call('HMGET', k, 'version', 'status_ver')
-  local current = int(held[1])
-  local decided = held[2] and int(held[2]) or current
+  local current, decided = int(held[1]), decided_of(held[1], held[2])
   local decides = status ~= '' and version >= decided
   if version > current then
     redis.call('HSET', k, 'admdvs', admdvs, 'version', version)
@@ -73,9 +75,9 @@ if op == 'enroll' or op == 'status' then
   -- decision (`status_ver`; an account from before it has only `version`), even where a newer move has since
   -- raised the account's version: a move decides the region, not the status. Version and region follow only what
   -- is newer than the account.
-  local current = int(redis.call('HGET', k, 'version'))
-  local decided = redis.call('HGET', k, 'status_ver')
-  if (decided and int(decided) or current) >= version then
+  local held = redis.call('HMGET', k, 'version', 'status_ver')
+  local current = int(held[1])
+  if decided_of(held[1], held[2]) >= version then
     return cjson.encode({ok = true, applied = false})
   end
   redis.call('HSET', k, 'status', status, 'status_ver', version, 'reason', why)
@@ -224,7 +226,7 @@ if op == 'arrive' then
   local k = acct_key(psn)
   if redis.call('EXISTS', k) == 1 then
     local held = redis.call('HMGET', k, 'version', 'status_ver')
-    local decided = held[2] and int(held[2]) or int(held[1])
+    local decided = decided_of(held[1], held[2])
     if ARGV[5] == '1' and decided < version then
       redis.call('HSET', k, 'status', 'active', 'reason', '', 'status_ver', version)
     end
@@ -247,7 +249,7 @@ if op == 'move_in' then
   -- and decides nothing, C1): what is compared with the arrival's version
   local own = redis.call('HMGET', k, 'status', 'version', 'status_ver', 'admdvs')
   local own_version = int(own[2])
-  local own_decided = own[3] and int(own[3]) or own_version
+  local own_decided = decided_of(own[2], own[3])
   local own_region = own[4]
   if not own[1] then
     -- no account yet: it opens as of what was heard of the person here, as `enroll` would (C1 in any order): an
