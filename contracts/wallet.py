@@ -160,6 +160,7 @@ class TransferReason(StrEnum):
     NOT_RECIPIENT = "NOT_RECIPIENT"
     DESTINATION_NOT_SUPPORTED = "DESTINATION_NOT_SUPPORTED"
     RELATIONSHIP_DISSOLVED = "RELATIONSHIP_DISSOLVED"
+    SENDER_MOVED = "SENDER_MOVED"  # held where the sender lived; returned when the relationship moved with them
 
 
 class OpenWallet(Message):

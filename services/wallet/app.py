@@ -211,10 +211,10 @@ class WalletService:
                                              (e.recipient_psn_no, e.grantor_psn_no, e.recipient_admdvs)):
                 if self.mine(region):
                     await self.store.set_kin(e.binding_id, person, relative, isinstance(e, BindingCreated))
-        if e.kind == BindingKind.WALLET:
-            return await self._wallet_relationship(e)
         if not (self.mine(e.grantor_admdvs) or self.mine(e.recipient_admdvs)) or e.kind == BindingKind.PROXY:
             return []
+        if e.kind == BindingKind.WALLET:
+            return await self._wallet_relationship(e)
         now = self.clock.now()
         env = e.caused(f"wallet{self.province}", now)
         if isinstance(e, BindingCreated):
@@ -247,28 +247,37 @@ class WalletService:
                 await self.store.transfer_op("relate", e.grantor_psn_no, e.recipient_psn_no, "1")
             elif self.mine(e.previous_grantor_admdvs):
                 await self.store.transfer_op("relate", e.grantor_psn_no, e.recipient_psn_no, "0")
+                # a transfer still held here returns to the sender (their money follows them): the new province
+                # takes their transfers now, W3 allows one pending to the relative, and a later end of the
+                # relationship is heard there, not here
+                return await self._void_pending(e, TransferReason.SENDER_MOVED, f"moved:{e.message_id}")
         return []
 
     async def _wallet_relationship(self, e: Any) -> list[Outgoing]:
-        """The sender's province records who may receive transfers; on dissolution the recipient's province
-        sends that sender's unspent lots back (W6), and every province voids a transfer it still holds between
-        the two: the sender may have moved since asking, and the relationship with them (BindingMoved), so the
-        dissolution may name another province than the one holding the money."""
+        """The sender's province records who may receive transfers, and on dissolution voids a transfer still
+        held between the two; the recipient's province records whether the relationship has ended and sends that
+        sender's unspent lots back (W6)."""
         active = isinstance(e, BindingCreated | QuotaChanged)
         out: list[Outgoing] = []
         if self.mine(e.grantor_admdvs):
             await self.store.transfer_op("relate", e.grantor_psn_no, e.recipient_psn_no, "1" if active else "0")
-        pending = None if active else await self.store.pending_transfer(e.grantor_psn_no, e.recipient_psn_no)
-        if pending:
-            # The source decides every transfer: voided here, a later acceptance finds it voided (B5, W4).
-            r = await self.store.transfer_op("void", pending, f"dissolved:{e.binding_id}",
-                                             TransferReason.RELATIONSHIP_DISSOLVED.value)
-            if r["ok"]:
-                out += await self._resolved(pending, r, e.caused(f"void:{pending}", self.clock.now()))
+            if not active:
+                out += await self._void_pending(e, TransferReason.RELATIONSHIP_DISSOLVED, f"dissolved:{e.binding_id}")
+        if self.mine(e.recipient_admdvs) and not isinstance(e, QuotaChanged):
+            # a lot posted before the end may land after it: it goes back as it lands (CompleteTransfer)
+            await self.store.set_relationship_ended(e.recipient_psn_no, e.grantor_psn_no, not active)
         if isinstance(e, BindingDissolved) and self.mine(e.recipient_admdvs):
             out += await self.return_lots(e.recipient_psn_no, e.grantor_psn_no, f"dissolved:{e.binding_id}",
                                           "relationship_dissolved")
         return out
+
+    async def _void_pending(self, e: Any, reason: TransferReason, cause: str) -> list[Outgoing]:
+        """The source decides every transfer: voided here, a later acceptance finds it voided (B5, W3, W4)."""
+        pending = await self.store.pending_transfer(e.grantor_psn_no, e.recipient_psn_no)
+        if not pending:
+            return []
+        r = await self.store.transfer_op("void", pending, cause, reason.value)
+        return await self._resolved(pending, r, e.caused(f"void:{pending}", self.clock.now())) if r["ok"] else []
 
     async def return_lots(self, holder: str, sender: str, batch_id: str, reason: str) -> list[Outgoing]:
         r = await self.store.transfer_op("return_lots", holder, sender, batch_id)
@@ -416,6 +425,10 @@ class WalletService:
             if r["wallet"] != "active":
                 # accepted just before the holder died: the new lot follows the others back to its sender
                 closed = await self.return_lots(r["to"], r["from"], f"closed:{cmd.transfer_id}", "wallet_closed")
+            elif await self.store.relationship_ended(r["to"], r["from"]):
+                # posted before the relationship ended, landing after its lots went back: this one follows them
+                closed = await self.return_lots(r["to"], r["from"], f"ended:{cmd.transfer_id}",
+                                                "relationship_dissolved")
             return [*closed, self.out(cmd.transfer_id, TransferAccepted(
                 **cmd.caused("TransferAccepted", now, province=prov), transfer_id=cmd.transfer_id,
                 from_psn_no=r["from"], from_province=r["from_prov"], to_psn_no=r["to"], amount_fen=r["amount"]))]

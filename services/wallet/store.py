@@ -154,6 +154,17 @@ class WalletStore:
         else:
             await self.client.hdel(f"{self.prefix}kin:{person}", binding_id)
 
+    async def set_relationship_ended(self, holder: str, sender: str, ended: bool) -> None:
+        """The recipient's province: whether the wallet relationship from `sender` has ended (W6: a lot that lands
+        after the end goes back as it lands). Kept only for ended ones; a new relationship clears it."""
+        if ended:
+            await self.client.sadd(f"{self.prefix}wend:{holder}", sender)
+        else:
+            await self.client.srem(f"{self.prefix}wend:{holder}", sender)
+
+    async def relationship_ended(self, holder: str, sender: str) -> bool:
+        return bool(await self.client.sismember(f"{self.prefix}wend:{holder}", sender))
+
     async def is_kin(self, person: str, relative: str) -> bool:
         return relative in await self.client.hvals(f"{self.prefix}kin:{person}")
 

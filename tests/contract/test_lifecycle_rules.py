@@ -315,20 +315,26 @@ async def test_3_what_follows_a_grantor_who_moves_to_another_province() -> None:
         assert (moved["grantor_admdvs"], moved["previous_grantor_admdvs"]) == ("450100", "320500")
         old, new = await wallet_view(h, "G", "32"), await wallet_view(h, "G", "45")
         assert old["account"]["status"] == "moved" and old["spendable_current_fen"] + old["spendable_prior_fen"] == 0
-        # the balance came along: 100,000 - 30,000 sent - 10,000 held; the released 2,000 quota is prior-years
-        assert (new["spendable_current_fen"], new["spendable_prior_fen"]) == (58_000, 2_000)
+        # the balance came along: 100,000 - 30,000 sent; the released 2,000 quota is prior-years. T2, held in
+        # Jiangsu, went back to G there when the relationship moved with them: with the account if that had not
+        # left yet (current), or after it (forwarded money lands as prior-years; docs/rules.md C1 "open")
+        assert new["spendable_current_fen"] + new["spendable_prior_fen"] == 58_000 + 2_000 + 10_000
+        t2_in_current = new["spendable_current_fen"] - 58_000
+        assert t2_in_current in (0, 10_000)
+        assert events(h, WALLET_EVENTS, "TransferReturned")[-1]["reason"] == "SENDER_MOVED"
 
         # transfers go on from the new province; main refused them (NO_RELATIONSHIP) and refused re-binding
         await transfer(h, "T3", "G", "S", 5_000)
         await accept(h, "T3", "S")
         assert events(h, WALLET_EVENTS, "TransferAccepted")[-1]["transfer_id"] == "T3"
 
-        # money that comes back later follows G: the voided T2, then both lots when the relationship ends
+        # money that comes back later follows G: both lots when the relationship ends
         h.clock.advance(timedelta(days=1))
         await h.services["wallet-32"].expire_due(h.broker)
         await send(h, BINDING_COMMANDS, dissolve_command(rel, "G", "S", "S", h.clock.now()), "G")
         new = await wallet_view(h, "G", "45")
-        assert (new["spendable_current_fen"], new["spendable_prior_fen"]) == (58_000 - 5_000, 2_000 + 10_000 + 35_000)
+        assert (new["spendable_current_fen"], new["spendable_prior_fen"]) == (
+            58_000 - 5_000 + t2_in_current, 2_000 + 10_000 - t2_in_current + 35_000)
         old = await wallet_view(h, "G", "32")
         assert old["spendable_current_fen"] + old["spendable_prior_fen"] == 0  # nothing stranded in Jiangsu
 
@@ -338,9 +344,12 @@ async def test_3_what_follows_a_grantor_who_moves_to_another_province() -> None:
         assert national.discrepancies == []
         assert (national.transfers_in_flight_fen, national.returns_in_flight_fen) == (0, 0)
         assert national.balances_fen == national.credited_fen - national.paid_fen == 100_000
-        statement = await h.services["settlement"].clearing(china_time(h.clock.now()).date().isoformat())
-        pairs = {(p["payer"], p["payee"]): p for p in statement["pairs"]}
-        assert pairs[("32", "45")]["account_move"] == 10_000 + 30_000  # T2 and T1's lot, forwarded
+        moved_fen = []
+        for day in (h.clock.now() - timedelta(days=1), h.clock.now()):  # T2 the day of the move, T1's lot the next
+            statement = await h.services["settlement"].clearing(china_time(day).date().isoformat())
+            pairs = {(p["payer"], p["payee"]): p for p in statement["pairs"]}
+            moved_fen.append(pairs[("32", "45")]["account_move"])
+        assert moved_fen == [100_000 - 30_000 - 10_000 + 10_000, 30_000]  # the account with T2, then T1's lot
 
 
 async def test_3_a_wallet_holder_who_moves_opens_a_new_wallet_and_the_old_lots_go_home() -> None:

@@ -367,6 +367,11 @@ def test_transfers_between_relatives_keep_every_fen_whatever_the_order(infra: An
     # province; the acceptance posted it at home and the lot stayed with the relative
     @example(drawn=(*[[*one, *relative_life([])] for one in heard([("move", 2), ("resident", 0)], [0, 1, 2], [])[:2]],
                     [0], [], False))
+    # the second review: the source posted (the acceptance came first), the relative's province heard the end,
+    # then the lot landed there and stayed (consumers: 1 binding's enrolments, 3 and 6 the wallets' commands of
+    # 32 and 51, 8 wallet 51's binding events, 12 the relative's app)
+    @example(drawn=(*[[*one, *relative_life([])] for one in heard([("died", 0)], [0, 1], [])[:2]], [0],
+                    [3, 6, 12, 12, 6, 3, 1, 8, 6], False))
     def check(drawn: tuple[list[BaseModel], list[BaseModel], list[int], list[int], bool]) -> None:
         asyncio.run(compare(*drawn))
 

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from contracts.binding import BindingDissolved, BindingKind, BindingMoved, DissolveReason
-from contracts.wallet import RequestTransfer, ResolveTransfer
+from contracts.wallet import AcceptTransfer, CompleteTransfer, OfferTransfer, RequestTransfer, ResolveTransfer
 from services.wallet import domain
 from services.wallet.app import WalletService
 from services.wallet.audit import audit
@@ -136,11 +136,12 @@ async def test_10_dissolution_voids_a_pending_transfer_between_the_two(wallet: W
     assert (await audit(wallet.store.client, "32", wallet.store.prefix)).ok
 
 
-async def test_10_dissolution_after_the_sender_moved_away_voids_what_is_still_held_here(
+async def test_10_a_transfer_held_where_the_sender_lived_returns_when_the_relationship_moves_with_them(
         wallet: WalletService) -> None:
     """The sender moved to another province while a transfer was held here; the relationship followed them
-    (BindingMoved) and later ended there, so the dissolution names the new province. The hold is still here, and
-    the recipient's acceptance still comes here: it must find the transfer voided."""
+    (BindingMoved). The hold returns to them (W3 allows one transfer pending to the relative, and the new province
+    takes new ones now), and the recipient's acceptance, still on its way here, finds it returned. A dissolution
+    under the new province later finds nothing held here."""
     wallet.clock.at = datetime(2026, 11, 23, 10, 0, tzinfo=CHINA_TZ).astimezone(UTC)
     cmd = request(wallet)
     assert (await answers(wallet, cmd))[0]["type"] == "TransferHeld"
@@ -148,18 +149,68 @@ async def test_10_dissolution_after_the_sender_moved_away_voids_what_is_still_he
                "recipient_admdvs": "510100", "kind": BindingKind.WALLET}
     moved = BindingMoved(occurred_at=wallet.clock.now(), **parties, grantor_admdvs="440100",
                          previous_grantor_admdvs="320500", previous_recipient_admdvs="510100")
-    assert await wallet.on_binding(moved, None) == []
+    out = [json.loads(o.body) for o in await wallet.on_binding(moved, None)]
+    assert {(e["type"], e.get("outcome") or e.get("reason")) for e in out} == {
+        ("CompleteTransfer", "voided"), ("TransferReturned", "SENDER_MOVED")}
+    assert await spendable(wallet) == 500_000
+    assert await wallet.on_binding(moved, None) == []  # redelivered: returned once
     dissolved = BindingDissolved(occurred_at=wallet.clock.now(), **parties, grantor_admdvs="440100",
                                  reason=DissolveReason.DIED, grantor_order=[])
-    out = [json.loads(o.body) for o in await wallet.on_binding(dissolved, None)]
-    assert {(e["type"], e.get("outcome") or e.get("reason")) for e in out} == {
-        ("CompleteTransfer", "voided"), ("TransferReturned", "RELATIONSHIP_DISSOLVED")}
-    assert await spendable(wallet) == 500_000
+    assert await wallet.on_binding(dissolved, None) == []
     accepted = ResolveTransfer(occurred_at=wallet.clock.now(), transfer_id=cmd.transfer_id, outcome="post")
     late = [json.loads(o.body) for o in await wallet.on_command(accepted, None)]
     assert [e["outcome"] for e in late if e["type"] == "CompleteTransfer"] == ["voided"]
     assert await spendable(wallet) == 500_000
     assert (await audit(wallet.store.client, "32", wallet.store.prefix)).ok
+
+
+async def test_10_a_late_copy_of_an_older_relationships_end_leaves_a_newer_ones_transfer_alone(
+        wallet: WalletService) -> None:
+    """The second review of session 12: an older wallet relationship between the two ended while the sender lived
+    in another province; they came back and bound again, and a transfer is held here. A copy of the old
+    dissolution (a consumer reading again from an uncommitted offset) names the other province: nothing here is
+    voided."""
+    wallet.clock.at = datetime(2026, 11, 23, 10, 0, tzinfo=CHINA_TZ).astimezone(UTC)
+    assert (await answers(wallet, request(wallet)))[0]["type"] == "TransferHeld"
+    old = BindingDissolved(occurred_at=wallet.clock.now(), binding_id="B-wallet-old", grantor_psn_no=GRANTOR,
+                           grantor_admdvs="440100", recipient_psn_no=RELATIVE, recipient_admdvs="510100",
+                           kind=BindingKind.WALLET, reason=DissolveReason.REQUESTED, grantor_order=[])
+    assert await wallet.on_binding(old, None) == []
+    assert await spendable(wallet) == 490_000
+    assert await wallet.store.pending_transfer(GRANTOR, RELATIVE)
+
+
+async def test_10_a_lot_that_lands_after_the_relationship_ended_goes_back(infra: Any) -> None:
+    """The second review of session 12 (HIGH): the source posted the transfer (the acceptance came first), the
+    recipient's province heard the relationship end (no lot yet to return), then the completion landed: the lot
+    must follow the others back to the sender (W6), not stay with the relative."""
+    client = connect(infra.redis_url)
+    clock = FixedClock(datetime(2026, 11, 23, 10, 0, tzinfo=CHINA_TZ).astimezone(UTC))
+    here = WalletService(WalletStore(client, "51", prefix=f"x{uuid.uuid4().hex[:8]}:"),
+                         Policies.load(Settings().policies_path), clock, dev_private_key().public_key())
+    try:
+        await here.store.transfer_op("open", RELATIVE, "510100")
+        offer = OfferTransfer(occurred_at=clock.now(), transfer_id="T-late-lot", from_psn_no=GRANTOR,
+                              from_province="32", to_psn_no=RELATIVE, amount_fen=10_000,
+                              expires_at=clock.now() + timedelta(hours=20))
+        assert [json.loads(o.body)["type"] for o in await here.on_command(offer, None)] == ["TransferOffered"]
+        accept = AcceptTransfer(occurred_at=clock.now(), transfer_id="T-late-lot", to_psn_no=RELATIVE)
+        assert [json.loads(o.body)["type"] for o in await here.on_command(accept, None)] == ["ResolveTransfer"]
+        created = {"binding_id": "B-wallet-1", "grantor_psn_no": GRANTOR, "grantor_admdvs": "320500",
+                   "recipient_psn_no": RELATIVE, "recipient_admdvs": "510100", "kind": BindingKind.WALLET}
+        ended = BindingDissolved(occurred_at=clock.now(), **created, reason=DissolveReason.REQUESTED,
+                                 grantor_order=[])
+        assert await here.on_binding(ended, None) == []  # nothing to return yet
+        posted = CompleteTransfer(occurred_at=clock.now(), transfer_id="T-late-lot", outcome="posted")
+        out = [json.loads(o.body) for o in await here.on_command(posted, None)]
+        returned = [e for e in out if e["type"] == "ReturnFunds"]
+        assert [(e["sender_psn_no"], e["amount_fen"], e["reason"]) for e in returned] == [
+            (GRANTOR, 10_000, "relationship_dissolved")]
+        report = await audit(client, "51", here.store.prefix)
+        assert report.ok
+        assert [lot["status"] for lot in report.lots.values()] == ["returned"]
+    finally:
+        await client.aclose()
 
 
 class Published:
