@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import itertools
 from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import redis.asyncio as aioredis
 
 from contracts.binding import BindingKind, CreateBinding, Relation
 from contracts.enrollment import AccountCredited, PersonEnrolled
@@ -43,3 +47,11 @@ def create_binding(grantor: str, recipient: str, relation: Relation = Relation.S
     proof = sign(grantor, recipient, "bind", quota_fen, nonce or f"n{next(_seq):08d}x", now + timedelta(minutes=10))
     return CreateBinding(grantor_psn_no=grantor, recipient_psn_no=recipient, relation=relation, kind=kind,
                          quota_fen=quota_fen, consent=proof, occurred_at=now)
+
+
+def redis_db(url: str, db: int, **options: Any) -> aioredis.Redis:
+    """A client of database `db` of the test Redis, apart from the session's services. Not `from_url(url, db=db)`:
+    a database in the URL's path wins over that argument, and the session's URL names /0, where the services keep
+    their keys (a test that flushed "its" database flushed theirs, and their keys mixed into its audits)."""
+    return aioredis.Redis.from_url(urlunsplit(urlsplit(url)._replace(path=f"/{db}")), decode_responses=True,
+                                   **options)

@@ -32,7 +32,7 @@ from shared.clock import FixedClock
 from shared.kafka import Consumer
 from shared.pii import kafka_key
 from shared.settings import Settings
-from tests.factories import T0, create_binding, credited, enrolled
+from tests.factories import T0, create_binding, credited, enrolled, redis_db
 
 pytestmark = pytest.mark.integration
 
@@ -113,7 +113,7 @@ async def keys_of(client: aioredis.Redis) -> dict[str, Any]:
 
 
 def databases(infra: Any) -> tuple[aioredis.Redis, aioredis.Redis]:
-    one, batched = (aioredis.Redis.from_url(infra.redis_url, db=db, decode_responses=True)
+    one, batched = (redis_db(infra.redis_url, db)
                     for db in (DB_ONE_BY_ONE, DB_BATCHED))
     return one, batched
 

@@ -15,6 +15,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from shared.redis_store import ScriptPipeline
+from tests.factories import redis_db
 
 pytestmark = pytest.mark.integration
 
@@ -28,7 +29,7 @@ DB = 13  # apart from the services the other tests run (db 0)
 
 @pytest.fixture
 async def client(infra: Any) -> AsyncIterator[aioredis.Redis]:
-    c = aioredis.Redis.from_url(infra.redis_url, db=DB, decode_responses=True)
+    c = redis_db(infra.redis_url, DB)
     await c.flushdb()
     yield c
     await c.flushdb()
@@ -114,8 +115,8 @@ async def test_a_failed_round_trip_fails_every_call_in_it(client: aioredis.Redis
 async def test_a_connection_the_server_dropped_is_tried_once_more(infra: Any) -> None:
     """An idle pooled connection Redis has closed (timeout, restart) fails on first use; the calls go again on a
     fresh connection instead of failing every caller into its backoff."""
-    named = aioredis.Redis.from_url(infra.redis_url, db=DB, decode_responses=True, client_name="pipeline-drop-test")
-    admin = aioredis.Redis.from_url(infra.redis_url, db=DB, decode_responses=True)
+    named = redis_db(infra.redis_url, DB, client_name="pipeline-drop-test")
+    admin = redis_db(infra.redis_url, DB)
     try:
         script = named.register_script(APPEND)
         together = ScriptPipeline(named)
