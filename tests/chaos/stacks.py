@@ -41,6 +41,23 @@ def own_stack(prefix: str, provinces: tuple[str, ...], extra_env: dict[str, str]
         native.purge_data(state)
 
 
+# aiokafka's lines while a broker is away: expected, and thousands of them
+_NOISE = ("Unable connect", "Failed fetch messages", "NodeNotReadyError", "Failed to create topic", "uvicorn")
+
+
+def log_digest(state: Path, names: tuple[str, ...], lines: int = 25) -> str:
+    """The last `lines` log lines of each named service that are not connection noise: what a failed chaos test
+    prints, so a failure seen once in CI can be read afterwards."""
+    parts = []
+    for name in names:
+        path = state / "logs" / f"{name}.log"
+        text = path.read_text(errors="replace").splitlines() if path.exists() else ["(no log)"]
+        kept = [line[:300] for line in text if not any(n in line for n in _NOISE)]
+        parts.append(f"--- {name}: {len(text)} lines, the last {min(lines, len(kept))} not about connections\n"
+                     + "\n".join(kept[-lines:]))
+    return "\n".join(parts)
+
+
 def charged_once(bus: Bus, bills: list[dict[str, Any]]) -> tuple[dict[str, int], list[dict[str, Any]]]:
     """Every bill's answers have one content; returns the fen each person's account paid, and the refusals."""
     charged: dict[str, int] = {}

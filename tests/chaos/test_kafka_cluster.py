@@ -11,6 +11,7 @@ import random
 import signal
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -69,7 +70,9 @@ async def test_losing_the_leader_broker_under_load_loses_nothing(cluster: Any) -
         moved = await leaders(info.kafka_bootstrap, HIS_REQUESTS)
         assert victim not in moved.values(), moved  # leadership moved to the brokers still alive
         charged, refused = stacks.charged_once(bus, bills)
-        assert refused == []  # the wallet's 60 s timeout: nothing may time out
+        # the wallet's 60 s timeout: nothing may time out (once seen in CI: every bill after the kill did)
+        assert not refused, (f"{len(refused)} of {len(bills)} refused, first: {refused[0]}\n"
+                             + stacks.log_digest(Path(info.state_dir), ("wallet-32", "settlement")))
         for p in patients:
             assert balance(procs, "32", p["psn_no"])["spendable_current_fen"] == START_FEN - charged.get(p["psn_no"], 0)
         assert audit(procs, "32")["ok"]
