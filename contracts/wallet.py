@@ -197,6 +197,9 @@ class OfferTransfer(Message):
     to_psn_no: PsnNo
     amount_fen: Fen
     expires_at: AwareDatetime
+    binding_id: str = Field(default="", max_length=64,
+                            description="the wallet relationship it was sent under; empty from a source that kept "
+                                        "none (its lots then go back with any end of the pair's relationship)")
 
 
 class AcceptTransfer(Message):

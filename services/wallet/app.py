@@ -244,9 +244,9 @@ class WalletService:
                 await self.store.set_kin(e.binding_id, person, relative, self.mine(now_in))
         if e.kind == BindingKind.WALLET and e.grantor_admdvs != e.previous_grantor_admdvs:
             if self.mine(e.grantor_admdvs):
-                await self.store.transfer_op("relate", e.grantor_psn_no, e.recipient_psn_no, "1")
+                await self.store.relate(e.grantor_psn_no, e.recipient_psn_no, e.binding_id, may_send=True)
             elif self.mine(e.previous_grantor_admdvs):
-                await self.store.transfer_op("relate", e.grantor_psn_no, e.recipient_psn_no, "0")
+                await self.store.relate(e.grantor_psn_no, e.recipient_psn_no, e.binding_id, may_send=False)
                 # a transfer still held here returns to the sender (their money follows them): the new province
                 # takes their transfers now, W3 allows one pending to the relative, and a later end of the
                 # relationship is heard there, not here
@@ -254,33 +254,39 @@ class WalletService:
         return []
 
     async def _wallet_relationship(self, e: Any) -> list[Outgoing]:
-        """The sender's province records who may receive transfers, and on dissolution voids a transfer still
-        held between the two; the recipient's province records whether the relationship has ended and sends that
-        sender's unspent lots back (W6)."""
+        """The sender's province records who may receive transfers under which binding, and on dissolution voids
+        a transfer still held under it; the recipient's province records that the relationship has ended and sends
+        the lots sent under it back (W6). Everything is by binding id: a late copy of an older relationship's
+        event between the same two people leaves a newer relationship alone."""
         active = isinstance(e, BindingCreated | QuotaChanged)
         out: list[Outgoing] = []
         if self.mine(e.grantor_admdvs):
-            await self.store.transfer_op("relate", e.grantor_psn_no, e.recipient_psn_no, "1" if active else "0")
+            await self.store.relate(e.grantor_psn_no, e.recipient_psn_no, e.binding_id, may_send=active,
+                                    ended=not active)
             if not active:
                 out += await self._void_pending(e, TransferReason.RELATIONSHIP_DISSOLVED, f"dissolved:{e.binding_id}")
         if self.mine(e.recipient_admdvs) and not isinstance(e, QuotaChanged):
             # a lot posted before the end may land after it: it goes back as it lands (CompleteTransfer)
-            await self.store.set_relationship_ended(e.recipient_psn_no, e.grantor_psn_no, not active)
-        if isinstance(e, BindingDissolved) and self.mine(e.recipient_admdvs):
-            out += await self.return_lots(e.recipient_psn_no, e.grantor_psn_no, f"dissolved:{e.binding_id}",
-                                          "relationship_dissolved")
+            await self.store.transfer_op("end_relationship", e.recipient_psn_no, e.grantor_psn_no, e.binding_id,
+                                         "0" if active else "1")
+            if not active:
+                out += await self.return_lots(e.recipient_psn_no, e.grantor_psn_no, f"dissolved:{e.binding_id}",
+                                              "relationship_dissolved", e.binding_id)
         return out
 
     async def _void_pending(self, e: Any, reason: TransferReason, cause: str) -> list[Outgoing]:
-        """The source decides every transfer: voided here, a later acceptance finds it voided (B5, W3, W4)."""
+        """The source decides every transfer: voided here, a later acceptance finds it voided (B5, W3, W4). Only a
+        transfer made under the event's binding (one made under a newer relationship is not the event's)."""
         pending = await self.store.pending_transfer(e.grantor_psn_no, e.recipient_psn_no)
         if not pending:
             return []
-        r = await self.store.transfer_op("void", pending, cause, reason.value)
+        r = await self.store.transfer_op("void", pending, cause, reason.value, e.binding_id)
         return await self._resolved(pending, r, e.caused(f"void:{pending}", self.clock.now())) if r["ok"] else []
 
-    async def return_lots(self, holder: str, sender: str, batch_id: str, reason: str) -> list[Outgoing]:
-        r = await self.store.transfer_op("return_lots", holder, sender, batch_id)
+    async def return_lots(self, holder: str, sender: str, batch_id: str, reason: str,
+                          binding_id: str = "") -> list[Outgoing]:
+        """`sender`'s unspent lots (every sender's: ''), only those sent under `binding_id` if one is named."""
+        r = await self.store.transfer_op("return_lots", holder, sender, batch_id, binding_id)
         return self._send_back(holder, r["returns"] if isinstance(r["returns"], list) else [], batch_id, reason)
 
     def _send_back(self, holder: str, returns: list[dict[str, Any]], batch_id: str, reason: str) -> list[Outgoing]:
@@ -390,7 +396,7 @@ class WalletService:
             return await self._request_transfer(cmd)
         if isinstance(cmd, OfferTransfer):
             r = await self.store.transfer_op("offer", cmd.transfer_id, cmd.from_psn_no, cmd.from_province,
-                                             cmd.to_psn_no, cmd.amount_fen, epoch_ms(cmd.expires_at))
+                                             cmd.to_psn_no, cmd.amount_fen, epoch_ms(cmd.expires_at), cmd.binding_id)
             if not r["ok"]:  # W3: a transfer to an inactive wallet fails; the source returns the money
                 resolve = ResolveTransfer(**cmd.caused("ResolveTransfer", now), transfer_id=cmd.transfer_id,
                                           outcome="void", reason=TransferReason.DESTINATION_WALLET_INACTIVE.value)
@@ -425,10 +431,10 @@ class WalletService:
             if r["wallet"] != "active":
                 # accepted just before the holder died: the new lot follows the others back to its sender
                 closed = await self.return_lots(r["to"], r["from"], f"closed:{cmd.transfer_id}", "wallet_closed")
-            elif await self.store.relationship_ended(r["to"], r["from"]):
+            elif r["ended"]:
                 # posted before the relationship ended, landing after its lots went back: this one follows them
                 closed = await self.return_lots(r["to"], r["from"], f"ended:{cmd.transfer_id}",
-                                                "relationship_dissolved")
+                                                "relationship_dissolved", r["binding"])
             return [*closed, self.out(cmd.transfer_id, TransferAccepted(
                 **cmd.caused("TransferAccepted", now, province=prov), transfer_id=cmd.transfer_id,
                 from_psn_no=r["from"], from_province=r["from_prov"], to_psn_no=r["to"], amount_fen=r["amount"]))]
@@ -488,7 +494,7 @@ class WalletService:
                             to_province=cmd.to_admdvs[:2], amount_fen=cmd.amount_fen, expires_at=expires)
         offer = OfferTransfer(**cmd.caused("OfferTransfer", now), transfer_id=cmd.transfer_id,
                               from_psn_no=cmd.from_psn_no, from_province=self.province, to_psn_no=cmd.to_psn_no,
-                              amount_fen=cmd.amount_fen, expires_at=expires)
+                              amount_fen=cmd.amount_fen, expires_at=expires, binding_id=r.get("binding") or "")
         return [self.out(cmd.transfer_id, held),
                 Outgoing.of(wallet_commands(cmd.to_admdvs[:2]), kafka_key(cmd.transfer_id), offer)]
 

@@ -154,16 +154,12 @@ class WalletStore:
         else:
             await self.client.hdel(f"{self.prefix}kin:{person}", binding_id)
 
-    async def set_relationship_ended(self, holder: str, sender: str, ended: bool) -> None:
-        """The recipient's province: whether the wallet relationship from `sender` has ended (W6: a lot that lands
-        after the end goes back as it lands). Kept only for ended ones; a new relationship clears it."""
-        if ended:
-            await self.client.sadd(f"{self.prefix}wend:{holder}", sender)
-        else:
-            await self.client.srem(f"{self.prefix}wend:{holder}", sender)
-
-    async def relationship_ended(self, holder: str, sender: str) -> bool:
-        return bool(await self.client.sismember(f"{self.prefix}wend:{holder}", sender))
+    async def relate(self, sender: str, recipient: str, binding_id: str, may_send: bool,
+                     ended: bool = False) -> dict[str, Any]:
+        """The sender's province: whether `sender` may transfer to `recipient` under `binding_id` (made or moved
+        here, or moved away); `ended` marks the binding ended for good (a late copy of its creation is ignored)."""
+        return await self.transfer_op("relate", sender, recipient, "1" if may_send else "0", binding_id,
+                                      "1" if ended else "0")
 
     async def is_kin(self, person: str, relative: str) -> bool:
         return relative in await self.client.hvals(f"{self.prefix}kin:{person}")
@@ -221,7 +217,8 @@ class WalletStore:
             "spendable_current_fen": int(acct.get("cur", 0)), "spendable_prior_fen": int(acct.get("hist", 0)),
             "next_year_fen": int(acct.get("next", 0)), "current_year": int(acct["year"]) if acct.get("year") else None,
             "earmarked": earmarks, "wallet": await self.wallet_status(psn), "wallet_lots": lots,
-            "may_send_to": sorted(await self.client.smembers(f"{p}wrel:{psn}")),
+            "may_send_to": sorted({*await self.client.hkeys(f"{p}wrb:{psn}"),
+                                   *await self.client.smembers(f"{p}wrel:{psn}")}),
             "bound_relatives": sorted(set(await self.client.hvals(f"{p}kin:{psn}"))),
             "wallet_balance_fen": sum(int(lot.get("amount", 0)) for lot in lots if lot.get("status") == "active"),
             "ledger": recent,

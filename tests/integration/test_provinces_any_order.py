@@ -310,7 +310,7 @@ async def after(client: aioredis.Redis, events: list[BaseModel], transfers: list
     stored = await client.get(f"b:binding:{binding_id_for(BOUND)}")
     binding: dict[str, Any] = json.loads(stored) if stored else {"active": False}  # refused: not eligible then
     held_by = [p for p in PROVINCES if await client.exists(f"w{p}:xpending:{ONE}:{RELATIVE}")]
-    relating = [p for p in PROVINCES if await client.sismember(f"w{p}:wrel:{ONE}", RELATIVE)]
+    relating = [p for p in PROVINCES if await client.hexists(f"w{p}:wrb:{ONE}", RELATIVE)]
     lots_kept = [lot_id for r in reports.values() for lot_id, lot in r["lots"].items()
                  if lot["status"] == "active" and lot["amount"] > 0]
     assert len(held_by) <= 1, f"transfers to the relative held in {held_by} at once (W3)"

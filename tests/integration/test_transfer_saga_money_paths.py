@@ -18,7 +18,16 @@ from typing import Any
 
 import pytest
 
-from contracts.binding import BindingDissolved, BindingKind, BindingMoved, DissolveReason
+from contracts.binding import (
+    BindingCreated,
+    BindingDissolved,
+    BindingKind,
+    BindingMoved,
+    DissolveReason,
+    FundingMode,
+    MultiGrantorMode,
+    Relation,
+)
 from contracts.wallet import AcceptTransfer, CompleteTransfer, OfferTransfer, RequestTransfer, ResolveTransfer
 from services.wallet import domain
 from services.wallet.app import WalletService
@@ -209,6 +218,78 @@ async def test_10_a_lot_that_lands_after_the_relationship_ended_goes_back(infra:
         report = await audit(client, "51", here.store.prefix)
         assert report.ok
         assert [lot["status"] for lot in report.lots.values()] == ["returned"]
+    finally:
+        await client.aclose()
+
+
+def wallet_binding(binding_id: str, at: datetime, grantor_admdvs: str = "320500", ended: bool = False,
+                   ) -> BindingCreated | BindingDissolved:
+    """A wallet relationship from GRANTOR to RELATIVE (in Sichuan) made, or ended."""
+    parties = {"occurred_at": at, "binding_id": binding_id, "grantor_psn_no": GRANTOR,
+               "grantor_admdvs": grantor_admdvs, "recipient_psn_no": RELATIVE, "recipient_admdvs": "510100",
+               "kind": BindingKind.WALLET}
+    if ended:
+        return BindingDissolved(**parties, reason=DissolveReason.REQUESTED, grantor_order=[])
+    return BindingCreated(**parties, relation=Relation.CHILD, quota_fen=None, funding_mode=FundingMode.FULL_BALANCE,
+                          multi_grantor_mode=MultiGrantorMode.SINGLE, dual_code_required=False, grantor_order=[])
+
+
+async def test_10_late_copies_of_an_older_relationships_events_leave_a_newer_one_alone(
+        wallet: WalletService) -> None:
+    """Session 12's final review (HIGH): relationship state was kept by the pair of people, not by binding. The
+    two bound, unbound (R1) and bound again (R2); a transfer under R2 is held. Copies of R1's events arrive late (the
+    binding service re-reading a batch it had not committed republishes what it stored): R1's end must not end R2,
+    nor void its transfer; R1's creation must not bring R1 back once R2 has ended too."""
+    wallet.clock.at = datetime(2026, 11, 23, 10, 0, tzinfo=CHINA_TZ).astimezone(UTC)
+    now = wallet.clock.now()
+    await wallet.store.transfer_op("relate", GRANTOR, RELATIVE, "0")  # the fixture's relationship (no binding id)
+    for event in (wallet_binding("R1", now), wallet_binding("R1", now, ended=True), wallet_binding("R2", now)):
+        await wallet.on_binding(event, None)
+    held = request(wallet)
+    assert (await answers(wallet, held))[0]["type"] == "TransferHeld"
+    assert await wallet.on_binding(wallet_binding("R1", now, ended=True), None) == []  # the late copy
+    assert await spendable(wallet) == 490_000
+    assert await wallet.store.pending_transfer(GRANTOR, RELATIVE) == held.transfer_id
+    posted = ResolveTransfer(occurred_at=now, transfer_id=held.transfer_id, outcome="post")
+    assert [e["outcome"] for e in map(json.loads, (o.body for o in await wallet.on_command(posted, None)))
+            if e["type"] == "CompleteTransfer"] == ["posted"]
+    assert (await answers(wallet, request(wallet)))[0]["type"] == "TransferHeld"  # R2 still allows transfers
+    out = [json.loads(o.body) for o in await wallet.on_binding(wallet_binding("R2", now, ended=True), None)]
+    assert ("TransferReturned", "RELATIONSHIP_DISSOLVED") in {(e["type"], e.get("reason")) for e in out}
+    await wallet.on_binding(wallet_binding("R1", now), None)  # a late copy of R1's creation
+    refused = await answers(wallet, request(wallet))
+    assert [(e["type"], e["reason"]) for e in refused] == [("TransferRejected", "NO_RELATIONSHIP")]
+    assert await spendable(wallet) == 490_000  # the first went to the relative, the second came back
+    assert (await audit(wallet.store.client, "32", wallet.store.prefix)).ok
+
+
+async def test_10_a_late_copy_of_an_older_relationships_end_leaves_a_newer_ones_lots_with_the_relative(
+        infra: Any) -> None:
+    """The recipient's side of the same: after R1 ended and R2 was made, a lot sent under R2 lands after a late
+    copy of R1's end. It stays with the relative (W6 sends back the lots of an ended relationship only)."""
+    client = connect(infra.redis_url)
+    clock = FixedClock(datetime(2026, 11, 23, 10, 0, tzinfo=CHINA_TZ).astimezone(UTC))
+    here = WalletService(WalletStore(client, "51", prefix=f"x{uuid.uuid4().hex[:8]}:"),
+                         Policies.load(Settings().policies_path), clock, dev_private_key().public_key())
+    try:
+        await here.store.transfer_op("open", RELATIVE, "510100")
+        now = clock.now()
+        for event in (wallet_binding("R1", now), wallet_binding("R1", now, ended=True), wallet_binding("R2", now)):
+            await here.on_binding(event, None)
+        for transfer_id in ("T-before", "T-after"):
+            offer = OfferTransfer(occurred_at=now, transfer_id=transfer_id, from_psn_no=GRANTOR, from_province="32",
+                                  to_psn_no=RELATIVE, amount_fen=10_000, expires_at=now + timedelta(hours=20),
+                                  binding_id="R2")
+            await here.on_command(offer, None)
+            await here.on_command(AcceptTransfer(occurred_at=now, transfer_id=transfer_id, to_psn_no=RELATIVE), None)
+            if transfer_id == "T-after":
+                await here.on_binding(wallet_binding("R1", now, ended=True), None)  # the late copy
+            posted = CompleteTransfer(occurred_at=now, transfer_id=transfer_id, outcome="posted")
+            out = [json.loads(o.body)["type"] for o in await here.on_command(posted, None)]
+            assert out == ["TransferAccepted"], (transfer_id, out)
+        report = await audit(client, "51", here.store.prefix)
+        assert report.ok
+        assert sorted(lot["status"] for lot in report.lots.values()) == ["active", "active"]
     finally:
         await client.aclose()
 

@@ -1,6 +1,12 @@
 -- Wallets and the cross-province transfer saga (W1–W6). KEYS[1] = province prefix; ARGV[1] = op.
 -- Source-side state  xfer:<id>  : held → posted | voided   (the only place the decision is made)
 -- Destination state  dxfer:<id> : offered → accepting → accepted | returned ; or refused
+-- Wallet relationships are kept by binding id, never by the two people alone: the same two may bind, unbind and
+-- bind again, and a late copy of the first relationship's events must not touch the second (W3, W6).
+--   wrb:<sender>  recipient → binding id the sender may transfer under (sender's province)
+--   wended        binding ids of relationships that ended (permanent: an end is never undone)
+--   wrel:<sender> / wend:<holder>: the pair-keyed forms from before binding ids were kept; still read for
+--   relationships and transfers made then (their binding id is '', which matches any binding of the pair)
 -- Every op is idempotent: a repeated call returns the stored outcome and moves nothing.
 local P = KEYS[1]
 local op = ARGV[1]
@@ -51,6 +57,8 @@ if op == 'request' then
   local available = 0
   local lots = {}
   local reason
+  local binding = h(P .. 'wrb:' .. from, to)
+  if not binding and redis.call('SISMEMBER', P .. 'wrel:' .. from, to) == 1 then binding = '' end
   if refused ~= '' then reason = refused
   elseif source == 'wallet' then
     if h(P .. 'wallet:' .. from, 'status') ~= 'active' then reason = 'NO_WALLET' end
@@ -59,7 +67,7 @@ if op == 'request' then
   elseif h(ak, 'status') ~= 'active' then reason = 'NO_ACCOUNT'
   else available = int(h(ak, 'cur')) + int(h(ak, 'hist')) end
   if reason then
-  elseif redis.call('SISMEMBER', P .. 'wrel:' .. from, to) == 0 then reason = 'NO_RELATIONSHIP'
+  elseif not binding then reason = 'NO_RELATIONSHIP'
   elseif int(redis.call('GET', P .. 'xcount:' .. from .. ':' .. day)) >= max_day then reason = 'DAILY_LIMIT_REACHED'
   elseif redis.call('EXISTS', P .. 'xpending:' .. from .. ':' .. to) == 1 then reason = 'PENDING_TO_RECIPIENT'
   elseif available < amount then reason = 'INSUFFICIENT_BALANCE'
@@ -92,8 +100,8 @@ if op == 'request' then
     ledger(LEDGER, 'acct:' .. from .. ':hist', -from_hist, 'transfer_hold', ref)
   end
   ledger(LEDGER, 'xfer:' .. id .. ':hold', amount, 'transfer_hold', ref)
-  local r = cjson.encode({ok = true, status = 'held', expires_ms = exp_ms})
-  redis.call('HSET', xk, 'status', 'held', 'hold', amount, 'amount', amount, 'from', from, 'to', to,
+  local r = cjson.encode({ok = true, status = 'held', expires_ms = exp_ms, binding = binding})
+  redis.call('HSET', xk, 'status', 'held', 'hold', amount, 'amount', amount, 'from', from, 'to', to, 'binding', binding,
              'to_prov', to_prov, 'from_cur', from_cur, 'from_hist', from_hist, 'from_lots', cjson.encode(taken),
              'expires_ms', exp_ms, 'result', r)
   redis.call('SADD', P .. 'xfers', id)
@@ -118,10 +126,15 @@ local function taken_lots(raw)
 end
 
 if op == 'post' or op == 'void' then
-  -- ARGV: op, id, message_id, reason. Resolves a held transfer once; afterwards returns the outcome.
-  local id, ref, why = ARGV[2], ARGV[3], ARGV[4]
+  -- ARGV: op, id, message_id, reason, binding (optional: void only a transfer made under this relationship).
+  -- Resolves a held transfer once; afterwards returns the outcome.
+  local id, ref, why, only = ARGV[2], ARGV[3], ARGV[4], ARGV[5] or ''
   local xk = P .. 'xfer:' .. id
   local status = h(xk, 'status')
+  local made_under = h(xk, 'binding') or ''
+  if only ~= '' and made_under ~= '' and made_under ~= only then
+    return cjson.encode({ok = false, reason = 'OTHER_BINDING', detail = 'made under binding ' .. made_under})
+  end
   if status == 'posted' or status == 'voided' then
     return cjson.encode({ok = true, outcome = status, reason = h(xk, 'reason') or '', amount = int(h(xk, 'amount')),
                          from = h(xk, 'from'), to = h(xk, 'to'), to_prov = h(xk, 'to_prov'),
@@ -168,13 +181,13 @@ if op == 'post' or op == 'void' then
 end
 
 if op == 'offer' then
-  -- ARGV: op, id, from, from_prov, to, amount, expires_ms
+  -- ARGV: op, id, from, from_prov, to, amount, expires_ms, binding ('' from a source that did not send one)
   local dk = P .. 'dxfer:' .. ARGV[2]
   local status = h(dk, 'status')
   if status then return cjson.encode({ok = status ~= 'refused', status = status}) end
   local wallet_ok = h(P .. 'wallet:' .. ARGV[5], 'status') == 'active'
   redis.call('HSET', dk, 'status', wallet_ok and 'offered' or 'refused', 'from', ARGV[3], 'from_prov', ARGV[4],
-             'to', ARGV[5], 'amount', ARGV[6], 'expires_ms', ARGV[7])
+             'to', ARGV[5], 'amount', ARGV[6], 'expires_ms', ARGV[7], 'binding', ARGV[8] or '')
   return cjson.encode({ok = wallet_ok, status = wallet_ok and 'offered' or 'refused'})
 end
 
@@ -196,16 +209,24 @@ if op == 'accept' then
                        from_prov = h(dk, 'from_prov'), from = h(dk, 'from'), to = h(dk, 'to')})
 end
 
+-- Whether the relationship a transfer was made under has ended (its lots go back to the sender, W6).
+local function relationship_ended(dk)
+  local binding = h(dk, 'binding') or ''
+  if binding ~= '' then return redis.call('SISMEMBER', P .. 'wended', binding) == 1 end
+  return redis.call('SISMEMBER', P .. 'wend:' .. h(dk, 'to'), h(dk, 'from')) == 1
+end
+
 if op == 'complete' then
   -- ARGV: op, id, outcome ('posted'|'voided'), message_id. Credits a lot exactly once.
   local id, outcome, ref = ARGV[2], ARGV[3], ARGV[4]
   local dk = P .. 'dxfer:' .. id
   local status = h(dk, 'status')
-  -- `wallet`: the recipient's wallet status as the lot lands, read here rather than in another round trip (a lot
-  -- that lands in a closed wallet follows the others back to its sender)
+  -- `wallet` and `ended`: the recipient's wallet status and whether the relationship has ended as the lot
+  -- lands, read here rather than in more round trips (such a lot follows the others back to its sender)
   if status == 'accepted' or status == 'returned' then
     return cjson.encode({ok = true, status = status, applied = false, from = h(dk, 'from'),
                          from_prov = h(dk, 'from_prov'), to = h(dk, 'to'), amount = int(h(dk, 'amount')),
+                         binding = h(dk, 'binding') or '', ended = relationship_ended(dk),
                          wallet = h(P .. 'wallet:' .. h(dk, 'to'), 'status') or ''})
   end
   if not status then return fail('UNKNOWN_TRANSFER', 'no transfer offered with this id') end
@@ -213,7 +234,7 @@ if op == 'complete' then
     local to, amount = h(dk, 'to'), int(h(dk, 'amount'))
     local lk = P .. 'lot:' .. id
     redis.call('HSET', lk, 'holder', to, 'sender', h(dk, 'from'), 'sender_prov', h(dk, 'from_prov'),
-               'amount', amount, 'original', amount, 'status', 'active')
+               'amount', amount, 'original', amount, 'status', 'active', 'binding', h(dk, 'binding') or '')
     redis.call('RPUSH', P .. 'lots:' .. to, id)  -- creation order = spending order (oldest first, W6)
     redis.call('SADD', P .. 'lotids', id)
     hincr(P .. 'totals', 'external_net', amount)
@@ -221,6 +242,7 @@ if op == 'complete' then
     redis.call('HSET', dk, 'status', 'accepted')
     return cjson.encode({ok = true, status = 'accepted', applied = true, from = h(dk, 'from'),
                          from_prov = h(dk, 'from_prov'), to = to, amount = amount,
+                         binding = h(dk, 'binding') or '', ended = relationship_ended(dk),
                          wallet = h(P .. 'wallet:' .. to, 'status') or ''})
   end
   redis.call('HSET', dk, 'status', 'returned')
@@ -228,8 +250,9 @@ if op == 'complete' then
 end
 
 if op == 'return_lots' then
-  -- ARGV: op, holder, sender ('' = every sender), batch_id. W6: unspent money leaves for its senders.
-  local holder, sender, batch = ARGV[2], ARGV[3], ARGV[4]
+  -- ARGV: op, holder, sender ('' = every sender), batch_id, binding ('' = any; a lot made before binding ids
+  -- were kept matches any). W6: unspent money leaves for its senders.
+  local holder, sender, batch, binding = ARGV[2], ARGV[3], ARGV[4], ARGV[5] or ''
   local done = P .. 'done:' .. batch
   local stored = idem_get(done)
   if stored then return stored end
@@ -237,7 +260,9 @@ if op == 'return_lots' then
   for _, lot_id in ipairs(redis.call('LRANGE', P .. 'lots:' .. holder, 0, -1)) do
     local lk = P .. 'lot:' .. lot_id
     local amount = int(h(lk, 'amount'))
-    if h(lk, 'status') == 'active' and (sender == '' or h(lk, 'sender') == sender) then
+    local lot_binding = h(lk, 'binding') or ''
+    if h(lk, 'status') == 'active' and (sender == '' or h(lk, 'sender') == sender)
+        and (binding == '' or lot_binding == '' or lot_binding == binding) then
       redis.call('HSET', lk, 'status', 'returned', 'amount', 0)
       if amount > 0 then
         hincr(P .. 'totals', 'external_net', -amount)
@@ -281,9 +306,37 @@ if op == 'receive_return' then
 end
 
 if op == 'relate' then
-  -- ARGV: op, from, to, on ('1'|'0'): the wallet relationship that allows transfers (B1/B2 via binding)
-  if ARGV[4] == '1' then redis.call('SADD', P .. 'wrel:' .. ARGV[2], ARGV[3])
-  else redis.call('SREM', P .. 'wrel:' .. ARGV[2], ARGV[3]) end
+  -- ARGV: op, from, to, on ('1'|'0'), binding, ends ('1': the relationship ended, not just moved away). The
+  -- wallet relationship that allows transfers (B1/B2 via binding): made or moved here, ended or moved away. An
+  -- ended binding never allows transfers again, and an older binding's end or move leaves a newer one alone.
+  local from, to, on, binding = ARGV[2], ARGV[3], ARGV[4], ARGV[5] or ''
+  local key = P .. 'wrb:' .. from
+  if ARGV[6] == '1' and binding ~= '' then redis.call('SADD', P .. 'wended', binding) end
+  local current = h(key, to)
+  if on == '1' then
+    if binding ~= '' and redis.call('SISMEMBER', P .. 'wended', binding) == 1 then
+      return cjson.encode({ok = true, applied = false})
+    end
+    redis.call('HSET', key, to, binding)
+  elseif current and current ~= '' and binding ~= '' and current ~= binding then
+    return cjson.encode({ok = true, applied = false})
+  else
+    redis.call('HDEL', key, to)
+  end
+  redis.call('SREM', P .. 'wrel:' .. from, to)
+  return cjson.encode({ok = true, applied = true})
+end
+
+if op == 'end_relationship' then
+  -- ARGV: op, holder, sender, binding, ended ('1'|'0'). The recipient's province: a lot landing for an ended
+  -- relationship goes back as it lands (W6). `wend` is the pair-keyed form for transfers offered without a
+  -- binding id (a new relationship of the pair clears it).
+  if ARGV[5] == '1' then
+    if ARGV[4] ~= '' then redis.call('SADD', P .. 'wended', ARGV[4]) end
+    redis.call('SADD', P .. 'wend:' .. ARGV[2], ARGV[3])
+  else
+    redis.call('SREM', P .. 'wend:' .. ARGV[2], ARGV[3])
+  end
   return cjson.encode({ok = true})
 end
 
