@@ -448,31 +448,37 @@ def start(state_dir: Path, brokers: int = 1) -> StackInfo:
 
 
 def _stop_pid(pid: int) -> None:
-    if not _alive(pid):
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGTERM)
-    deadline = time.monotonic() + STOP_TIMEOUT_S
-    while time.monotonic() < deadline and _alive(pid):
-        time.sleep(0.2)
-    if _alive(pid):
+    _stop_pids([pid])
+
+
+def _stop_pids(pids: list[int]) -> None:
+    """SIGTERM every process group at once, wait for all within STOP_TIMEOUT_S, then SIGKILL what is left: the
+    brokers of a cluster shut down together, not one after another's timeout."""
+    running = [pid for pid in pids if _alive(pid)]
+    for pid in running:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGKILL)
+            os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    while time.monotonic() < deadline and any(_alive(pid) for pid in running):
+        time.sleep(0.2)
+    for pid in running:
+        if _alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
 
 
 def stop(state_dir: Path) -> None:
     """Stop what `start` recorded, by pid; also any services recorded in `state_dir/pids`."""
     pids_dir = state_dir / "pids"
     if pids_dir.is_dir():
-        for pid_file in pids_dir.glob("*.pid"):
-            with contextlib.suppress(ValueError):
-                _stop_pid(int(pid_file.read_text().strip()))
+        pid_files = list(pids_dir.glob("*.pid"))
+        _stop_pids([int(text) for f in pid_files if (text := f.read_text().strip()).isdigit()])
+        for pid_file in pid_files:
             pid_file.unlink(missing_ok=True)
     info_file = state_dir / "stack.json"
     if info_file.exists():
         info = StackInfo(**json.loads(info_file.read_text()))
-        for pid in {info.kafka_pid, *info.kafka_nodes.values()}:
-            _stop_pid(int(pid))
+        _stop_pids(sorted({int(info.kafka_pid), *map(int, info.kafka_nodes.values())}))
         _stop_pid(info.redis_pid)
         info_file.unlink()
 

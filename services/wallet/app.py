@@ -121,6 +121,11 @@ class WalletService:
                 await self.store.set_person(e.psn_no, e.admdvs, None if within else "normal", e.version,
                                             arrived_from="" if within else e.from_admdvs, moved=True)
                 await self.store.arrive(e.psn_no, e.version, e.admdvs, from_elsewhere=not within)
+                if not within:
+                    # heard before the move out it follows (C1 in any order): a wallet from before it closes now
+                    left = await self.store.transfer_op("left", e.psn_no, e.version, epoch_ms(e.occurred_at), "moved")
+                    if left["closed"]:
+                        return await self.return_lots(e.psn_no, "", f"left:{e.message_id}", "holder_moved")
             return []
         if not self.mine(e.admdvs):
             return []
@@ -390,7 +395,7 @@ class WalletService:
             env = cmd.caused("WalletOpen", now, province=prov)
             if reason:
                 return [self.out(cmd.psn_no, WalletOpenRejected(**env, psn_no=cmd.psn_no, reason=reason))]
-            await self.store.transfer_op("open", cmd.psn_no, region)
+            await self.store.transfer_op("open", cmd.psn_no, region, epoch_ms(now))
             return [self.out(cmd.psn_no, WalletOpened(**env, psn_no=cmd.psn_no, opened_by=cmd.opened_by))]
         if isinstance(cmd, RequestTransfer):
             return await self._request_transfer(cmd)

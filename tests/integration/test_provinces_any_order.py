@@ -189,7 +189,7 @@ def test_a_persons_events_in_any_order_end_as_in_version_order_in_every_province
                 await client.flushdb()
                 await client.aclose()
 
-    @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+    @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
     @given(drawn=lives())
     # session 11's first review: home again, then a move inside the province, heard at home before the arrival
     # home, whose account came first: it passed through, back to the province the person had left

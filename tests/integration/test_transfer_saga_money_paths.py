@@ -28,7 +28,15 @@ from contracts.binding import (
     MultiGrantorMode,
     Relation,
 )
-from contracts.wallet import AcceptTransfer, CompleteTransfer, OfferTransfer, RequestTransfer, ResolveTransfer
+from contracts.enrollment import PersonEnrolled, PersonTransferred
+from contracts.wallet import (
+    AcceptTransfer,
+    CompleteTransfer,
+    OfferTransfer,
+    OpenWallet,
+    RequestTransfer,
+    ResolveTransfer,
+)
 from services.wallet import domain
 from services.wallet.app import WalletService
 from services.wallet.audit import audit
@@ -292,6 +300,75 @@ async def test_10_a_late_copy_of_an_older_relationships_end_leaves_a_newer_ones_
         assert sorted(lot["status"] for lot in report.lots.values()) == ["active", "active"]
     finally:
         await client.aclose()
+
+
+async def a_wallet_in_sichuan_with_a_lot(here: WalletService, opened_after: timedelta) -> str:
+    """RELATIVE enrolled in Chengdu (v1) opens a wallet `opened_after` the first enrolment, and a lot lands in it."""
+    start = here.clock.now()
+    await here.on_enrollment(PersonEnrolled(occurred_at=start, psn_no=RELATIVE, admdvs="510100", version=1,
+                                            insutype="390", has_personal_account=False, id_hash="ab" * 32), None)
+    here.clock.at = start + opened_after
+    opened = await here.on_command(OpenWallet(occurred_at=here.clock.now(), psn_no=RELATIVE, admdvs="510100",
+                                              opened_by=RELATIVE), None)
+    assert [json.loads(o.body)["type"] for o in opened] == ["WalletOpened"]
+    now = here.clock.now()
+    await here.on_command(OfferTransfer(occurred_at=now, transfer_id="T-lot", from_psn_no=GRANTOR,
+                                        from_province="32", to_psn_no=RELATIVE, amount_fen=10_000,
+                                        expires_at=now + timedelta(hours=20), binding_id="R1"), None)
+    await here.on_command(AcceptTransfer(occurred_at=now, transfer_id="T-lot", to_psn_no=RELATIVE), None)
+    await here.on_command(CompleteTransfer(occurred_at=now, transfer_id="T-lot", outcome="posted"), None)
+    return "T-lot"
+
+
+def away_and_back(start: datetime) -> tuple[PersonTransferred, PersonTransferred]:
+    """RELATIVE moves to Guangzhou (v2, a day after `start`) and back to Chengdu (v3, two days after)."""
+    return (PersonTransferred(occurred_at=start + timedelta(days=1), psn_no=RELATIVE, admdvs="440100",
+                              from_admdvs="510100", version=2),
+            PersonTransferred(occurred_at=start + timedelta(days=2), psn_no=RELATIVE, admdvs="510100",
+                              from_admdvs="440100", version=3))
+
+
+@pytest.fixture
+async def sichuan(infra: Any) -> AsyncIterator[WalletService]:
+    client = connect(infra.redis_url)
+    clock = FixedClock(datetime(2026, 11, 23, 10, 0, tzinfo=CHINA_TZ).astimezone(UTC))
+    yield WalletService(WalletStore(client, "51", prefix=f"x{uuid.uuid4().hex[:8]}:"),
+                        Policies.load(Settings().policies_path), clock, dev_private_key().public_key())
+    await client.aclose()
+
+
+async def test_w6_a_wallet_held_before_its_holder_moved_away_and_back_closes_whichever_move_is_heard_first(
+        sichuan: WalletService) -> None:
+    """Session 12's final review: the holder moved to another province and back; Sichuan heard the return first
+    and then ignored the older move out (it is older than what it knows), so the wallet stayed open with its
+    lots. In version order the move out closes it and the lots go back to their senders (W1, W6)."""
+    start = sichuan.clock.now()
+    await a_wallet_in_sichuan_with_a_lot(sichuan, opened_after=timedelta(hours=1))
+    away, back = away_and_back(start)
+    out = [json.loads(o.body) for o in await sichuan.on_enrollment(back, None)]
+    assert [(e["type"], e["amount_fen"], e["reason"]) for e in out if e["type"] == "ReturnFunds"] == [
+        ("ReturnFunds", 10_000, "holder_moved")]
+    assert await sichuan.store.client.hget(f"{sichuan.store.prefix}wallet:{RELATIVE}", "status") == "closed"
+    assert [json.loads(o.body)["type"] for o in await sichuan.on_enrollment(away, None)] == []  # older: nothing
+    assert [json.loads(o.body)["type"] for o in await sichuan.on_enrollment(back, None)] == []  # redelivered
+    report = await audit(sichuan.store.client, "51", sichuan.store.prefix)
+    assert report.ok
+    assert [lot["status"] for lot in report.lots.values()] == ["returned"]
+
+
+async def test_w6_a_wallet_opened_after_its_holder_came_back_stays_open_when_the_return_is_heard_late(
+        sichuan: WalletService) -> None:
+    """The other side of the same rule: the wallet was opened after the holder came back (business time), while
+    Sichuan had not yet heard the return; hearing it later closes nothing."""
+    start = sichuan.clock.now()
+    await a_wallet_in_sichuan_with_a_lot(sichuan, opened_after=timedelta(days=3))
+    away, back = away_and_back(start)
+    assert [json.loads(o.body)["type"] for o in await sichuan.on_enrollment(back, None)] == []
+    assert [json.loads(o.body)["type"] for o in await sichuan.on_enrollment(away, None)] == []
+    assert await sichuan.store.client.hget(f"{sichuan.store.prefix}wallet:{RELATIVE}", "status") == "active"
+    report = await audit(sichuan.store.client, "51", sichuan.store.prefix)
+    assert report.ok
+    assert [lot["status"] for lot in report.lots.values()] == ["active"]
 
 
 class Published:

@@ -1,8 +1,9 @@
 """Issue 11: the unit and contract suites pass whatever the wall clock says.
 
 The suite once failed from 16:00 to 24:00 UTC, when the date in China differs from the date in UTC. Here it
-runs itself under libfaketime (Debian's `faketime`) with the wall clock just before and just after midnight
-China time, and on 29 February of a leap year, in a child pytest.
+runs itself under libfaketime (Debian's `faketime`) in a child pytest: once starting seconds before midnight
+China time (the suite runs across it), and once on 29 February of a leap year in China, which is still the 28th
+in UTC for its first eight hours (the whole run in that window).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-WALL_TIMES_UTC = ["2026-11-23 15:59:30", "2026-11-23 16:00:30", "2028-02-29 07:30:00"]
+WALL_TIMES_UTC = ["2026-11-23 15:59:50", "2028-02-28 16:00:30"]  # each child runs for about 50 s
 
 
 @pytest.mark.parametrize("wall_utc", WALL_TIMES_UTC)

@@ -15,12 +15,30 @@ local LEDGER = P .. 'ledger'
 local function h(k, f) return redis.call('HGET', k, f) end
 
 if op == 'open' then
-  -- ARGV: op, psn, admdvs
+  -- ARGV: op, psn, admdvs, opened_ms (business time). Also kept: the holder's version here as it opens, so an
+  -- arrival from another province heard later can tell a wallet from before the holder left (op left).
   local wk = P .. 'wallet:' .. ARGV[2]
   if h(wk, 'status') ~= 'active' then
     redis.call('HSET', wk, 'status', 'active', 'admdvs', ARGV[3])
+    if ARGV[4] then
+      redis.call('HSET', wk, 'opened_ms', ARGV[4], 'opened_ver', int(h(P .. 'person:' .. ARGV[2], 'version')))
+    end
   end
   return cjson.encode({ok = true})
+end
+
+if op == 'left' then
+  -- ARGV: op, psn, arrival_version, arrival_ms, reason. The holder arrived from another province, so they had
+  -- left this one: a wallet opened before both (in versions and in business time) belonged to the stay that
+  -- ended, and closes as the move out would have closed it had it been heard first (W1, W6). A wallet opened
+  -- after the return (the return heard late) stays; one opened before opened_* were kept is left alone.
+  local wk = P .. 'wallet:' .. ARGV[2]
+  local w = redis.call('HMGET', wk, 'status', 'opened_ver', 'opened_ms')
+  if w[1] == 'active' and w[2] and int(w[2]) < int(ARGV[3]) and int(w[3]) < int(ARGV[4]) then
+    redis.call('HSET', wk, 'status', 'closed', 'reason', ARGV[5])
+    return cjson.encode({ok = true, closed = true})
+  end
+  return cjson.encode({ok = true, closed = false})
 end
 
 if op == 'close' then
