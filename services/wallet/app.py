@@ -123,7 +123,8 @@ class WalletService:
                 await self.store.arrive(e.psn_no, e.version, e.admdvs, from_elsewhere=not within)
                 if not within:
                     # heard before the move out it follows (C1 in any order): a wallet from before it closes now
-                    left = await self.store.transfer_op("left", e.psn_no, e.version, epoch_ms(e.occurred_at), "moved")
+                    left = await self.store.transfer_op("left", e.psn_no, e.version, epoch_ms(e.occurred_at), "moved",
+                                                        e.message_id)
                     if left["closed"]:
                         return await self.return_lots(e.psn_no, "", f"left:{e.message_id}", "holder_moved")
             return []
@@ -249,9 +250,11 @@ class WalletService:
                 await self.store.set_kin(e.binding_id, person, relative, self.mine(now_in))
         if e.kind == BindingKind.WALLET and e.grantor_admdvs != e.previous_grantor_admdvs:
             if self.mine(e.grantor_admdvs):
-                await self.store.relate(e.grantor_psn_no, e.recipient_psn_no, e.binding_id, may_send=True)
+                await self.store.relate(e.grantor_psn_no, e.recipient_psn_no, e.binding_id, e.occurred_at,
+                                        may_send=True)
             elif self.mine(e.previous_grantor_admdvs):
-                await self.store.relate(e.grantor_psn_no, e.recipient_psn_no, e.binding_id, may_send=False)
+                await self.store.relate(e.grantor_psn_no, e.recipient_psn_no, e.binding_id, e.occurred_at,
+                                        may_send=False)
                 # a transfer still held here returns to the sender (their money follows them): the new province
                 # takes their transfers now, W3 allows one pending to the relative, and a later end of the
                 # relationship is heard there, not here
@@ -266,7 +269,7 @@ class WalletService:
         active = isinstance(e, BindingCreated | QuotaChanged)
         out: list[Outgoing] = []
         if self.mine(e.grantor_admdvs):
-            await self.store.relate(e.grantor_psn_no, e.recipient_psn_no, e.binding_id, may_send=active,
+            await self.store.relate(e.grantor_psn_no, e.recipient_psn_no, e.binding_id, e.occurred_at, may_send=active,
                                     ended=not active)
             if not active:
                 out += await self._void_pending(e, TransferReason.RELATIONSHIP_DISSOLVED, f"dissolved:{e.binding_id}")
@@ -395,6 +398,7 @@ class WalletService:
             env = cmd.caused("WalletOpen", now, province=prov)
             if reason:
                 return [self.out(cmd.psn_no, WalletOpenRejected(**env, psn_no=cmd.psn_no, reason=reason))]
+            # when it opened, on this service's business clock (compared with an arrival's time, `left`)
             await self.store.transfer_op("open", cmd.psn_no, region, epoch_ms(now))
             return [self.out(cmd.psn_no, WalletOpened(**env, psn_no=cmd.psn_no, opened_by=cmd.opened_by))]
         if isinstance(cmd, RequestTransfer):

@@ -7,12 +7,14 @@ under an idempotency key and appends ledger entries to the `ledger` stream. This
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
 
 from contracts.wallet import FundingPlan, PaySettlement
+from shared.clock import epoch_ms
 from shared.redis_store import ScriptPipeline, claim_due, evalsha_many, load_script
 
 LUA = Path(__file__).parent / "lua"
@@ -154,12 +156,13 @@ class WalletStore:
         else:
             await self.client.hdel(f"{self.prefix}kin:{person}", binding_id)
 
-    async def relate(self, sender: str, recipient: str, binding_id: str, may_send: bool,
+    async def relate(self, sender: str, recipient: str, binding_id: str, at: datetime, may_send: bool,
                      ended: bool = False) -> dict[str, Any]:
         """The sender's province: whether `sender` may transfer to `recipient` under `binding_id` (made or moved
-        here, or moved away); `ended` marks the binding ended for good (a late copy of its creation is ignored)."""
+        here, or moved away, by the binding event of time `at`); `ended` marks the binding ended for good (a late
+        copy of its creation is ignored)."""
         return await self.transfer_op("relate", sender, recipient, "1" if may_send else "0", binding_id,
-                                      "1" if ended else "0")
+                                      "1" if ended else "0", epoch_ms(at))
 
     async def is_kin(self, person: str, relative: str) -> bool:
         return relative in await self.client.hvals(f"{self.prefix}kin:{person}")

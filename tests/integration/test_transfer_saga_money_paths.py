@@ -271,6 +271,28 @@ async def test_10_late_copies_of_an_older_relationships_events_leave_a_newer_one
     assert (await audit(wallet.store.client, "32", wallet.store.prefix)).ok
 
 
+@pytest.mark.parametrize("late_first", [False, True])
+async def test_10_of_two_relationships_of_the_pair_the_newer_is_kept_whichever_is_heard_last(
+        wallet: WalletService, late_first: bool) -> None:
+    """Review of session 13: R1 was made here, moved away with the sender and ended where they lived then (this
+    province never heard the end); they came back and made R2 here. A late copy of R1's creation, heard after R2's
+    or before it, must not replace R2: transfers go under R2 and R2's end stops them."""
+    wallet.clock.at = datetime(2026, 11, 23, 10, 0, tzinfo=CHINA_TZ).astimezone(UTC)
+    now = wallet.clock.now()
+    await wallet.store.transfer_op("relate", GRANTOR, RELATIVE, "0")  # the fixture's relationship (no binding id)
+    old, new = wallet_binding("R1", now - timedelta(days=30)), wallet_binding("R2", now)
+    for event in ((old, new) if late_first else (new, old)):
+        await wallet.on_binding(event, None)
+    held = request(wallet)
+    assert (await answers(wallet, held))[0]["type"] == "TransferHeld"
+    assert await wallet.store.client.hget(f"{wallet.store.prefix}xfer:{held.transfer_id}", "binding") == "R2"
+    out = [json.loads(o.body) for o in await wallet.on_binding(wallet_binding("R2", now, ended=True), None)]
+    assert ("TransferReturned", "RELATIONSHIP_DISSOLVED") in {(e["type"], e.get("reason")) for e in out}
+    refused = await answers(wallet, request(wallet))
+    assert [(e["type"], e["reason"]) for e in refused] == [("TransferRejected", "NO_RELATIONSHIP")]
+    assert await spendable(wallet) == 500_000
+
+
 async def test_10_a_late_copy_of_an_older_relationships_end_leaves_a_newer_ones_lots_with_the_relative(
         infra: Any) -> None:
     """The recipient's side of the same: after R1 ended and R2 was made, a lot sent under R2 lands after a late
@@ -345,15 +367,35 @@ async def test_w6_a_wallet_held_before_its_holder_moved_away_and_back_closes_whi
     start = sichuan.clock.now()
     await a_wallet_in_sichuan_with_a_lot(sichuan, opened_after=timedelta(hours=1))
     away, back = away_and_back(start)
-    out = [json.loads(o.body) for o in await sichuan.on_enrollment(back, None)]
+    sent = await sichuan.on_enrollment(back, None)
+    out = [json.loads(o.body) for o in sent]
     assert [(e["type"], e["amount_fen"], e["reason"]) for e in out if e["type"] == "ReturnFunds"] == [
         ("ReturnFunds", 10_000, "holder_moved")]
     assert await sichuan.store.client.hget(f"{sichuan.store.prefix}wallet:{RELATIVE}", "status") == "closed"
     assert [json.loads(o.body)["type"] for o in await sichuan.on_enrollment(away, None)] == []  # older: nothing
-    assert [json.loads(o.body)["type"] for o in await sichuan.on_enrollment(back, None)] == []  # redelivered
+    # redelivered (the first delivery's messages may never have been published): the same messages again, and
+    # nothing moves twice (review of session 13: it answered nothing, and the returned lot stayed in flight)
+    assert [(o.topic, o.body) for o in await sichuan.on_enrollment(back, None)] == [(o.topic, o.body) for o in sent]
     report = await audit(sichuan.store.client, "51", sichuan.store.prefix)
     assert report.ok
     assert [lot["status"] for lot in report.lots.values()] == ["returned"]
+
+
+async def test_w6_a_wallet_opened_after_the_return_was_heard_stays_open_when_it_is_heard_again(
+        sichuan: WalletService) -> None:
+    """The versions decide before the clocks: the return was heard, then the wallet opened at a business time a
+    little before the return's own (two clocks); a copy of the return heard afterwards closes nothing."""
+    start = sichuan.clock.now()
+    _, back = away_and_back(start)
+    await sichuan.on_enrollment(PersonEnrolled(occurred_at=start, psn_no=RELATIVE, admdvs="510100", version=1,
+                                               insutype="390", has_personal_account=False, id_hash="ab" * 32), None)
+    await sichuan.on_enrollment(back, None)
+    sichuan.clock.at = back.occurred_at - timedelta(seconds=5)
+    opened = await sichuan.on_command(OpenWallet(occurred_at=sichuan.clock.now(), psn_no=RELATIVE, admdvs="510100",
+                                                 opened_by=RELATIVE), None)
+    assert [json.loads(o.body)["type"] for o in opened] == ["WalletOpened"]
+    assert await sichuan.on_enrollment(back, None) == []
+    assert await sichuan.store.client.hget(f"{sichuan.store.prefix}wallet:{RELATIVE}", "status") == "active"
 
 
 async def test_w6_a_wallet_opened_after_its_holder_came_back_stays_open_when_the_return_is_heard_late(

@@ -28,14 +28,16 @@ if op == 'open' then
 end
 
 if op == 'left' then
-  -- ARGV: op, psn, arrival_version, arrival_ms, reason. The holder arrived from another province, so they had
-  -- left this one: a wallet opened before both (in versions and in business time) belonged to the stay that
-  -- ended, and closes as the move out would have closed it had it been heard first (W1, W6). A wallet opened
-  -- after the return (the return heard late) stays; one opened before opened_* were kept is left alone.
+  -- ARGV: op, psn, arrival_version, arrival_ms, reason, message_id. The holder arrived from another province, so
+  -- they had left this one: a wallet opened before both (in versions and in business time) belonged to the stay
+  -- that ended, and closes as the move out would have closed it had it been heard first (W1, W6). A wallet
+  -- opened after the return (the return heard late) stays; one opened before opened_* were kept is left alone.
+  -- The arrival that closed it gets the same answer again (its lots are sent back on every delivery of it).
   local wk = P .. 'wallet:' .. ARGV[2]
-  local w = redis.call('HMGET', wk, 'status', 'opened_ver', 'opened_ms')
+  local w = redis.call('HMGET', wk, 'status', 'opened_ver', 'opened_ms', 'closed_by')
+  if w[1] == 'closed' and w[4] == ARGV[6] then return cjson.encode({ok = true, closed = true}) end
   if w[1] == 'active' and w[2] and int(w[2]) < int(ARGV[3]) and int(w[3]) < int(ARGV[4]) then
-    redis.call('HSET', wk, 'status', 'closed', 'reason', ARGV[5])
+    redis.call('HSET', wk, 'status', 'closed', 'reason', ARGV[5], 'closed_by', ARGV[6])
     return cjson.encode({ok = true, closed = true})
   end
   return cjson.encode({ok = true, closed = false})
@@ -324,22 +326,30 @@ if op == 'receive_return' then
 end
 
 if op == 'relate' then
-  -- ARGV: op, from, to, on ('1'|'0'), binding, ends ('1': the relationship ended, not just moved away). The
-  -- wallet relationship that allows transfers (B1/B2 via binding): made or moved here, ended or moved away. An
-  -- ended binding never allows transfers again, and an older binding's end or move leaves a newer one alone.
-  local from, to, on, binding = ARGV[2], ARGV[3], ARGV[4], ARGV[5] or ''
-  local key = P .. 'wrb:' .. from
+  -- ARGV: op, from, to, on ('1'|'0'), binding, ends ('1': the relationship ended, not just moved away), at_ms
+  -- (the binding event's time, on the binding service's clock). The wallet relationship that allows transfers
+  -- (B1/B2 via binding): made or moved here, ended or moved away. An ended binding never allows transfers again;
+  -- an older binding's end or move leaves a newer one alone; and of two relationships of the pair made or moved
+  -- here, the one whose event is newer is kept, whichever is heard last (a late copy of an older one's creation
+  -- may reach a province that never heard its end, the sender having lived elsewhere then).
+  local from, to, on, binding, at_ms = ARGV[2], ARGV[3], ARGV[4], ARGV[5] or '', int(ARGV[7])
+  local key, at_key = P .. 'wrb:' .. from, P .. 'wrbt:' .. from
   if ARGV[6] == '1' and binding ~= '' then redis.call('SADD', P .. 'wended', binding) end
   local current = h(key, to)
+  local other = current and current ~= '' and binding ~= '' and current ~= binding
   if on == '1' then
     if binding ~= '' and redis.call('SISMEMBER', P .. 'wended', binding) == 1 then
       return cjson.encode({ok = true, applied = false})
     end
+    local current_at = int(h(at_key, to))
+    if other and current_at > at_ms then return cjson.encode({ok = true, applied = false}) end
     redis.call('HSET', key, to, binding)
-  elseif current and current ~= '' and binding ~= '' and current ~= binding then
+    redis.call('HSET', at_key, to, math.max(at_ms, other and 0 or current_at))
+  elseif other then
     return cjson.encode({ok = true, applied = false})
   else
     redis.call('HDEL', key, to)
+    redis.call('HDEL', at_key, to)
   end
   redis.call('SREM', P .. 'wrel:' .. from, to)
   return cjson.encode({ok = true, applied = true})
@@ -348,11 +358,11 @@ end
 if op == 'end_relationship' then
   -- ARGV: op, holder, sender, binding, ended ('1'|'0'). The recipient's province: a lot landing for an ended
   -- relationship goes back as it lands (W6). `wend` is the pair-keyed form for transfers offered without a
-  -- binding id (a new relationship of the pair clears it).
+  -- binding id (a new relationship of the pair clears it; a late copy of an ended one's creation does not).
   if ARGV[5] == '1' then
     if ARGV[4] ~= '' then redis.call('SADD', P .. 'wended', ARGV[4]) end
     redis.call('SADD', P .. 'wend:' .. ARGV[2], ARGV[3])
-  else
+  elseif ARGV[4] == '' or redis.call('SISMEMBER', P .. 'wended', ARGV[4]) == 0 then
     redis.call('SREM', P .. 'wend:' .. ARGV[2], ARGV[3])
   end
   return cjson.encode({ok = true})
