@@ -190,7 +190,9 @@ class WalletService:
                                      version=e.version, cur_fen=r["cur"], hist_fen=r["hist"], next_fen=r["next"],
                                      year=r["year"])
             out.append(Outgoing.of(wallet_commands(e.admdvs[:2]), kafka_key(e.psn_no), receive))
-        await self.store.transfer_op("close", e.psn_no, "moved")
+        closed = await self.store.transfer_op("close", e.psn_no, "moved", e.message_id, epoch_ms(e.occurred_at))
+        if not closed["closed"]:  # no wallet, or one opened after this move (on a return not heard yet)
+            return out
         return out + await self.return_lots(e.psn_no, "", f"moved:{e.message_id}", "holder_moved")
 
     async def forward(self, psn: str, trigger_id: str) -> list[Outgoing]:

@@ -20,6 +20,7 @@ if op == 'open' then
   local wk = P .. 'wallet:' .. ARGV[2]
   if h(wk, 'status') ~= 'active' then
     redis.call('HSET', wk, 'status', 'active', 'admdvs', ARGV[3])
+    redis.call('HDEL', wk, 'closed_by')
     if ARGV[4] then
       redis.call('HSET', wk, 'opened_ms', ARGV[4], 'opened_ver', int(h(P .. 'person:' .. ARGV[2], 'version')))
     end
@@ -44,11 +45,19 @@ if op == 'left' then
 end
 
 if op == 'close' then
-  -- ARGV: op, psn, reason. W6/B5: after death or termination the wallet takes and pays nothing any more; its
-  -- lots go back to their senders (op return_lots), offers to it are refused and expire back to their senders.
+  -- ARGV: op, psn, reason, message_id, before_ms. W6/B5: after death, termination or a move away the wallet takes
+  -- and pays nothing any more; its lots go back to their senders (op return_lots), offers to it are refused and
+  -- expire back to their senders. `before_ms` (a move away): only a wallet opened before the move closes; one
+  -- opened later, on a return the province has not heard yet, belongs to the new stay. `closed` is the answer to
+  -- send back the lots on: the same on every delivery of the message that closed it.
   local wk = P .. 'wallet:' .. ARGV[2]
-  if redis.call('EXISTS', wk) == 1 then redis.call('HSET', wk, 'status', 'closed', 'reason', ARGV[3]) end
-  return cjson.encode({ok = true})
+  local w = redis.call('HMGET', wk, 'status', 'opened_ms', 'closed_by')
+  if w[1] == 'closed' and ARGV[4] and w[3] == ARGV[4] then return cjson.encode({ok = true, closed = true}) end
+  if w[1] ~= 'active' or (ARGV[5] and w[2] and int(w[2]) > int(ARGV[5])) then
+    return cjson.encode({ok = true, closed = false})
+  end
+  redis.call('HSET', wk, 'status', 'closed', 'reason', ARGV[3], 'closed_by', ARGV[4] or '')
+  return cjson.encode({ok = true, closed = true})
 end
 
 -- The sender's active wallet lots, oldest first, as {lot_id, available}.
