@@ -123,10 +123,10 @@ class WalletService:
                 await self.store.arrive(e.psn_no, e.version, e.admdvs, from_elsewhere=not within)
                 if not within:
                     # heard before the move out it follows (C1 in any order): a wallet from before it closes now
-                    left = await self.store.transfer_op("left", e.psn_no, e.version, epoch_ms(e.occurred_at), "moved",
-                                                        e.message_id)
-                    if left["closed"]:
-                        return await self.return_lots(e.psn_no, "", f"left:{e.message_id}", "holder_moved")
+                    batch = f"left:{e.message_id}"
+                    left = await self.store.transfer_op("left", e.psn_no, "moved", batch, e.version,
+                                                        epoch_ms(e.occurred_at))
+                    return self._send_back(e.psn_no, left["returns"], batch, "holder_moved")
             return []
         if not self.mine(e.admdvs):
             return []
@@ -178,8 +178,9 @@ class WalletService:
         """关系转移接续 (C1, W6): the account follows the person to their new province; a wallet held here closes and
         its lots go back to their senders (a wallet belongs to the insured region, W1); wallet relationships
         follow through the binding service (BindingMoved)."""
-        if e.version < await self.store.person_version(e.psn_no):
-            return []  # an older move, redelivered or late, after the person came back: nothing leaves
+        if e.version < await self.store.person_version(e.psn_no) and not await self.store.handled(e.message_id):
+            return []  # an older move heard late, after the person came back: nothing leaves (a redelivered one
+            # that moved the account when first heard sends the same messages again)
         await self.store.set_person(e.psn_no, e.admdvs, "moved", e.version)
         r = await self.store.move_out(e.psn_no, e.message_id, e.admdvs, e.version, e.from_admdvs)
         out: list[Outgoing] = []
@@ -190,10 +191,9 @@ class WalletService:
                                      version=e.version, cur_fen=r["cur"], hist_fen=r["hist"], next_fen=r["next"],
                                      year=r["year"])
             out.append(Outgoing.of(wallet_commands(e.admdvs[:2]), kafka_key(e.psn_no), receive))
-        closed = await self.store.transfer_op("close", e.psn_no, "moved", e.message_id, epoch_ms(e.occurred_at))
-        if not closed["closed"]:  # no wallet, or one opened after this move (on a return not heard yet)
-            return out
-        return out + await self.return_lots(e.psn_no, "", f"moved:{e.message_id}", "holder_moved")
+        batch = f"moved:{e.message_id}"
+        closed = await self.store.transfer_op("close_and_return", e.psn_no, "moved", batch)
+        return out + self._send_back(e.psn_no, closed["returns"], batch, "holder_moved")
 
     async def forward(self, psn: str, trigger_id: str) -> list[Outgoing]:
         """Money that reached the account of someone who moved away follows them (a ReturnFunds keyed by the

@@ -73,6 +73,10 @@ class WalletStore:
         province (`from_elsewhere`) makes an account left `moved` or frozen by an older decision active again."""
         return await self._call(self._accounts, "arrive", psn, version, admdvs, "1" if from_elsewhere else "0")
 
+    async def handled(self, message_id: str) -> bool:
+        """Whether the message's outcome is stored (its idempotency record, kept IDEMPOTENCY_TTL_S)."""
+        return bool(await self.client.exists(f"{self.prefix}done:{message_id}"))
+
     async def person_version(self, psn: str) -> int:
         version = await self.client.hget(f"{self.prefix}person:{psn}", "version")
         return int(version or 0)

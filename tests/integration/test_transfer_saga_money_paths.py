@@ -350,6 +350,10 @@ def away_and_back(start: datetime) -> tuple[PersonTransferred, PersonTransferred
                               from_admdvs="440100", version=3))
 
 
+def unstamped(sent: list[Any]) -> list[tuple[str, dict[str, Any]]]:
+    return [(o.topic, {k: v for k, v in json.loads(o.body).items() if k != "occurred_at"}) for o in sent]
+
+
 @pytest.fixture
 async def sichuan(infra: Any) -> AsyncIterator[WalletService]:
     client = connect(infra.redis_url)
@@ -398,22 +402,50 @@ async def test_w6_a_wallet_opened_after_the_return_was_heard_stays_open_when_it_
     assert await sichuan.store.client.hget(f"{sichuan.store.prefix}wallet:{RELATIVE}", "status") == "active"
 
 
-@pytest.mark.parametrize("return_first", [True, False])
-async def test_w6_a_wallet_opened_after_its_holder_came_back_stays_open_when_the_moves_are_heard_late(
-        sichuan: WalletService, return_first: bool) -> None:
+async def test_w6_a_wallet_opened_after_its_holder_came_back_stays_open_when_the_return_is_heard_late(
+        sichuan: WalletService) -> None:
     """The other side of the same rule: the wallet was opened after the holder came back (business time), while
-    Sichuan had heard neither move; hearing them later, in either order, closes nothing (review of session 13:
-    the move out heard first closed it)."""
+    Sichuan had heard neither move; the return heard first, then the older move out, closes nothing. (Heard the
+    other way round, the move out closes it and its lots go home: the province cannot tell a wallet opened on a
+    return it has not heard from one opened after the holder left, and a wallet where its holder no longer lives
+    must not stay open, W1; the holder opens it again.)"""
     start = sichuan.clock.now()
     await a_wallet_in_sichuan_with_a_lot(sichuan, opened_after=timedelta(days=3))
     away, back = away_and_back(start)
-    for move in (back, away) if return_first else (away, back):
-        assert [json.loads(o.body)["type"] for o in await sichuan.on_enrollment(move, None)
-                if json.loads(o.body)["type"] != "ReceiveAccount"] == []
+    assert [json.loads(o.body)["type"] for o in await sichuan.on_enrollment(back, None)] == []
+    assert [json.loads(o.body)["type"] for o in await sichuan.on_enrollment(away, None)] == []
     assert await sichuan.store.client.hget(f"{sichuan.store.prefix}wallet:{RELATIVE}", "status") == "active"
     report = await audit(sichuan.store.client, "51", sichuan.store.prefix)
     assert report.ok
     assert [lot["status"] for lot in report.lots.values()] == ["active"]
+
+
+@pytest.mark.parametrize("closing", ["move out", "arrival"])
+async def test_w6_the_message_that_closed_a_wallet_sends_its_lots_home_again_on_redelivery(
+        sichuan: WalletService, closing: str) -> None:
+    """Review of session 13 (HIGH): the lots went home only while the wallet was still as the first delivery left
+    it. The first delivery's messages may never have been published (the batch failed and is read again), while
+    other messages went on meanwhile: the person came back (heard), or opened a wallet again. The redelivery must
+    send the same messages, and move nothing twice."""
+    start = sichuan.clock.now()
+    await a_wallet_in_sichuan_with_a_lot(sichuan, opened_after=timedelta(hours=1))
+    away, back = away_and_back(start)
+    first = back if closing == "arrival" else away
+    sent = await sichuan.on_enrollment(first, None)
+    assert [json.loads(o.body)["reason"] for o in sent if json.loads(o.body)["type"] == "ReturnFunds"] == [
+        "holder_moved"]
+    if closing == "move out":
+        await sichuan.on_enrollment(back, None)
+    sichuan.clock.at = start + timedelta(days=3)
+    reopened = await sichuan.on_command(OpenWallet(occurred_at=sichuan.clock.now(), psn_no=RELATIVE,
+                                                   admdvs="510100", opened_by=RELATIVE), None)
+    assert [json.loads(o.body)["type"] for o in reopened] == ["WalletOpened"]
+    again = await sichuan.on_enrollment(first, None)
+    assert unstamped(again) == unstamped(sent)  # the same messages, ids included (stamped when sent)
+    assert await sichuan.store.client.hget(f"{sichuan.store.prefix}wallet:{RELATIVE}", "status") == "active"
+    report = await audit(sichuan.store.client, "51", sichuan.store.prefix)
+    assert report.ok
+    assert [lot["status"] for lot in report.lots.values()] == ["returned"]
 
 
 class Published:

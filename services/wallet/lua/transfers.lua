@@ -14,13 +14,36 @@ local LEDGER = P .. 'ledger'
 
 local function h(k, f) return redis.call('HGET', k, f) end
 
+-- W6: `holder`'s unspent lots leave for their senders (`sender` '': every sender's; `binding` '': any, and a lot
+-- made before binding ids were kept matches any): each is in flight under `batch` until the sender's province
+-- receives it. Returns what left, for the caller to send (the callers store it under their batch: idempotent).
+local function send_lots_home(holder, sender, batch, binding)
+  local returns = {}
+  for _, lot_id in ipairs(redis.call('LRANGE', P .. 'lots:' .. holder, 0, -1)) do
+    local lk = P .. 'lot:' .. lot_id
+    local amount = int(h(lk, 'amount'))
+    local lot_binding = h(lk, 'binding') or ''
+    if h(lk, 'status') == 'active' and (sender == '' or h(lk, 'sender') == sender)
+        and (binding == '' or lot_binding == '' or lot_binding == binding) then
+      redis.call('HSET', lk, 'status', 'returned', 'amount', 0)
+      if amount > 0 then
+        hincr(P .. 'totals', 'external_net', -amount)
+        hincr(P .. 'rout', batch .. ':' .. lot_id, amount)  -- in flight until the sender's province receives it
+        ledger(LEDGER, 'lot:' .. lot_id, -amount, 'lot_returned', batch)
+        returns[#returns + 1] = {lot_id = lot_id, sender = h(lk, 'sender'), sender_prov = h(lk, 'sender_prov'),
+                                 amount_fen = amount}
+      end
+    end
+  end
+  return returns
+end
+
 if op == 'open' then
   -- ARGV: op, psn, admdvs, opened_ms (business time). Also kept: the holder's version here as it opens, so an
   -- arrival from another province heard later can tell a wallet from before the holder left (op left).
   local wk = P .. 'wallet:' .. ARGV[2]
   if h(wk, 'status') ~= 'active' then
     redis.call('HSET', wk, 'status', 'active', 'admdvs', ARGV[3])
-    redis.call('HDEL', wk, 'closed_by')
     if ARGV[4] then
       redis.call('HSET', wk, 'opened_ms', ARGV[4], 'opened_ver', int(h(P .. 'person:' .. ARGV[2], 'version')))
     end
@@ -28,36 +51,42 @@ if op == 'open' then
   return cjson.encode({ok = true})
 end
 
-if op == 'left' then
-  -- ARGV: op, psn, arrival_version, arrival_ms, reason, message_id. The holder arrived from another province, so
-  -- they had left this one: a wallet opened before both (in versions and in business time) belonged to the stay
-  -- that ended, and closes as the move out would have closed it had it been heard first (W1, W6). A wallet
-  -- opened after the return (the return heard late) stays; one opened before opened_* were kept is left alone.
-  -- The arrival that closed it gets the same answer again (its lots are sent back on every delivery of it).
-  local wk = P .. 'wallet:' .. ARGV[2]
-  local w = redis.call('HMGET', wk, 'status', 'opened_ver', 'opened_ms', 'closed_by')
-  if w[1] == 'closed' and w[4] == ARGV[6] then return cjson.encode({ok = true, closed = true}) end
-  if w[1] == 'active' and w[2] and int(w[2]) < int(ARGV[3]) and int(w[3]) < int(ARGV[4]) then
-    redis.call('HSET', wk, 'status', 'closed', 'reason', ARGV[5], 'closed_by', ARGV[6])
-    return cjson.encode({ok = true, closed = true})
+if op == 'left' or op == 'close_and_return' then
+  -- ARGV: op, psn, reason, batch; for left also arrival_version, arrival_ms. The wallet closes and its lots go
+  -- home (W1, W6), in one step, answered the same on every delivery of the message (its batch): whatever happened
+  -- to the wallet since (reopened, say), a redelivery sends the same lots again and moves nothing twice.
+  -- close_and_return: the holder moved away. left: the holder arrived from another province, so they had left
+  -- this one; a wallet opened before both the arrival's version and its business time belonged to the stay that
+  -- ended, and closes as the move out would have, had it been heard first. A wallet opened after the return (the
+  -- return heard late) stays; one opened before opened_* were kept is left alone.
+  local psn, why, batch = ARGV[2], ARGV[3], ARGV[4]
+  local done = P .. 'done:' .. batch
+  local stored = idem_get(done)
+  if stored then return stored end
+  local wk = P .. 'wallet:' .. psn
+  local w = redis.call('HMGET', wk, 'status', 'opened_ver', 'opened_ms')
+  local closing = w[1] == 'active'
+  if op == 'left' then
+    closing = closing and w[2] ~= false and int(w[2]) < int(ARGV[5]) and int(w[3]) < int(ARGV[6])
   end
-  return cjson.encode({ok = true, closed = false})
+  local returns = {}
+  if closing then
+    redis.call('HSET', wk, 'status', 'closed', 'reason', why)
+    returns = send_lots_home(psn, '', batch, '')
+  elseif op == 'close_and_return' and w[1] == 'closed' then
+    returns = send_lots_home(psn, '', batch, '')  -- closed meanwhile: nothing of the holder's stays here
+  end
+  local r = cjson.encode({ok = true, closed = closing, returns = returns})
+  idem_put(done, r)
+  return r
 end
 
 if op == 'close' then
-  -- ARGV: op, psn, reason, message_id, before_ms. W6/B5: after death, termination or a move away the wallet takes
-  -- and pays nothing any more; its lots go back to their senders (op return_lots), offers to it are refused and
-  -- expire back to their senders. `before_ms` (a move away): only a wallet opened before the move closes; one
-  -- opened later, on a return the province has not heard yet, belongs to the new stay. `closed` is the answer to
-  -- send back the lots on: the same on every delivery of the message that closed it.
+  -- ARGV: op, psn, reason. W6/B5: after death or termination the wallet takes and pays nothing any more; its
+  -- lots go back to their senders (op return_lots), offers to it are refused and expire back to their senders.
   local wk = P .. 'wallet:' .. ARGV[2]
-  local w = redis.call('HMGET', wk, 'status', 'opened_ms', 'closed_by')
-  if w[1] == 'closed' and ARGV[4] and w[3] == ARGV[4] then return cjson.encode({ok = true, closed = true}) end
-  if w[1] ~= 'active' or (ARGV[5] and w[2] and int(w[2]) > int(ARGV[5])) then
-    return cjson.encode({ok = true, closed = false})
-  end
-  redis.call('HSET', wk, 'status', 'closed', 'reason', ARGV[3], 'closed_by', ARGV[4] or '')
-  return cjson.encode({ok = true, closed = true})
+  if redis.call('EXISTS', wk) == 1 then redis.call('HSET', wk, 'status', 'closed', 'reason', ARGV[3]) end
+  return cjson.encode({ok = true})
 end
 
 -- The sender's active wallet lots, oldest first, as {lot_id, available}.
@@ -285,23 +314,7 @@ if op == 'return_lots' then
   local done = P .. 'done:' .. batch
   local stored = idem_get(done)
   if stored then return stored end
-  local returns = {}
-  for _, lot_id in ipairs(redis.call('LRANGE', P .. 'lots:' .. holder, 0, -1)) do
-    local lk = P .. 'lot:' .. lot_id
-    local amount = int(h(lk, 'amount'))
-    local lot_binding = h(lk, 'binding') or ''
-    if h(lk, 'status') == 'active' and (sender == '' or h(lk, 'sender') == sender)
-        and (binding == '' or lot_binding == '' or lot_binding == binding) then
-      redis.call('HSET', lk, 'status', 'returned', 'amount', 0)
-      if amount > 0 then
-        hincr(P .. 'totals', 'external_net', -amount)
-        hincr(P .. 'rout', batch .. ':' .. lot_id, amount)  -- in flight until the sender's province receives it
-        ledger(LEDGER, 'lot:' .. lot_id, -amount, 'lot_returned', batch)
-        returns[#returns + 1] = {lot_id = lot_id, sender = h(lk, 'sender'), sender_prov = h(lk, 'sender_prov'),
-                                 amount_fen = amount}
-      end
-    end
-  end
+  local returns = send_lots_home(holder, sender, batch, binding)
   local r = cjson.encode({ok = true, returns = returns})
   idem_put(done, r)
   return r
@@ -340,26 +353,26 @@ if op == 'relate' then
   -- (B1/B2 via binding): made or moved here, ended or moved away. An ended binding never allows transfers again;
   -- an older binding's end or move leaves a newer one alone; and of two relationships of the pair made or moved
   -- here, the one whose event is newer is kept, whichever is heard last (a late copy of an older one's creation
-  -- may reach a province that never heard its end, the sender having lived elsewhere then).
+  -- may reach a province that never heard its end, the sender having lived elsewhere then). `wrbt` keeps the
+  -- newest such time heard for the pair, also after the relationship moved away or ended (so an older copy heard
+  -- later is known as older).
   local from, to, on, binding, at_ms = ARGV[2], ARGV[3], ARGV[4], ARGV[5] or '', int(ARGV[7])
   local key, at_key = P .. 'wrb:' .. from, P .. 'wrbt:' .. from
   if ARGV[6] == '1' and binding ~= '' then redis.call('SADD', P .. 'wended', binding) end
   local current = h(key, to)
-  local other = current and current ~= '' and binding ~= '' and current ~= binding
+  local newest_at = int(h(at_key, to))
   if on == '1' then
     if binding ~= '' and redis.call('SISMEMBER', P .. 'wended', binding) == 1 then
       return cjson.encode({ok = true, applied = false})
     end
-    local current_at = int(h(at_key, to))
-    if other and current_at > at_ms then return cjson.encode({ok = true, applied = false}) end
+    if current ~= binding and newest_at > at_ms then return cjson.encode({ok = true, applied = false}) end
     redis.call('HSET', key, to, binding)
-    redis.call('HSET', at_key, to, math.max(at_ms, other and 0 or current_at))
-  elseif other then
+  elseif current and current ~= '' and binding ~= '' and current ~= binding then
     return cjson.encode({ok = true, applied = false})
   else
     redis.call('HDEL', key, to)
-    redis.call('HDEL', at_key, to)
   end
+  redis.call('HSET', at_key, to, math.max(at_ms, newest_at))
   redis.call('SREM', P .. 'wrel:' .. from, to)
   return cjson.encode({ok = true, applied = true})
 end
