@@ -157,10 +157,13 @@ class WalletService:
         enrolment has reopened the account since (a wallet may exist without an account, so only a late event
         asks)."""
         frozen = await self.store.set_status(e.psn_no, e.version, "frozen", e.admdvs, reason)
+        batch = f"{e.type}:{e.message_id}"
         if unless_reopened and not frozen["applied"]:
-            return []
+            # a redelivery of an end that closed the wallet when first heard sends the same lots home again (its
+            # messages may never have been published), and leaves the wallet opened since alone
+            return await self.return_lots(e.psn_no, "", batch, reason) if await self.store.handled(batch) else []
         await self.store.transfer_op("close", e.psn_no, reason)
-        return await self.return_lots(e.psn_no, "", f"{e.type}:{e.message_id}", reason)
+        return await self.return_lots(e.psn_no, "", batch, reason)
 
     async def _on_account(self, e: AccountCredited | YearRolledOver, apply: Any) -> dict[str, Any]:
         result = await apply()

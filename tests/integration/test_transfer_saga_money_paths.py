@@ -28,7 +28,7 @@ from contracts.binding import (
     MultiGrantorMode,
     Relation,
 )
-from contracts.enrollment import PersonEnrolled, PersonTransferred
+from contracts.enrollment import PersonEnrolled, PersonTerminated, PersonTransferred
 from contracts.wallet import (
     AcceptTransfer,
     CompleteTransfer,
@@ -442,6 +442,30 @@ async def test_w6_the_message_that_closed_a_wallet_sends_its_lots_home_again_on_
     assert [json.loads(o.body)["type"] for o in reopened] == ["WalletOpened"]
     again = await sichuan.on_enrollment(first, None)
     assert unstamped(again) == unstamped(sent)  # the same messages, ids included (stamped when sent)
+    assert await sichuan.store.client.hget(f"{sichuan.store.prefix}wallet:{RELATIVE}", "status") == "active"
+    report = await audit(sichuan.store.client, "51", sichuan.store.prefix)
+    assert report.ok
+    assert [lot["status"] for lot in report.lots.values()] == ["returned"]
+
+
+async def test_w6_an_end_redelivered_after_re_enrolment_sends_the_same_lots_home_and_leaves_the_new_wallet(
+        sichuan: WalletService) -> None:
+    """Review of session 13 (LOW, older): a termination closed the wallet and sent its lots home; its messages were
+    never published (the batch failed), the person enrolled again and opened a wallet, and the termination came
+    again. It must send the same lots home (they are in flight already) and leave the new wallet open."""
+    start = sichuan.clock.now()
+    await a_wallet_in_sichuan_with_a_lot(sichuan, opened_after=timedelta(hours=1))
+    ended = PersonTerminated(occurred_at=start + timedelta(days=1), psn_no=RELATIVE, admdvs="510100", version=2)
+    sent = await sichuan.on_enrollment(ended, None)
+    assert [json.loads(o.body)["type"] for o in sent].count("ReturnFunds") == 1
+    await sichuan.on_enrollment(PersonEnrolled(occurred_at=start + timedelta(days=2), psn_no=RELATIVE,
+                                               admdvs="510100", version=3, insutype="390",
+                                               has_personal_account=False, id_hash="ab" * 32), None)
+    sichuan.clock.at = start + timedelta(days=3)
+    reopened = await sichuan.on_command(OpenWallet(occurred_at=sichuan.clock.now(), psn_no=RELATIVE,
+                                                   admdvs="510100", opened_by=RELATIVE), None)
+    assert [json.loads(o.body)["type"] for o in reopened] == ["WalletOpened"]
+    assert unstamped(await sichuan.on_enrollment(ended, None)) == unstamped(sent)
     assert await sichuan.store.client.hget(f"{sichuan.store.prefix}wallet:{RELATIVE}", "status") == "active"
     report = await audit(sichuan.store.client, "51", sichuan.store.prefix)
     assert report.ok
