@@ -300,12 +300,12 @@ class WalletService:
                           binding_id: str = "") -> list[Outgoing]:
         """`sender`'s unspent lots (every sender's: ''), only those sent under `binding_id` if one is named."""
         r = await self.store.transfer_op("return_lots", holder, sender, batch_id, binding_id)
-        return self._send_back(holder, r["returns"] if isinstance(r["returns"], list) else [], batch_id, reason)
+        return self._send_back(holder, r["returns"], batch_id, reason)
 
-    def _send_back(self, holder: str, returns: list[dict[str, Any]], batch_id: str, reason: str) -> list[Outgoing]:
+    def _send_back(self, holder: str, returns: Any, batch_id: str, reason: str) -> list[Outgoing]:
         """W6: wallet money that left this province for its senders; a ReturnFunds to each sender's province
-        and one LotsReturned for clearing."""
-        if not returns:
+        and one LotsReturned for clearing. `returns` as a script gave it (Lua's JSON writes an empty list as {})."""
+        if not isinstance(returns, list) or not returns:
             return []
         out = [self.out(holder, LotsReturned(message_id=derive_id("LotsReturned", batch_id),
                                              occurred_at=self.clock.now(), province=self.province,
@@ -371,9 +371,8 @@ class WalletService:
             event = PaymentReversed(**cmd.caused("PaymentReversed", now, province=self.province),
                                     payment_id=cmd.payment_id, psn_no=cmd.psn_no, outcome=r["outcome"],
                                     refunded_fen=r["refunded_fen"], parts=r["parts"])
-            followers = r.get("to_sender") or []
-            sent = self._send_back(cmd.psn_no, followers if isinstance(followers, list) else [],
-                                   f"refund:{cmd.payment_id}", "refund_after_lot_returned")
+            sent = self._send_back(cmd.psn_no, r.get("to_sender"), f"refund:{cmd.payment_id}",
+                                   "refund_after_lot_returned")
             parts = r["parts"] if isinstance(r["parts"], list) else []
             owners = sorted({p["owner_psn_no"] for p in parts if p.get("source") != "wallet"})
             for owner in owners:  # a refund to someone who has moved away since follows them

@@ -197,37 +197,31 @@ async def test_10_a_late_copy_of_an_older_relationships_end_leaves_a_newer_ones_
     assert await wallet.store.pending_transfer(GRANTOR, RELATIVE)
 
 
-async def test_10_a_lot_that_lands_after_the_relationship_ended_goes_back(infra: Any) -> None:
+async def test_10_a_lot_that_lands_after_the_relationship_ended_goes_back(sichuan: WalletService) -> None:
     """The second review of session 12 (HIGH): the source posted the transfer (the acceptance came first), the
     recipient's province heard the relationship end (no lot yet to return), then the completion landed: the lot
     must follow the others back to the sender (W6), not stay with the relative."""
-    client = connect(infra.redis_url)
-    clock = FixedClock(datetime(2026, 11, 23, 10, 0, tzinfo=CHINA_TZ).astimezone(UTC))
-    here = WalletService(WalletStore(client, "51", prefix=f"x{uuid.uuid4().hex[:8]}:"),
-                         Policies.load(Settings().policies_path), clock, dev_private_key().public_key())
-    try:
-        await here.store.transfer_op("open", RELATIVE, "510100")
-        offer = OfferTransfer(occurred_at=clock.now(), transfer_id="T-late-lot", from_psn_no=GRANTOR,
-                              from_province="32", to_psn_no=RELATIVE, amount_fen=10_000,
-                              expires_at=clock.now() + timedelta(hours=20))
-        assert [json.loads(o.body)["type"] for o in await here.on_command(offer, None)] == ["TransferOffered"]
-        accept = AcceptTransfer(occurred_at=clock.now(), transfer_id="T-late-lot", to_psn_no=RELATIVE)
-        assert [json.loads(o.body)["type"] for o in await here.on_command(accept, None)] == ["ResolveTransfer"]
-        created = {"binding_id": "B-wallet-1", "grantor_psn_no": GRANTOR, "grantor_admdvs": "320500",
-                   "recipient_psn_no": RELATIVE, "recipient_admdvs": "510100", "kind": BindingKind.WALLET}
-        ended = BindingDissolved(occurred_at=clock.now(), **created, reason=DissolveReason.REQUESTED,
-                                 grantor_order=[])
-        assert await here.on_binding(ended, None) == []  # nothing to return yet
-        posted = CompleteTransfer(occurred_at=clock.now(), transfer_id="T-late-lot", outcome="posted")
-        out = [json.loads(o.body) for o in await here.on_command(posted, None)]
-        returned = [e for e in out if e["type"] == "ReturnFunds"]
-        assert [(e["sender_psn_no"], e["amount_fen"], e["reason"]) for e in returned] == [
-            (GRANTOR, 10_000, "relationship_dissolved")]
-        report = await audit(client, "51", here.store.prefix)
-        assert report.ok
-        assert [lot["status"] for lot in report.lots.values()] == ["returned"]
-    finally:
-        await client.aclose()
+    here, clock, client = sichuan, sichuan.clock, sichuan.store.client
+    await here.store.transfer_op("open", RELATIVE, "510100")
+    offer = OfferTransfer(occurred_at=clock.now(), transfer_id="T-late-lot", from_psn_no=GRANTOR,
+                          from_province="32", to_psn_no=RELATIVE, amount_fen=10_000,
+                          expires_at=clock.now() + timedelta(hours=20))
+    assert [json.loads(o.body)["type"] for o in await here.on_command(offer, None)] == ["TransferOffered"]
+    accept = AcceptTransfer(occurred_at=clock.now(), transfer_id="T-late-lot", to_psn_no=RELATIVE)
+    assert [json.loads(o.body)["type"] for o in await here.on_command(accept, None)] == ["ResolveTransfer"]
+    created = {"binding_id": "B-wallet-1", "grantor_psn_no": GRANTOR, "grantor_admdvs": "320500",
+               "recipient_psn_no": RELATIVE, "recipient_admdvs": "510100", "kind": BindingKind.WALLET}
+    ended = BindingDissolved(occurred_at=clock.now(), **created, reason=DissolveReason.REQUESTED,
+                             grantor_order=[])
+    assert await here.on_binding(ended, None) == []  # nothing to return yet
+    posted = CompleteTransfer(occurred_at=clock.now(), transfer_id="T-late-lot", outcome="posted")
+    out = [json.loads(o.body) for o in await here.on_command(posted, None)]
+    returned = [e for e in out if e["type"] == "ReturnFunds"]
+    assert [(e["sender_psn_no"], e["amount_fen"], e["reason"]) for e in returned] == [
+        (GRANTOR, 10_000, "relationship_dissolved")]
+    report = await audit(client, "51", here.store.prefix)
+    assert report.ok
+    assert [lot["status"] for lot in report.lots.values()] == ["returned"]
 
 
 def wallet_binding(binding_id: str, at: datetime, grantor_admdvs: str = "320500", ended: bool = False,
@@ -294,34 +288,28 @@ async def test_10_of_two_relationships_of_the_pair_the_newer_is_kept_whichever_i
 
 
 async def test_10_a_late_copy_of_an_older_relationships_end_leaves_a_newer_ones_lots_with_the_relative(
-        infra: Any) -> None:
+        sichuan: WalletService) -> None:
     """The recipient's side of the same: after R1 ended and R2 was made, a lot sent under R2 lands after a late
     copy of R1's end. It stays with the relative (W6 sends back the lots of an ended relationship only)."""
-    client = connect(infra.redis_url)
-    clock = FixedClock(datetime(2026, 11, 23, 10, 0, tzinfo=CHINA_TZ).astimezone(UTC))
-    here = WalletService(WalletStore(client, "51", prefix=f"x{uuid.uuid4().hex[:8]}:"),
-                         Policies.load(Settings().policies_path), clock, dev_private_key().public_key())
-    try:
-        await here.store.transfer_op("open", RELATIVE, "510100")
-        now = clock.now()
-        for event in (wallet_binding("R1", now), wallet_binding("R1", now, ended=True), wallet_binding("R2", now)):
-            await here.on_binding(event, None)
-        for transfer_id in ("T-before", "T-after"):
-            offer = OfferTransfer(occurred_at=now, transfer_id=transfer_id, from_psn_no=GRANTOR, from_province="32",
-                                  to_psn_no=RELATIVE, amount_fen=10_000, expires_at=now + timedelta(hours=20),
-                                  binding_id="R2")
-            await here.on_command(offer, None)
-            await here.on_command(AcceptTransfer(occurred_at=now, transfer_id=transfer_id, to_psn_no=RELATIVE), None)
-            if transfer_id == "T-after":
-                await here.on_binding(wallet_binding("R1", now, ended=True), None)  # the late copy
-            posted = CompleteTransfer(occurred_at=now, transfer_id=transfer_id, outcome="posted")
-            out = [json.loads(o.body)["type"] for o in await here.on_command(posted, None)]
-            assert out == ["TransferAccepted"], (transfer_id, out)
-        report = await audit(client, "51", here.store.prefix)
-        assert report.ok
-        assert sorted(lot["status"] for lot in report.lots.values()) == ["active", "active"]
-    finally:
-        await client.aclose()
+    here, clock, client = sichuan, sichuan.clock, sichuan.store.client
+    await here.store.transfer_op("open", RELATIVE, "510100")
+    now = clock.now()
+    for event in (wallet_binding("R1", now), wallet_binding("R1", now, ended=True), wallet_binding("R2", now)):
+        await here.on_binding(event, None)
+    for transfer_id in ("T-before", "T-after"):
+        offer = OfferTransfer(occurred_at=now, transfer_id=transfer_id, from_psn_no=GRANTOR, from_province="32",
+                              to_psn_no=RELATIVE, amount_fen=10_000, expires_at=now + timedelta(hours=20),
+                              binding_id="R2")
+        await here.on_command(offer, None)
+        await here.on_command(AcceptTransfer(occurred_at=now, transfer_id=transfer_id, to_psn_no=RELATIVE), None)
+        if transfer_id == "T-after":
+            await here.on_binding(wallet_binding("R1", now, ended=True), None)  # the late copy
+        posted = CompleteTransfer(occurred_at=now, transfer_id=transfer_id, outcome="posted")
+        out = [json.loads(o.body)["type"] for o in await here.on_command(posted, None)]
+        assert out == ["TransferAccepted"], (transfer_id, out)
+    report = await audit(client, "51", here.store.prefix)
+    assert report.ok
+    assert sorted(lot["status"] for lot in report.lots.values()) == ["active", "active"]
 
 
 async def a_wallet_in_sichuan_with_a_lot(here: WalletService, opened_after: timedelta) -> str:
