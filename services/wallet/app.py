@@ -195,7 +195,10 @@ class WalletService:
                                      year=r["year"])
             out.append(Outgoing.of(wallet_commands(e.admdvs[:2]), kafka_key(e.psn_no), receive))
         batch = f"moved:{e.message_id}"
-        closed = await self.store.transfer_op("close_and_return", e.psn_no, "moved", batch)
+        # stale: the account came home, newer than this move (the return not heard yet), so the holder lives here
+        # again and only a wallet opened before the move belonged to the stay it ended
+        before = [epoch_ms(e.occurred_at)] if r.get("stale") else []
+        closed = await self.store.transfer_op("close_and_return", e.psn_no, "moved", batch, *before)
         return out + self._send_back(e.psn_no, closed["returns"], batch, "holder_moved")
 
     async def forward(self, psn: str, trigger_id: str) -> list[Outgoing]:

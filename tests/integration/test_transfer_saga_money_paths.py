@@ -34,6 +34,7 @@ from contracts.wallet import (
     CompleteTransfer,
     OfferTransfer,
     OpenWallet,
+    ReceiveAccount,
     RequestTransfer,
     ResolveTransfer,
 )
@@ -406,6 +407,31 @@ async def test_w6_a_wallet_opened_after_its_holder_came_back_stays_open_when_the
     report = await audit(sichuan.store.client, "51", sichuan.store.prefix)
     assert report.ok
     assert [lot["status"] for lot in report.lots.values()] == ["active"]
+
+
+@pytest.mark.parametrize(("opened_after", "stays"), [(timedelta(days=3), True), (timedelta(hours=1), False)])
+async def test_w6_a_move_out_heard_after_the_account_came_back_closes_only_a_wallet_of_the_stay_it_ended(
+        sichuan: WalletService, opened_after: timedelta, stays: bool) -> None:
+    """Session 13's open item (MEDIUM): the holder moved away and back; their account came home (ReceiveAccount,
+    newer than the move) before Sichuan heard either move, and the move out heard late moves nothing (the account
+    is newer) but closed whatever wallet was open, one opened after the return included, and sent its lots home.
+    The account's return shows that the holder lives here again: only a wallet opened before the move belonged to
+    the stay it ended (W1, W6)."""
+    start = sichuan.clock.now()
+    await a_wallet_in_sichuan_with_a_lot(sichuan, opened_after=opened_after)
+    away, back = away_and_back(start)
+    home = ReceiveAccount(occurred_at=back.occurred_at, move_id=back.message_id, psn_no=RELATIVE, admdvs="510100",
+                          from_province="44", version=3, cur_fen=5_000, hist_fen=0, next_fen=0, year=2026)
+    await sichuan.on_command(home, None)
+    sent = [json.loads(o.body) for o in await sichuan.on_enrollment(away, None)]
+    returned = [(e["amount_fen"], e["reason"]) for e in sent if e["type"] == "ReturnFunds"]
+    assert returned == ([] if stays else [(10_000, "holder_moved")])
+    status = await sichuan.store.client.hget(f"{sichuan.store.prefix}wallet:{RELATIVE}", "status")
+    assert status == ("active" if stays else "closed")
+    assert (await sichuan.store.client.hget(f"{sichuan.store.prefix}acct:{RELATIVE}", "status")) == "active"
+    report = await audit(sichuan.store.client, "51", sichuan.store.prefix)
+    assert report.ok
+    assert [lot["status"] for lot in report.lots.values()] == ["active" if stays else "returned"]
 
 
 @pytest.mark.parametrize("closing", ["move out", "arrival"])

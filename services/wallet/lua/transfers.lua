@@ -52,7 +52,8 @@ if op == 'open' then
 end
 
 if op == 'left' or op == 'close_and_return' then
-  -- ARGV: op, psn, reason, batch; for left also arrival_version, arrival_ms. The wallet closes and its lots go
+  -- ARGV: op, psn, reason, batch; for left also arrival_version, arrival_ms; for close_and_return optionally
+  -- the move's business time (a move older than the account, which came home: see below). The wallet closes and its lots go
   -- home (W1, W6), in one step, answered the same on every delivery of the message (its batch): whatever happened
   -- to the wallet since (reopened, say), a redelivery sends the same lots again and moves nothing twice.
   -- close_and_return: the holder moved away. left: the holder arrived from another province, so they had left
@@ -68,6 +69,10 @@ if op == 'left' or op == 'close_and_return' then
   local closing = w[1] == 'active'
   if op == 'left' then
     closing = closing and w[2] ~= false and int(w[2]) < int(ARGV[5]) and int(w[3]) < int(ARGV[6])
+  elseif ARGV[5] then
+    -- close_and_return with the move's business time: the move is older than the account, which came home
+    -- already; only a wallet opened before the move was the ended stay's (opened before opened_* were kept: 0)
+    closing = closing and int(w[3]) < int(ARGV[5])
   end
   local returns = {}
   if closing then
