@@ -10,7 +10,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from contracts.binding import ConsentProof, FundingMode, MultiGrantorMode
 from contracts.envelope import Message
@@ -238,6 +238,17 @@ class ReturnFunds(Message):
     holder_province: str
     amount_fen: Fen
     reason: str
+    # money following a person who moved (reason account_moved) keeps its year, as their account does (C1);
+    # absent (older senders, lots): all of it is prior-years money
+    cur_fen: Fen = Field(default=0, description="of amount_fen, money of the current year `year`")
+    next_fen: Fen = Field(default=0, description="of amount_fen, money of the year after `year`")
+    year: int | None = Field(default=None, description="the year of cur_fen; None: not known (it lands as current)")
+
+    @model_validator(mode="after")
+    def check_buckets_within_amount(self) -> ReturnFunds:
+        if self.cur_fen + self.next_fen > self.amount_fen:
+            raise ValueError("cur_fen + next_fen exceed amount_fen")
+        return self
 
 
 class ReceiveAccount(Message):

@@ -210,7 +210,8 @@ class WalletService:
             return []
         cmd = ReturnFunds(message_id=derive_id("ReturnFunds", forward_id), occurred_at=self.clock.now(),
                           return_id=forward_id, sender_psn_no=psn, holder_psn_no=psn, holder_province=self.province,
-                          amount_fen=r["amount"], reason=ACCOUNT_MOVED)
+                          amount_fen=r["amount"], reason=ACCOUNT_MOVED, cur_fen=r["cur"], next_fen=r["next"],
+                          year=r["year"])
         return [Outgoing.of(wallet_commands(r["to_prov"]), kafka_key(psn), cmd)]
 
     # ------------------------------------------------------------ bindings and quotas (B6, C3)
@@ -456,7 +457,8 @@ class WalletService:
                 from_psn_no=r["from"], from_province=r["from_prov"], to_psn_no=r["to"], amount_fen=r["amount"]))]
         if isinstance(cmd, ReturnFunds):
             r = await self.store.transfer_op("receive_return", cmd.return_id, cmd.sender_psn_no, cmd.amount_fen,
-                                             "1" if cmd.reason == ACCOUNT_MOVED else "0")
+                                             "1" if cmd.reason == ACCOUNT_MOVED else "0", cmd.cur_fen, cmd.next_fen,
+                                             "" if cmd.year is None else cmd.year)
             if not r["ok"]:
                 raise PoisonMessage(r["reason"], r["detail"])
             return [self.out(cmd.sender_psn_no, FundsReturned(

@@ -62,3 +62,41 @@ local function freeze_after(prefix, psn, version)
   if f[1] and int(f[1]) > version then return int(f[1]), f[2] or '', f[3] end
   return nil
 end
+
+-- C1: the account knows which year its current-year balance belongs to (`year`, set by the first credit or
+-- rollover). A credit lands in the year of its period: this year → current; an earlier year → prior years
+-- (that year has rolled over); next year, before this year's rollover arrived → `next`, which the rollover
+-- makes current, so a late rollover never sweeps next year's money into prior years. `next` is not spendable
+-- until then (it is money of a year that has not begun in this account's books).
+local function credit_bucket(held, year)
+  if not held then return 'cur' end
+  if year == held then return 'cur' end
+  if year < held then return 'hist' end
+  if year == held + 1 then return 'next' end
+  return nil
+end
+
+local function year_of(k)
+  local held = redis.call('HGET', k, 'year')
+  return (held and held ~= '') and int(held) or nil
+end
+
+-- C1: a person's account money arriving from another province (the account itself, or money forwarded after it)
+-- lands bucket by bucket in the year it belongs to here, as a credit would: `cur` is of year `year` (nil: not
+-- known, it stays current), `nxt` of the year after, `hist` prior years. Ledger entries under `reason`, `ref`.
+local function land_in_years(prefix, psn, cur, hist, nxt, year, reason, ref)
+  local k = prefix .. 'acct:' .. psn
+  local held = year_of(k)
+  local y = year or held
+  if not held and y then redis.call('HSET', k, 'year', y); held = y end
+  local into = {cur = 0, hist = hist, next = 0}
+  for bucket, fen in pairs({cur = cur, next = nxt}) do
+    local of_year = y and (bucket == 'cur' and y or y + 1) or held
+    local lands = (of_year and credit_bucket(held, of_year)) or (bucket == 'cur' and 'cur' or 'next')
+    into[lands] = into[lands] + fen
+  end
+  for _, bucket in ipairs({'cur', 'hist', 'next'}) do
+    hincr(k, bucket, into[bucket])
+    ledger(prefix .. 'ledger', 'acct:' .. psn .. ':' .. bucket, into[bucket], reason, ref)
+  end
+end

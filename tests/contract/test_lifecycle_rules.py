@@ -293,6 +293,30 @@ async def test_6_a_credit_lands_in_the_year_of_its_period() -> None:
         assert (view["spendable_current_fen"], view["spendable_prior_fen"], view["next_year_fen"]) == (500, 1_300, 0)
 
 
+async def test_3_money_forwarded_after_a_move_keeps_its_year() -> None:
+    """Session 12's open item: a credit that reached the province a person had left was forwarded as one amount and
+    landed as prior-years money in the new province, spendable there by relatives whose binding allows only the
+    grantor's prior years (B6 `historical_only`). It keeps its bucket, and lands in the year it belongs to there
+    (as the account's own buckets do, C1)."""
+    async with harness() as h:
+        await enrol(h, "P", 100_000)  # Suzhou, 2026-10
+        await send(h, ENROLLMENT_EVENTS, PersonTransferred(occurred_at=h.clock.now(), psn_no="P", admdvs="450100",
+                                                           from_admdvs="320500", version=2), "P")
+        for fen, period in ((1_000, "2026-11"), (500, "2027-01")):  # late: they reach Jiangsu after the move
+            await send(h, ENROLLMENT_EVENTS, credited("P", fen, period=period), "P")
+        new = await wallet_view(h, "P", "45")
+        assert (new["spendable_current_fen"], new["spendable_prior_fen"], new["next_year_fen"]) == (101_000, 0, 500)
+        await send(h, ENROLLMENT_EVENTS, YearRolledOver(occurred_at=h.clock.now(), psn_no="P", admdvs="450100",
+                                                        year=2026), "P")
+        await send(h, ENROLLMENT_EVENTS, credited("P", 300, period="2026-12"), "P")  # after the rollover there
+        new = await wallet_view(h, "P", "45")
+        assert (new["spendable_current_fen"], new["spendable_prior_fen"], new["next_year_fen"]) == (500, 101_300, 0)
+        old = await wallet_view(h, "P", "32")
+        assert old["spendable_current_fen"] + old["spendable_prior_fen"] + old["next_year_fen"] == 0
+        reports = {p: (await audit(h.redis, p)).__dict__ for p in ("32", "33", "45", "51")}
+        assert national_audit(reports).discrepancies == []
+
+
 async def test_3_what_follows_a_grantor_who_moves_to_another_province() -> None:
     async with harness() as h:
         await enrol(h, "G", 100_000)  # Suzhou, Jiangsu
@@ -317,10 +341,8 @@ async def test_3_what_follows_a_grantor_who_moves_to_another_province() -> None:
         assert old["account"]["status"] == "moved" and old["spendable_current_fen"] + old["spendable_prior_fen"] == 0
         # the balance came along: 100,000 - 30,000 sent; the released 2,000 quota is prior-years. T2, held in
         # Jiangsu, went back to G there when the relationship moved with them: with the account if that had not
-        # left yet (current), or after it (forwarded money lands as prior-years; docs/rules.md C1 "open")
-        assert new["spendable_current_fen"] + new["spendable_prior_fen"] == 58_000 + 2_000 + 10_000
-        t2_in_current = new["spendable_current_fen"] - 58_000
-        assert t2_in_current in (0, 10_000)
+        # left yet, or forwarded after it; either way it is current-year money, as it was when held
+        assert (new["spendable_current_fen"], new["spendable_prior_fen"]) == (58_000 + 10_000, 2_000)
         assert events(h, WALLET_EVENTS, "TransferReturned")[-1]["reason"] == "SENDER_MOVED"
 
         # transfers go on from the new province; main refused them (NO_RELATIONSHIP) and refused re-binding
@@ -334,7 +356,7 @@ async def test_3_what_follows_a_grantor_who_moves_to_another_province() -> None:
         await send(h, BINDING_COMMANDS, dissolve_command(rel, "G", "S", "S", h.clock.now()), "G")
         new = await wallet_view(h, "G", "45")
         assert (new["spendable_current_fen"], new["spendable_prior_fen"]) == (
-            58_000 - 5_000 + t2_in_current, 2_000 + 10_000 - t2_in_current + 35_000)
+            58_000 - 5_000 + 10_000, 2_000 + 35_000)
         old = await wallet_view(h, "G", "32")
         assert old["spendable_current_fen"] + old["spendable_prior_fen"] == 0  # nothing stranded in Jiangsu
 

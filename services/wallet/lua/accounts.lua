@@ -85,24 +85,6 @@ if op == 'enroll' or op == 'status' then
   return cjson.encode({ok = true, applied = true})
 end
 
--- C1: the account knows which year its current-year balance belongs to (`year`, set by the first credit or
--- rollover). A credit lands in the year of its period: this year → current; an earlier year → prior years
--- (that year has rolled over); next year, before this year's rollover arrived → `next`, which the rollover
--- makes current, so a late rollover never sweeps next year's money into prior years. `next` is not spendable
--- until then (it is money of a year that has not begun in this account's books).
-local function credit_bucket(held, year)
-  if not held then return 'cur' end
-  if year == held then return 'cur' end
-  if year < held then return 'hist' end
-  if year == held + 1 then return 'next' end
-  return nil
-end
-
-local function year_of(k)
-  local held = redis.call('HGET', k, 'year')
-  return (held and held ~= '') and int(held) or nil
-end
-
 if op == 'credit' then
   -- ARGV: op, psn, amount_fen, message_id, period (YYYY-MM)
   local psn, amount, ref, period = ARGV[2], int(ARGV[3]), ARGV[4], ARGV[5] or ''
@@ -290,20 +272,7 @@ if op == 'move_in' then
       redis.call('HSET', k, 'cur', 0, 'hist', 0)
       redis.call('SADD', P .. 'accts', psn)
     end
-    -- each bucket lands in the year it belongs to here (as a credit would): cur is year `year`, next `year`+1
-    local held = year_of(k)
-    local y = year ~= '' and int(year) or held
-    if not held and y then redis.call('HSET', k, 'year', y); held = y end
-    local into = {cur = 0, hist = hist, next = 0}
-    for bucket, fen in pairs({cur = cur, next = nxt}) do
-      local of_year = y and (bucket == 'cur' and y or y + 1) or held
-      local lands = (of_year and credit_bucket(held, of_year)) or (bucket == 'cur' and 'cur' or 'next')
-      into[lands] = into[lands] + fen
-    end
-    for bucket, fen in pairs(into) do
-      hincr(k, bucket, fen)
-      ledger(LEDGER, 'acct:' .. psn .. ':' .. bucket, fen, 'account_moved_in', id)
-    end
+    land_in_years(P, psn, cur, hist, nxt, year ~= '' and int(year) or nil, 'account_moved_in', id)
     hincr(P .. 'totals', 'external_net', total)
     if total > 0 then hincr(P .. 'rin', 'move:' .. id, total) end
     redis.call('HSET', k, 'version', newest, 'admdvs', region, unpack(state))
@@ -324,8 +293,11 @@ if op == 'forward' then
   if redis.call('HGET', k, 'status') ~= 'moved' then
     result = cjson.encode({ok = true, amount = 0})
   else
-    local _, _, _, total = empty_into_flight(k, psn, id, 'forwarded_after_move')
-    result = cjson.encode({ok = true, amount = total, to_prov = string.sub(redis.call('HGET', k, 'moved_to'), 1, 2)})
+    local year = year_of(k)
+    local cur, _, nxt, total = empty_into_flight(k, psn, id, 'forwarded_after_move')
+    -- its buckets travel with it, as the account's did (C1): current-year money stays current-year money
+    result = cjson.encode({ok = true, amount = total, cur = cur, next = nxt, year = year or cjson.null,
+                           to_prov = string.sub(redis.call('HGET', k, 'moved_to'), 1, 2)})
   end
   idem_put(done, result)
   return result

@@ -327,10 +327,17 @@ end
 
 if op == 'receive_return' then
   -- ARGV: op, return_id, sender, amount, may_open ('1': money following a person who moved here may arrive
-  -- before their account does; the account is opened for it). The sender's account takes it (prior-years).
+  -- before their account does; the account is opened for it), and for such money its current-year and next-year
+  -- parts and their year ('' = not known). The sender's account takes it: a returned lot as prior-years money,
+  -- money following a person in the year it belongs to (C1).
   local done = P .. 'done:return:' .. ARGV[2]
   local stored = idem_get(done)
   if stored then return stored end
+  local amount, cur, nxt = int(ARGV[4]), int(ARGV[6]), int(ARGV[7])
+  local year = (ARGV[8] and ARGV[8] ~= '') and int(ARGV[8]) or nil
+  if cur < 0 or nxt < 0 or cur + nxt > amount then
+    return fail('BAD_AMOUNT', 'current and next-year parts exceed the amount')
+  end
   local ak = P .. 'acct:' .. ARGV[3]
   if redis.call('EXISTS', ak) == 0 then
     if ARGV[5] ~= '1' then return fail('NO_ACCOUNT', 'sender has no account here') end
@@ -342,11 +349,9 @@ if op == 'receive_return' then
                'version', frozen_at or arrived, 'status_ver', frozen_at or arrived, 'reason', frozen_why or '')
     redis.call('SADD', P .. 'accts', ARGV[3])
   end
-  local amount = int(ARGV[4])
-  hincr(ak, 'hist', amount)
+  land_in_years(P, ARGV[3], cur, amount - cur - nxt, nxt, year, 'lot_return_received', ARGV[2])
   hincr(P .. 'totals', 'external_net', amount)
   hincr(P .. 'rin', ARGV[2], amount)
-  ledger(LEDGER, 'acct:' .. ARGV[3] .. ':hist', amount, 'lot_return_received', ARGV[2])
   local r = cjson.encode({ok = true})
   idem_put(done, r)
   return r
