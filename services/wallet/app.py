@@ -210,8 +210,8 @@ class WalletService:
             return []
         cmd = ReturnFunds(message_id=derive_id("ReturnFunds", forward_id), occurred_at=self.clock.now(),
                           return_id=forward_id, sender_psn_no=psn, holder_psn_no=psn, holder_province=self.province,
-                          amount_fen=r["amount"], reason=ACCOUNT_MOVED, cur_fen=r["cur"], next_fen=r["next"],
-                          year=r["year"])
+                          amount_fen=r["amount"], reason=ACCOUNT_MOVED, cur_fen=r.get("cur", 0),
+                          next_fen=r.get("next", 0), year=r.get("year"))  # stored by the release before: none
         return [Outgoing.of(wallet_commands(r["to_prov"]), kafka_key(psn), cmd)]
 
     # ------------------------------------------------------------ bindings and quotas (B6, C3)

@@ -81,14 +81,34 @@ local function year_of(k)
   return (held and held ~= '') and int(held) or nil
 end
 
+-- C1: the account's year moves on to `to_year` (> its `held` year, or `held` nil: not known), as the rollovers in
+-- between would have moved it: current-year money becomes prior-years money, and `next` becomes current when
+-- `to_year` directly follows `held` (a missed year's `next` is past money too). Returns what went to prior years.
+local function roll_on(prefix, psn, held, to_year, ref)
+  local k = prefix .. 'acct:' .. psn
+  local cur, nxt = int(redis.call('HGET', k, 'cur')), int(redis.call('HGET', k, 'next'))
+  local to_cur = (held and to_year == held + 1) and nxt or 0
+  local to_hist = cur + nxt - to_cur
+  redis.call('HSET', k, 'cur', to_cur, 'next', 0, 'year', to_year)
+  hincr(k, 'hist', to_hist)
+  local ledger_key = prefix .. 'ledger'
+  ledger(ledger_key, 'acct:' .. psn .. ':cur', to_cur - cur, 'year_rollover', ref)
+  ledger(ledger_key, 'acct:' .. psn .. ':next', -nxt, 'year_rollover', ref)
+  ledger(ledger_key, 'acct:' .. psn .. ':hist', to_hist, 'year_rollover', ref)
+  return to_hist
+end
+
 -- C1: a person's account money arriving from another province (the account itself, or money forwarded after it)
 -- lands bucket by bucket in the year it belongs to here, as a credit would: `cur` is of year `year` (nil: not
 -- known, it stays current), `nxt` of the year after, `hist` prior years. Ledger entries under `reason`, `ref`.
+-- An account that comes home after a year or more away heard no rollover meanwhile (they reach the province the
+-- person is insured in): money of a later year first rolls it on to that year.
 local function land_in_years(prefix, psn, cur, hist, nxt, year, reason, ref)
   local k = prefix .. 'acct:' .. psn
   local held = year_of(k)
   local y = year or held
   if not held and y then redis.call('HSET', k, 'year', y); held = y end
+  if y and y > held then roll_on(prefix, psn, held, y, ref); held = y end
   local into = {cur = 0, hist = hist, next = 0}
   for bucket, fen in pairs({cur = cur, next = nxt}) do
     local of_year = y and (bucket == 'cur' and y or y + 1) or held

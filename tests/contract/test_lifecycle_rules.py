@@ -317,6 +317,43 @@ async def test_3_money_forwarded_after_a_move_keeps_its_year() -> None:
         assert national_audit(reports).discrepancies == []
 
 
+async def test_3_an_account_that_comes_home_a_year_later_rolls_on_to_the_year_it_brings() -> None:
+    """Review of session 14 (MEDIUM, older in `move_in`): the province a person left hears none of the rollovers of
+    the years they are away, so an account coming home kept the year it left with: the current year it brought
+    landed as next year's money, unspendable, and so did every credit after it (and two years away, every credit
+    was refused). Money of a later year first rolls the account on to that year."""
+    async with harness() as h:
+        await send(h, ENROLLMENT_EVENTS, enrolled("P"), "P")
+        await send(h, ENROLLMENT_EVENTS, credited("P", 100_000, period="2025-03"), "P")  # Suzhou, 2025
+        for version, (to, came_from) in enumerate((("450100", "320500"), ("320500", "450100")), start=2):
+            if version == 3:  # a year in Nanning: the rollover of 2025 and a credit of 2026 are heard there
+                await send(h, ENROLLMENT_EVENTS, YearRolledOver(occurred_at=h.clock.now(), psn_no="P",
+                                                                admdvs="450100", year=2025), "P")
+                await send(h, ENROLLMENT_EVENTS, credited("P", 1_000, admdvs="450100", period="2026-02"), "P")
+            await send(h, ENROLLMENT_EVENTS, PersonTransferred(occurred_at=h.clock.now(), psn_no="P", admdvs=to,
+                                                               from_admdvs=came_from, version=version), "P")
+        await send(h, ENROLLMENT_EVENTS, credited("P", 500, period="2026-06"), "P")  # home again
+        home = await wallet_view(h, "P", "32")
+        assert (home["spendable_current_fen"], home["spendable_prior_fen"], home["next_year_fen"],
+                home["current_year"]) == (1_500, 100_000, 0, 2026)
+        reports = {p: (await audit(h.redis, p)).__dict__ for p in ("32", "33", "45", "51")}
+        assert national_audit(reports).discrepancies == []
+
+
+async def test_3_money_forwarded_by_the_release_before_still_follows_the_person() -> None:
+    """Review of session 14 (HIGH): a forward's outcome is stored (35 days) and answered again on redelivery; one
+    stored by the release before names no buckets, and reading them raised, so a message redelivered across a
+    rolling upgrade was parked and its money stayed in flight. It is sent as that release sent it: prior-years."""
+    async with harness() as h:
+        wallet = h.services["wallet-32"]
+        stored = json.dumps({"ok": True, "amount": 700, "to_prov": "45"})
+        await h.redis.set(f"{wallet.store.prefix}done:fwd:M1:P", stored)
+        [sent] = await wallet.forward("P", "M1")
+        body = json.loads(sent.body)
+        assert (body["type"], body["amount_fen"], body["cur_fen"], body["next_fen"], body["year"]) == (
+            "ReturnFunds", 700, 0, 0, None)
+
+
 async def test_3_what_follows_a_grantor_who_moves_to_another_province() -> None:
     async with harness() as h:
         await enrol(h, "G", 100_000)  # Suzhou, Jiangsu

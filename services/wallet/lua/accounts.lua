@@ -130,15 +130,7 @@ if op == 'rollover' then
     -- the account is already in a later year (its credits said so): this year's money was never current here
     result = cjson.encode({ok = true, applied = false, moved = 0})
   else
-    local cur, nxt = int(redis.call('HGET', k, 'cur')), int(redis.call('HGET', k, 'next'))
-    local to_hist, to_cur = cur, 0
-    if held == year then to_cur = nxt else to_hist = cur + nxt end  -- a missed year's `next` is past too
-    redis.call('HSET', k, 'cur', to_cur, 'next', 0, 'year', year + 1)
-    hincr(k, 'hist', to_hist)
-    ledger(LEDGER, 'acct:' .. psn .. ':cur', to_cur - cur, 'year_rollover', ref)
-    ledger(LEDGER, 'acct:' .. psn .. ':next', -nxt, 'year_rollover', ref)
-    ledger(LEDGER, 'acct:' .. psn .. ':hist', to_hist, 'year_rollover', ref)
-    result = cjson.encode({ok = true, applied = true, moved = to_hist})
+    result = cjson.encode({ok = true, applied = true, moved = roll_on(P, psn, held, year + 1, ref)})
   end
   redis.call('SET', done, result)  -- forever: a year rolls over once
   return result

@@ -333,8 +333,11 @@ if op == 'receive_return' then
   local done = P .. 'done:return:' .. ARGV[2]
   local stored = idem_get(done)
   if stored then return stored end
-  local amount, cur, nxt = int(ARGV[4]), int(ARGV[6]), int(ARGV[7])
-  local year = (ARGV[8] and ARGV[8] ~= '') and int(ARGV[8]) or nil
+  local amount, cur, nxt, year = int(ARGV[4]), 0, 0, nil
+  if ARGV[5] == '1' then  -- a returned lot is wallet money: prior-years money of its sender, whatever it says
+    cur, nxt = int(ARGV[6]), int(ARGV[7])
+    year = (ARGV[8] and ARGV[8] ~= '') and int(ARGV[8]) or nil
+  end
   if cur < 0 or nxt < 0 or cur + nxt > amount then
     return fail('BAD_AMOUNT', 'current and next-year parts exceed the amount')
   end
