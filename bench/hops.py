@@ -68,7 +68,7 @@ async def main() -> None:
         stop.set()
         seen = await reader
     finally:
-        supervised.reset(state)
+        supervised.discard(state)
     hops: dict[str, list[int]] = {"request → PaySettlement": [], "PaySettlement → PaymentCompleted": [],
                                   "PaymentCompleted → HIS result": []}
     for msgid in sent:

@@ -97,7 +97,7 @@ async def main(only: tuple[str, ...] = PHASES) -> dict[str, Any]:
                 with console.status(f"measuring {name}…"):
                     results.update(await asyncio.wait_for(phase(), PHASE_TIMEOUT_S))
     finally:
-        supervised.reset(state)
+        supervised.discard(state)
     if "rates" in results:
         results["held_per_s"] = held(results["rates"])
         results["best_achieved_per_s"] = max(r["achieved_per_s"] for r in results["rates"])

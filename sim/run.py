@@ -919,8 +919,8 @@ async def simulate(seed: int, duration_s: float, keep: bool) -> dict[str, Any]:
         if dlq_total - dlq_unexpected < run.poison_sent:  # each poison is parked by every consumer of its topic
             run.divergences.append(f"{run.poison_sent} poison records sent, only {dlq_total - dlq_unexpected} parked")
     finally:
-        with contextlib.suppress(Exception):
-            await asyncio.to_thread(supervised.down, state)
+        with contextlib.suppress(Exception):  # a stack not kept is deleted: no graceful stop needed
+            await asyncio.to_thread(supervised.down if keep else supervised.discard, state)
         left = leftover_processes(state)
         summary["processes_left"] = len(left)
         if run is not None:

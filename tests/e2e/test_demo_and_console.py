@@ -49,7 +49,7 @@ def demo_day() -> Iterator[tuple[Path, subprocess.CompletedProcess[str]]]:
                               timeout=600, check=False)
         yield state, done
     finally:
-        supervised.reset(state)
+        supervised.discard(state)
 
 
 def test_demo_runs_the_scripted_day_and_all_checks_pass(demo_day: tuple[Path, Any]) -> None:

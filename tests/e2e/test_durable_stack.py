@@ -50,7 +50,7 @@ def stack() -> Iterator[tuple[Path, dict[str, str]]]:
         urls = {n: f"http://127.0.0.1:{p}" for n, p in supervised.open_layout(state)[0].http_ports.items()}
         yield state, urls
     finally:
-        supervised.reset(state)
+        supervised.discard(state)
         os.environ.clear()
         os.environ.update(saved)
 
