@@ -579,20 +579,38 @@ def reset(state: Path | None = None) -> list[str]:
 def discard(state: Path) -> list[str]:
     """A throw-away stack (a test's, a bench's): supervisord and every program SIGKILLed at once, then its data
     deleted as `reset` does. Nothing waits for a graceful stop that a stack about to be deleted has no use for
-    (supervisord stops the programs one priority after another: ≈ 25 s)."""
-    if supervisord_running(state):
-        programs = [int(p["pid"]) for p in processes(state).values() if p.get("pid")]
-        supervisord = int((state / "supervisord.pid").read_text().strip())
-        os.kill(supervisord, signal.SIGKILL)  # first: a program killed next is not started again
+    (supervisord stops the programs one priority after another)."""
+    pid_file = state / "supervisord.pid"
+    if supervisord_running(state) and pid_file.exists():
+        supervisord = int(pid_file.read_text().strip())
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(supervisord, signal.SIGSTOP)  # from here it starts nothing: its children are all there is
+        programs = _children_of(supervisord)
         for pid in programs:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGKILL)  # each program is its own process group (killasgroup)
+            try:
+                os.killpg(pid, signal.SIGKILL)  # each program leads its own process group (killasgroup)
+            except ProcessLookupError:  # forked but not yet its group's leader
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(supervisord, signal.SIGKILL)
         deadline = time.monotonic() + SHUTDOWN_TIMEOUT_S
         while any(native._alive(pid) for pid in (supervisord, *programs)):
             if time.monotonic() > deadline:
                 raise StackError(f"processes of {state} still running after SIGKILL")
             time.sleep(0.1)
     return reset(state)
+
+
+def _children_of(parent: int) -> list[int]:
+    children = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                # the fields after the command's name, which is in parentheses and may hold spaces
+                if int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1]) == parent:
+                    children.append(int(proc.name))
+    return children
 
 
 def status(state: Path | None = None) -> list[dict[str, Any]]:
