@@ -5,9 +5,11 @@ the simulator applies the same operations here as it sends to the real stack and
 balances and every determined hospital answer.
 
 Rules modelled (DOMAIN.md ids):
-  C1  a credit lands in the year of its period: the account's year → current, an earlier one → prior years, the
-      next one → held for next year until the rollover, which moves current into prior years and next into
-      current (a rollover of a year the account has left moves nothing).
+  C1  a credit lands in the year of its period: the account's year → current, an earlier one → prior years; a
+      later one first rolls the account on to it, as the rollovers in between would have (its year has begun, so
+      the years before have ended). A rollover moves current into prior years (and `next`, money of the coming
+      year stored before credits rolled accounts on, into current); a rollover of a year the account has left
+      moves nothing.
   B6  a quota binding earmarks the grantor's money, prior years first; a released earmark returns to prior years;
       a quota change keeps what was used and holds (or releases) the difference, refused when the grantor cannot
       hold it. Without quota: historical_only pays from the grantor's prior years, full_balance from current
@@ -36,7 +38,7 @@ class ModelError(Exception):
 class Account:
     cur: int = 0
     hist: int = 0
-    next: int = 0  # credits for the year after `year`, until its rollover
+    next: int = 0  # money of the year after `year`, until its rollover (stored before credits rolled accounts on)
     year: int | None = None  # the year `cur` belongs to; set by the first credit or rollover
 
 
@@ -90,28 +92,31 @@ class Model:
     def enroll(self, psn: str) -> None:
         self.accounts.setdefault(psn, Account())
 
-    def credit(self, psn: str, fen: int, year: int) -> None:
+    def credit(self, psn: str, fen: int, year: int, latest_year: int | None = None) -> None:
+        if latest_year is not None and year > latest_year:
+            raise ModelError(f"credit for {year}, later than {latest_year}")
         a = self._account(psn)
         if a.year is None:
             a.year = year
+        if year > a.year:
+            self._roll_on(a, year)
         if year == a.year:
             a.cur += fen
-        elif year < a.year:
-            a.hist += fen
-        elif year == a.year + 1:
-            a.next += fen
         else:
-            raise ModelError(f"credit for {year} while {psn}'s account is in {a.year}")
+            a.hist += fen
 
     def rollover(self, psn: str, year: int) -> None:
         a = self._account(psn)
-        if a.year is not None and a.year > year:
-            return
-        if a.year == year:
-            a.hist, a.cur, a.next = a.hist + a.cur, a.next, 0
-        else:  # a year this account never saw as current: everything in it is past
-            a.hist, a.cur, a.next = a.hist + a.cur + a.next, 0, 0
-        a.year = year + 1
+        if a.year is None or a.year <= year:
+            self._roll_on(a, year + 1)
+
+    @staticmethod
+    def _roll_on(a: Account, year: int) -> None:
+        """The account's year moves on to `year`: current money is past; `next` is current if `year` directly
+        follows the account's year (a missed year's `next` is past too)."""
+        to_cur = a.next if a.year is not None and year == a.year + 1 else 0
+        a.hist, a.cur, a.next = a.hist + a.cur + a.next - to_cur, to_cur, 0
+        a.year = year
 
     def _debit(self, psn: str, amount_fen: int, first: str) -> dict[str, int]:
         """Take `amount_fen` from one bucket first, then the other; returns what each gave."""

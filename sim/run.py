@@ -273,7 +273,8 @@ class Run:
     # ------------------------------------------------------------ enrolment events (applied before going on)
 
     async def credit(self, who: dict[str, Any], amount_fen: int, year: int) -> None:
-        """C1: a credit for this year, or for the next one arriving before this year's rollover (or after it)."""
+        """C1: a credit for this year, or for the next one (it rolls the account on, before this year's rollover
+        is heard or after it)."""
         before = await self.balances(who)
         await self.bus.enrollment(AccountCredited(occurred_at=self.bus.clock.now(), psn_no=who["psn_no"],
                                                   admdvs=who["region"], amount_fen=amount_fen,

@@ -65,7 +65,7 @@ from services.wallet import domain as transfer_rules
 from services.wallet.audit import audit
 from services.wallet.domain import TransferRuleError
 from services.wallet.store import WalletStore
-from shared.clock import Clock, epoch_ms
+from shared.clock import Clock, china_time, epoch_ms
 from shared.consent import check_consent, public_key_from_setting
 from shared.kafka import PATIENCE_MS, Consumer, Outgoing, PoisonMessage, Routing, model_parser, publish_all
 from shared.metrics import AUDIT_OK, EXPIRY_FAILURES, TRANSFER_OVERDUE
@@ -141,8 +141,11 @@ class WalletService:
             if e.insutype == "310" and e.has_personal_account:
                 await self.store.enroll(e.psn_no, e.version, "active", e.admdvs)
         elif isinstance(e, AccountCredited):
+            # a credit rolls the account on to its year, so a period far ahead (a bad record) must not pass: up to
+            # the next year (the platform's clock and ours may disagree around New Year)
+            latest = china_time(self.clock.now()).year + 1
             credited = await self._on_account(e, lambda: self.store.credit(e.psn_no, e.amount_fen, e.message_id,
-                                                                            e.period))
+                                                                            e.period, latest))
             if credited.get("moved"):  # a late credit for someone who has left: it follows them
                 return await self.forward(e.psn_no, e.message_id)
         elif isinstance(e, YearRolledOver):

@@ -63,11 +63,11 @@ local function freeze_after(prefix, psn, version)
   return nil
 end
 
--- C1: the account knows which year its current-year balance belongs to (`year`, set by the first credit or
--- rollover). A credit lands in the year of its period: this year → current; an earlier year → prior years
--- (that year has rolled over); next year, before this year's rollover arrived → `next`, which the rollover
--- makes current, so a late rollover never sweeps next year's money into prior years. `next` is not spendable
--- until then (it is money of a year that has not begun in this account's books).
+-- C1: the account knows which year its current-year balance belongs to (`year`, set by its first credit or
+-- rollover). Money arriving of a year: this year → current; an earlier year → prior years (that year has rolled
+-- over); the next year → `next`, money of a year that has not begun in this account's books, not spendable until
+-- the rollover makes it current. Credits no longer go there (a credit of a later year rolls the account on: op
+-- credit); `next` holds what was stored before, and what an account from such a release brings with it.
 local function credit_bucket(held, year)
   if not held then return 'cur' end
   if year == held then return 'cur' end

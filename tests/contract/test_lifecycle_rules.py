@@ -276,16 +276,19 @@ async def test_6_a_credit_lands_in_the_year_of_its_period() -> None:
         await enrol(h, "P")
         for fen, period in ((1_000, "2026-12"), (500, "2027-01")):  # January's credit before December's rollover
             await send(h, ENROLLMENT_EVENTS, credited("P", fen, period=period), "P")
+        # January has begun, so 2026 has ended: the account rolls on to 2027 (session 14; until then the credit
+        # waited in `next`, unspendable, for a rollover that may be heard in another province only)
         view = await wallet_view(h, "P")
-        assert (view["spendable_current_fen"], view["next_year_fen"], view["current_year"]) == (1_000, 500, 2026)
+        assert (view["spendable_current_fen"], view["spendable_prior_fen"], view["next_year_fen"],
+                view["current_year"]) == (500, 1_000, 0, 2027)
         await send(h, ENROLLMENT_EVENTS, YearRolledOver(occurred_at=h.clock.now(), psn_no="P", admdvs="320500",
                                                         year=2026), "P")
         view = await wallet_view(h, "P")
-        # main swept both into prior years: (0, 1,500)
+        # main swept both into prior years: (0, 1,500); the late rollover now moves nothing
         assert (view["spendable_current_fen"], view["spendable_prior_fen"], view["next_year_fen"]) == (500, 1_000, 0)
         await send(h, ENROLLMENT_EVENTS, credited("P", 300, period="2026-12"), "P")  # a late December credit
         assert (await wallet_view(h, "P"))["spendable_prior_fen"] == 1_300
-        # a credit two years ahead of the account is a bad record: parked with a reason, nothing moved
+        # a credit later than the year after the business clock's (2026) is a bad record: parked, nothing moved
         await send(h, ENROLLMENT_EVENTS, credited("P", 700, period="2029-01"), "P")
         [parked] = h.on(dlq(ENROLLMENT_EVENTS))  # (the reason, BAD_PERIOD, travels in its headers)
         assert (parked["type"], parked["period"]) == ("AccountCredited", "2029-01")
@@ -305,7 +308,8 @@ async def test_3_money_forwarded_after_a_move_keeps_its_year() -> None:
         for fen, period in ((1_000, "2026-11"), (500, "2027-01")):  # late: they reach Jiangsu after the move
             await send(h, ENROLLMENT_EVENTS, credited("P", fen, period=period), "P")
         new = await wallet_view(h, "P", "45")
-        assert (new["spendable_current_fen"], new["spendable_prior_fen"], new["next_year_fen"]) == (101_000, 0, 500)
+        # November's credit joined 2026's current money there; January's rolled the account on to 2027
+        assert (new["spendable_current_fen"], new["spendable_prior_fen"], new["current_year"]) == (500, 101_000, 2027)
         await send(h, ENROLLMENT_EVENTS, YearRolledOver(occurred_at=h.clock.now(), psn_no="P", admdvs="450100",
                                                         year=2026), "P")
         await send(h, ENROLLMENT_EVENTS, credited("P", 300, period="2026-12"), "P")  # after the rollover there
@@ -336,6 +340,33 @@ async def test_3_an_account_that_comes_home_a_year_later_rolls_on_to_the_year_it
         home = await wallet_view(h, "P", "32")
         assert (home["spendable_current_fen"], home["spendable_prior_fen"], home["next_year_fen"],
                 home["current_year"]) == (1_500, 100_000, 0, 2026)
+        reports = {p: (await audit(h.redis, p)).__dict__ for p in ("32", "33", "45", "51")}
+        assert national_audit(reports).discrepancies == []
+
+
+async def test_3_a_credit_of_a_new_year_rolls_on_an_account_that_missed_its_rollover_elsewhere() -> None:
+    """Review of session 14 (MEDIUM): a person comes home early in a year, before the province they leave has
+    heard the last year's rollover; their account comes home in the old year, and home never hears that rollover
+    (it goes to the other province). Home's credits of the new year waited in `next`, unspendable all year; and
+    a credit two years ahead of an account was parked. A credit's year has begun, so the years before it ended."""
+    async with harness() as h:
+        await send(h, ENROLLMENT_EVENTS, enrolled("P"), "P")
+        await send(h, ENROLLMENT_EVENTS, credited("P", 100_000, period="2025-03"), "P")  # Suzhou, 2025
+        for version, (to, came_from) in enumerate((("450100", "320500"), ("320500", "450100")), start=2):
+            await send(h, ENROLLMENT_EVENTS, PersonTransferred(occurred_at=h.clock.now(), psn_no="P", admdvs=to,
+                                                               from_admdvs=came_from, version=version), "P")
+        await send(h, ENROLLMENT_EVENTS, YearRolledOver(occurred_at=h.clock.now(), psn_no="P", admdvs="450100",
+                                                        year=2025), "P")  # heard in Nanning, after P left
+        await send(h, ENROLLMENT_EVENTS, credited("P", 500, period="2026-02"), "P")  # home
+        home = await wallet_view(h, "P", "32")
+        assert (home["spendable_current_fen"], home["spendable_prior_fen"], home["next_year_fen"],
+                home["current_year"]) == (500, 100_000, 0, 2026)
+        await send(h, ENROLLMENT_EVENTS, enrolled("Q"), "Q")
+        for fen, period in ((3_000, "2024-05"), (200, "2026-06")):  # two years on: the account rolls on to 2026
+            await send(h, ENROLLMENT_EVENTS, credited("Q", fen, period=period), "Q")
+        view = await wallet_view(h, "Q", "32")
+        assert (view["spendable_current_fen"], view["spendable_prior_fen"], view["current_year"]) == (200, 3_000, 2026)
+        assert h.on(dlq(ENROLLMENT_EVENTS)) == []
         reports = {p: (await audit(h.redis, p)).__dict__ for p in ("32", "33", "45", "51")}
         assert national_audit(reports).discrepancies == []
 
