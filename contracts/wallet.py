@@ -262,7 +262,7 @@ class ReceiveAccount(Message):
     version: int = Field(ge=0, description="enrolment version of the move")
     cur_fen: Fen
     hist_fen: Fen
-    next_fen: Fen = Field(description="next year's money, held until the rollover (stored by older releases)")
+    next_fen: Fen = Field(description="next year's credits that arrived before the year rolled over")
     year: int | None = Field(description="the year cur_fen belongs to; None if the account never knew")
 
 

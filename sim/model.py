@@ -6,10 +6,9 @@ balances and every determined hospital answer.
 
 Rules modelled (DOMAIN.md ids):
   C1  a credit lands in the year of its period: the account's year → current, an earlier one → prior years; a
-      later one first rolls the account on to it, as the rollovers in between would have (its year has begun, so
-      the years before have ended). A rollover moves current into prior years (and `next`, money of the coming
-      year stored before credits rolled accounts on, into current); a rollover of a year the account has left
-      moves nothing.
+      later one that has begun (by the business clock) first rolls the account on to it, as the rollovers in
+      between would have; one of the coming year waits in `next`. A rollover moves current into prior years and
+      `next` into current; a rollover of a year the account has left moves nothing.
   B6  a quota binding earmarks the grantor's money, prior years first; a released earmark returns to prior years;
       a quota change keeps what was used and holds (or releases) the difference, refused when the grantor cannot
       hold it. Without quota: historical_only pays from the grantor's prior years, full_balance from current
@@ -38,7 +37,7 @@ class ModelError(Exception):
 class Account:
     cur: int = 0
     hist: int = 0
-    next: int = 0  # money of the year after `year`, until its rollover (stored before credits rolled accounts on)
+    next: int = 0  # money of the year after `year`, until its rollover
     year: int | None = None  # the year `cur` belongs to; set by the first credit or rollover
 
 
@@ -92,18 +91,24 @@ class Model:
     def enroll(self, psn: str) -> None:
         self.accounts.setdefault(psn, Account())
 
-    def credit(self, psn: str, fen: int, year: int, latest_year: int | None = None) -> None:
-        if latest_year is not None and year > latest_year:
-            raise ModelError(f"credit for {year}, later than {latest_year}")
+    def credit(self, psn: str, fen: int, year: int, begun_year: int | None = None) -> None:
+        """`begun_year`: the business clock's year (None: no clock, any later year has begun)."""
+        if begun_year is not None and year > begun_year + 1:
+            raise ModelError(f"credit for {year}, later than {begun_year + 1}")
         a = self._account(psn)
         if a.year is None:
             a.year = year
-        if year > a.year:
-            self._roll_on(a, year)
+        rolled_to = min(year, begun_year) if begun_year is not None else year
+        if rolled_to > a.year:
+            self._roll_on(a, rolled_to)
         if year == a.year:
             a.cur += fen
-        else:
+        elif year < a.year:
             a.hist += fen
+        elif year == a.year + 1:
+            a.next += fen
+        else:
+            raise ModelError(f"credit for {year} while {psn}'s account is in {a.year}")
 
     def rollover(self, psn: str, year: int) -> None:
         a = self._account(psn)

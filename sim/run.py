@@ -273,13 +273,12 @@ class Run:
     # ------------------------------------------------------------ enrolment events (applied before going on)
 
     async def credit(self, who: dict[str, Any], amount_fen: int, year: int) -> None:
-        """C1: a credit for this year, or for the next one (it rolls the account on, before this year's rollover
-        is heard or after it)."""
+        """C1: a credit for this year, or for the next one arriving before this year's rollover (or after it)."""
         before = await self.balances(who)
         await self.bus.enrollment(AccountCredited(occurred_at=self.bus.clock.now(), psn_no=who["psn_no"],
                                                   admdvs=who["region"], amount_fen=amount_fen,
                                                   period=f"{year}-{1 if year > 2026 else 11:02d}"))
-        self.model.credit(who["psn_no"], amount_fen, year)
+        self.model.credit(who["psn_no"], amount_fen, year, china_time(self.bus.clock.now()).year)
         await self.until(lambda b: sum(b[k] for k in ("cur", "hist", "next")) ==
                          sum(before[k] for k in ("cur", "hist", "next")) + amount_fen, who, "credit applied")
 

@@ -141,11 +141,11 @@ class WalletService:
             if e.insutype == "310" and e.has_personal_account:
                 await self.store.enroll(e.psn_no, e.version, "active", e.admdvs)
         elif isinstance(e, AccountCredited):
-            # a credit rolls the account on to its year, so a period far ahead (a bad record) must not pass: up to
-            # the next year (the platform's clock and ours may disagree around New Year)
-            latest = china_time(self.clock.now()).year + 1
+            # the business clock says which year has begun (a credit of it rolls the account on) and bounds how
+            # far ahead a credit may be (the year after: the platform's clock and ours may disagree at New Year)
+            begun = china_time(self.clock.now()).year
             credited = await self._on_account(e, lambda: self.store.credit(e.psn_no, e.amount_fen, e.message_id,
-                                                                            e.period, latest))
+                                                                            e.period, begun))
             if credited.get("moved"):  # a late credit for someone who has left: it follows them
                 return await self.forward(e.psn_no, e.message_id)
         elif isinstance(e, YearRolledOver):

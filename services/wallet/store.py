@@ -55,11 +55,12 @@ class WalletStore:
         return await self._call(self._accounts, "status", psn, version, status, admdvs, reason)
 
     async def credit(self, psn: str, amount_fen: int, message_id: str, period: str,
-                     latest_year: int | None = None) -> dict[str, Any]:
-        """C1: into the year of `period` (YYYY-MM): current, or prior years; a later year rolls the account on to
-        it. A period after `latest_year` is refused (BAD_PERIOD)."""
-        return await self._call(self._accounts, "credit", psn, amount_fen, message_id, period,
-                                "" if latest_year is None else latest_year)
+                     begun_year: int | None = None) -> dict[str, Any]:
+        """C1: into the year of `period` (YYYY-MM): current, prior years, or next year until the rollover; a later
+        year that has begun (up to `begun_year`, the business clock's) rolls the account on to it. A period after
+        the year after `begun_year` is refused (BAD_PERIOD). None: no clock (a later year always rolls on)."""
+        bounds = ("", "") if begun_year is None else (begun_year + 1, begun_year)
+        return await self._call(self._accounts, "credit", psn, amount_fen, message_id, period, *bounds)
 
     async def move_out(self, psn: str, move_id: str, admdvs: str, version: int, left: str) -> dict[str, Any]:
         """C1 关系转移接续: empty the account into flight to the person's new province (earmarks released first);

@@ -66,8 +66,7 @@ end
 -- C1: the account knows which year its current-year balance belongs to (`year`, set by its first credit or
 -- rollover). Money arriving of a year: this year → current; an earlier year → prior years (that year has rolled
 -- over); the next year → `next`, money of a year that has not begun in this account's books, not spendable until
--- the rollover makes it current. Credits no longer go there (a credit of a later year rolls the account on: op
--- credit); `next` holds what was stored before, and what an account from such a release brings with it.
+-- the rollover makes it current (or money of a later year that has begun: it rolls the account on, op credit).
 local function credit_bucket(held, year)
   if not held then return 'cur' end
   if year == held then return 'cur' end

@@ -276,15 +276,13 @@ async def test_6_a_credit_lands_in_the_year_of_its_period() -> None:
         await enrol(h, "P")
         for fen, period in ((1_000, "2026-12"), (500, "2027-01")):  # January's credit before December's rollover
             await send(h, ENROLLMENT_EVENTS, credited("P", fen, period=period), "P")
-        # January has begun, so 2026 has ended: the account rolls on to 2027 (session 14; until then the credit
-        # waited in `next`, unspendable, for a rollover that may be heard in another province only)
+        # the business clock is still in 2026 (November): January's money waits for the year to begin
         view = await wallet_view(h, "P")
-        assert (view["spendable_current_fen"], view["spendable_prior_fen"], view["next_year_fen"],
-                view["current_year"]) == (500, 1_000, 0, 2027)
+        assert (view["spendable_current_fen"], view["next_year_fen"], view["current_year"]) == (1_000, 500, 2026)
         await send(h, ENROLLMENT_EVENTS, YearRolledOver(occurred_at=h.clock.now(), psn_no="P", admdvs="320500",
                                                         year=2026), "P")
         view = await wallet_view(h, "P")
-        # main swept both into prior years: (0, 1,500); the late rollover now moves nothing
+        # main swept both into prior years: (0, 1,500)
         assert (view["spendable_current_fen"], view["spendable_prior_fen"], view["next_year_fen"]) == (500, 1_000, 0)
         await send(h, ENROLLMENT_EVENTS, credited("P", 300, period="2026-12"), "P")  # a late December credit
         assert (await wallet_view(h, "P"))["spendable_prior_fen"] == 1_300
@@ -294,6 +292,18 @@ async def test_6_a_credit_lands_in_the_year_of_its_period() -> None:
         assert (parked["type"], parked["period"]) == ("AccountCredited", "2029-01")
         view = await wallet_view(h, "P")
         assert (view["spendable_current_fen"], view["spendable_prior_fen"], view["next_year_fen"]) == (500, 1_300, 0)
+        # once 2027 has begun (the business clock), its credit shows 2026 has ended: the account rolls on at once
+        # and the rollover heard after it moves nothing (session 14: it waited in `next` for a rollover that may
+        # reach another province only, see test_3_a_credit_of_a_new_year_rolls_on_…)
+        await enrol(h, "R", 1_000)  # 2026-10
+        h.clock.advance(timedelta(days=45))  # 7 January 2027
+        await send(h, ENROLLMENT_EVENTS, credited("R", 500, period="2027-01"), "R")
+        for _ in range(2):
+            view = await wallet_view(h, "R")
+            assert (view["spendable_current_fen"], view["spendable_prior_fen"], view["next_year_fen"],
+                    view["current_year"]) == (500, 1_000, 0, 2027)
+            await send(h, ENROLLMENT_EVENTS, YearRolledOver(occurred_at=h.clock.now(), psn_no="R",
+                                                            admdvs="320500", year=2026), "R")
 
 
 async def test_3_money_forwarded_after_a_move_keeps_its_year() -> None:
@@ -308,8 +318,7 @@ async def test_3_money_forwarded_after_a_move_keeps_its_year() -> None:
         for fen, period in ((1_000, "2026-11"), (500, "2027-01")):  # late: they reach Jiangsu after the move
             await send(h, ENROLLMENT_EVENTS, credited("P", fen, period=period), "P")
         new = await wallet_view(h, "P", "45")
-        # November's credit joined 2026's current money there; January's rolled the account on to 2027
-        assert (new["spendable_current_fen"], new["spendable_prior_fen"], new["current_year"]) == (500, 101_000, 2027)
+        assert (new["spendable_current_fen"], new["spendable_prior_fen"], new["next_year_fen"]) == (101_000, 0, 500)
         await send(h, ENROLLMENT_EVENTS, YearRolledOver(occurred_at=h.clock.now(), psn_no="P", admdvs="450100",
                                                         year=2026), "P")
         await send(h, ENROLLMENT_EVENTS, credited("P", 300, period="2026-12"), "P")  # after the rollover there

@@ -86,10 +86,11 @@ if op == 'enroll' or op == 'status' then
 end
 
 if op == 'credit' then
-  -- ARGV: op, psn, amount_fen, message_id, period (YYYY-MM), latest_year (the latest year a credit may be for,
-  -- from the business clock; '' = no bound). A credit lands in the year of its period: the account's year →
-  -- current; an earlier one → prior years; a later one proves the years before it have ended, wherever their
-  -- rollovers went (a person who lived elsewhere then), so the account first rolls on to it (C1).
+  -- ARGV: op, psn, amount_fen, message_id, period (YYYY-MM), latest_year, begun_year (from the business clock:
+  -- the latest year a credit may be for, and the year that has begun; '' = no bound). A credit lands in the year
+  -- of its period: the account's year → current; an earlier one → prior years. A credit of a later year that has
+  -- begun shows that the years before it ended, wherever their rollovers went (a person who lived elsewhere then):
+  -- the account first rolls on to it (C1). One of a year still to come waits in `next` for its rollover.
   local psn, amount, ref, period = ARGV[2], int(ARGV[3]), ARGV[4], ARGV[5] or ''
   local done = P .. 'done:' .. ref
   local stored = idem_get(done)
@@ -101,20 +102,23 @@ if op == 'credit' then
   if not year or not string.match(period, '^%d%d%d%d%-%d%d$') then
     return fail('BAD_PERIOD', 'period must be YYYY-MM, got ' .. period)
   end
-  local latest = tonumber(ARGV[6] or '')
+  local latest, begun = tonumber(ARGV[6] or ''), tonumber(ARGV[7] or '')
   if latest and year > latest then
     return fail('BAD_PERIOD', 'credit for ' .. period .. ', later than ' .. latest)
   end
   local held = year_of(k)
+  local rolled_to = (begun and year > begun) and begun or year
+  local now_in = held and math.max(held, rolled_to) or year
+  local bucket = credit_bucket(now_in, year)
+  if not bucket then
+    return fail('BAD_PERIOD', 'credit for ' .. period .. ' but this account is still in ' .. now_in)
+  end
   -- validated; writes follow
   if not held then
     redis.call('HSET', k, 'year', year)
-    held = year
-  elseif year > held then
-    roll_on(P, psn, held, year, ref)
-    held = year
+  elseif now_in > held then
+    roll_on(P, psn, held, now_in, ref)
   end
-  local bucket = year == held and 'cur' or 'hist'
   hincr(k, bucket, amount)
   hincr(P .. 'totals', 'external_net', amount)
   hincr(P .. 'totals', 'credited', amount)  -- the national audit's "credits" (money that entered the system)
