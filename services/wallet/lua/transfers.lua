@@ -53,9 +53,10 @@ end
 
 if op == 'left' or op == 'close_and_return' then
   -- ARGV: op, psn, reason, batch; for left also arrival_version, arrival_ms; for close_and_return optionally
-  -- the move's business time (a move older than the account, which came home: see below). The wallet closes and its lots go
-  -- home (W1, W6), in one step, answered the same on every delivery of the message (its batch): whatever happened
-  -- to the wallet since (reopened, say), a redelivery sends the same lots again and moves nothing twice.
+  -- the move's business time (a move older than the account, which came home: see below). The wallet closes and
+  -- its lots go home (W1, W6), in one step, answered the same on every delivery of the message (its batch):
+  -- whatever happened to the wallet since (reopened, say), a redelivery sends the same lots again and moves
+  -- nothing twice.
   -- close_and_return: the holder moved away. left: the holder arrived from another province, so they had left
   -- this one; a wallet opened before both the arrival's version and its business time belonged to the stay that
   -- ended, and closes as the move out would have, had it been heard first. A wallet opened after the return (the
@@ -352,7 +353,8 @@ if op == 'receive_return' then
                'version', frozen_at or arrived, 'status_ver', frozen_at or arrived, 'reason', frozen_why or '')
     redis.call('SADD', P .. 'accts', ARGV[3])
   end
-  land_in_years(P, ARGV[3], cur, amount - cur - nxt, nxt, year, 'lot_return_received', ARGV[2])
+  local why = ARGV[5] == '1' and 'forward_received' or 'lot_return_received'
+  land_in_years(P, ARGV[3], cur, amount - cur - nxt, nxt, year, why, ARGV[2])
   hincr(P .. 'totals', 'external_net', amount)
   hincr(P .. 'rin', ARGV[2], amount)
   local r = cjson.encode({ok = true})
