@@ -7,14 +7,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from infra import native
+
 TICKS_PER_S = os.sysconf("SC_CLK_TCK")
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for task in Path(f"/proc/{pid}/task").glob("*/children"):
-        found += [int(c) for c in task.read_text().split()]
-    return found
 
 
 def _name(pid: int) -> str | None:
@@ -42,7 +37,7 @@ def stack_processes(state: Path) -> dict[str, int]:
     """name → pid of what the stack's supervisord runs, plus this process (the load generator)."""
     supervisord = int((state / "supervisord.pid").read_text().strip())
     found = {"generator": os.getpid()}
-    for pid in _children(supervisord):
+    for pid in native.children(supervisord):
         name = _name(pid)
         if name is not None:
             found[name] = pid

@@ -585,7 +585,7 @@ def discard(state: Path) -> list[str]:
         supervisord = int(pid_file.read_text().strip())
         with contextlib.suppress(ProcessLookupError):
             os.kill(supervisord, signal.SIGSTOP)  # from here it starts nothing: its children are all there is
-        programs = _children_of(supervisord)
+        programs = native.children(supervisord)
         for pid in programs:
             try:
                 os.killpg(pid, signal.SIGKILL)  # each program leads its own process group (killasgroup)
@@ -600,17 +600,6 @@ def discard(state: Path) -> list[str]:
                 raise StackError(f"processes of {state} still running after SIGKILL")
             time.sleep(0.1)
     return reset(state)
-
-
-def _children_of(parent: int) -> list[int]:
-    children = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                # the fields after the command's name, which is in parentheses and may hold spaces
-                if int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1]) == parent:
-                    children.append(int(proc.name))
-    return children
 
 
 def status(state: Path | None = None) -> list[dict[str, Any]]:
